@@ -1,0 +1,18 @@
+//! Contracts shared by the phi-guard filters.
+//!
+//! Filters run in separate wasm VMs (or separate root contexts of one VM) and talk to each other
+//! only through Envoy filter state. This crate fixes the keys and byte formats of that channel,
+//! the gRPC status mapping every filter answers with, the config error every filter reports,
+//! and the clock abstraction the pure cores take time from. It has no proxy-wasm dependency so
+//! every core can be tested natively.
+
+pub mod clock;
+pub mod config;
+pub mod grpc;
+pub mod identity;
+pub mod state;
+
+pub use clock::{Clock, FixedClock, UnixSeconds};
+pub use config::ConfigError;
+pub use grpc::{GrpcMethod, GrpcStatus};
+pub use identity::Identity;
