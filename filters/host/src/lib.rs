@@ -1,0 +1,93 @@
+//! The host behind a trait.
+//!
+//! Filter shells talk to Envoy only through [`Host`], so a shell can be unit-tested natively
+//! with [`FakeHost`], which records every call. [`ProxyHost`] is the real thing: a thin
+//! wrapper over the proxy-wasm host calls, compiled only for wasm32 because the host imports
+//! exist nowhere else.
+
+use phi_guard_common::{GrpcMethod, GrpcStatus, UnixSeconds};
+
+mod fake;
+#[cfg(target_arch = "wasm32")]
+mod proxy;
+
+pub use fake::FakeHost;
+#[cfg(target_arch = "wasm32")]
+pub use proxy::ProxyHost;
+pub use proxy_wasm::types::LogLevel;
+
+/// What a filter shell may ask of the host during one HTTP stream or at configure time.
+pub trait Host {
+    fn request_header(&self, name: &str) -> Option<String>;
+    fn request_headers(&self) -> Vec<(String, String)>;
+    fn set_request_header(&self, name: &str, value: &str);
+    fn remove_request_header(&self, name: &str);
+    fn response_header(&self, name: &str) -> Option<String>;
+    fn remove_response_header(&self, name: &str);
+    /// An Envoy attribute, e.g. `["connection", "uri_san_peer_certificate"]`, or a filter-state
+    /// key written by another phi-guard filter.
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
+    fn set_property(&self, path: &[&str], value: &[u8]);
+    /// Ends the stream with a trailers-only gRPC response carrying `status` and its generic
+    /// message; `extra_headers` go along (e.g. `www-authenticate`).
+    fn send_grpc_error(&self, status: GrpcStatus, extra_headers: &[(&str, &str)]);
+    /// The host's wall clock, in whole seconds.
+    fn now(&self) -> UnixSeconds;
+    fn log(&self, level: LogLevel, message: &str);
+    /// Defines a counter (Envoy shows it as `wasmcustom.<name>`); `None` if the host refused.
+    fn define_counter(&self, name: &str) -> Option<u32>;
+    fn increment_counter(&self, id: u32, by: i64);
+}
+
+/// Helpers every shell needs, built on [`Host`] so there is one copy of each.
+pub trait HostExt: Host {
+    /// The gRPC method of the request, or `None` when `:path` is not a well-formed method.
+    fn grpc_method(&self) -> Option<GrpcMethod> {
+        self.request_header(":path")
+            .and_then(|p| GrpcMethod::from_path(&p))
+    }
+
+    /// Removes every incoming `x-phi-guard-*` header: identity travels in filter state, so
+    /// such a header can only be an attempt to spoof it.
+    fn strip_reserved_headers(&self) {
+        for (name, _) in self.request_headers() {
+            if phi_guard_common::state::is_reserved_header(&name) {
+                self.remove_request_header(&name);
+            }
+        }
+    }
+
+    /// Reads a phi-guard filter-state key as UTF-8 bytes.
+    fn filter_state(&self, key: &str) -> Option<Vec<u8>> {
+        self.property(&[key])
+    }
+
+    fn set_filter_state(&self, key: &str, value: &[u8]) {
+        self.set_property(&[key], value)
+    }
+
+    /// A string attribute such as `connection.uri_san_peer_certificate`.
+    fn string_property(&self, path: &[&str]) -> Option<String> {
+        self.property(path)
+            .and_then(|b| String::from_utf8(b).ok())
+            .filter(|s| !s.is_empty())
+    }
+}
+
+impl<H: Host + ?Sized> HostExt for H {}
+
+/// Counters defined once at configure time and bumped by name-less id afterwards.
+#[derive(Debug, Default, Clone)]
+pub struct Counter(Option<u32>);
+
+impl Counter {
+    pub fn define(host: &dyn Host, name: &str) -> Self {
+        Counter(host.define_counter(name))
+    }
+
+    pub fn inc(&self, host: &dyn Host) {
+        if let Some(id) = self.0 {
+            host.increment_counter(id, 1);
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! [`Host`] over the proxy-wasm host calls.
+//!
+//! Host calls return `Err` only when Envoy refuses (e.g. a header map that is no longer
+//! available after the stream ended); the shells treat that like an absent value and fail
+//! closed where it matters, so errors are folded into `None` here rather than unwrapped: a
+//! panic would trap the VM for every stream on this worker.
+
+use std::time::UNIX_EPOCH;
+
+use phi_guard_common::{GrpcStatus, UnixSeconds};
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{GrpcStatusCode, LogLevel, MapType, MetricType};
+
+use crate::Host;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProxyHost;
+
+fn grpc_code(status: GrpcStatus) -> GrpcStatusCode {
+    match status {
+        GrpcStatus::Ok => GrpcStatusCode::Ok,
+        GrpcStatus::InvalidArgument => GrpcStatusCode::InvalidArgument,
+        GrpcStatus::PermissionDenied => GrpcStatusCode::PermissionDenied,
+        GrpcStatus::ResourceExhausted => GrpcStatusCode::ResourceExhausted,
+        GrpcStatus::Internal => GrpcStatusCode::Internal,
+        GrpcStatus::Unavailable => GrpcStatusCode::Unavailable,
+        GrpcStatus::Unauthenticated => GrpcStatusCode::Unauthenticated,
+    }
+}
+
+impl Host for ProxyHost {
+    fn request_header(&self, name: &str) -> Option<String> {
+        hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+            .ok()
+            .flatten()
+    }
+
+    fn request_headers(&self) -> Vec<(String, String)> {
+        hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+    }
+
+    fn set_request_header(&self, name: &str, value: &str) {
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+    }
+
+    fn remove_request_header(&self, name: &str) {
+        let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+    }
+
+    fn response_header(&self, name: &str) -> Option<String> {
+        hostcalls::get_map_value(MapType::HttpResponseHeaders, name)
+            .ok()
+            .flatten()
+    }
+
+    fn remove_response_header(&self, name: &str) {
+        let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, name);
+    }
+
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        hostcalls::get_property(path.to_vec()).ok().flatten()
+    }
+
+    fn set_property(&self, path: &[&str], value: &[u8]) {
+        let _ = hostcalls::set_property(path.to_vec(), Some(value));
+    }
+
+    fn send_grpc_error(&self, status: GrpcStatus, extra_headers: &[(&str, &str)]) {
+        let metadata = extra_headers
+            .iter()
+            .map(|(k, v)| (*k, v.as_bytes()))
+            .collect();
+        let _ = hostcalls::send_grpc_response(
+            grpc_code(status),
+            Some(status.generic_message()),
+            metadata,
+        );
+    }
+
+    fn now(&self) -> UnixSeconds {
+        hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
+
+    fn log(&self, level: LogLevel, message: &str) {
+        let _ = hostcalls::log(level, message);
+    }
+
+    fn define_counter(&self, name: &str) -> Option<u32> {
+        hostcalls::define_metric(MetricType::Counter, name).ok()
+    }
+
+    fn increment_counter(&self, id: u32, by: i64) {
+        let _ = hostcalls::increment_metric(id, by);
+    }
+}
