@@ -1,0 +1,199 @@
+//! Helpers for the end-to-end scenarios: TLS probes with an independent client (openssl
+//! s_client), continuous RPC load with counts, and polling.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use phi_guard_proto::health::v1::GetPatientRequest;
+use phi_guard_tools::client::Client;
+use phi_guard_tools::pki::normalise_serial;
+
+/// What `openssl s_client` saw of one handshake.
+#[derive(Debug)]
+pub struct Probe {
+    /// The handshake completed and the server's chain verified.
+    pub handshake_ok: bool,
+    /// Serial of the server leaf, when the server sent one.
+    pub server_serial: Option<String>,
+    pub output: String,
+}
+
+/// Options for a probe; defaults are a well-behaved client (TLS 1.2+, ALPN h2, valid cert).
+#[derive(Debug, Default, Clone)]
+pub struct ProbeOptions<'a> {
+    pub cert: Option<(&'a Path, &'a Path)>,
+    /// e.g. `["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"]`
+    pub extra: Vec<&'a str>,
+    /// ALPN to offer; `None` offers none.
+    pub alpn: Option<&'a str>,
+}
+
+/// One handshake with `openssl s_client`, an implementation independent of Envoy's BoringSSL
+/// and of the rustls inside tonic.
+pub fn probe(addr: &str, server_name: &str, ca: &Path, opts: &ProbeOptions) -> Probe {
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_client", "-connect", addr, "-servername", server_name])
+        .arg("-CAfile")
+        .arg(ca)
+        .args(["-verify_return_error", "-showcerts"]);
+    if let Some((cert, key)) = opts.cert {
+        cmd.arg("-cert").arg(cert).arg("-key").arg(key);
+    }
+    if let Some(alpn) = opts.alpn {
+        cmd.args(["-alpn", alpn]);
+    }
+    cmd.args(&opts.extra);
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl s_client runs");
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let server_serial = first_pem(&output).and_then(|pem| pem_serial(&pem));
+    let verified = output.contains("Verify return code: 0 (ok)");
+    Probe {
+        handshake_ok: out.status.success() && verified && server_serial.is_some(),
+        server_serial,
+        output,
+    }
+}
+
+fn first_pem(text: &str) -> Option<String> {
+    let start = text.find("-----BEGIN CERTIFICATE-----")?;
+    let end_marker = "-----END CERTIFICATE-----";
+    let end = text[start..].find(end_marker)? + start + end_marker.len();
+    Some(text[start..end].to_string())
+}
+
+fn pem_serial(pem: &str) -> Option<String> {
+    use std::io::Write;
+    let mut child = Command::new("openssl")
+        .args(["x509", "-noout", "-serial"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    child.stdin.take()?.write_all(pem.as_bytes()).ok()?;
+    let out = child.wait_with_output().ok()?;
+    out.status
+        .success()
+        .then(|| normalise_serial(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Polls `check` every 100 ms until it holds or `within` passes.
+pub async fn wait_until<F: FnMut() -> bool>(within: Duration, mut check: F) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Counts of a load run.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadReport {
+    pub sent: u64,
+    pub failed: u64,
+}
+
+/// Continuous GetPatient calls from several tasks until stopped. Each task opens a fresh
+/// connection (so a fresh TLS handshake) every `calls_per_connection` calls, so rotations are
+/// exercised by new handshakes as well as by live connections.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    first_error: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+pub type Connect = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Client, String>> + Send>>
+        + Send
+        + Sync,
+>;
+
+impl Load {
+    pub fn start(connect: Connect, tasks: usize, calls_per_connection: u64) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let first_error = Arc::new(std::sync::Mutex::new(None));
+        let handles = (0..tasks)
+            .map(|_| {
+                let (stop, sent, failed, first_error, connect) = (
+                    stop.clone(),
+                    sent.clone(),
+                    failed.clone(),
+                    first_error.clone(),
+                    connect.clone(),
+                );
+                tokio::spawn(async move {
+                    let record = |e: String| {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                        first_error.lock().unwrap().get_or_insert(e);
+                    };
+                    while !stop.load(Ordering::SeqCst) {
+                        let mut client = match connect().await {
+                            Ok(c) => c,
+                            Err(e) => {
+                                // A connection that cannot be made is a failed RPC.
+                                sent.fetch_add(1, Ordering::SeqCst);
+                                record(format!("connect: {e}"));
+                                continue;
+                            }
+                        };
+                        for _ in 0..calls_per_connection {
+                            if stop.load(Ordering::SeqCst) {
+                                break;
+                            }
+                            sent.fetch_add(1, Ordering::SeqCst);
+                            let request = GetPatientRequest {
+                                patient_id: phi_guard_tools::backend::PATIENT_ID.into(),
+                            };
+                            if let Err(status) = client.get_patient(request).await {
+                                record(format!("rpc: {status}"));
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            sent,
+            failed,
+            tasks: handles,
+            first_error,
+        }
+    }
+
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::SeqCst)
+    }
+
+    pub async fn finish(self) -> (LoadReport, Option<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let report = LoadReport {
+            sent: self.sent.load(Ordering::SeqCst),
+            failed: self.failed.load(Ordering::SeqCst),
+        };
+        let err = self.first_error.lock().unwrap().clone();
+        (report, err)
+    }
+}

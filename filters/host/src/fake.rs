@@ -8,6 +8,9 @@ use proxy_wasm::types::LogLevel;
 
 use crate::Host;
 
+/// A gRPC error a filter sent: the status and its extra headers.
+pub type SentError = (GrpcStatus, Vec<(String, String)>);
+
 #[derive(Debug, Default)]
 pub struct FakeHost {
     pub request_headers: RefCell<Vec<(String, String)>>,
@@ -15,7 +18,7 @@ pub struct FakeHost {
     /// Properties keyed by their path joined with '.'.
     pub properties: RefCell<BTreeMap<String, Vec<u8>>>,
     /// The gRPC error sent, with its extra headers, if any.
-    pub sent: RefCell<Option<(GrpcStatus, Vec<(String, String)>)>>,
+    pub sent: RefCell<Option<SentError>>,
     pub logs: RefCell<Vec<(LogLevel, String)>>,
     pub counters: RefCell<Vec<(String, i64)>>,
     pub clock: Cell<UnixSeconds>,

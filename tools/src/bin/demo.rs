@@ -1,0 +1,199 @@
+//! `phi-demo [run|up|down]`: the stack the e2e tests run, brought up for people.
+//!
+//! - `run` (default): starts the stack, calls the demo service as several client identities,
+//!   prints what each saw, and tears everything down.
+//! - `up`: starts the stack, leaves it running and writes `target/phi-guard-demo/state.json`.
+//! - `down`: stops what `up` started.
+
+use std::path::{Path, PathBuf};
+
+use phi_guard_proto::health::v1::{GetPatientRequest, ListEncountersRequest};
+use phi_guard_tools::backend::PATIENT_ID;
+use phi_guard_tools::stack::{Error, Stack};
+use serde_json::json;
+
+/// The demo's client workloads: name, namespace, service account.
+const WORKLOADS: &[(&str, &str, &str)] = &[
+    ("ehr-frontend", "clinic", "ehr-frontend"),
+    ("analytics", "research", "analytics"),
+];
+
+fn demo_dir() -> PathBuf {
+    phi_guard_tools::repo_root().join("target/phi-guard-demo")
+}
+
+fn state_path() -> PathBuf {
+    demo_dir().join("state.json")
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let cmd = std::env::args().nth(1).unwrap_or_else(|| "run".into());
+    let result = match cmd.as_str() {
+        "run" => run().await,
+        "up" => up().await,
+        "down" => down(),
+        other => Err(format!("unknown command {other}; use run, up or down").into()),
+    };
+    if let Err(e) = result {
+        eprintln!("phi-demo {cmd}: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn start() -> Result<Stack, Error> {
+    if state_path().exists() {
+        return Err("a demo stack is already up: run `scripts/demo down` first".into());
+    }
+    let backend = std::env::current_exe()?
+        .parent()
+        .ok_or("no directory for phi-demo")?
+        .join("phi-demo-backend");
+    let mut builder = Stack::builder("demo")
+        .dir(demo_dir())
+        .backend_process(backend);
+    for (name, ns, sa) in WORKLOADS {
+        builder = builder.workload(name, ns, sa);
+    }
+    let stack = builder.start().await?;
+    println!(
+        "stack up: Envoy mTLS listener {} (admin {}), backend {}",
+        stack.inbound.listen, stack.inbound.admin, stack.backend_addr
+    );
+    Ok(stack)
+}
+
+async fn run() -> Result<(), Error> {
+    let stack = start().await?;
+    for (name, _, _) in WORKLOADS {
+        show_calls(&stack, name).await?;
+    }
+    println!("\nno client certificate:");
+    match phi_guard_tools::client::connect_mtls(&stack.target(), None).await {
+        Err(e) => println!("  refused at connect: {}", first_line(&e.to_string())),
+        Ok(mut c) => match c
+            .get_patient(GetPatientRequest {
+                patient_id: PATIENT_ID.into(),
+            })
+            .await
+        {
+            Err(status) => println!("  refused: {}", status.code()),
+            Ok(_) => return Err("a client without a certificate got an answer".into()),
+        },
+    }
+    println!("\nstack torn down");
+    Ok(())
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
+async fn show_calls(stack: &Stack, name: &str) -> Result<(), Error> {
+    let workload = stack.workload(name);
+    println!("\nas {} ({}):", name, workload.spiffe_id);
+    let mut client = stack.client(name).await?;
+    match client
+        .get_patient(GetPatientRequest {
+            patient_id: PATIENT_ID.into(),
+        })
+        .await
+    {
+        Ok(patient) => {
+            let p = patient.into_inner();
+            let name = p.name.clone().unwrap_or_default();
+            println!(
+                "  GetPatient -> OK: id={} mrn={} name={} {} ssn={} birth_date={} phone={}",
+                p.patient_id,
+                p.mrn,
+                name.given.join(" "),
+                name.family,
+                p.ssn,
+                p.birth_date,
+                p.contacts.first().map(|c| c.phone.as_str()).unwrap_or("")
+            );
+        }
+        Err(status) => println!("  GetPatient -> {:?}: {}", status.code(), status.message()),
+    }
+    match client
+        .list_encounters(ListEncountersRequest {
+            patient_id: PATIENT_ID.into(),
+            limit: 3,
+            note_bytes: 0,
+        })
+        .await
+    {
+        Ok(stream) => {
+            let mut stream = stream.into_inner();
+            let mut ids = Vec::new();
+            while let Some(e) = stream.message().await? {
+                ids.push(e.encounter_id);
+            }
+            println!("  ListEncounters -> OK: {} messages {:?}", ids.len(), ids);
+        }
+        Err(status) => println!(
+            "  ListEncounters -> {:?}: {}",
+            status.code(),
+            status.message()
+        ),
+    }
+    Ok(())
+}
+
+async fn up() -> Result<(), Error> {
+    let stack = start().await?;
+    let clients: serde_json::Map<String, serde_json::Value> = stack
+        .workloads
+        .values()
+        .map(|w| {
+            (
+                w.name.clone(),
+                json!({"spiffe_id": w.spiffe_id, "cert": w.leaf.cert, "key": w.leaf.key}),
+            )
+        })
+        .collect();
+    let mut state = json!({
+        "endpoint": stack.inbound.listen.to_string(),
+        "server_name": phi_guard_tools::pki::SERVER_NAME,
+        "admin": stack.inbound.admin.to_string(),
+        "ca_bundle": stack.pki.bundle(),
+        "sds_dir": stack.inbound_sds(),
+        "pki_dir": stack.pki.dir,
+        "envoy_log": stack.inbound.log,
+        "clients": clients,
+    });
+    let dir = stack.dir.clone();
+    let pids = stack.detach();
+    state["pids"] = json!(pids);
+    write_state(&dir, &state)?;
+    println!("{}", serde_json::to_string_pretty(&state)?);
+    println!("state written to {}", state_path().display());
+    Ok(())
+}
+
+fn write_state(dir: &Path, state: &serde_json::Value) -> Result<(), Error> {
+    let tmp = dir.join("state.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(state)?)?;
+    std::fs::rename(tmp, state_path())?;
+    Ok(())
+}
+
+fn down() -> Result<(), Error> {
+    let path = state_path();
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        println!("no demo stack is up");
+        return Ok(());
+    };
+    let state: serde_json::Value = serde_json::from_str(&text)?;
+    for pid in state["pids"].as_array().into_iter().flatten() {
+        if let Some(pid) = pid.as_u64() {
+            // SIGTERM: Envoy and the backend both shut down cleanly on it.
+            let _ = std::process::Command::new("kill")
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+    std::fs::remove_file(&path)?;
+    println!("demo stack stopped");
+    Ok(())
+}

@@ -1,0 +1,62 @@
+//! gRPC clients of the demo API over mutual TLS (directly to Envoy's inbound listener) or
+//! plaintext h2c (to an egress sidecar on loopback).
+
+use std::path::Path;
+
+use phi_guard_proto::health::v1::patient_service_client::PatientServiceClient;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+pub type Client = PatientServiceClient<Channel>;
+
+/// How a client reaches Envoy's mTLS listener.
+#[derive(Debug, Clone)]
+pub struct MtlsTarget {
+    /// `host:port` of the listener.
+    pub endpoint: String,
+    /// The DNS SAN the server certificate must carry.
+    pub server_name: String,
+    pub ca_bundle: std::path::PathBuf,
+}
+
+/// A client certificate and key, PEM files.
+#[derive(Debug, Clone)]
+pub struct ClientCert<'a> {
+    pub cert: &'a Path,
+    pub key: &'a Path,
+}
+
+/// Connects eagerly (one TLS handshake now), presenting `identity` when given.
+pub async fn connect_mtls(
+    target: &MtlsTarget,
+    identity: Option<ClientCert<'_>>,
+) -> Result<Client, Box<dyn std::error::Error + Send + Sync>> {
+    let ca = std::fs::read(&target.ca_bundle)?;
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name(target.server_name.clone());
+    if let Some(id) = identity {
+        tls = tls.identity(Identity::from_pem(
+            std::fs::read(id.cert)?,
+            std::fs::read(id.key)?,
+        ));
+    }
+    let channel = Endpoint::from_shared(format!("https://{}", target.endpoint))?
+        .tls_config(tls)?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(10))
+        .connect()
+        .await?;
+    Ok(PatientServiceClient::new(channel))
+}
+
+/// Connects over plaintext HTTP/2 to a loopback egress listener.
+pub async fn connect_plain(
+    endpoint: &str,
+) -> Result<Client, Box<dyn std::error::Error + Send + Sync>> {
+    let channel = Endpoint::from_shared(format!("http://{endpoint}"))?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(10))
+        .connect()
+        .await?;
+    Ok(PatientServiceClient::new(channel))
+}

@@ -1,0 +1,546 @@
+//! The stack harness: fresh PKI, the demo backend, Envoy with the envoy/ configs, on free
+//! loopback ports. The e2e tests and `scripts/demo` both run it, so the demo is exactly what
+//! is tested.
+//!
+//! A [`Stack`] tears everything down when dropped. When it is dropped during a panic (a failed
+//! test) it keeps its directory, Envoy's logs included, and prints where they are.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::client::{self, ClientCert, MtlsTarget};
+use crate::pki::{self, Kind, Leaf, Pki};
+
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// A client workload the harness issues a certificate for.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    pub name: String,
+    pub spiffe_id: String,
+    pub leaf: Leaf,
+}
+
+/// Where the demo backend runs.
+enum Backend {
+    /// On the test's tokio runtime; stopped by dropping the sender.
+    InProcess(Option<tokio::sync::oneshot::Sender<()>>),
+    /// A `phi-demo-backend` process (the demo's `up` leaves it running).
+    Process(Child),
+}
+
+/// A running Envoy.
+pub struct Envoy {
+    child: Option<Child>,
+    pub admin: SocketAddr,
+    pub listen: SocketAddr,
+    pub log: PathBuf,
+    pub config: PathBuf,
+}
+
+pub struct Stack {
+    pub dir: PathBuf,
+    pub pki: Pki,
+    pub inbound: Envoy,
+    /// The client-side sidecar, when asked for; it presents the `egress` workload's certificate.
+    pub egress: Option<Envoy>,
+    pub backend_addr: SocketAddr,
+    pub workloads: BTreeMap<String, Workload>,
+    backend: Backend,
+    /// `false` leaves processes and files behind on drop (the demo's `up`).
+    teardown: bool,
+}
+
+/// What to start.
+pub struct StackBuilder {
+    name: String,
+    dir: Option<PathBuf>,
+    workloads: Vec<(String, String, String)>,
+    egress_workload: Option<String>,
+    backend_process: Option<PathBuf>,
+}
+
+impl StackBuilder {
+    /// A client workload `name` with SPIFFE ID `spiffe://phi-guard.test/ns/<ns>/sa/<sa>`.
+    pub fn workload(mut self, name: &str, namespace: &str, service_account: &str) -> Self {
+        self.workloads
+            .push((name.into(), namespace.into(), service_account.into()));
+        self
+    }
+
+    /// Also start the egress sidecar, presenting the certificate of workload `name`.
+    pub fn egress(mut self, name: &str) -> Self {
+        self.egress_workload = Some(name.into());
+        self
+    }
+
+    /// Use this directory instead of a fresh one under target/e2e.
+    pub fn dir(mut self, dir: PathBuf) -> Self {
+        self.dir = Some(dir);
+        self
+    }
+
+    /// Run the backend as this binary instead of in-process.
+    pub fn backend_process(mut self, binary: PathBuf) -> Self {
+        self.backend_process = Some(binary);
+        self
+    }
+
+    pub async fn start(self) -> Result<Stack, Error> {
+        let dir = match self.dir {
+            Some(d) => d,
+            None => fresh_dir(&self.name)?,
+        };
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::create_dir_all(dir.join("logs"))?;
+
+        let (backend_addr, backend) = match self.backend_process {
+            None => {
+                let (addr, stop) = crate::backend::spawn().await?;
+                (addr, Backend::InProcess(Some(stop)))
+            }
+            Some(bin) => {
+                let port = free_port()?;
+                let child = Command::new(bin)
+                    .arg(format!("127.0.0.1:{port}"))
+                    .stdin(Stdio::null())
+                    .stdout(std::fs::File::create(dir.join("logs/backend.log"))?)
+                    .stderr(Stdio::inherit())
+                    .spawn()?;
+                let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+                wait_for_port(addr, Duration::from_secs(10))?;
+                (addr, Backend::Process(child))
+            }
+        };
+
+        let dir2 = dir.clone();
+        let workloads = self.workloads.clone();
+        let egress_workload = self.egress_workload.clone();
+        tokio::task::spawn_blocking(move || {
+            start_blocking(dir2, workloads, egress_workload, backend_addr)
+        })
+        .await?
+        .map(|(pki, inbound, egress, workloads)| Stack {
+            dir,
+            pki,
+            inbound,
+            egress,
+            backend_addr,
+            workloads,
+            backend,
+            teardown: true,
+        })
+    }
+}
+
+type Started = (Pki, Envoy, Option<Envoy>, BTreeMap<String, Workload>);
+
+fn start_blocking(
+    dir: PathBuf,
+    workload_specs: Vec<(String, String, String)>,
+    egress_workload: Option<String>,
+    backend_addr: SocketAddr,
+) -> Result<Started, Error> {
+    let pki = Pki::init(&dir.join("pki"))?;
+    pki.issue(
+        "server",
+        Kind::Server,
+        pki::SERVER_SPIFFE,
+        &[pki::SERVER_NAME],
+        &[],
+    )?;
+    let mut workloads = BTreeMap::new();
+    for (name, ns, sa) in workload_specs {
+        let spiffe_id = pki::spiffe_id(&ns, &sa);
+        let leaf = pki.issue(&name, Kind::Client, &spiffe_id, &[], &[])?;
+        workloads.insert(
+            name.clone(),
+            Workload {
+                name,
+                spiffe_id,
+                leaf,
+            },
+        );
+    }
+
+    let inbound_sds = dir.join("sds/inbound");
+    render_sds(&inbound_sds, &["server_cert.yaml", "trust_bundle.yaml"])?;
+    pki.install("server", &inbound_sds.join("server"))?;
+    pki.install_bundle(&inbound_sds.join("trust"))?;
+
+    let logs = dir.join("logs");
+    let inbound_listen = free_port()?;
+    let inbound = Envoy::start(
+        "inbound",
+        &dir,
+        &[
+            ("ADMIN_PORT", free_port()?.to_string()),
+            ("LISTEN_PORT", inbound_listen.to_string()),
+            ("BACKEND_PORT", backend_addr.port().to_string()),
+            ("SDS_DIR", inbound_sds.display().to_string()),
+            ("LOG_DIR", logs.display().to_string()),
+        ],
+        inbound_listen,
+    )?;
+
+    let egress = match egress_workload {
+        None => None,
+        Some(name) => {
+            let egress_sds = dir.join("sds/egress");
+            render_sds(&egress_sds, &["client_cert.yaml", "trust_bundle.yaml"])?;
+            pki.install(&name, &egress_sds.join("client"))?;
+            pki.install_bundle(&egress_sds.join("trust"))?;
+            let listen = free_port()?;
+            Some(Envoy::start(
+                "egress",
+                &dir,
+                &[
+                    ("ADMIN_PORT", free_port()?.to_string()),
+                    ("LISTEN_PORT", listen.to_string()),
+                    ("UPSTREAM_PORT", inbound_listen.to_string()),
+                    ("SDS_DIR", egress_sds.display().to_string()),
+                    ("LOG_DIR", logs.display().to_string()),
+                ],
+                listen,
+            )?)
+        }
+    };
+    Ok((pki, inbound, egress, workloads))
+}
+
+impl Stack {
+    pub fn builder(name: &str) -> StackBuilder {
+        StackBuilder {
+            name: name.into(),
+            dir: None,
+            workloads: Vec::new(),
+            egress_workload: None,
+            backend_process: None,
+        }
+    }
+
+    pub fn inbound_sds(&self) -> PathBuf {
+        self.dir.join("sds/inbound")
+    }
+
+    pub fn egress_sds(&self) -> PathBuf {
+        self.dir.join("sds/egress")
+    }
+
+    pub fn target(&self) -> MtlsTarget {
+        MtlsTarget {
+            endpoint: self.inbound.listen.to_string(),
+            server_name: pki::SERVER_NAME.into(),
+            ca_bundle: self.pki.bundle(),
+        }
+    }
+
+    pub fn workload(&self, name: &str) -> &Workload {
+        self.workloads
+            .get(name)
+            .unwrap_or_else(|| panic!("no workload {name} in this stack"))
+    }
+
+    /// A client over mTLS presenting workload `name`'s certificate.
+    pub async fn client(&self, name: &str) -> Result<client::Client, Error> {
+        let leaf = &self.workload(name).leaf;
+        client::connect_mtls(
+            &self.target(),
+            Some(ClientCert {
+                cert: &leaf.cert,
+                key: &leaf.key,
+            }),
+        )
+        .await
+    }
+
+    /// Leaves processes and files running after this handle is gone (the demo's `up`).
+    pub fn detach(mut self) -> Vec<u32> {
+        self.teardown = false;
+        let mut pids = Vec::new();
+        for envoy in std::iter::once(&mut self.inbound).chain(self.egress.as_mut()) {
+            if let Some(child) = envoy.child.take() {
+                pids.push(child.id());
+            }
+        }
+        if let Backend::Process(child) = &self.backend {
+            pids.push(child.id());
+        }
+        pids
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if !self.teardown {
+            return;
+        }
+        if let Some(e) = self.egress.as_mut() {
+            e.stop();
+        }
+        self.inbound.stop();
+        match &mut self.backend {
+            Backend::InProcess(stop) => {
+                if let Some(s) = stop.take() {
+                    let _ = s.send(());
+                }
+            }
+            Backend::Process(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "\n=== stack kept for inspection: {} ===",
+                self.dir.display()
+            );
+            for envoy in std::iter::once(&self.inbound).chain(self.egress.as_ref()) {
+                eprintln!("--- last lines of {} ---", envoy.log.display());
+                eprintln!("{}", tail(&envoy.log, 40));
+            }
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl Envoy {
+    /// Renders `envoy/<name>.yaml`, starts Envoy and waits for the admin `/ready`.
+    pub fn start(
+        name: &str,
+        dir: &Path,
+        vars: &[(&str, String)],
+        listen_port: u16,
+    ) -> Result<Envoy, Error> {
+        let template = crate::repo_root().join(format!("envoy/{name}.yaml"));
+        let config = dir.join(format!("{name}.yaml"));
+        std::fs::write(&config, render(&std::fs::read_to_string(&template)?, vars)?)?;
+        let admin_port: u16 = vars
+            .iter()
+            .find(|(k, _)| *k == "ADMIN_PORT")
+            .ok_or("ADMIN_PORT missing")?
+            .1
+            .parse()?;
+        let log = dir.join(format!("logs/{name}-envoy.log"));
+        let child = Command::new(envoy_binary()?)
+            .args(["-c", &config.to_string_lossy()])
+            .args(["--concurrency", "1", "--disable-hot-restart"])
+            .args(["--log-path", &log.to_string_lossy()])
+            .args(["--log-level", "info"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut envoy = Envoy {
+            child: Some(child),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
+            listen: SocketAddr::from(([127, 0, 0, 1], listen_port)),
+            log,
+            config,
+        };
+        envoy.wait_ready(Duration::from_secs(30))?;
+        Ok(envoy)
+    }
+
+    fn wait_ready(&mut self, within: Duration) -> Result<(), Error> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    return Err(format!(
+                        "envoy exited with {status} before it was ready:\n{}",
+                        tail(&self.log, 30)
+                    )
+                    .into());
+                }
+            }
+            if let Ok((200, _)) = admin_get(self.admin, "/ready") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "envoy not ready within {within:?}:\n{}",
+                    tail(&self.log, 30)
+                )
+                .into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// GET on the admin interface.
+    pub fn admin_get(&self, path: &str) -> Result<(u16, String), Error> {
+        admin_get(self.admin, path)
+    }
+
+    /// A counter or gauge by its full name, e.g. `listener.127.0.0.1_1234.ssl.handshake`.
+    pub fn stat(&self, name: &str) -> Option<u64> {
+        let (_, body) = self
+            .admin_get(&format!("/stats?filter=^{}$", name.replace('.', "\\.")))
+            .ok()?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// The listener's stat prefix, e.g. `listener.127.0.0.1_40123.`.
+    pub fn listener_stat_prefix(&self) -> String {
+        format!("listener.127.0.0.1_{}.", self.listen.port())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Replaces `${NAME}` placeholders; any placeholder left over is an error, so a template and
+/// its caller cannot drift apart silently.
+pub fn render(template: &str, vars: &[(&str, String)]) -> Result<String, Error> {
+    let mut out = template.to_string();
+    for (k, v) in vars {
+        out = out.replace(&format!("${{{k}}}"), v);
+    }
+    if let Some(start) = out.find("${") {
+        let end = out[start..].find('}').map_or(out.len(), |e| start + e + 1);
+        return Err(format!("unresolved placeholder {}", &out[start..end]).into());
+    }
+    Ok(out)
+}
+
+fn render_sds(sds_dir: &Path, files: &[&str]) -> Result<(), Error> {
+    std::fs::create_dir_all(sds_dir)?;
+    for file in files {
+        let template = std::fs::read_to_string(crate::repo_root().join("envoy/sds").join(file))?;
+        let rendered = render(&template, &[("SDS_DIR", sds_dir.display().to_string())])?;
+        std::fs::write(sds_dir.join(file), rendered)?;
+    }
+    Ok(())
+}
+
+/// The Envoy binary `scripts/envoy` chooses ($ENVOY_BIN, func-e, or the pinned wheel).
+pub fn envoy_binary() -> Result<PathBuf, Error> {
+    static BINARY: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let out = Command::new(crate::repo_root().join("scripts/envoy"))
+                .arg("path")
+                .stderr(Stdio::inherit())
+                .output()
+                .map_err(|e| format!("scripts/envoy: {e}"))?;
+            if !out.status.success() {
+                return Err("scripts/envoy could not provide an Envoy binary".into());
+            }
+            Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+        })
+        .clone()
+        .map_err(Into::into)
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_for_port(addr: SocketAddr, within: Duration) -> Result<(), Error> {
+    let deadline = Instant::now() + within;
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        if Instant::now() > deadline {
+            return Err(format!("nothing listening on {addr} within {within:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// A minimal HTTP/1.1 GET, enough for Envoy's admin interface.
+pub fn admin_get(addr: SocketAddr, path: &str) -> Result<(u16, String), Error> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or("malformed admin response")?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+fn fresh_dir(name: &str) -> std::io::Result<PathBuf> {
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = crate::repo_root()
+        .join("target/e2e")
+        .join(format!("{name}-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// The last `lines` lines of a file, for failure reports.
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_replaces_and_refuses_leftovers() {
+        let out = render("a ${X} b ${Y}", &[("X", "1".into()), ("Y", "2".into())]).unwrap();
+        assert_eq!(out, "a 1 b 2");
+        let err = render("port ${PORT}", &[]).unwrap_err();
+        assert!(err.to_string().contains("${PORT}"));
+    }
+
+    #[test]
+    fn shipped_templates_use_only_port_and_path_placeholders() {
+        let allowed = [
+            "ADMIN_PORT",
+            "LISTEN_PORT",
+            "BACKEND_PORT",
+            "UPSTREAM_PORT",
+            "SDS_DIR",
+            "LOG_DIR",
+            "WASM_DIR",
+            "AUDIT_PORT",
+        ];
+        for file in [
+            "envoy/inbound.yaml",
+            "envoy/egress.yaml",
+            "envoy/sds/server_cert.yaml",
+            "envoy/sds/client_cert.yaml",
+            "envoy/sds/trust_bundle.yaml",
+        ] {
+            let text = std::fs::read_to_string(crate::repo_root().join(file)).unwrap();
+            for part in text.split("${").skip(1) {
+                let name = &part[..part.find('}').unwrap()];
+                assert!(allowed.contains(&name), "{file}: placeholder {name}");
+            }
+        }
+    }
+}
