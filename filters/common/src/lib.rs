@@ -10,9 +10,11 @@ pub mod clock;
 pub mod config;
 pub mod grpc;
 pub mod identity;
+pub mod outcome;
 pub mod state;
 
 pub use clock::{Clock, FixedClock, UnixSeconds};
 pub use config::ConfigError;
 pub use grpc::{GrpcMethod, GrpcStatus};
 pub use identity::Identity;
+pub use outcome::{AuthnOutcome, AuthzDecision, MaskSummary};
