@@ -40,7 +40,9 @@ pub fn probe(addr: &str, server_name: &str, ca: &Path, opts: &ProbeOptions) -> P
         .arg(ca)
         .args(["-verify_return_error", "-showcerts"]);
     if let Some((cert, key)) = opts.cert {
+        // -cert sends only the first certificate; -cert_chain adds the intermediate.
         cmd.arg("-cert").arg(cert).arg("-key").arg(key);
+        cmd.arg("-cert_chain").arg(cert);
     }
     if let Some(alpn) = opts.alpn {
         cmd.args(["-alpn", alpn]);

@@ -269,9 +269,12 @@ impl Stack {
                 pids.push(child.id());
             }
         }
-        if let Backend::Process(child) = &self.backend {
+        let backend = std::mem::replace(&mut self.backend, Backend::InProcess(None));
+        if let Backend::Process(child) = &backend {
             pids.push(child.id());
         }
+        // Forget the handle so dropping it does not stop the process.
+        std::mem::forget(backend);
         pids
     }
 }
@@ -285,17 +288,6 @@ impl Drop for Stack {
             e.stop();
         }
         self.inbound.stop();
-        match &mut self.backend {
-            Backend::InProcess(stop) => {
-                if let Some(s) = stop.take() {
-                    let _ = s.send(());
-                }
-            }
-            Backend::Process(child) => {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
         if std::thread::panicking() {
             eprintln!(
                 "\n=== stack kept for inspection: {} ===",
@@ -407,6 +399,30 @@ impl Envoy {
     }
 }
 
+/// An Envoy that failed to become ready, or whose stack is gone, does not outlive its handle
+/// (unless [`Stack::detach`] took the process out first).
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        match self {
+            Backend::InProcess(stop) => {
+                if let Some(s) = stop.take() {
+                    let _ = s.send(());
+                }
+            }
+            Backend::Process(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
 /// Replaces `${NAME}` placeholders; any placeholder left over is an error, so a template and
 /// its caller cannot drift apart silently.
 pub fn render(template: &str, vars: &[(&str, String)]) -> Result<String, Error> {
@@ -481,11 +497,32 @@ pub fn admin_get(addr: SocketAddr, path: &str) -> Result<(u16, String), Error> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or("malformed admin response")?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
     Ok((status, body))
+}
+
+/// Undoes HTTP/1.1 chunked transfer encoding (Envoy's admin uses it for larger bodies).
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
 }
 
 fn fresh_dir(name: &str) -> std::io::Result<PathBuf> {
@@ -508,6 +545,14 @@ pub fn tail(path: &Path, lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dechunks() {
+        assert_eq!(
+            dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+            "hello world"
+        );
+    }
 
     #[test]
     fn render_replaces_and_refuses_leftovers() {

@@ -77,7 +77,7 @@ async fn run() -> Result<(), Error> {
             })
             .await
         {
-            Err(status) => println!("  refused: {}", status.code()),
+            Err(status) => println!("  refused: {:?}", status.code()),
             Ok(_) => return Err("a client without a certificate got an answer".into()),
         },
     }
