@@ -105,7 +105,7 @@ async fn bad_client_certificates_are_refused() {
         });
         // With TLS 1.3 the client may finish its side of the handshake before the server
         // rejects its certificate, so the refusal shows as a failed connect or a failed RPC.
-        let refused = match connect_mtls(&target, identity).await {
+        let refused = match connect_mtls(&target, identity, None).await {
             Err(_) => true,
             Ok(mut client) => client.get_patient(get_patient()).await.is_err(),
         };
@@ -227,7 +227,8 @@ async fn hardening_is_in_place() {
     assert!(text.contains(pki::SERVER_SPIFFE));
 
     // No plaintext: an h2c client to the mTLS port gets nothing.
-    let plain = phi_guard_tools::client::connect_plain(&stack.inbound.listen.to_string()).await;
+    let plain =
+        phi_guard_tools::client::connect_plain(&stack.inbound.listen.to_string(), None).await;
     let refused = match plain {
         Err(_) => true,
         Ok(mut c) => c.get_patient(get_patient()).await.is_err(),

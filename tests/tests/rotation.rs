@@ -24,7 +24,7 @@ fn direct(stack: &Stack) -> Connect {
                 cert: &leaf.cert,
                 key: &leaf.key,
             };
-            connect_mtls(&target, Some(id))
+            connect_mtls(&target, Some(id), None)
                 .await
                 .map_err(|e| e.to_string())
         })
@@ -36,7 +36,11 @@ fn via_egress(stack: &Stack) -> Connect {
     let endpoint = stack.egress.as_ref().expect("egress").listen.to_string();
     Arc::new(move || {
         let endpoint = endpoint.clone();
-        Box::pin(async move { connect_plain(&endpoint).await.map_err(|e| e.to_string()) })
+        Box::pin(async move {
+            connect_plain(&endpoint, None)
+                .await
+                .map_err(|e| e.to_string())
+        })
     })
 }
 
@@ -248,7 +252,7 @@ async fn ca_rollover_under_load() {
         cert: &old_leaf.cert,
         key: &old_leaf.key,
     };
-    let refused = match connect_mtls(&target, Some(old)).await {
+    let refused = match connect_mtls(&target, Some(old), None).await {
         Err(_) => true,
         Ok(mut c) => c
             .get_patient(phi_guard_proto::health::v1::GetPatientRequest {

@@ -4,9 +4,36 @@
 use std::path::Path;
 
 use phi_guard_proto::health::v1::patient_service_client::PatientServiceClient;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-pub type Client = PatientServiceClient<Channel>;
+pub type Client = PatientServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// Adds `authorization: Bearer <token>` to every call when a token is set.
+#[derive(Clone, Default)]
+pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl Bearer {
+    pub fn new(token: Option<&str>) -> Self {
+        Bearer(token.and_then(|t| format!("Bearer {t}").parse().ok()))
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
 
 /// How a client reaches Envoy's mTLS listener.
 #[derive(Debug, Clone)]
@@ -25,10 +52,12 @@ pub struct ClientCert<'a> {
     pub key: &'a Path,
 }
 
-/// Connects eagerly (one TLS handshake now), presenting `identity` when given.
+/// Connects eagerly (one TLS handshake now), presenting `identity` when given and sending
+/// `token` as a bearer token on every call when given.
 pub async fn connect_mtls(
     target: &MtlsTarget,
     identity: Option<ClientCert<'_>>,
+    token: Option<&str>,
 ) -> Result<Client, Box<dyn std::error::Error + Send + Sync>> {
     let ca = std::fs::read(&target.ca_bundle)?;
     let mut tls = ClientTlsConfig::new()
@@ -46,17 +75,24 @@ pub async fn connect_mtls(
         .timeout(std::time::Duration::from_secs(10))
         .connect()
         .await?;
-    Ok(PatientServiceClient::new(channel))
+    Ok(PatientServiceClient::with_interceptor(
+        channel,
+        Bearer::new(token),
+    ))
 }
 
 /// Connects over plaintext HTTP/2 to a loopback egress listener.
 pub async fn connect_plain(
     endpoint: &str,
+    token: Option<&str>,
 ) -> Result<Client, Box<dyn std::error::Error + Send + Sync>> {
     let channel = Endpoint::from_shared(format!("http://{endpoint}"))?
         .connect_timeout(std::time::Duration::from_secs(5))
         .timeout(std::time::Duration::from_secs(10))
         .connect()
         .await?;
-    Ok(PatientServiceClient::new(channel))
+    Ok(PatientServiceClient::with_interceptor(
+        channel,
+        Bearer::new(token),
+    ))
 }

@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod issuer;
 pub mod pki;
 pub mod stack;
 

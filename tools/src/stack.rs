@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::client::{self, ClientCert, MtlsTarget};
+use crate::issuer::{self, JwksServer, SigningKey, UserClaims};
 use crate::pki::{self, Kind, Leaf, Pki};
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -25,12 +26,33 @@ pub struct Workload {
     pub leaf: Leaf,
 }
 
-/// Where the demo backend runs.
-enum Backend {
-    /// On the test's tokio runtime; stopped by dropping the sender.
+/// An auxiliary service of the stack (backend, IdP): in the test's process, or a process of
+/// its own when the stack must outlive its handle (the demo's `up`).
+enum Service {
+    /// On the test's tokio runtime; stopped by sending on (or dropping) the sender.
     InProcess(Option<tokio::sync::oneshot::Sender<()>>),
-    /// A `phi-demo-backend` process (the demo's `up` leaves it running).
     Process(Child),
+}
+
+/// The demo users and their roles (`billing_clerk` is mapped to `billing` by the demo policy).
+pub const USERS: &[(&str, &[&str])] = &[
+    ("nurse", &["nurse"]),
+    ("billing", &["billing_clerk"]),
+    ("research", &["research"]),
+    ("admin", &["admin"]),
+];
+
+/// The demo identity provider as the stack runs it.
+pub struct Idp {
+    pub key: SigningKey,
+    /// Where the JWKS is served (`http://ADDR/.well-known/jwks.json`).
+    pub addr: SocketAddr,
+    /// The in-process server, when the stack runs in-process.
+    pub server: Option<JwksServer>,
+    /// Demo user name → a valid token.
+    pub tokens: BTreeMap<String, String>,
+    pub jwks_file: PathBuf,
+    pub signing_key_file: PathBuf,
 }
 
 /// A running Envoy.
@@ -50,7 +72,8 @@ pub struct Stack {
     pub egress: Option<Envoy>,
     pub backend_addr: SocketAddr,
     pub workloads: BTreeMap<String, Workload>,
-    backend: Backend,
+    pub idp: Idp,
+    services: Vec<Service>,
     /// `false` leaves processes and files behind on drop (the demo's `up`).
     teardown: bool,
 }
@@ -61,7 +84,8 @@ pub struct StackBuilder {
     dir: Option<PathBuf>,
     workloads: Vec<(String, String, String)>,
     egress_workload: Option<String>,
-    backend_process: Option<PathBuf>,
+    /// Directory of the tools' binaries, when services run as processes.
+    bin_dir: Option<PathBuf>,
 }
 
 impl StackBuilder {
@@ -84,9 +108,10 @@ impl StackBuilder {
         self
     }
 
-    /// Run the backend as this binary instead of in-process.
-    pub fn backend_process(mut self, binary: PathBuf) -> Self {
-        self.backend_process = Some(binary);
+    /// Run the backend and the IdP as processes (binaries from `bin_dir`) instead of
+    /// in-process, so they can outlive this process.
+    pub fn as_processes(mut self, bin_dir: PathBuf) -> Self {
+        self.bin_dir = Some(bin_dir);
         self
     }
 
@@ -100,24 +125,21 @@ impl StackBuilder {
         }
         std::fs::create_dir_all(dir.join("logs"))?;
 
-        let (backend_addr, backend) = match self.backend_process {
+        let mut services = Vec::new();
+        let backend_addr = match &self.bin_dir {
             None => {
                 let (addr, stop) = crate::backend::spawn().await?;
-                (addr, Backend::InProcess(Some(stop)))
+                services.push(Service::InProcess(Some(stop)));
+                addr
             }
-            Some(bin) => {
-                let port = free_port()?;
-                let child = Command::new(bin)
-                    .arg(format!("127.0.0.1:{port}"))
-                    .stdin(Stdio::null())
-                    .stdout(std::fs::File::create(dir.join("logs/backend.log"))?)
-                    .stderr(Stdio::inherit())
-                    .spawn()?;
-                let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-                wait_for_port(addr, Duration::from_secs(10))?;
-                (addr, Backend::Process(child))
+            Some(bin_dir) => {
+                let (addr, child) =
+                    spawn_process(&bin_dir.join("phi-demo-backend"), &dir, "backend", &[])?;
+                services.push(Service::Process(child));
+                addr
             }
         };
+        let idp = start_idp(&dir, self.bin_dir.as_deref(), &mut services).await?;
 
         let dir2 = dir.clone();
         let workloads = self.workloads.clone();
@@ -133,13 +155,91 @@ impl StackBuilder {
             egress,
             backend_addr,
             workloads,
-            backend,
+            idp,
+            services,
             teardown: true,
         })
     }
 }
 
 type Started = (Pki, Envoy, Option<Envoy>, BTreeMap<String, Workload>);
+
+/// Starts `binary ADDR ARGS..` on a free loopback port and waits until it listens.
+fn spawn_process(
+    binary: &Path,
+    dir: &Path,
+    name: &str,
+    args: &[&str],
+) -> Result<(SocketAddr, Child), Error> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let mut child = Command::new(binary)
+        .arg(addr.to_string())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(dir.join(format!("logs/{name}.log")))?)
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", binary.display()))?;
+    if let Err(e) = wait_for_port(addr, Duration::from_secs(10)) {
+        let _ = child.kill();
+        return Err(e);
+    }
+    Ok((addr, child))
+}
+
+/// Lifetime of the demo users' tokens: long enough for a demo left up for a while, within
+/// the jwt filter's configured maximum lifetime.
+pub const TOKEN_TTL_MINUTES: u64 = 60;
+
+async fn start_idp(
+    dir: &Path,
+    bin_dir: Option<&Path>,
+    services: &mut Vec<Service>,
+) -> Result<Idp, Error> {
+    let key = SigningKey::generate("demo-key-1");
+    let jwks = issuer::jwks(&[&key]);
+    let idp_dir = dir.join("idp");
+    std::fs::create_dir_all(&idp_dir)?;
+    let jwks_file = idp_dir.join("jwks.json");
+    let signing_key_file = idp_dir.join("signing_key.pem");
+    std::fs::write(&jwks_file, serde_json::to_vec_pretty(&jwks)?)?;
+    std::fs::write(&signing_key_file, key.private_pem())?;
+    let (addr, server) = match bin_dir {
+        None => {
+            let server = JwksServer::start(&jwks).await?;
+            (server.addr, Some(server))
+        }
+        Some(bin_dir) => {
+            let (addr, child) = spawn_process(
+                &bin_dir.join("phi-demo-idp"),
+                dir,
+                "idp",
+                &[&jwks_file.to_string_lossy()],
+            )?;
+            services.push(Service::Process(child));
+            (addr, None)
+        }
+    };
+    let tokens = USERS
+        .iter()
+        .map(|(user, roles)| {
+            let token = key.mint(
+                &UserClaims::user(user, roles),
+                issuer::AUDIENCE,
+                jwt_simple::prelude::Duration::from_mins(TOKEN_TTL_MINUTES),
+            );
+            (user.to_string(), token)
+        })
+        .collect();
+    Ok(Idp {
+        key,
+        addr,
+        server,
+        tokens,
+        jwks_file,
+        signing_key_file,
+    })
+}
 
 fn start_blocking(
     dir: PathBuf,
@@ -221,7 +321,7 @@ impl Stack {
             dir: None,
             workloads: Vec::new(),
             egress_workload: None,
-            backend_process: None,
+            bin_dir: None,
         }
     }
 
@@ -247,17 +347,37 @@ impl Stack {
             .unwrap_or_else(|| panic!("no workload {name} in this stack"))
     }
 
-    /// A client over mTLS presenting workload `name`'s certificate.
+    /// A client over mTLS presenting workload `name`'s certificate, without a user token.
     pub async fn client(&self, name: &str) -> Result<client::Client, Error> {
-        let leaf = &self.workload(name).leaf;
+        self.client_as(name, None).await
+    }
+
+    /// A client over mTLS presenting workload `workload`'s certificate and, when `user` is
+    /// given, that demo user's token.
+    pub async fn client_as(
+        &self,
+        workload: &str,
+        user: Option<&str>,
+    ) -> Result<client::Client, Error> {
+        let leaf = &self.workload(workload).leaf;
+        let token = user.map(|u| self.token(u));
         client::connect_mtls(
             &self.target(),
             Some(ClientCert {
                 cert: &leaf.cert,
                 key: &leaf.key,
             }),
+            token,
         )
         .await
+    }
+
+    /// A valid token of demo user `user`.
+    pub fn token(&self, user: &str) -> &str {
+        self.idp
+            .tokens
+            .get(user)
+            .unwrap_or_else(|| panic!("no demo user {user}"))
     }
 
     /// Leaves processes and files running after this handle is gone (the demo's `up`).
@@ -269,12 +389,13 @@ impl Stack {
                 pids.push(child.id());
             }
         }
-        let backend = std::mem::replace(&mut self.backend, Backend::InProcess(None));
-        if let Backend::Process(child) = &backend {
-            pids.push(child.id());
+        for service in std::mem::take(&mut self.services) {
+            if let Service::Process(child) = &service {
+                pids.push(child.id());
+            }
+            // Forget the handle so dropping it does not stop the process.
+            std::mem::forget(service);
         }
-        // Forget the handle so dropping it does not stop the process.
-        std::mem::forget(backend);
         pids
     }
 }
@@ -407,15 +528,15 @@ impl Drop for Envoy {
     }
 }
 
-impl Drop for Backend {
+impl Drop for Service {
     fn drop(&mut self) {
         match self {
-            Backend::InProcess(stop) => {
+            Service::InProcess(stop) => {
                 if let Some(s) = stop.take() {
                     let _ = s.send(());
                 }
             }
-            Backend::Process(child) => {
+            Service::Process(child) => {
                 let _ = child.kill();
                 let _ = child.wait();
             }

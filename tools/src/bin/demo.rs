@@ -45,13 +45,11 @@ async fn start() -> Result<Stack, Error> {
     if state_path().exists() {
         return Err("a demo stack is already up: run `scripts/demo down` first".into());
     }
-    let backend = std::env::current_exe()?
+    let bin_dir = std::env::current_exe()?
         .parent()
         .ok_or("no directory for phi-demo")?
-        .join("phi-demo-backend");
-    let mut builder = Stack::builder("demo")
-        .dir(demo_dir())
-        .backend_process(backend);
+        .to_path_buf();
+    let mut builder = Stack::builder("demo").dir(demo_dir()).as_processes(bin_dir);
     for (name, ns, sa) in WORKLOADS {
         builder = builder.workload(name, ns, sa);
     }
@@ -69,7 +67,7 @@ async fn run() -> Result<(), Error> {
         show_calls(&stack, name).await?;
     }
     println!("\nno client certificate:");
-    match phi_guard_tools::client::connect_mtls(&stack.target(), None).await {
+    match phi_guard_tools::client::connect_mtls(&stack.target(), None, None).await {
         Err(e) => println!("  refused at connect: {}", first_line(&e.to_string())),
         Ok(mut c) => match c
             .get_patient(GetPatientRequest {

@@ -1,0 +1,245 @@
+//! The demo's identity provider: an ES256 signing key, its JWKS served over HTTP on loopback
+//! (as a real IdP serves `jwks_uri`), and tokens for the demo users.
+//!
+//! The JWKS server can rotate to a new key and can be taken down, so the e2e tests can show
+//! that jwt keeps working on its last good key set.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jwt_simple::prelude::*;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub const ISSUER: &str = "https://idp.phi-guard.test";
+pub const AUDIENCE: &str = "patient-service";
+/// The path the JWKS is served on.
+pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+
+/// A signing key with its key id.
+pub struct SigningKey {
+    pub kid: String,
+    pub key: ES256KeyPair,
+}
+
+impl SigningKey {
+    pub fn generate(kid: &str) -> Self {
+        SigningKey {
+            kid: kid.into(),
+            key: ES256KeyPair::generate().with_key_id(kid),
+        }
+    }
+
+    /// The public key as a JWK (RFC 7518 §6.2).
+    pub fn jwk(&self) -> Value {
+        let point = self.key.public_key().public_key().to_bytes_uncompressed();
+        json!({
+            "kty": "EC",
+            "crv": "P-256",
+            "alg": "ES256",
+            "use": "sig",
+            "kid": self.kid,
+            "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
+            "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
+        })
+    }
+
+    pub fn private_pem(&self) -> String {
+        self.key.to_pem().expect("a generated key encodes as PEM")
+    }
+}
+
+/// What a demo user's token says.
+#[derive(Debug, Clone, Default)]
+pub struct UserClaims {
+    pub subject: String,
+    pub roles: Vec<String>,
+    pub scope: String,
+    pub tenant: Option<String>,
+    pub purpose_of_use: Option<String>,
+    /// base64url SHA-256 of the client certificate DER this token is bound to (RFC 8705).
+    pub cnf_x5t_s256: Option<String>,
+}
+
+impl UserClaims {
+    pub fn user(subject: &str, roles: &[&str]) -> Self {
+        UserClaims {
+            subject: subject.into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            scope: "patient.read encounter.read".into(),
+            tenant: Some("north".into()),
+            purpose_of_use: Some("TREAT".into()),
+            cnf_x5t_s256: None,
+        }
+    }
+}
+
+impl SigningKey {
+    /// A token valid for `ttl` from now, for `audience`.
+    pub fn mint(&self, claims: &UserClaims, audience: &str, ttl: Duration) -> String {
+        let mut custom = serde_json::Map::new();
+        custom.insert("roles".into(), json!(claims.roles));
+        custom.insert("scope".into(), json!(claims.scope));
+        if let Some(t) = &claims.tenant {
+            custom.insert("tenant".into(), json!(t));
+        }
+        if let Some(p) = &claims.purpose_of_use {
+            custom.insert("purpose_of_use".into(), json!(p));
+        }
+        if let Some(x5t) = &claims.cnf_x5t_s256 {
+            custom.insert("cnf".into(), json!({ "x5t#S256": x5t }));
+        }
+        let claims = Claims::with_custom_claims(Value::Object(custom), ttl)
+            .with_issuer(ISSUER)
+            .with_audience(audience)
+            .with_subject(&claims.subject);
+        self.key.sign(claims).expect("signing with a valid key")
+    }
+}
+
+/// base64url SHA-256 of the first certificate in a PEM file: the RFC 8705 thumbprint.
+pub fn cert_thumbprint(pem_path: &std::path::Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    let pem = std::fs::read_to_string(pem_path)?;
+    let body: String = pem
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE-----"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .map_err(std::io::Error::other)?;
+    Ok(URL_SAFE_NO_PAD.encode(Sha256::digest(der)))
+}
+
+/// How the JWKS server answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwksMode {
+    Serving,
+    /// Answers 503, as an IdP in trouble does.
+    Failing,
+}
+
+struct JwksState {
+    body: String,
+    mode: JwksMode,
+    requests: u64,
+}
+
+/// A JWKS endpoint on loopback.
+#[derive(Clone)]
+pub struct JwksServer {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<JwksState>>,
+}
+
+impl JwksServer {
+    /// Serves on an ephemeral loopback port.
+    pub async fn start(jwks: &Value) -> std::io::Result<JwksServer> {
+        Self::bind(SocketAddr::from(([127, 0, 0, 1], 0)), jwks).await
+    }
+
+    pub async fn bind(addr: SocketAddr, jwks: &Value) -> std::io::Result<JwksServer> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(Mutex::new(JwksState {
+            body: jwks.to_string(),
+            mode: JwksMode::Serving,
+            requests: 0,
+        }));
+        let server_state = state.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let state = server_state.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    let mut read = 0;
+                    // Read the request head; the JWKS fetch has no body.
+                    while read < buf.len() {
+                        match conn.read(&mut buf[read..]).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => read += n,
+                        }
+                        if buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                            break;
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&buf[..read]).to_string();
+                    let (status, body) = {
+                        let mut s = state.lock().unwrap();
+                        s.requests += 1;
+                        match (s.mode, head.starts_with(&format!("GET {JWKS_PATH} "))) {
+                            (JwksMode::Failing, _) => ("503 Service Unavailable", String::new()),
+                            (JwksMode::Serving, true) => ("200 OK", s.body.clone()),
+                            (JwksMode::Serving, false) => ("404 Not Found", String::new()),
+                        }
+                    };
+                    let response = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = conn.write_all(response.as_bytes()).await;
+                    let _ = conn.shutdown().await;
+                });
+            }
+        });
+        Ok(JwksServer { addr, state })
+    }
+
+    pub fn set_jwks(&self, jwks: &Value) {
+        self.state.lock().unwrap().body = jwks.to_string();
+    }
+
+    pub fn set_mode(&self, mode: JwksMode) {
+        self.state.lock().unwrap().mode = mode;
+    }
+
+    /// How many requests the server has answered, any status.
+    pub fn requests(&self) -> u64 {
+        self.state.lock().unwrap().requests
+    }
+}
+
+/// A JWKS document holding these keys.
+pub fn jwks(keys: &[&SigningKey]) -> Value {
+    json!({ "keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minted_tokens_verify_with_the_public_key() {
+        let key = SigningKey::generate("k1");
+        let token = key.mint(
+            &UserClaims::user("nurse-1", &["nurse"]),
+            AUDIENCE,
+            Duration::from_mins(5),
+        );
+        let options = VerificationOptions {
+            allowed_issuers: Some(HashSet::from_strings(&[ISSUER])),
+            allowed_audiences: Some(HashSet::from_strings(&[AUDIENCE])),
+            ..Default::default()
+        };
+        let claims = key
+            .key
+            .public_key()
+            .verify_token::<Value>(&token, Some(options))
+            .unwrap();
+        assert_eq!(claims.subject.as_deref(), Some("nurse-1"));
+        assert_eq!(claims.custom["roles"], json!(["nurse"]));
+        let jwk = key.jwk();
+        assert_eq!(jwk["kid"], "k1");
+        assert_eq!(
+            URL_SAFE_NO_PAD
+                .decode(jwk["x"].as_str().unwrap())
+                .unwrap()
+                .len(),
+            32
+        );
+    }
+}
