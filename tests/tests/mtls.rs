@@ -22,7 +22,10 @@ async fn valid_client_certificate_gets_real_responses() {
         .start()
         .await
         .expect("stack starts");
-    let mut client = stack.client("frontend").await.expect("mTLS connects");
+    let mut client = stack
+        .client_as("frontend", Some("billing"))
+        .await
+        .expect("mTLS connects");
 
     let patient = client
         .get_patient(get_patient())
@@ -30,7 +33,7 @@ async fn valid_client_certificate_gets_real_responses() {
         .unwrap()
         .into_inner();
     assert_eq!(patient.patient_id, PATIENT_ID);
-    assert_eq!(patient.ssn, canary::SSN, "no filter configured: unmasked");
+    assert_eq!(patient.ssn, canary::SSN, "billing sees the SSN");
 
     let mut stream = client
         .list_encounters(ListEncountersRequest {
@@ -105,7 +108,8 @@ async fn bad_client_certificates_are_refused() {
         });
         // With TLS 1.3 the client may finish its side of the handshake before the server
         // rejects its certificate, so the refusal shows as a failed connect or a failed RPC.
-        let refused = match connect_mtls(&target, identity, None).await {
+        // A valid user token goes along, so only the certificate can be the reason.
+        let refused = match connect_mtls(&target, identity, Some(stack.token("nurse"))).await {
             Err(_) => true,
             Ok(mut client) => client.get_patient(get_patient()).await.is_err(),
         };
@@ -129,7 +133,7 @@ async fn bad_client_certificates_are_refused() {
     );
 
     // And the legitimate workload still gets in.
-    let mut client = stack.client("frontend").await.unwrap();
+    let mut client = stack.client_as("frontend", Some("nurse")).await.unwrap();
     client.get_patient(get_patient()).await.unwrap();
 }
 

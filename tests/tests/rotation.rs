@@ -17,14 +17,15 @@ const ROTATIONS: usize = 4;
 fn direct(stack: &Stack) -> Connect {
     let target = stack.target();
     let leaf = stack.workload("frontend").leaf.clone();
+    let token = stack.token("nurse").to_string();
     Arc::new(move || {
-        let (target, leaf) = (target.clone(), leaf.clone());
+        let (target, leaf, token) = (target.clone(), leaf.clone(), token.clone());
         Box::pin(async move {
             let id = ClientCert {
                 cert: &leaf.cert,
                 key: &leaf.key,
             };
-            connect_mtls(&target, Some(id), None)
+            connect_mtls(&target, Some(id), Some(&token))
                 .await
                 .map_err(|e| e.to_string())
         })
@@ -118,7 +119,7 @@ async fn server_certificate_rotation_under_load() {
 async fn client_certificate_rotation_under_load() {
     let stack = Stack::builder("rotate_client")
         .workload("frontend", "clinic", "ehr-frontend")
-        .workload("egress", "clinic", "ehr-frontend-sidecar")
+        .workload("egress", "clinic", "ehr-frontend")
         .egress("egress")
         .start()
         .await
@@ -151,7 +152,7 @@ async fn client_certificate_rotation_under_load() {
 async fn ca_rollover_under_load() {
     let stack = Stack::builder("ca_rollover")
         .workload("frontend", "clinic", "ehr-frontend")
-        .workload("egress", "clinic", "ehr-frontend-sidecar")
+        .workload("egress", "clinic", "ehr-frontend")
         .egress("egress")
         .start()
         .await
@@ -252,7 +253,7 @@ async fn ca_rollover_under_load() {
         cert: &old_leaf.cert,
         key: &old_leaf.key,
     };
-    let refused = match connect_mtls(&target, Some(old), None).await {
+    let refused = match connect_mtls(&target, Some(old), Some(stack.token("nurse"))).await {
         Err(_) => true,
         Ok(mut c) => c
             .get_patient(phi_guard_proto::health::v1::GetPatientRequest {
@@ -262,7 +263,7 @@ async fn ca_rollover_under_load() {
             .is_err(),
     };
     assert!(refused, "old-generation client certificate still accepted");
-    let mut fresh = stack.client("frontend").await.unwrap();
+    let mut fresh = stack.client_as("frontend", Some("nurse")).await.unwrap();
     fresh
         .get_patient(phi_guard_proto::health::v1::GetPatientRequest {
             patient_id: phi_guard_tools::backend::PATIENT_ID.into(),

@@ -144,9 +144,11 @@ impl StackBuilder {
         let dir2 = dir.clone();
         let workloads = self.workloads.clone();
         let egress_workload = self.egress_workload.clone();
-        tokio::task::spawn_blocking(move || {
-            start_blocking(dir2, workloads, egress_workload, backend_addr)
-        })
+        let ports = UpstreamPorts {
+            backend: backend_addr.port(),
+            jwks: idp.addr.port(),
+        };
+        tokio::task::spawn_blocking(move || start_blocking(dir2, workloads, egress_workload, ports))
         .await?
         .map(|(pki, inbound, egress, workloads)| Stack {
             dir,
@@ -241,11 +243,32 @@ async fn start_idp(
     })
 }
 
+/// Loopback ports of what the inbound Envoy calls.
+struct UpstreamPorts {
+    backend: u16,
+    jwks: u16,
+}
+
+/// Where scripts/build-wasm leaves the filter modules.
+pub fn wasm_dir() -> Result<PathBuf, Error> {
+    let dir = crate::repo_root().join("target/wasm32-wasip1/release");
+    for module in ["phi_guard_jwt", "phi_guard_rbac"] {
+        if !dir.join(format!("{module}.wasm")).exists() {
+            return Err(format!(
+                "{module}.wasm is not built: run scripts/build-wasm (looked in {})",
+                dir.display()
+            )
+            .into());
+        }
+    }
+    Ok(dir)
+}
+
 fn start_blocking(
     dir: PathBuf,
     workload_specs: Vec<(String, String, String)>,
     egress_workload: Option<String>,
-    backend_addr: SocketAddr,
+    ports: UpstreamPorts,
 ) -> Result<Started, Error> {
     let pki = Pki::init(&dir.join("pki"))?;
     pki.issue(
@@ -282,9 +305,11 @@ fn start_blocking(
         &[
             ("ADMIN_PORT", free_port()?.to_string()),
             ("LISTEN_PORT", inbound_listen.to_string()),
-            ("BACKEND_PORT", backend_addr.port().to_string()),
+            ("BACKEND_PORT", ports.backend.to_string()),
+            ("JWKS_PORT", ports.jwks.to_string()),
             ("SDS_DIR", inbound_sds.display().to_string()),
             ("LOG_DIR", logs.display().to_string()),
+            ("WASM_DIR", wasm_dir()?.display().to_string()),
         ],
         inbound_listen,
     )?;
@@ -693,7 +718,8 @@ mod tests {
             "SDS_DIR",
             "LOG_DIR",
             "WASM_DIR",
-            "AUDIT_PORT",
+            "JWKS_PORT",
+            "COLLECTOR_PORT",
         ];
         for file in [
             "envoy/inbound.yaml",

@@ -1,0 +1,602 @@
+//! `phi-guard-policy`: the native policy checker. It runs the filter's own parser and evaluator,
+//! so a policy that validates here loads in Envoy and decides the same way.
+//!
+//! Exit codes: 0 = yes (allow / valid / all cases passed), 1 = no (deny or unauthenticated /
+//! invalid policy / some case failed), 2 = could not answer (usage error, unreadable file,
+//! a policy that does not parse for `check` and `test`).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use phi_guard_common::{ConfigError, GrpcMethod, Identity};
+
+use crate::evaluate::{evaluate, Evaluation, Request, Verdict};
+use crate::policy::Policy;
+use crate::principal::Peer;
+
+pub const USAGE: &str = "\
+usage:
+  phi-guard-policy validate POLICY.json
+  phi-guard-policy check POLICY.json --method pkg.Service/Method
+        [--san spiffe://...] [--dns NAME] [--no-mtls]
+        [--claims CLAIMS.json | --role R ... --scope S ... --tenant T --purpose P]
+        [--header name=value ...] [--json]
+  phi-guard-policy test CASES.json [--policy POLICY.json]   (or \"policy\" in CASES.json)
+exit: 0 allow / valid / all passed, 1 deny / invalid / failures, 2 error";
+
+/// The end-user claims a check or a test case supplies: the parts of an [`Identity`] that
+/// policies read. A full `Identity` JSON (as the jwt filter writes it) is accepted too.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Claims {
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub tenant: Option<String>,
+    #[serde(default)]
+    pub purpose_of_use: Option<String>,
+}
+
+impl Claims {
+    fn parse(v: Value) -> Result<Identity, String> {
+        if let Ok(id) = serde_json::from_value::<Identity>(v.clone()) {
+            return Ok(id);
+        }
+        let c: Claims = serde_json::from_value(v).map_err(|e| format!("claims: {e}"))?;
+        Ok(c.into_identity())
+    }
+
+    pub fn into_identity(self) -> Identity {
+        Identity {
+            provider: "phi-guard-policy".into(),
+            issuer: "phi-guard-policy".into(),
+            subject: "checker".into(),
+            roles: self.roles,
+            scopes: self.scopes,
+            tenant: self.tenant,
+            purpose_of_use: self.purpose_of_use,
+            expires_at: u64::MAX,
+            cert_bound: false,
+        }
+    }
+}
+
+/// One expectation, like an `opa test` case.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The peer's URI SAN (a SPIFFE ID); with `dns`, implies mTLS unless `mtls` says otherwise.
+    #[serde(default)]
+    pub san: Option<String>,
+    #[serde(default)]
+    pub dns: Option<String>,
+    #[serde(default)]
+    pub mtls: Option<bool>,
+    /// End-user claims; absent or null means no end-user identity.
+    #[serde(default)]
+    pub claims: Option<Value>,
+    pub method: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub expect: Expect,
+    /// The expected effective role.
+    #[serde(default)]
+    pub role: Option<String>,
+    /// The expected deciding rule.
+    #[serde(default)]
+    pub rule: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Expect {
+    Allow,
+    Deny,
+    Unauthenticated,
+}
+
+impl Expect {
+    fn verdict(self) -> Verdict {
+        match self {
+            Expect::Allow => Verdict::Allow,
+            Expect::Deny => Verdict::Deny,
+            Expect::Unauthenticated => Verdict::Unauthenticated,
+        }
+    }
+}
+
+/// The test file: `{"policy": "path"?, "cases": [...]}` or a bare list of cases.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum CaseFile {
+    Cases(Vec<Case>),
+    Suite {
+        #[serde(default)]
+        policy: Option<String>,
+        cases: Vec<Case>,
+    },
+}
+
+/// Facts of one check, the checker-side twin of what the shell reads from Envoy.
+#[derive(Debug, Clone, Default)]
+pub struct Input {
+    pub mtls: bool,
+    pub san: Option<String>,
+    pub dns: Option<String>,
+    pub identity: Option<Identity>,
+    pub method: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Input {
+    pub fn evaluate(&self, policy: &Policy) -> Evaluation {
+        let mtls: &[u8] = if self.mtls { &[1] } else { &[0] };
+        let peer = Peer::from_attributes(Some(mtls), self.san.as_deref(), self.dns.as_deref());
+        let path = if self.method.starts_with('/') {
+            self.method.clone()
+        } else {
+            format!("/{}", self.method)
+        };
+        let method = GrpcMethod::from_path(&path);
+        // Only the headers the policy reads, lower-cased, as the shell passes them.
+        let headers: Vec<(String, String)> = self
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .filter(|(k, _)| policy.header_names().contains(k))
+            .collect();
+        evaluate(
+            policy,
+            &Request {
+                peer: &peer,
+                identity: self.identity.as_ref(),
+                method: method.as_ref(),
+                headers: &headers,
+            },
+        )
+    }
+}
+
+impl Case {
+    fn input(&self) -> Result<Input, String> {
+        let identity = match &self.claims {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(Claims::parse(v.clone())?),
+        };
+        Ok(Input {
+            mtls: self
+                .mtls
+                .unwrap_or(self.san.is_some() || self.dns.is_some()),
+            san: self.san.clone(),
+            dns: self.dns.clone(),
+            identity,
+            method: self.method.clone(),
+            headers: self.headers.clone().into_iter().collect(),
+        })
+    }
+}
+
+/// Result of running a case list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub passed: usize,
+    /// One line per failed case.
+    pub failures: Vec<String>,
+}
+
+/// Runs every case against `policy`.
+pub fn run_cases(policy: &Policy, cases: &[Case]) -> Report {
+    let mut report = Report::default();
+    for (i, case) in cases.iter().enumerate() {
+        let label = match &case.name {
+            Some(n) => format!("cases[{i}] {n}"),
+            None => format!("cases[{i}]"),
+        };
+        let eval = match case.input() {
+            Ok(input) => input.evaluate(policy),
+            Err(e) => {
+                report.failures.push(format!("{label}: {e}"));
+                continue;
+            }
+        };
+        let rule = rule_name(policy, &eval);
+        let mut problems = Vec::new();
+        if eval.verdict != case.expect.verdict() {
+            problems.push(format!(
+                "expected {}, got {}",
+                case.expect.verdict().as_str(),
+                eval.verdict.as_str()
+            ));
+        }
+        if let Some(role) = &case.role {
+            if *role != eval.role {
+                problems.push(format!("expected role {role}, got {}", eval.role));
+            }
+        }
+        if let Some(want) = &case.rule {
+            if Some(want.as_str()) != rule {
+                problems.push(format!("expected rule {want}, got {}", rule.unwrap_or("-")));
+            }
+        }
+        if problems.is_empty() {
+            report.passed += 1;
+        } else {
+            report.failures.push(format!(
+                "{label}: {} (rule {}, role {}, reason {})",
+                problems.join("; "),
+                rule.unwrap_or("-"),
+                eval.role,
+                eval.reason.as_str()
+            ));
+        }
+    }
+    report
+}
+
+fn rule_name<'p>(policy: &'p Policy, eval: &Evaluation) -> Option<&'p str> {
+    eval.rule
+        .and_then(|i| policy.rules.get(i))
+        .map(|r| r.name.as_str())
+}
+
+/// Loads and parses a policy file.
+pub fn load_policy(path: &str) -> Result<Policy, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+    Policy::parse(&bytes).map_err(|e: ConfigError| format!("{path}: {e}"))
+}
+
+/// Parses a case file; a relative `policy` inside it is resolved against the file's folder.
+pub fn load_cases(path: &str) -> Result<(Option<String>, Vec<Case>), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+    let file: CaseFile = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{path}: not a list of cases or {{\"policy\", \"cases\"}} ({e})"))?;
+    Ok(match file {
+        CaseFile::Cases(cases) => (None, cases),
+        CaseFile::Suite { policy, cases } => {
+            let policy = policy.map(|p| {
+                let base = std::path::Path::new(path)
+                    .parent()
+                    .unwrap_or(std::path::Path::new(""));
+                base.join(p).to_string_lossy().into_owned()
+            });
+            (policy, cases)
+        }
+    })
+}
+
+/// The command line. `args` excludes the program name. Returns the exit code.
+pub fn run(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    let result = match args.first().map(String::as_str) {
+        Some("validate") => validate(&args[1..], out),
+        Some("check") => check(&args[1..], out),
+        Some("test") => test(&args[1..], out),
+        Some("-h" | "--help" | "help") => {
+            let _ = writeln!(out, "{USAGE}");
+            return 0;
+        }
+        _ => Err(format!("unknown or missing command\n{USAGE}")),
+    };
+    match result {
+        Ok(code) => code,
+        Err(msg) => {
+            let _ = writeln!(err, "phi-guard-policy: {msg}");
+            2
+        }
+    }
+}
+
+fn validate(args: &[String], out: &mut dyn Write) -> Result<i32, String> {
+    let [path] = args else {
+        return Err(format!("validate takes one POLICY.json\n{USAGE}"));
+    };
+    let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+    match Policy::parse(&bytes) {
+        Ok(p) => {
+            let _ = writeln!(out, "ok: {} rules, version {}", p.rules.len(), p.version);
+            Ok(0)
+        }
+        Err(e) => {
+            let _ = writeln!(out, "{path}: {e}");
+            Ok(1)
+        }
+    }
+}
+
+fn check(args: &[String], out: &mut dyn Write) -> Result<i32, String> {
+    let mut policy_path = None;
+    let mut input = Input::default();
+    let mut claims_file = None;
+    let mut claims = Claims::default();
+    let mut inline_claims = false;
+    let mut no_mtls = false;
+    let mut as_json = false;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{arg} needs a value"))
+        };
+        match arg.as_str() {
+            "--san" => input.san = Some(value()?),
+            "--dns" => input.dns = Some(value()?),
+            "--no-mtls" => no_mtls = true,
+            "--claims" => claims_file = Some(value()?),
+            "--role" => {
+                claims.roles.push(value()?);
+                inline_claims = true;
+            }
+            "--scope" => {
+                claims.scopes.push(value()?);
+                inline_claims = true;
+            }
+            "--tenant" => {
+                claims.tenant = Some(value()?);
+                inline_claims = true;
+            }
+            "--purpose" => {
+                claims.purpose_of_use = Some(value()?);
+                inline_claims = true;
+            }
+            "--method" => input.method = value()?,
+            "--header" => {
+                let kv = value()?;
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| format!("--header wants name=value, got {kv}"))?;
+                input.headers.push((k.to_string(), v.to_string()));
+            }
+            "--json" => as_json = true,
+            s if s.starts_with("--") => return Err(format!("unknown option {s}\n{USAGE}")),
+            s if policy_path.is_none() => policy_path = Some(s.to_string()),
+            s => return Err(format!("unexpected argument {s}\n{USAGE}")),
+        }
+    }
+    let policy_path = policy_path.ok_or_else(|| format!("check needs POLICY.json\n{USAGE}"))?;
+    if input.method.is_empty() {
+        return Err(format!("check needs --method\n{USAGE}"));
+    }
+    input.identity = match (claims_file, inline_claims) {
+        (Some(_), true) => {
+            return Err("use --claims or --role/--scope/--tenant/--purpose, not both".into())
+        }
+        (Some(path), false) => {
+            let bytes = std::fs::read(&path).map_err(|e| format!("{path}: {e}"))?;
+            let v: Value = serde_json::from_slice(&bytes).map_err(|e| format!("{path}: {e}"))?;
+            Some(Claims::parse(v)?)
+        }
+        (None, true) => Some(claims.into_identity()),
+        (None, false) => None,
+    };
+    input.mtls = !no_mtls && (input.san.is_some() || input.dns.is_some());
+    let policy = load_policy(&policy_path)?;
+    let eval = input.evaluate(&policy);
+    let rule = rule_name(&policy, &eval);
+    if as_json {
+        let doc = json!({
+            "decision": eval.verdict.as_str(),
+            "rule": rule,
+            "role": eval.role,
+            "reason": eval.reason.as_str(),
+            "mode": policy.mode.as_str(),
+            "policy_version": policy.version,
+        });
+        let _ = writeln!(out, "{doc}");
+    } else {
+        let _ = writeln!(out, "decision: {}", eval.verdict.as_str());
+        let _ = writeln!(out, "rule:     {}", rule.unwrap_or("- (default deny)"));
+        let _ = writeln!(out, "role:     {}", eval.role);
+        let _ = writeln!(out, "reason:   {}", eval.reason.as_str());
+        if policy.mode == crate::policy::Mode::Shadow {
+            let _ = writeln!(out, "note:     policy is in shadow mode; Envoy records this decision but lets the request through");
+        }
+    }
+    Ok(if eval.verdict == Verdict::Allow { 0 } else { 1 })
+}
+
+fn test(args: &[String], out: &mut dyn Write) -> Result<i32, String> {
+    let mut cases_path = None;
+    let mut policy_path = None;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--policy" => {
+                policy_path = Some(it.next().cloned().ok_or("--policy needs a value")?);
+            }
+            s if s.starts_with("--") => return Err(format!("unknown option {s}\n{USAGE}")),
+            s if cases_path.is_none() => cases_path = Some(s.to_string()),
+            s => return Err(format!("unexpected argument {s}\n{USAGE}")),
+        }
+    }
+    let cases_path = cases_path.ok_or_else(|| format!("test needs CASES.json\n{USAGE}"))?;
+    let (file_policy, cases) = load_cases(&cases_path)?;
+    let policy_path = policy_path
+        .or(file_policy)
+        .ok_or("no policy: pass --policy POLICY.json or set \"policy\" in the case file")?;
+    let policy = load_policy(&policy_path)?;
+    let report = run_cases(&policy, &cases);
+    for line in &report.failures {
+        let _ = writeln!(out, "FAIL {line}");
+    }
+    let _ = writeln!(
+        out,
+        "{} passed, {} failed",
+        report.passed,
+        report.failures.len()
+    );
+    Ok(if report.failures.is_empty() { 0 } else { 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DIR: &str = env!("CARGO_MANIFEST_DIR");
+
+    fn run_args(args: &[&str]) -> (i32, String, String) {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = run(&args, &mut out, &mut err);
+        (
+            code,
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(err).unwrap(),
+        )
+    }
+
+    fn demo() -> String {
+        format!("{DIR}/policy.demo.json")
+    }
+
+    #[test]
+    fn demo_cases_all_pass() {
+        let (policy_path, cases) = load_cases(&format!("{DIR}/policy.demo.test.json")).unwrap();
+        let policy = load_policy(&policy_path.expect("case file names its policy")).unwrap();
+        let report = run_cases(&policy, &cases);
+        assert!(report.failures.is_empty(), "{:#?}", report.failures);
+        assert_eq!(report.passed, cases.len());
+        assert!(cases.len() >= 20);
+        let (code, out, _) = run_args(&["test", &format!("{DIR}/policy.demo.test.json")]);
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(out.trim(), format!("{} passed, 0 failed", cases.len()));
+    }
+
+    #[test]
+    fn failing_cases_are_reported() {
+        let policy = load_policy(&demo()).unwrap();
+        let cases: Vec<Case> = serde_json::from_str(
+            r#"[{"name":"wrong","san":"spiffe://phi-guard.test/ns/clinic/sa/ehr-frontend",
+                 "claims":{"roles":["nurse"]},"method":"health.v1.PatientService/GetPatient",
+                 "expect":"deny","role":"billing"},
+                {"method":"health.v1.PatientService/GetPatient","expect":"deny"}]"#,
+        )
+        .unwrap();
+        let report = run_cases(&policy, &cases);
+        assert_eq!(report.passed, 1);
+        assert_eq!(report.failures.len(), 1);
+        assert!(
+            report.failures[0].contains("expected deny, got allow"),
+            "{:?}",
+            report.failures
+        );
+        assert!(report.failures[0].contains("expected role billing, got nurse"));
+    }
+
+    #[test]
+    fn validate_reports_ok_or_the_field() {
+        let (code, out, _) = run_args(&["validate", &demo()]);
+        assert_eq!((code, out.trim()), (0, "ok: 5 rules, version demo-2026-01"));
+        let bad =
+            std::env::temp_dir().join(format!("phi-guard-rbac-bad-{}.json", std::process::id()));
+        std::fs::write(
+            &bad,
+            br#"{"version":"1","rules":[{"name":"a","action":"allow","methods":["x"]}]}"#,
+        )
+        .unwrap();
+        let (code, out, _) = run_args(&["validate", bad.to_str().unwrap()]);
+        let _ = std::fs::remove_file(&bad);
+        assert_eq!(code, 1);
+        assert!(out.contains("`rules[0].methods[0]`"), "{out}");
+        let (code, _, err) = run_args(&["validate", "/nonexistent/policy.json"]);
+        assert_eq!(code, 2);
+        assert!(err.contains("/nonexistent/policy.json"));
+    }
+
+    #[test]
+    fn check_prints_and_exits_by_decision() {
+        let fe = "spiffe://phi-guard.test/ns/clinic/sa/ehr-frontend";
+        let (code, out, _) = run_args(&[
+            "check",
+            &demo(),
+            "--san",
+            fe,
+            "--role",
+            "billing_clerk",
+            "--method",
+            "health.v1.PatientService/GetPatient",
+        ]);
+        assert_eq!(code, 0, "{out}");
+        assert!(
+            out.contains("decision: allow") && out.contains("role:     billing"),
+            "{out}"
+        );
+        assert!(out.contains("rule:     frontend-clinical-reads"));
+        let (code, out, _) = run_args(&[
+            "check",
+            &demo(),
+            "--san",
+            fe,
+            "--method",
+            "health.v1.PatientService/GetPatient",
+            "--json",
+        ]);
+        assert_eq!(code, 1);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["decision"], "unauthenticated");
+        assert_eq!(v["reason"], "no_identity");
+        assert_eq!(v["rule"], Value::Null);
+        let (code, _, _) = run_args(&[
+            "check",
+            &demo(),
+            "--san",
+            fe,
+            "--role",
+            "nurse",
+            "--no-mtls",
+            "--method",
+            "health.v1.PatientService/GetPatient",
+        ]);
+        assert_eq!(code, 1);
+    }
+
+    #[test]
+    fn check_reads_a_claims_file() {
+        let claims =
+            std::env::temp_dir().join(format!("phi-guard-rbac-claims-{}.json", std::process::id()));
+        std::fs::write(
+            &claims,
+            br#"{"roles":["research"],"scopes":["patient.read"]}"#,
+        )
+        .unwrap();
+        let (code, out, err) = run_args(&[
+            "check",
+            &demo(),
+            "--san",
+            "spiffe://phi-guard.test/ns/research/sa/analytics",
+            "--claims",
+            claims.to_str().unwrap(),
+            "--method",
+            "/health.v1.PatientService/GetPatient",
+        ]);
+        let _ = std::fs::remove_file(&claims);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("role:     research"));
+    }
+
+    #[test]
+    fn usage_errors_exit_2() {
+        for args in [
+            &[][..],
+            &["frobnicate"][..],
+            &["check", "p.json"][..],
+            &["check", "p.json", "--method"][..],
+            &[
+                "check", "p.json", "--method", "a.B/C", "--header", "novalue",
+            ][..],
+            &["check", "p.json", "--method", "a.B/C", "--bogus"][..],
+            &["validate"][..],
+            &["test"][..],
+        ] {
+            let (code, _, err) = run_args(args);
+            assert_eq!(code, 2, "{args:?}");
+            assert!(err.starts_with("phi-guard-policy: "), "{err}");
+        }
+    }
+}
