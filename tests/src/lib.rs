@@ -199,3 +199,49 @@ impl Load {
         (report, err)
     }
 }
+
+/// The `authn` (or `authz`) reason codes the inbound access log recorded, oldest first.
+pub fn logged_reasons(stack: &phi_guard_tools::stack::Stack, field: &str) -> Vec<String> {
+    std::fs::read_to_string(stack.dir.join("logs/inbound_access.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v[field].as_str().map(str::to_string))
+        .filter_map(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        .filter_map(|v| v["reason"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Every log Envoy wrote for this stack (its own log and the access logs), for leak scans.
+pub fn all_logs(stack: &phi_guard_tools::stack::Stack) -> String {
+    let mut text = String::new();
+    if let Ok(entries) = std::fs::read_dir(stack.dir.join("logs")) {
+        for entry in entries.flatten() {
+            text.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+        }
+    }
+    text
+}
+
+/// One GetPatient call as `workload` with `token`; the gRPC code it ended with.
+pub async fn get_patient_code(
+    stack: &phi_guard_tools::stack::Stack,
+    workload: &str,
+    token: Option<&str>,
+) -> tonic::Code {
+    let leaf = &stack.workload(workload).leaf;
+    let id = phi_guard_tools::client::ClientCert {
+        cert: &leaf.cert,
+        key: &leaf.key,
+    };
+    let mut client = phi_guard_tools::client::connect_mtls(&stack.target(), Some(id), token)
+        .await
+        .expect("mTLS connects");
+    let request = GetPatientRequest {
+        patient_id: phi_guard_tools::backend::PATIENT_ID.into(),
+    };
+    match client.get_patient(request).await {
+        Ok(_) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    }
+}

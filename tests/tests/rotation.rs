@@ -35,10 +35,11 @@ fn direct(stack: &Stack) -> Connect {
 /// Connects in plaintext to the egress sidecar, which holds the client certificate.
 fn via_egress(stack: &Stack) -> Connect {
     let endpoint = stack.egress.as_ref().expect("egress").listen.to_string();
+    let token = stack.token("nurse").to_string();
     Arc::new(move || {
-        let endpoint = endpoint.clone();
+        let (endpoint, token) = (endpoint.clone(), token.clone());
         Box::pin(async move {
-            connect_plain(&endpoint, None)
+            connect_plain(&endpoint, Some(&token))
                 .await
                 .map_err(|e| e.to_string())
         })

@@ -77,8 +77,21 @@ impl UserClaims {
 }
 
 impl SigningKey {
-    /// A token valid for `ttl` from now, for `audience`.
+    /// A token from the demo issuer valid for `ttl` from now, for `audience`.
     pub fn mint(&self, claims: &UserClaims, audience: &str, ttl: Duration) -> String {
+        let now = Clock::now_since_epoch().as_secs();
+        self.mint_at(claims, ISSUER, audience, now, now + ttl.as_secs())
+    }
+
+    /// A token with explicit issuer and times, for tests of the rejection paths.
+    pub fn mint_at(
+        &self,
+        claims: &UserClaims,
+        issuer: &str,
+        audience: &str,
+        issued_at: u64,
+        expires_at: u64,
+    ) -> String {
         let mut custom = serde_json::Map::new();
         custom.insert("roles".into(), json!(claims.roles));
         custom.insert("scope".into(), json!(claims.scope));
@@ -91,11 +104,14 @@ impl SigningKey {
         if let Some(x5t) = &claims.cnf_x5t_s256 {
             custom.insert("cnf".into(), json!({ "x5t#S256": x5t }));
         }
-        let claims = Claims::with_custom_claims(Value::Object(custom), ttl)
-            .with_issuer(ISSUER)
+        let mut jwt = Claims::with_custom_claims(Value::Object(custom), Duration::from_secs(1))
+            .with_issuer(issuer)
             .with_audience(audience)
             .with_subject(&claims.subject);
-        self.key.sign(claims).expect("signing with a valid key")
+        jwt.issued_at = Some(UnixTimeStamp::from_secs(issued_at));
+        jwt.invalid_before = Some(UnixTimeStamp::from_secs(issued_at));
+        jwt.expires_at = Some(UnixTimeStamp::from_secs(expires_at));
+        self.key.sign(jwt).expect("signing with a valid key")
     }
 }
 

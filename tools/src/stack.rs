@@ -86,7 +86,12 @@ pub struct StackBuilder {
     egress_workload: Option<String>,
     /// Directory of the tools' binaries, when services run as processes.
     bin_dir: Option<PathBuf>,
+    jwks_failing: bool,
+    inbound_patch: Option<ConfigPatch>,
 }
+
+/// A change to the rendered inbound config, for tests of what a bad config does.
+pub type ConfigPatch = Box<dyn Fn(String) -> String + Send>;
 
 impl StackBuilder {
     /// A client workload `name` with SPIFFE ID `spiffe://phi-guard.test/ns/<ns>/sa/<sa>`.
@@ -99,6 +104,18 @@ impl StackBuilder {
     /// Also start the egress sidecar, presenting the certificate of workload `name`.
     pub fn egress(mut self, name: &str) -> Self {
         self.egress_workload = Some(name.into());
+        self
+    }
+
+    /// Start with the IdP's JWKS endpoint answering 503 (in-process stacks only).
+    pub fn jwks_failing(mut self) -> Self {
+        self.jwks_failing = true;
+        self
+    }
+
+    /// Edit the rendered inbound config before Envoy starts.
+    pub fn patch_inbound(mut self, patch: impl Fn(String) -> String + Send + 'static) -> Self {
+        self.inbound_patch = Some(Box::new(patch));
         self
     }
 
@@ -140,6 +157,9 @@ impl StackBuilder {
             }
         };
         let idp = start_idp(&dir, self.bin_dir.as_deref(), &mut services).await?;
+        if let (true, Some(server)) = (self.jwks_failing, &idp.server) {
+            server.set_mode(issuer::JwksMode::Failing);
+        }
 
         let dir2 = dir.clone();
         let workloads = self.workloads.clone();
@@ -148,7 +168,10 @@ impl StackBuilder {
             backend: backend_addr.port(),
             jwks: idp.addr.port(),
         };
-        tokio::task::spawn_blocking(move || start_blocking(dir2, workloads, egress_workload, ports))
+        let patch = self.inbound_patch;
+        tokio::task::spawn_blocking(move || {
+            start_blocking(dir2, workloads, egress_workload, ports, patch)
+        })
         .await?
         .map(|(pki, inbound, egress, workloads)| Stack {
             dir,
@@ -269,6 +292,7 @@ fn start_blocking(
     workload_specs: Vec<(String, String, String)>,
     egress_workload: Option<String>,
     ports: UpstreamPorts,
+    inbound_patch: Option<ConfigPatch>,
 ) -> Result<Started, Error> {
     let pki = Pki::init(&dir.join("pki"))?;
     pki.issue(
@@ -301,6 +325,7 @@ fn start_blocking(
     let inbound_listen = free_port()?;
     let inbound = Envoy::start(
         "inbound",
+        inbound_patch,
         &dir,
         &[
             ("ADMIN_PORT", free_port()?.to_string()),
@@ -324,6 +349,7 @@ fn start_blocking(
             let listen = free_port()?;
             Some(Envoy::start(
                 "egress",
+                None,
                 &dir,
                 &[
                     ("ADMIN_PORT", free_port()?.to_string()),
@@ -347,6 +373,8 @@ impl Stack {
             workloads: Vec::new(),
             egress_workload: None,
             bin_dir: None,
+            jwks_failing: false,
+            inbound_patch: None,
         }
     }
 
@@ -453,13 +481,18 @@ impl Envoy {
     /// Renders `envoy/<name>.yaml`, starts Envoy and waits for the admin `/ready`.
     pub fn start(
         name: &str,
+        patch: Option<ConfigPatch>,
         dir: &Path,
         vars: &[(&str, String)],
         listen_port: u16,
     ) -> Result<Envoy, Error> {
         let template = crate::repo_root().join(format!("envoy/{name}.yaml"));
         let config = dir.join(format!("{name}.yaml"));
-        std::fs::write(&config, render(&std::fs::read_to_string(&template)?, vars)?)?;
+        let mut rendered = render(&std::fs::read_to_string(&template)?, vars)?;
+        if let Some(patch) = patch {
+            rendered = patch(rendered);
+        }
+        std::fs::write(&config, rendered)?;
         let admin_port: u16 = vars
             .iter()
             .find(|(k, _)| *k == "ADMIN_PORT")
@@ -472,6 +505,9 @@ impl Envoy {
             .args(["--concurrency", "1", "--disable-hot-restart"])
             .args(["--log-path", &log.to_string_lossy()])
             .args(["--log-level", "info"])
+            // Access logs reach disk within 200 ms (default 10 s), so tests and the demo can
+            // read what was just decided.
+            .args(["--file-flush-interval-msec", "200"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

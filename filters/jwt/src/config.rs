@@ -1,0 +1,967 @@
+//! The filter's configuration: the JSON in Envoy's `configuration` field (and Istio's
+//! `pluginConfig`, which Istio hands over as the same JSON). See README.md for the reference.
+//!
+//! Parsing is strict: unknown fields, duplicate members and out-of-range values are refused
+//! with a [`ConfigError`] naming the field path (e.g. `providers[0].audiences`), and the
+//! plugin does not start. Each nesting level is parsed separately so the path is complete.
+//! Error reasons never echo a value (serde's "invalid type" messages quote it, and a secret
+//! pasted into the wrong field must not reach Envoy's log).
+
+use phi_guard_common::{ConfigError, GrpcMethod};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::json::{self, JsonError};
+use crate::keys::{Alg, KeySet, VerifyKey};
+
+pub const DEFAULT_CLOCK_SKEW_S: u64 = 60;
+pub const MAX_CLOCK_SKEW_S: u64 = 3600;
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8192;
+pub const DEFAULT_CACHE_MAX_ENTRIES: usize = 1024;
+pub const DEFAULT_REFRESH_INTERVAL_S: u64 = 600;
+pub const DEFAULT_TIMEOUT_MS: u64 = 5000;
+pub const DEFAULT_MIN_REFETCH_INTERVAL_S: u64 = 30;
+pub const DEFAULT_RETRY_INTERVAL_S: u64 = 10;
+/// RFC 7518 §3.2: an HS256 key must be at least as long as the hash output.
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub providers: Vec<Provider>,
+    pub rules: Vec<Rule>,
+    /// Requirement for a method no rule matches; `None` denies (`no_rule`).
+    pub default: Option<Requirement>,
+    pub max_token_bytes: usize,
+    /// Verified-token cache size; 0 disables the cache.
+    pub cache_max_entries: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Provider {
+    pub name: String,
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub jwks: JwksSource,
+    pub algorithms: Vec<Alg>,
+    pub clock_skew_s: u64,
+    pub max_lifetime_s: Option<u64>,
+    pub token_source: TokenSource,
+    pub forward: bool,
+    pub require_cert_binding: bool,
+    pub claims: ClaimMapping,
+    /// The HS256 key, read from the VM environment at configure time.
+    pub hs256_key: Option<VerifyKey>,
+}
+
+#[derive(Debug, Clone)]
+pub enum JwksSource {
+    /// Only HS256 is allowed: no key set needed.
+    None,
+    Inline(KeySet),
+    Remote(RemoteJwks),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteJwks {
+    pub cluster: String,
+    pub path: String,
+    pub authority: String,
+    pub refresh_interval_s: u64,
+    pub timeout_ms: u64,
+    pub min_refetch_interval_s: u64,
+    pub retry_interval_s: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `authorization: Bearer <token>` (RFC 6750 §2.1).
+    AuthorizationBearer,
+    /// The whole value of the named (lower-case) header.
+    Header(String),
+}
+
+impl TokenSource {
+    pub fn header_name(&self) -> &str {
+        match self {
+            TokenSource::AuthorizationBearer => "authorization",
+            TokenSource::Header(name) => name,
+        }
+    }
+}
+
+/// Which claims feed the identity. Each field lists claim names; the first one present wins.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClaimMapping {
+    pub roles: Vec<String>,
+    pub scopes: Vec<String>,
+    pub tenant: Vec<String>,
+    pub purpose_of_use: Vec<String>,
+}
+
+impl Default for ClaimMapping {
+    fn default() -> Self {
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect();
+        ClaimMapping {
+            roles: names(&["roles"]),
+            scopes: names(&["scope", "scp"]),
+            tenant: names(&["tenant"]),
+            purpose_of_use: names(&["purpose_of_use"]),
+        }
+    }
+}
+
+/// A method pattern: `pkg.Service/Method`, `pkg.Service/*` or `*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MethodPattern {
+    Exact(String),
+    Service(String),
+    Any,
+}
+
+impl MethodPattern {
+    fn parse(pattern: &str) -> Option<Self> {
+        if pattern == "*" {
+            return Some(MethodPattern::Any);
+        }
+        if let Some(service) = pattern.strip_suffix("/*") {
+            // Validate the service part with the same rules as a real request path.
+            GrpcMethod::from_path(&format!("/{service}/M"))?;
+            return Some(MethodPattern::Service(service.to_string()));
+        }
+        let method = GrpcMethod::from_path(&format!("/{pattern}"))?;
+        Some(MethodPattern::Exact(method.full_name()))
+    }
+
+    /// Higher is more specific; the most specific matching rule wins.
+    pub fn specificity(&self) -> u8 {
+        match self {
+            MethodPattern::Exact(_) => 2,
+            MethodPattern::Service(_) => 1,
+            MethodPattern::Any => 0,
+        }
+    }
+
+    pub fn matches(&self, method: &GrpcMethod) -> bool {
+        match self {
+            MethodPattern::Exact(full) => *full == method.full_name(),
+            MethodPattern::Service(service) => *service == method.service,
+            MethodPattern::Any => true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requirement {
+    /// A token verified by this provider (index into `providers`).
+    Provider(usize),
+    /// A token verified by any of these providers, chosen by the token's `iss`.
+    AnyOf(Vec<usize>),
+    /// No token needed; a token that is present must still verify (with the provider whose
+    /// issuer it names).
+    AllowMissing,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub pattern: MethodPattern,
+    pub requires: Requirement,
+}
+
+impl Config {
+    /// Parses and validates the configuration. `env` reads the VM's environment (Envoy
+    /// `vm_config.environment_variables`, Istio `vmConfig.env`), where HS256 secrets live.
+    pub fn parse(
+        bytes: &[u8],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        // serde_json keeps the last duplicate silently in free-form parts (inline JWKS).
+        match json::parse_object(bytes) {
+            Ok(_) => {}
+            Err(JsonError::Duplicate) => {
+                return Err(ConfigError::new("", "a JSON member appears twice"))
+            }
+            Err(JsonError::Invalid) => {
+                return Err(ConfigError::new("", "not a JSON object"));
+            }
+        }
+        let raw: RawConfig = from_value_at(serde_json::from_slice(bytes).unwrap_or_default(), "")?;
+
+        if raw.providers.is_empty() {
+            return Err(ConfigError::new(
+                "providers",
+                "at least one provider is required",
+            ));
+        }
+        let mut providers = Vec::with_capacity(raw.providers.len());
+        for (i, value) in raw.providers.into_iter().enumerate() {
+            let path = format!("providers[{i}]");
+            let provider = parse_provider(value, &path, env)?;
+            if providers.iter().any(|p: &Provider| p.name == provider.name) {
+                return Err(ConfigError::new(
+                    format!("{path}.name"),
+                    "duplicate provider name",
+                ));
+            }
+            providers.push(provider);
+        }
+
+        let mut rules: Vec<Rule> = Vec::with_capacity(raw.rules.len());
+        for (i, value) in raw.rules.into_iter().enumerate() {
+            let path = format!("rules[{i}]");
+            let raw_rule: RawRule = from_value_at(value, &path)?;
+            let pattern = MethodPattern::parse(&raw_rule.r#match).ok_or_else(|| {
+                ConfigError::new(
+                    format!("{path}.match"),
+                    "expected `pkg.Service/Method`, `pkg.Service/*` or `*`",
+                )
+            })?;
+            if rules.iter().any(|r| r.pattern == pattern) {
+                return Err(ConfigError::new(
+                    format!("{path}.match"),
+                    "duplicate pattern",
+                ));
+            }
+            let requires =
+                parse_requirement(raw_rule.requires, &format!("{path}.requires"), &providers)?;
+            rules.push(Rule { pattern, requires });
+        }
+        let default = match raw.default {
+            None => None,
+            Some(value) => {
+                if rules.iter().any(|r| r.pattern == MethodPattern::Any) {
+                    return Err(ConfigError::new(
+                        "default",
+                        "a `*` rule and `default` mean the same; keep one",
+                    ));
+                }
+                Some(parse_requirement(value, "default", &providers)?)
+            }
+        };
+
+        let max_token_bytes = raw.max_token_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES);
+        if !(256..=65536).contains(&max_token_bytes) {
+            return Err(ConfigError::new(
+                "max_token_bytes",
+                "must be between 256 and 65536",
+            ));
+        }
+        let cache: RawCache = match raw.cache {
+            None => RawCache::default(),
+            Some(value) => from_value_at(value, "cache")?,
+        };
+        let cache_max_entries = cache.max_entries.unwrap_or(DEFAULT_CACHE_MAX_ENTRIES);
+        if cache_max_entries > 1_000_000 {
+            return Err(ConfigError::new(
+                "cache.max_entries",
+                "must be at most 1000000",
+            ));
+        }
+
+        Ok(Config {
+            providers,
+            rules,
+            default,
+            max_token_bytes,
+            cache_max_entries,
+        })
+    }
+
+    /// The requirement for a method: the matching rule with the most specific pattern (exact
+    /// method, then `Service/*`, then `*`; patterns are unique, so there is no tie), else
+    /// `default`. `None` means deny.
+    pub fn requirement_for(&self, method: &GrpcMethod) -> Option<&Requirement> {
+        self.rules
+            .iter()
+            .filter(|r| r.pattern.matches(method))
+            .max_by_key(|r| r.pattern.specificity())
+            .map(|r| &r.requires)
+            .or(self.default.as_ref())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    providers: Vec<Value>,
+    #[serde(default)]
+    rules: Vec<Value>,
+    default: Option<Value>,
+    max_token_bytes: Option<usize>,
+    cache: Option<Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    max_entries: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    r#match: String,
+    requires: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRequirement {
+    provider: Option<String>,
+    any_of: Option<Vec<String>>,
+    allow_missing: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    name: String,
+    issuer: String,
+    audiences: Vec<String>,
+    jwks: Option<Value>,
+    algorithms: Vec<String>,
+    clock_skew_s: Option<u64>,
+    max_lifetime_s: Option<u64>,
+    token_header: Option<String>,
+    #[serde(default)]
+    forward: bool,
+    #[serde(default)]
+    require_cert_binding: bool,
+    claims: Option<Value>,
+    hs256_secret_env: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwks {
+    inline: Option<Value>,
+    remote: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRemote {
+    cluster: String,
+    path: String,
+    authority: String,
+    refresh_interval_s: Option<u64>,
+    timeout_ms: Option<u64>,
+    min_refetch_interval_s: Option<u64>,
+    retry_interval_s: Option<u64>,
+}
+
+/// Deserialises `value` as `T`, naming `path` (plus the member serde names) on failure.
+fn from_value_at<T: DeserializeOwned>(value: Value, path: &str) -> Result<T, ConfigError> {
+    // Through compact text rather than `from_value`: serde reports the column of a badly
+    // typed value, which locates the member that holds it.
+    let text = value.to_string();
+    serde_json::from_str(&text).map_err(|e| {
+        let msg = e.to_string();
+        let named = ["unknown field", "missing field", "duplicate field"]
+            .iter()
+            .any(|p| msg.starts_with(p));
+        let err = if named {
+            ConfigError::from_json(&e)
+        } else {
+            // "invalid type: string \"...\", expected u64 at line 1 column 9": keep only what
+            // was expected, never the value.
+            let expected = msg
+                .find("expected ")
+                .map(|at| {
+                    msg[at..]
+                        .split(" at line ")
+                        .next()
+                        .unwrap_or_default()
+                        .to_string()
+                })
+                .unwrap_or_else(|| "invalid value".to_string());
+            let member = member_at(&text, e.column()).unwrap_or_default();
+            ConfigError::new(member, format!("invalid type or value ({expected})"))
+        };
+        if path.is_empty() {
+            err
+        } else {
+            err.within(path)
+        }
+    })
+}
+
+/// The name of the top-level member of the JSON object `text` whose value spans the 1-based
+/// `column`.
+fn member_at(text: &str, column: usize) -> Option<String> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut string_start = 0;
+    let mut last_string = None;
+    let mut member = None;
+    for (i, c) in text.char_indices().take_while(|(i, _)| *i < column) {
+        if in_string {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => {
+                    in_string = false;
+                    last_string = Some(&text[string_start..i]);
+                }
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                in_string = true;
+                string_start = i + 1;
+            }
+            '{' | '[' => depth += 1,
+            '}' | ']' => depth = depth.saturating_sub(1),
+            ':' if depth == 1 => member = last_string.map(str::to_string),
+            _ => {}
+        }
+    }
+    member
+}
+
+fn non_empty(value: &str, field: String) -> Result<(), ConfigError> {
+    if value.trim().is_empty() {
+        return Err(ConfigError::new(field, "must not be empty"));
+    }
+    Ok(())
+}
+
+fn parse_provider(
+    value: Value,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Provider, ConfigError> {
+    let raw: RawProvider = from_value_at(value, path)?;
+    let field = |name: &str| format!("{path}.{name}");
+    non_empty(&raw.name, field("name"))?;
+    if !raw
+        .name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err(ConfigError::new(
+            field("name"),
+            "use letters, digits, '-', '_' or '.'",
+        ));
+    }
+    non_empty(&raw.issuer, field("issuer"))?;
+    if raw.audiences.is_empty() {
+        return Err(ConfigError::new(
+            field("audiences"),
+            "at least one audience is required",
+        ));
+    }
+    for (i, aud) in raw.audiences.iter().enumerate() {
+        non_empty(aud, format!("{path}.audiences[{i}]"))?;
+    }
+
+    if raw.algorithms.is_empty() {
+        return Err(ConfigError::new(
+            field("algorithms"),
+            "at least one algorithm is required",
+        ));
+    }
+    let mut algorithms = Vec::new();
+    for (i, name) in raw.algorithms.iter().enumerate() {
+        let alg = Alg::from_name(name).ok_or_else(|| {
+            ConfigError::new(
+                format!("{path}.algorithms[{i}]"),
+                "unsupported; use RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA or HS256",
+            )
+        })?;
+        if algorithms.contains(&alg) {
+            return Err(ConfigError::new(
+                format!("{path}.algorithms[{i}]"),
+                "listed twice",
+            ));
+        }
+        algorithms.push(alg);
+    }
+    let asymmetric: Vec<Alg> = algorithms
+        .iter()
+        .copied()
+        .filter(|a| *a != Alg::HS256)
+        .collect();
+
+    let hs256_key = match (&raw.hs256_secret_env, algorithms.contains(&Alg::HS256)) {
+        (None, false) => None,
+        (None, true) => {
+            return Err(ConfigError::new(
+                field("hs256_secret_env"),
+                "HS256 needs a shared secret from a VM environment variable",
+            ))
+        }
+        (Some(_), false) => {
+            return Err(ConfigError::new(
+                field("hs256_secret_env"),
+                "set only when `algorithms` lists HS256",
+            ))
+        }
+        (Some(var), true) => {
+            non_empty(var, field("hs256_secret_env"))?;
+            let secret = env(var).unwrap_or_default();
+            if secret.is_empty() {
+                return Err(ConfigError::new(
+                    field("hs256_secret_env"),
+                    "the VM environment variable it names is not set",
+                ));
+            }
+            if secret.len() < MIN_HS256_SECRET_BYTES {
+                return Err(ConfigError::new(
+                    field("hs256_secret_env"),
+                    "the secret must be at least 32 bytes",
+                ));
+            }
+            Some(VerifyKey::hs256(secret.as_bytes()))
+        }
+    };
+
+    let jwks = match raw.jwks {
+        None if asymmetric.is_empty() => JwksSource::None,
+        None => {
+            return Err(ConfigError::new(
+                field("jwks"),
+                "required for asymmetric algorithms: `inline` or `remote`",
+            ))
+        }
+        Some(_) if asymmetric.is_empty() => {
+            return Err(ConfigError::new(
+                field("jwks"),
+                "HS256 keys never come from a JWKS",
+            ))
+        }
+        Some(value) => parse_jwks_source(value, &field("jwks"), &asymmetric)?,
+    };
+
+    let clock_skew_s = raw.clock_skew_s.unwrap_or(DEFAULT_CLOCK_SKEW_S);
+    if clock_skew_s > MAX_CLOCK_SKEW_S {
+        return Err(ConfigError::new(
+            field("clock_skew_s"),
+            "must be at most 3600",
+        ));
+    }
+    if raw.max_lifetime_s == Some(0) {
+        return Err(ConfigError::new(
+            field("max_lifetime_s"),
+            "must be positive",
+        ));
+    }
+
+    let token_source = match raw.token_header {
+        None => TokenSource::AuthorizationBearer,
+        Some(name) => {
+            let valid = !name.is_empty()
+                && name.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                });
+            if !valid || name == "authorization" {
+                return Err(ConfigError::new(
+                    field("token_header"),
+                    "a lower-case header name other than `authorization` (omit for `authorization: Bearer`)",
+                ));
+            }
+            TokenSource::Header(name)
+        }
+    };
+
+    let claims: ClaimMapping = match raw.claims {
+        None => ClaimMapping::default(),
+        Some(value) => from_value_at(value, &field("claims"))?,
+    };
+    for (name, list) in [
+        ("roles", &claims.roles),
+        ("scopes", &claims.scopes),
+        ("tenant", &claims.tenant),
+        ("purpose_of_use", &claims.purpose_of_use),
+    ] {
+        for (i, claim) in list.iter().enumerate() {
+            non_empty(claim, format!("{path}.claims.{name}[{i}]"))?;
+        }
+    }
+
+    Ok(Provider {
+        name: raw.name,
+        issuer: raw.issuer,
+        audiences: raw.audiences,
+        jwks,
+        algorithms,
+        clock_skew_s,
+        max_lifetime_s: raw.max_lifetime_s,
+        token_source,
+        forward: raw.forward,
+        require_cert_binding: raw.require_cert_binding,
+        claims,
+        hs256_key,
+    })
+}
+
+fn parse_jwks_source(
+    value: Value,
+    path: &str,
+    algorithms: &[Alg],
+) -> Result<JwksSource, ConfigError> {
+    let raw: RawJwks = from_value_at(value, path)?;
+    match (raw.inline, raw.remote) {
+        (Some(inline), None) => {
+            // An object (natural in Istio YAML) or a string holding the JSON document.
+            let bytes = match inline {
+                Value::String(doc) => doc.into_bytes(),
+                Value::Object(_) => serde_json::to_vec(&inline).unwrap_or_default(),
+                _ => {
+                    return Err(ConfigError::new(
+                        format!("{path}.inline"),
+                        "a JWKS object or a string holding one",
+                    ))
+                }
+            };
+            let set = KeySet::parse(&bytes, algorithms).map_err(|e| {
+                ConfigError::new(format!("{path}.inline"), format!("unusable JWKS ({e})"))
+            })?;
+            Ok(JwksSource::Inline(set))
+        }
+        (None, Some(remote)) => {
+            let remote_path = format!("{path}.remote");
+            let raw: RawRemote = from_value_at(remote, &remote_path)?;
+            let field = |name: &str| format!("{remote_path}.{name}");
+            non_empty(&raw.cluster, field("cluster"))?;
+            non_empty(&raw.authority, field("authority"))?;
+            if !raw.path.starts_with('/') {
+                return Err(ConfigError::new(field("path"), "must start with '/'"));
+            }
+            let remote = RemoteJwks {
+                cluster: raw.cluster,
+                path: raw.path,
+                authority: raw.authority,
+                refresh_interval_s: raw.refresh_interval_s.unwrap_or(DEFAULT_REFRESH_INTERVAL_S),
+                timeout_ms: raw.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
+                min_refetch_interval_s: raw
+                    .min_refetch_interval_s
+                    .unwrap_or(DEFAULT_MIN_REFETCH_INTERVAL_S),
+                retry_interval_s: raw.retry_interval_s.unwrap_or(DEFAULT_RETRY_INTERVAL_S),
+            };
+            if !(1..=86_400).contains(&remote.refresh_interval_s) {
+                return Err(ConfigError::new(
+                    field("refresh_interval_s"),
+                    "must be 1..=86400",
+                ));
+            }
+            if !(1..=60_000).contains(&remote.timeout_ms) {
+                return Err(ConfigError::new(field("timeout_ms"), "must be 1..=60000"));
+            }
+            if !(1..=3600).contains(&remote.min_refetch_interval_s) {
+                return Err(ConfigError::new(
+                    field("min_refetch_interval_s"),
+                    "must be 1..=3600",
+                ));
+            }
+            if !(1..=3600).contains(&remote.retry_interval_s) {
+                return Err(ConfigError::new(
+                    field("retry_interval_s"),
+                    "must be 1..=3600",
+                ));
+            }
+            Ok(JwksSource::Remote(remote))
+        }
+        _ => Err(ConfigError::new(
+            path,
+            "set exactly one of `inline` or `remote`",
+        )),
+    }
+}
+
+fn parse_requirement(
+    value: Value,
+    path: &str,
+    providers: &[Provider],
+) -> Result<Requirement, ConfigError> {
+    let raw: RawRequirement = from_value_at(value, path)?;
+    let index_of = |name: &str, field: String| {
+        providers
+            .iter()
+            .position(|p| p.name == name)
+            .ok_or_else(|| ConfigError::new(field, "names no provider"))
+    };
+    match (raw.provider, raw.any_of, raw.allow_missing) {
+        (Some(name), None, None) => Ok(Requirement::Provider(index_of(
+            &name,
+            format!("{path}.provider"),
+        )?)),
+        (None, Some(names), None) => {
+            if names.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{path}.any_of"),
+                    "must not be empty",
+                ));
+            }
+            let mut indices = Vec::new();
+            for (i, name) in names.iter().enumerate() {
+                let idx = index_of(name, format!("{path}.any_of[{i}]"))?;
+                if indices.contains(&idx) {
+                    return Err(ConfigError::new(
+                        format!("{path}.any_of[{i}]"),
+                        "listed twice",
+                    ));
+                }
+                indices.push(idx);
+            }
+            Ok(Requirement::AnyOf(indices))
+        }
+        (None, None, Some(true)) => Ok(Requirement::AllowMissing),
+        (None, None, Some(false)) => Err(ConfigError::new(
+            format!("{path}.allow_missing"),
+            "only `true` is meaningful; require a provider instead",
+        )),
+        _ => Err(ConfigError::new(
+            path,
+            "set exactly one of `provider`, `any_of` or `allow_missing`",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::test;
+    use crate::testkit;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn parse(doc: &str) -> Result<Config, ConfigError> {
+        Config::parse(doc.as_bytes(), &no_env)
+    }
+
+    fn err_field(doc: &str) -> String {
+        parse(doc).unwrap_err().field
+    }
+
+    #[test]
+    fn readme_example_parses() {
+        let env = |name: &str| (name == "PHI_GUARD_HS256_SECRET").then(|| "s".repeat(32));
+        let config = Config::parse(testkit::readme_config_json().as_bytes(), &env).unwrap();
+        assert_eq!(config.providers.len(), 3);
+        assert_eq!(config.providers[0].clock_skew_s, 60);
+        assert!(matches!(config.providers[0].jwks, JwksSource::Remote(_)));
+        assert!(matches!(config.providers[1].jwks, JwksSource::Inline(_)));
+        assert_eq!(
+            config.providers[1].token_source,
+            TokenSource::Header("x-service-token".into())
+        );
+        assert!(config.providers[2].hs256_key.is_some());
+        assert_eq!(config.max_token_bytes, 8192);
+        assert_eq!(config.cache_max_entries, 4096);
+    }
+
+    #[test]
+    fn most_specific_rule_wins_then_default() {
+        let env = |_: &str| Some("s".repeat(32));
+        let config = Config::parse(testkit::readme_config_json().as_bytes(), &env).unwrap();
+        let m = |p: &str| GrpcMethod::from_path(p).unwrap();
+        assert_eq!(
+            config.requirement_for(&m("/grpc.health.v1.Health/Check")),
+            Some(&Requirement::AllowMissing)
+        );
+        assert_eq!(
+            config.requirement_for(&m("/health.v1.PatientService/GetPatient")),
+            Some(&Requirement::Provider(0))
+        );
+        assert_eq!(
+            config.requirement_for(&m("/health.v1.PatientService/ExportRecords")),
+            Some(&Requirement::AnyOf(vec![0, 1]))
+        );
+        assert_eq!(config.requirement_for(&m("/other.Svc/Call")), None);
+    }
+
+    #[test]
+    fn minimal_config_gets_the_defaults() {
+        let config = parse(&testkit::minimal_config("")).unwrap();
+        let p = &config.providers[0];
+        assert_eq!(p.token_source, TokenSource::AuthorizationBearer);
+        assert!(!p.forward && !p.require_cert_binding);
+        assert_eq!(p.claims, ClaimMapping::default());
+        assert_eq!(config.cache_max_entries, DEFAULT_CACHE_MAX_ENTRIES);
+    }
+
+    #[test]
+    fn errors_name_the_field_path() {
+        let base = testkit::minimal_config("");
+        let cases: Vec<(String, &str)> = vec![
+            (
+                base.replace("\"audiences\":[\"phi-api\"]", "\"audiences\":[]"),
+                "providers[0].audiences",
+            ),
+            (
+                base.replace("\"issuer\"", "\"isuer\""),
+                "providers[0].isuer",
+            ),
+            (
+                base.replace("\"EdDSA\"", "\"none\""),
+                "providers[0].algorithms[0]",
+            ),
+            (
+                base.replace("\"EdDSA\"", "\"HS256\""),
+                "providers[0].hs256_secret_env",
+            ),
+            (
+                base.replace("\"clock_skew_s\":60", "\"clock_skew_s\":\"sixty\""),
+                "providers[0].clock_skew_s",
+            ),
+            (
+                base.replace("\"clock_skew_s\":60", "\"clock_skew_s\":7200"),
+                "providers[0].clock_skew_s",
+            ),
+            (
+                base.replace("{\"provider\":\"idp\"}", "{\"provider\":\"nope\"}"),
+                "rules[0].requires.provider",
+            ),
+            (
+                base.replace("\"svc.v1.S/*\"", "\"svc.v1.S/../x\""),
+                "rules[0].match",
+            ),
+            (
+                base.replace("{\"provider\":\"idp\"}", "{\"allow_missing\":false}"),
+                "rules[0].requires.allow_missing",
+            ),
+            (
+                base.replace(
+                    "{\"provider\":\"idp\"}",
+                    "{\"provider\":\"idp\",\"any_of\":[\"idp\"]}",
+                ),
+                "rules[0].requires",
+            ),
+            (
+                base.replace(
+                    "\"inline\":",
+                    "\"remote\":{\"cluster\":\"c\",\"path\":\"jwks\",\"authority\":\"a\"},\"x\":",
+                ),
+                "providers[0].jwks.x",
+            ),
+            (
+                base.replace("\"max_token_bytes\":8192", "\"max_token_bytes\":10"),
+                "max_token_bytes",
+            ),
+            (
+                base.replace(
+                    "\"forward\":false",
+                    "\"forward\":false,\"token_header\":\"Authorization\"",
+                ),
+                "providers[0].token_header",
+            ),
+            (
+                base.replace("\"claims\":{}", "\"claims\":{\"role\":[\"r\"]}"),
+                "providers[0].claims.role",
+            ),
+        ];
+        for (doc, field) in cases {
+            assert_eq!(err_field(&doc), field, "{doc}");
+        }
+    }
+
+    #[test]
+    fn remote_jwks_fields_are_checked() {
+        let base = testkit::minimal_config("");
+        // Swap the inline JWKS for a remote one.
+        let doc = |inner: &str| {
+            let start = base.find("\"jwks\":").unwrap();
+            let end = base[start..].find("]}}").unwrap() + start + 3;
+            format!(
+                "{}\"jwks\":{{\"remote\":{inner}}}{}",
+                &base[..start],
+                &base[end..]
+            )
+        };
+        let ok = parse(&doc(
+            r#"{"cluster":"idp","path":"/jwks","authority":"idp.example"}"#,
+        ))
+        .unwrap();
+        match &ok.providers[0].jwks {
+            JwksSource::Remote(r) => {
+                assert_eq!(r.refresh_interval_s, DEFAULT_REFRESH_INTERVAL_S);
+                assert_eq!(r.timeout_ms, DEFAULT_TIMEOUT_MS);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            err_field(&doc(r#"{"cluster":"idp","path":"jwks","authority":"a"}"#)),
+            "providers[0].jwks.remote.path"
+        );
+        assert_eq!(
+            err_field(&doc(r#"{"cluster":"","path":"/j","authority":"a"}"#)),
+            "providers[0].jwks.remote.cluster"
+        );
+        assert_eq!(
+            err_field(&doc(
+                r#"{"cluster":"c","path":"/j","authority":"a","timeout_ms":0}"#
+            )),
+            "providers[0].jwks.remote.timeout_ms"
+        );
+        assert_eq!(
+            err_field(&doc(r#"{"cluster":"c","path":"/j"}"#)),
+            "providers[0].jwks.remote.authority"
+        );
+    }
+
+    #[test]
+    fn document_level_errors() {
+        assert_eq!(err_field("not json"), "");
+        assert_eq!(err_field("{}"), "providers");
+        assert_eq!(err_field(r#"{"providers":[]}"#), "providers");
+        assert!(parse(r#"{"providers":[],"providers":[]}"#)
+            .unwrap_err()
+            .reason
+            .contains("twice"));
+    }
+
+    #[test]
+    fn hs256_secret_comes_from_the_environment_only() {
+        let doc = testkit::hs256_config();
+        let err = Config::parse(doc.as_bytes(), &no_env).unwrap_err();
+        assert_eq!(err.field, "providers[0].hs256_secret_env");
+        let short = |_: &str| Some("short".to_string());
+        assert!(Config::parse(doc.as_bytes(), &short)
+            .unwrap_err()
+            .reason
+            .contains("32"));
+        let good = |name: &str| (name == "JWT_SECRET").then(|| testkit::HS256_SECRET.to_string());
+        assert!(Config::parse(doc.as_bytes(), &good).is_ok());
+        assert_eq!(
+            err_field(&doc.replace(
+                "\"hs256_secret_env\":\"JWT_SECRET\"",
+                "\"hs256_secret\":\"inline\""
+            )),
+            "providers[0].hs256_secret"
+        );
+    }
+
+    #[test]
+    fn values_are_never_echoed_in_errors() {
+        let doc = testkit::minimal_config("")
+            .replace("\"clock_skew_s\":60", "\"clock_skew_s\":\"TOPSECRETVALUE\"");
+        let err = parse(&doc).unwrap_err();
+        assert!(!err.to_string().contains("TOPSECRETVALUE"), "{err}");
+    }
+
+    #[test]
+    fn rule_patterns() {
+        assert_eq!(MethodPattern::parse("*"), Some(MethodPattern::Any));
+        assert_eq!(
+            MethodPattern::parse("a.B/*"),
+            Some(MethodPattern::Service("a.B".into()))
+        );
+        assert_eq!(
+            MethodPattern::parse("a.B/C"),
+            Some(MethodPattern::Exact("a.B/C".into()))
+        );
+        for bad in [
+            "", "a.B", "a.B/", "/a.B/C", "a.B/C/D", "a.*/C", "a.B/C*", "**",
+        ] {
+            assert_eq!(MethodPattern::parse(bad), None, "{bad}");
+        }
+    }
+}

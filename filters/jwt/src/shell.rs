@@ -1,0 +1,239 @@
+//! The filter's host-facing logic, written against [`Host`] so it runs under [`FakeHost`] in
+//! unit tests; `wasm.rs` only wires these functions to the proxy-wasm contexts.
+//!
+//! Logging rule: reason codes, provider names and counts only. Never a token, a header
+//! value or a claim value.
+//!
+//! [`FakeHost`]: phi_guard_host::FakeHost
+
+use std::cell::RefCell;
+
+use phi_guard_common::{state, AuthnOutcome, GrpcStatus};
+use phi_guard_host::{Counter, Host, HostExt, LogLevel};
+
+use crate::config::Config;
+use crate::engine::{Engine, FetchRequest, JwksFetchError, Outcome, Request};
+use crate::keys::MAX_JWKS_BYTES;
+use crate::reason::Reason;
+
+/// Envoy attribute with the SHA-256 of the client certificate's DER, lower-case hex.
+pub const PEER_CERT_DIGEST: [&str; 2] = ["connection", "sha256_peer_certificate_digest"];
+
+/// Most bytes of a JWKS answer read from the host: one more than is accepted, so an
+/// oversized document is seen as such.
+pub const JWKS_READ_LIMIT: usize = MAX_JWKS_BYTES + 1;
+
+/// Counters, defined once at configure time.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub verified: Counter,
+    pub cache_hit: Counter,
+    failed: Vec<(Reason, Counter)>,
+    pub jwks_fetch_ok: Counter,
+    pub jwks_fetch_failed: Counter,
+}
+
+impl Metrics {
+    pub fn define(host: &dyn Host) -> Self {
+        Metrics {
+            verified: Counter::define(host, "phi_guard.jwt.verified"),
+            cache_hit: Counter::define(host, "phi_guard.jwt.cache_hit"),
+            failed: Reason::ALL
+                .iter()
+                .map(|r| {
+                    (
+                        *r,
+                        Counter::define(host, &format!("phi_guard.jwt.failed.{}", r.code())),
+                    )
+                })
+                .collect(),
+            jwks_fetch_ok: Counter::define(host, "phi_guard.jwt.jwks_fetch_ok"),
+            jwks_fetch_failed: Counter::define(host, "phi_guard.jwt.jwks_fetch_failed"),
+        }
+    }
+
+    pub fn failed(&self, reason: Reason) -> Option<&Counter> {
+        self.failed
+            .iter()
+            .find(|(r, _)| *r == reason)
+            .map(|(_, c)| c)
+    }
+}
+
+/// on_configure: parses the plugin configuration. On error, logs the field path and reason
+/// (never a value) and returns `None`: the plugin must not start.
+pub fn configure(
+    host: &dyn Host,
+    configuration: Option<&[u8]>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<(Engine, Metrics)> {
+    let bytes = configuration.unwrap_or_default();
+    match Config::parse(bytes, env) {
+        Ok(config) => {
+            host.log(
+                LogLevel::Info,
+                &format!(
+                    "phi-guard jwt: configured {} provider(s), {} rule(s)",
+                    config.providers.len(),
+                    config.rules.len()
+                ),
+            );
+            Some((Engine::new(config), Metrics::define(host)))
+        }
+        Err(err) => {
+            host.log(LogLevel::Error, &format!("phi-guard jwt: {err}"));
+            None
+        }
+    }
+}
+
+/// on_http_request_headers. Returns `true` to continue the request, `false` when it was
+/// answered with UNAUTHENTICATED.
+pub fn on_request_headers(host: &dyn Host, engine: &RefCell<Engine>, metrics: &Metrics) -> bool {
+    // Before anything else: no path through this filter lets a client-set identity header by.
+    host.strip_reserved_headers();
+    let now = host.now();
+    let method = host.grpc_method();
+    let peer_digest = host.string_property(&PEER_CERT_DIGEST);
+    let header = |name: &str| host.request_header(name);
+    let request = Request {
+        method: method.as_ref(),
+        header: &header,
+        peer_cert_sha256_hex: peer_digest.as_deref(),
+    };
+    let outcome = engine.borrow_mut().authenticate(&request, now);
+    match outcome {
+        Outcome::Verified {
+            identity,
+            strip_header,
+            cache_hit,
+        } => {
+            if let Some(name) = strip_header {
+                host.remove_request_header(&name);
+            }
+            host.set_filter_state(state::IDENTITY, &identity.to_bytes());
+            let authn = AuthnOutcome {
+                result: "ok".into(),
+                provider: Some(identity.provider.clone()),
+                reason: None,
+            };
+            host.set_filter_state(state::AUTHN, &authn.to_bytes());
+            metrics.verified.inc(host);
+            if cache_hit {
+                metrics.cache_hit.inc(host);
+            }
+            host.log(
+                LogLevel::Debug,
+                &format!(
+                    "phi-guard jwt: verified by provider {} (cache hit: {cache_hit})",
+                    identity.provider
+                ),
+            );
+            true
+        }
+        Outcome::Skipped => {
+            let authn = AuthnOutcome {
+                result: "skipped".into(),
+                provider: None,
+                reason: None,
+            };
+            host.set_filter_state(state::AUTHN, &authn.to_bytes());
+            host.log(LogLevel::Debug, "phi-guard jwt: no token, method allows it");
+            true
+        }
+        Outcome::Denied(reason) => {
+            let authn = AuthnOutcome {
+                result: "failed".into(),
+                provider: None,
+                reason: Some(reason.code().into()),
+            };
+            host.set_filter_state(state::AUTHN, &authn.to_bytes());
+            if let Some(counter) = metrics.failed(reason) {
+                counter.inc(host);
+            }
+            host.log(LogLevel::Debug, &format!("phi-guard jwt: denied: {reason}"));
+            host.send_grpc_error(
+                GrpcStatus::Unauthenticated,
+                &[("www-authenticate", reason.www_authenticate())],
+            );
+            false
+        }
+    }
+}
+
+/// on_tick (and right after configure): the JWKS fetches to dispatch now.
+pub fn due_fetches(host: &dyn Host, engine: &RefCell<Engine>) -> Vec<FetchRequest> {
+    engine.borrow_mut().due_fetches(host.now())
+}
+
+/// on_http_call_response for a JWKS fetch of `provider`.
+pub fn on_jwks_response(
+    host: &dyn Host,
+    engine: &RefCell<Engine>,
+    metrics: &Metrics,
+    provider: usize,
+    status: Option<&str>,
+    body: &[u8],
+) {
+    let status = status.and_then(|s| s.parse::<u32>().ok());
+    let name = provider_name(engine, provider);
+    match engine
+        .borrow_mut()
+        .on_jwks_response(provider, status, body, host.now())
+    {
+        Ok(fetched) => {
+            metrics.jwks_fetch_ok.inc(host);
+            let level = if fetched.changed {
+                LogLevel::Info
+            } else {
+                LogLevel::Debug
+            };
+            host.log(
+                level,
+                &format!(
+                    "phi-guard jwt: JWKS for provider {name}: {} usable key(s)",
+                    fetched.keys
+                ),
+            );
+        }
+        Err(err) => {
+            metrics.jwks_fetch_failed.inc(host);
+            let why = match err {
+                JwksFetchError::UnknownProvider => "no such remote provider".to_string(),
+                JwksFetchError::Status(Some(code)) => format!("HTTP {code}"),
+                JwksFetchError::Status(None) => "no response".to_string(),
+                JwksFetchError::Document(e) => format!("unusable document ({e})"),
+            };
+            host.log(
+                LogLevel::Warn,
+                &format!("phi-guard jwt: JWKS fetch for provider {name} failed: {why}; keeping the previous key set"),
+            );
+        }
+    }
+}
+
+/// dispatch_http_call refused the fetch (e.g. unknown cluster).
+pub fn on_jwks_dispatch_failed(
+    host: &dyn Host,
+    engine: &RefCell<Engine>,
+    metrics: &Metrics,
+    provider: usize,
+) {
+    metrics.jwks_fetch_failed.inc(host);
+    let name = provider_name(engine, provider);
+    engine.borrow_mut().on_jwks_failed(provider, host.now());
+    host.log(
+        LogLevel::Warn,
+        &format!("phi-guard jwt: could not dispatch the JWKS fetch for provider {name} (check the cluster name)"),
+    );
+}
+
+fn provider_name(engine: &RefCell<Engine>, provider: usize) -> String {
+    engine
+        .borrow()
+        .config()
+        .providers
+        .get(provider)
+        .map(|p| p.name.clone())
+        .unwrap_or_default()
+}

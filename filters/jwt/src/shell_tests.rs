@@ -1,0 +1,261 @@
+//! The shell against [`FakeHost`]: what reaches filter state, headers, the caller, the
+//! metrics and the logs.
+
+use std::cell::RefCell;
+
+use phi_guard_common::{state, AuthnOutcome, GrpcStatus, Identity};
+use phi_guard_host::{FakeHost, Host, HostExt};
+use serde_json::json;
+
+use crate::engine_tests::world;
+use crate::shell::{self, Metrics};
+use crate::test_support::test;
+use crate::testkit::{self, ed25519_key, sign_eddsa};
+
+const NOW: u64 = 1_767_227_400;
+/// A claim value that must never appear in a log line.
+const CANARY: &str = "CANARY-7f3a-patient-ssn";
+
+fn token(claims: serde_json::Value) -> String {
+    let (pair, _) = ed25519_key(Some("k1"));
+    sign_eddsa(&pair, r#"{"alg":"EdDSA","kid":"k1"}"#, &claims.to_string())
+}
+
+fn good_claims() -> serde_json::Value {
+    json!({
+        "iss": "https://idp.example", "sub": CANARY, "aud": "phi-api",
+        "iat": NOW - 60, "exp": NOW + 600, "roles": ["nurse"], "tenant": CANARY
+    })
+}
+
+fn host_with(path: &str, authorization: Option<&str>) -> FakeHost {
+    let mut headers = vec![
+        (":path", path),
+        ("content-type", "application/grpc"),
+        ("x-phi-guard-role", "admin"),
+        ("X-Phi-Guard-Subject", "root"),
+    ];
+    if let Some(value) = authorization {
+        headers.push(("authorization", value));
+    }
+    let host = FakeHost::with_request_headers(&headers);
+    host.set_clock(NOW);
+    host
+}
+
+fn setup(host: &FakeHost) -> (RefCell<crate::Engine>, Metrics) {
+    (RefCell::new(world()), Metrics::define(host))
+}
+
+fn authn(host: &FakeHost) -> AuthnOutcome {
+    AuthnOutcome::from_bytes(&host.filter_state(state::AUTHN).expect("authn state")).unwrap()
+}
+
+fn header_names(host: &FakeHost) -> Vec<String> {
+    host.request_headers().into_iter().map(|(k, _)| k).collect()
+}
+
+#[test]
+fn success_writes_identity_and_strips_token_and_reserved_headers() {
+    let bearer = format!("Bearer {}", token(good_claims()));
+    let host = host_with("/svc.v1.S/Get", Some(&bearer));
+    let (engine, metrics) = setup(&host);
+    assert!(shell::on_request_headers(&host, &engine, &metrics));
+    assert_eq!(host.sent_status(), None);
+    assert_eq!(header_names(&host), vec![":path", "content-type"]);
+    let identity = Identity::from_bytes(&host.filter_state(state::IDENTITY).unwrap()).unwrap();
+    assert_eq!(identity.provider, "idp");
+    assert_eq!(identity.roles, vec!["nurse"]);
+    assert_eq!(
+        authn(&host),
+        AuthnOutcome {
+            result: "ok".into(),
+            provider: Some("idp".into()),
+            reason: None
+        }
+    );
+    assert_eq!(host.counter("phi_guard.jwt.verified"), 1);
+    assert_eq!(host.counter("phi_guard.jwt.cache_hit"), 0);
+
+    // The same token again is a cache hit.
+    let again = host_with("/svc.v1.S/Get", Some(&bearer));
+    let metrics_again = Metrics::define(&again);
+    assert!(shell::on_request_headers(&again, &engine, &metrics_again));
+    assert_eq!(again.counter("phi_guard.jwt.cache_hit"), 1);
+    assert!(!host.log_text().contains(CANARY) && !again.log_text().contains(CANARY));
+}
+
+#[test]
+fn forwarded_token_header_stays() {
+    let host = host_with("/svc.v1.S/Fwd", None);
+    let claims =
+        json!({"iss": "https://fwd.example", "sub": "s", "aud": "phi-api", "exp": NOW + 60});
+    host.set_request_header("x-token", &token(claims));
+    let (engine, metrics) = setup(&host);
+    assert!(shell::on_request_headers(&host, &engine, &metrics));
+    assert!(host.request_header("x-token").is_some());
+    assert!(host.request_header("x-phi-guard-role").is_none());
+}
+
+#[test]
+fn failure_answers_unauthenticated_with_invalid_token_and_logs_no_token_or_claims() {
+    let mut claims = good_claims();
+    claims["exp"] = json!(NOW - 3600);
+    let expired = token(claims);
+    let bearer = format!("Bearer {expired}");
+    let host = host_with("/svc.v1.S/Get", Some(&bearer));
+    let (engine, metrics) = setup(&host);
+    assert!(!shell::on_request_headers(&host, &engine, &metrics));
+    let (status, headers) = host.sent.borrow().clone().unwrap();
+    assert_eq!(status, GrpcStatus::Unauthenticated);
+    assert_eq!(
+        headers,
+        vec![(
+            "www-authenticate".to_string(),
+            "Bearer error=\"invalid_token\"".to_string()
+        )]
+    );
+    assert_eq!(authn(&host).reason.as_deref(), Some("expired"));
+    assert_eq!(authn(&host).result, "failed");
+    assert!(host.filter_state(state::IDENTITY).is_none());
+    assert_eq!(host.counter("phi_guard.jwt.failed.expired"), 1);
+    assert_eq!(host.counter("phi_guard.jwt.verified"), 0);
+    assert!(header_names(&host)
+        .iter()
+        .all(|h| !h.starts_with("x-phi-guard")));
+    let logs = host.log_text();
+    assert!(logs.contains("expired"), "the reason is logged: {logs}");
+    for secret in [CANARY, expired.as_str(), expired.split('.').nth(1).unwrap()] {
+        assert!(!logs.contains(secret), "leaked into logs: {logs}");
+    }
+}
+
+#[test]
+fn every_failure_path_keeps_claims_out_of_logs() {
+    let mut variants = Vec::new();
+    for (name, value) in [
+        ("aud", json!("other")),
+        ("exp", json!("soon")),
+        ("roles", json!(1)),
+    ] {
+        let mut claims = good_claims();
+        claims[name] = value;
+        variants.push(token(claims));
+    }
+    variants.push(format!("{}x", token(good_claims())));
+    for t in variants {
+        let bearer = format!("Bearer {t}");
+        let host = host_with("/svc.v1.S/Get", Some(&bearer));
+        let (engine, metrics) = setup(&host);
+        assert!(!shell::on_request_headers(&host, &engine, &metrics));
+        assert!(!host.log_text().contains(CANARY));
+        assert!(!host.log_text().contains(&t));
+    }
+}
+
+#[test]
+fn missing_token_gets_a_bare_bearer_challenge() {
+    let host = host_with("/svc.v1.S/Get", None);
+    let (engine, metrics) = setup(&host);
+    assert!(!shell::on_request_headers(&host, &engine, &metrics));
+    let (_, headers) = host.sent.borrow().clone().unwrap();
+    assert_eq!(
+        headers,
+        vec![("www-authenticate".to_string(), "Bearer".to_string())]
+    );
+    assert_eq!(authn(&host).reason.as_deref(), Some("missing"));
+    assert_eq!(host.counter("phi_guard.jwt.failed.missing"), 1);
+}
+
+#[test]
+fn allow_missing_continues_with_skipped() {
+    let host = host_with("/grpc.health.v1.Health/Check", None);
+    let (engine, metrics) = setup(&host);
+    assert!(shell::on_request_headers(&host, &engine, &metrics));
+    assert_eq!(authn(&host).result, "skipped");
+    assert!(host.filter_state(state::IDENTITY).is_none());
+    assert!(host.request_header("x-phi-guard-role").is_none());
+}
+
+#[test]
+fn non_grpc_path_fails_closed() {
+    let bearer = format!("Bearer {}", token(good_claims()));
+    let host = host_with("/index.html", Some(&bearer));
+    let (engine, metrics) = setup(&host);
+    assert!(!shell::on_request_headers(&host, &engine, &metrics));
+    assert_eq!(authn(&host).reason.as_deref(), Some("bad_path"));
+}
+
+#[test]
+fn certificate_binding_uses_envoys_hex_digest() {
+    let der = b"client cert";
+    let mut claims = good_claims();
+    claims["cnf"] = json!({"x5t#S256": crate::binding::thumbprint_of_der(der)});
+    let bearer = format!("Bearer {}", token(claims));
+    let host = host_with("/svc.v1.S/Get", Some(&bearer));
+    let hex: String = hmac_sha256::Hash::hash(der)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    host.insert_property(&shell::PEER_CERT_DIGEST, hex.as_bytes());
+    let (engine, metrics) = setup(&host);
+    assert!(shell::on_request_headers(&host, &engine, &metrics));
+    let identity = Identity::from_bytes(&host.filter_state(state::IDENTITY).unwrap()).unwrap();
+    assert!(identity.cert_bound);
+}
+
+#[test]
+fn jwks_not_loaded_fails_closed_at_once_then_fetch_results_are_counted() {
+    let claims =
+        json!({"iss": "https://remote.example", "sub": "s", "aud": "phi-api", "exp": NOW + 60});
+    let bearer = format!("Bearer {}", token(claims));
+    let host = host_with("/svc.v1.S/Remote", Some(&bearer));
+    let (engine, metrics) = setup(&host);
+    assert!(!shell::on_request_headers(&host, &engine, &metrics));
+    assert_eq!(host.sent_status(), Some(GrpcStatus::Unauthenticated));
+    assert_eq!(authn(&host).reason.as_deref(), Some("jwks_unavailable"));
+
+    let due = shell::due_fetches(&host, &engine);
+    assert_eq!(due.len(), 1);
+    shell::on_jwks_response(&host, &engine, &metrics, due[0].provider, Some("500"), b"");
+    assert_eq!(host.counter("phi_guard.jwt.jwks_fetch_failed"), 1);
+    host.set_clock(NOW + 10);
+    let due = shell::due_fetches(&host, &engine);
+    shell::on_jwks_dispatch_failed(&host, &engine, &metrics, due[0].provider);
+    assert_eq!(host.counter("phi_guard.jwt.jwks_fetch_failed"), 2);
+    host.set_clock(NOW + 20);
+    let due = shell::due_fetches(&host, &engine);
+    let (_, jwks) = ed25519_key(Some("k1"));
+    shell::on_jwks_response(
+        &host,
+        &engine,
+        &metrics,
+        due[0].provider,
+        Some("200"),
+        jwks.as_bytes(),
+    );
+    assert_eq!(host.counter("phi_guard.jwt.jwks_fetch_ok"), 1);
+
+    let retry = host_with("/svc.v1.S/Remote", Some(&bearer));
+    retry.set_clock(NOW + 20);
+    assert!(shell::on_request_headers(&retry, &engine, &metrics));
+}
+
+#[test]
+fn bad_configuration_refuses_to_start_and_names_the_field() {
+    let host = FakeHost::default();
+    let doc =
+        testkit::minimal_config("").replace("\"audiences\":[\"phi-api\"]", "\"audiences\":[]");
+    assert!(shell::configure(&host, Some(doc.as_bytes()), &|_| None).is_none());
+    assert!(
+        host.log_text().contains("providers[0].audiences"),
+        "{}",
+        host.log_text()
+    );
+    assert!(shell::configure(&host, None, &|_| None).is_none());
+
+    let secret_env = |_: &str| Some("a-very-secret-value-that-must-not-be-logged!!".to_string());
+    let good = testkit::hs256_config();
+    assert!(shell::configure(&host, Some(good.as_bytes()), &secret_env).is_some());
+    assert!(!host.log_text().contains("a-very-secret"));
+}

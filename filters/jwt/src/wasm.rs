@@ -1,0 +1,157 @@
+//! proxy-wasm wiring: the root context owns the per-VM engine (one VM per Envoy worker) and
+//! drives JWKS fetches; each HTTP stream context borrows the same engine through an `Rc`.
+//!
+//! Host reads here go through `hostcalls` with errors folded into "absent" instead of the
+//! SDK's `Context` helpers, which `unwrap()`: a panic would trap the VM for every stream on
+//! this worker.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use phi_guard_host::ProxyHost;
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+
+use crate::engine::Engine;
+use crate::shell::{self, Metrics, JWKS_READ_LIMIT};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(JwtRoot::default()) });
+}}
+
+/// Due fetches are checked every second; the JWKS intervals themselves are in the config.
+const TICK: Duration = Duration::from_secs(1);
+
+#[derive(Clone)]
+struct Shared {
+    engine: Rc<RefCell<Engine>>,
+    metrics: Rc<Metrics>,
+}
+
+#[derive(Default)]
+struct JwtRoot {
+    shared: Option<Shared>,
+    /// dispatch_http_call token → provider index.
+    pending: HashMap<u32, usize>,
+}
+
+impl JwtRoot {
+    fn dispatch_due(&mut self) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        for fetch in shell::due_fetches(&ProxyHost, &shared.engine) {
+            let headers = vec![
+                (":method", "GET"),
+                (":path", fetch.path.as_str()),
+                (":authority", fetch.authority.as_str()),
+                ("accept", "application/json"),
+            ];
+            let timeout = Duration::from_millis(fetch.timeout_ms);
+            match hostcalls::dispatch_http_call(&fetch.cluster, headers, None, vec![], timeout) {
+                Ok(token) => {
+                    self.pending.insert(token, fetch.provider);
+                }
+                Err(_) => shell::on_jwks_dispatch_failed(
+                    &ProxyHost,
+                    &shared.engine,
+                    &shared.metrics,
+                    fetch.provider,
+                ),
+            }
+        }
+    }
+}
+
+impl Context for JwtRoot {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let Some(provider) = self.pending.remove(&token_id) else {
+            return;
+        };
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten();
+        let body = hostcalls::get_buffer(
+            BufferType::HttpCallResponseBody,
+            0,
+            body_size.min(JWKS_READ_LIMIT),
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+        shell::on_jwks_response(
+            &ProxyHost,
+            &shared.engine,
+            &shared.metrics,
+            provider,
+            status.as_deref(),
+            &body,
+        );
+    }
+}
+
+impl RootContext for JwtRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let configuration = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+            .ok()
+            .flatten();
+        // Envoy's vm_config.environment_variables (Istio vmConfig.env) reach the VM as WASI
+        // environment variables.
+        let env = |name: &str| std::env::var(name).ok();
+        let Some((engine, metrics)) = shell::configure(&ProxyHost, configuration.as_deref(), &env)
+        else {
+            return false;
+        };
+        // A reconfiguration starts over: answers to the old engine's fetches are dropped.
+        self.pending.clear();
+        self.shared = Some(Shared {
+            engine: Rc::new(RefCell::new(engine)),
+            metrics: Rc::new(metrics),
+        });
+        let _ = hostcalls::set_tick_period(TICK);
+        self.dispatch_due();
+        true
+    }
+
+    fn on_tick(&mut self) {
+        self.dispatch_due();
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let shared = self.shared.clone()?;
+        Some(Box::new(JwtStream { shared }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct JwtStream {
+    shared: Shared,
+}
+
+impl Context for JwtStream {}
+
+impl HttpContext for JwtStream {
+    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        if shell::on_request_headers(&ProxyHost, &self.shared.engine, &self.shared.metrics) {
+            Action::Continue
+        } else {
+            Action::Pause
+        }
+    }
+}
