@@ -2,16 +2,21 @@
 
 use std::path::PathBuf;
 
-use prost::Message;
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = ["health/v1/patient.proto", "phi/v1/annotations.proto"];
     for file in &files {
         println!("cargo:rerun-if-changed={file}");
     }
-    let fds = protox::compile(files, ["."])?;
+    let mut compiler = protox::Compiler::new(["."])?;
+    compiler.include_imports(true).open_files(files)?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(out.join("descriptor_set.bin"), fds.encode_to_vec())?;
+    // protox's own encoder keeps the `phi.v1.sensitivity` extension in the field options;
+    // a round trip through prost-types would drop it, and the mask filter needs it.
+    std::fs::write(
+        out.join("descriptor_set.bin"),
+        compiler.encode_file_descriptor_set(),
+    )?;
+    let fds = compiler.file_descriptor_set();
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -3,10 +3,8 @@
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
+use crate::{Host, LogLevel};
 use phi_guard_common::{GrpcStatus, UnixSeconds};
-use proxy_wasm::types::LogLevel;
-
-use crate::Host;
 
 /// A gRPC error a filter sent: the status and its extra headers.
 pub type SentError = (GrpcStatus, Vec<(String, String)>);

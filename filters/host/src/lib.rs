@@ -3,18 +3,30 @@
 //! Filter shells talk to Envoy only through [`Host`], so a shell can be unit-tested natively
 //! with [`FakeHost`], which records every call. [`ProxyHost`] is the real thing: a thin
 //! wrapper over the proxy-wasm host calls, compiled only for wasm32 because the host imports
-//! exist nowhere else.
+//! exist nowhere else (wasm32-wasip1, the target Envoy loads).
 
 use phi_guard_common::{GrpcMethod, GrpcStatus, UnixSeconds};
 
 mod fake;
-#[cfg(target_arch = "wasm32")]
+#[cfg(target_os = "wasi")]
 mod proxy;
 
 pub use fake::FakeHost;
-#[cfg(target_arch = "wasm32")]
+#[cfg(target_os = "wasi")]
 pub use proxy::ProxyHost;
-pub use proxy_wasm::types::LogLevel;
+
+/// Log levels, as proxy-wasm has them. Defined here rather than re-exported so that the
+/// cores and their tests build for wasm32-unknown-unknown (wasm-bindgen-test) without the
+/// proxy-wasm crate, whose exported entry points import Envoy's host functions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+    Critical,
+}
 
 /// What a filter shell may ask of the host during one HTTP stream or at configure time.
 pub trait Host {

@@ -9,9 +9,21 @@ use std::time::UNIX_EPOCH;
 
 use phi_guard_common::{GrpcStatus, UnixSeconds};
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{GrpcStatusCode, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{GrpcStatusCode, MapType, MetricType};
 
-use crate::Host;
+use crate::{Host, LogLevel};
+
+fn proxy_level(level: LogLevel) -> proxy_wasm::types::LogLevel {
+    use proxy_wasm::types::LogLevel as P;
+    match level {
+        LogLevel::Trace => P::Trace,
+        LogLevel::Debug => P::Debug,
+        LogLevel::Info => P::Info,
+        LogLevel::Warn => P::Warn,
+        LogLevel::Error => P::Error,
+        LogLevel::Critical => P::Critical,
+    }
+}
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ProxyHost;
@@ -86,7 +98,7 @@ impl Host for ProxyHost {
     }
 
     fn log(&self, level: LogLevel, message: &str) {
-        let _ = hostcalls::log(level, message);
+        let _ = hostcalls::log(proxy_level(level), message);
     }
 
     fn define_counter(&self, name: &str) -> Option<u32> {

@@ -18,7 +18,7 @@ pub mod shell;
 pub mod token;
 pub mod verify;
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(target_os = "wasi")]
 mod wasm;
 
 #[cfg(test)]

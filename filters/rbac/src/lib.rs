@@ -17,7 +17,7 @@ mod json;
 pub mod policy;
 pub mod principal;
 pub mod shell;
-#[cfg(target_arch = "wasm32")]
+#[cfg(target_os = "wasi")]
 mod wasm;
 
 pub use decision::{decide, Decision};

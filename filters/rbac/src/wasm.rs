@@ -4,9 +4,9 @@
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::types::{Action, ContextType};
 
-use phi_guard_host::{Host, ProxyHost};
+use phi_guard_host::{Host, LogLevel, ProxyHost};
 
 use crate::shell::{deny_without_policy, Filter};
 
