@@ -51,6 +51,24 @@ pub trait Host {
     fn increment_counter(&self, id: u32, by: i64);
 }
 
+/// What a shell's stream callback tells the host: go on, or hold the stream (proxy-wasm's
+/// `Action`, defined here so shells stay testable off wasm).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Pause,
+}
+
+#[cfg(target_os = "wasi")]
+impl From<Flow> for proxy_wasm::types::Action {
+    fn from(flow: Flow) -> Self {
+        match flow {
+            Flow::Continue => proxy_wasm::types::Action::Continue,
+            Flow::Pause => proxy_wasm::types::Action::Pause,
+        }
+    }
+}
+
 /// Helpers every shell needs, built on [`Host`] so there is one copy of each.
 pub trait HostExt: Host {
     /// The gRPC method of the request, or `None` when `:path` is not a well-formed method.

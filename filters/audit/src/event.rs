@@ -1,0 +1,386 @@
+//! The audit event: one per RPC, built at stream end from headers, Envoy attributes and the
+//! filter state the other phi-guard filters left. It holds identifiers, decisions and counts
+//! only: never a token, a claim beyond issuer/subject/tenant/role, certificate contents or a
+//! message body.
+//!
+//! Every struct declares its fields in alphabetical order and maps are `BTreeMap`s, so
+//! `serde_json::to_vec` yields sorted keys without whitespace whatever features other crates
+//! switch on for `serde_json` (its `preserve_order` would change `Value`, not structs). That
+//! byte string is the canonical encoding the chain covers.
+
+use std::collections::BTreeMap;
+
+use phi_guard_common::state;
+use phi_guard_common::{AuthnOutcome, AuthzDecision, Identity, MaskSummary};
+use phi_guard_host::HostExt;
+use serde::{Deserialize, Serialize};
+
+use crate::hostx::AuditHost;
+use crate::time::{format_iso8601_ms, UnixMillis};
+
+/// Value of [`AuditEvent::schema`]; bumped on any incompatible change.
+pub const SCHEMA: &str = "phi_guard.audit.v1";
+
+/// Longest identifier (request id, resource id, SAN, claim) copied into an event; longer
+/// values are dropped rather than cut, so a truncated id can never match another record.
+pub const MAX_ID_LEN: usize = 256;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuditEvent {
+    pub correlation: Correlation,
+    pub outcome: Outcome,
+    pub schema: String,
+    /// UTC, `YYYY-MM-DDTHH:MM:SS.mmmZ`, host time at stream end.
+    pub time: String,
+    pub what: What,
+    pub who: Who,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Correlation {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// Only a well-formed W3C traceparent; anything else is dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Who {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// The peer certificate's URI SAN (the SPIFFE ID), never the certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// The effective role rbac decided with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct What {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// From the configured request header only (never a body field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Outcome {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authn: Option<Authn>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authz: Option<Authz>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask: Option<Mask>,
+    /// Envoy `request.total_size` (headers + body).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Authn {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub result: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Authz {
+    pub decision: String,
+    pub mode: String,
+    pub policy_version: String,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_decision: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Mask {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    /// `"<class>/<action>"` → number of fields masked.
+    pub fields: BTreeMap<String, u64>,
+    pub messages: u64,
+}
+
+impl AuditEvent {
+    /// The canonical bytes: sorted keys, no whitespace, UTF-8.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        // Serialising plain structs of strings and integers cannot fail; an empty object
+        // would still be chained and visible rather than trapping the VM.
+        serde_json::to_vec(self).unwrap_or_else(|_| b"{}".to_vec())
+    }
+
+    /// Severity for the log record: anything but a clean OK is worth a second look.
+    pub fn is_ok(&self) -> bool {
+        self.outcome.grpc_status == Some(0)
+    }
+}
+
+/// What the filter's config says about building events.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventOptions {
+    /// Request header holding the resource id (e.g. `x-patient-id`), if any.
+    pub resource_id_header: Option<String>,
+}
+
+/// A conservative identifier alphabet: ids are copied verbatim into a tamper-evident log, so
+/// anything that could smuggle free text (spaces, quotes, control bytes) is refused.
+fn id_like(value: &str) -> Option<String> {
+    let ok = !value.is_empty()
+        && value.len() <= MAX_ID_LEN
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:/@+=~".contains(&b));
+    ok.then(|| value.to_string())
+}
+
+/// A SAN URI or claim value: printable ASCII without spaces, bounded.
+fn printable(value: &str) -> Option<String> {
+    let ok = !value.is_empty()
+        && value.len() <= MAX_ID_LEN
+        && value.bytes().all(|b| b.is_ascii_graphic());
+    ok.then(|| value.to_string())
+}
+
+/// W3C trace-context `traceparent`: `vv-<32 hex>-<16 hex>-ff`, lower-case hex, version not
+/// `ff`, trace and parent ids not all zero. A future version may append `-...`; only the
+/// four known fields are kept.
+pub fn valid_traceparent(value: &str) -> Option<String> {
+    let b = value.as_bytes();
+    if !value.is_ascii() || b.len() < 55 || (b.len() > 55 && (b[55] != b'-' || &b[..2] == b"00")) {
+        return None;
+    }
+    let head = &value[..55];
+    let parts: Vec<&str> = head.split('-').collect();
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+    };
+    if parts.len() != 4
+        || !hex(parts[0], 2)
+        || parts[0] == "ff"
+        || !hex(parts[1], 32)
+        || !hex(parts[2], 16)
+        || !hex(parts[3], 2)
+        || parts[1].bytes().all(|c| c == b'0')
+        || parts[2].bytes().all(|c| c == b'0')
+    {
+        return None;
+    }
+    Some(head.to_string())
+}
+
+/// Envoy serialises integer attributes (`request.total_size`, `response.grpc_status`) as
+/// 8 little-endian bytes and durations (`request.duration`) as 8-byte nanoseconds; a
+/// decimal string is accepted too so a host that stringifies still works.
+pub fn int_attribute(bytes: &[u8]) -> Option<i64> {
+    if let Ok(raw) = <[u8; 8]>::try_from(bytes) {
+        return Some(i64::from_le_bytes(raw));
+    }
+    let s = std::str::from_utf8(bytes).ok()?;
+    if s.is_empty() || s.len() > 20 || !s.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+fn grpc_status_text(value: &str) -> Option<u32> {
+    let v = value.trim();
+    if v.is_empty() || v.len() > 3 || !v.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    v.parse().ok()
+}
+
+/// Where [`grpc_status`] found the status, for a debug line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrpcStatusSource {
+    Trailers,
+    Headers,
+    Attribute,
+}
+
+/// The RPC's gRPC status: trailers for a normal response, response headers for a
+/// trailers-only one, else Envoy's `response.grpc_status` attribute (which also maps an
+/// HTTP-only failure such as a 503 from the router to a gRPC code).
+pub fn grpc_status<H: AuditHost + ?Sized>(host: &H) -> Option<(u32, GrpcStatusSource)> {
+    if let Some(v) = host
+        .response_trailer("grpc-status")
+        .and_then(|v| grpc_status_text(&v))
+    {
+        return Some((v, GrpcStatusSource::Trailers));
+    }
+    if let Some(v) = host
+        .response_header("grpc-status")
+        .and_then(|v| grpc_status_text(&v))
+    {
+        return Some((v, GrpcStatusSource::Headers));
+    }
+    host.property(&["response", "grpc_status"])
+        .and_then(|b| int_attribute(&b))
+        .and_then(|v| u32::try_from(v).ok())
+        .map(|v| (v, GrpcStatusSource::Attribute))
+}
+
+fn non_negative(v: Option<i64>) -> Option<u64> {
+    v.and_then(|v| u64::try_from(v).ok())
+}
+
+/// Builds the event for the stream that is ending. `started_ms` is when the filter saw the
+/// request headers (absent if it never did, e.g. a stream reset before them); the duration
+/// prefers Envoy's own `request.duration`. Missing inputs leave fields out; nothing panics.
+pub fn build_event<H: AuditHost + ?Sized>(
+    host: &H,
+    opts: &EventOptions,
+    started_ms: Option<UnixMillis>,
+) -> AuditEvent {
+    let now_ms = host.now_ms();
+    let identity = host
+        .filter_state(state::IDENTITY)
+        .and_then(|b| Identity::from_bytes(&b));
+    let authn = host
+        .filter_state(state::AUTHN)
+        .and_then(|b| AuthnOutcome::from_bytes(&b));
+    let authz = host
+        .filter_state(state::AUTHZ)
+        .and_then(|b| AuthzDecision::from_bytes(&b));
+    let mask = host
+        .filter_state(state::MASK)
+        .and_then(|b| MaskSummary::from_bytes(&b));
+    let method = host.grpc_method();
+
+    let provider = identity
+        .as_ref()
+        .map(|i| i.provider.as_str())
+        .or_else(|| authn.as_ref().and_then(|a| a.provider.as_deref()))
+        .and_then(printable);
+
+    let duration_ms = host
+        .property(&["request", "duration"])
+        .and_then(|b| int_attribute(&b))
+        .and_then(|ns| u64::try_from(ns).ok())
+        .map(|ns| ns / 1_000_000)
+        .or_else(|| started_ms.map(|s| now_ms.saturating_sub(s)));
+
+    AuditEvent {
+        schema: SCHEMA.to_string(),
+        time: format_iso8601_ms(now_ms),
+        correlation: Correlation {
+            request_id: host
+                .request_header("x-request-id")
+                .and_then(|v| id_like(&v)),
+            traceparent: host
+                .request_header("traceparent")
+                .and_then(|v| valid_traceparent(&v)),
+        },
+        who: Who {
+            peer: host
+                .string_property(&["connection", "uri_san_peer_certificate"])
+                .and_then(|v| printable(&v)),
+            issuer: identity.as_ref().and_then(|i| printable(&i.issuer)),
+            subject: identity.as_ref().and_then(|i| printable(&i.subject)),
+            tenant: identity
+                .as_ref()
+                .and_then(|i| i.tenant.as_deref())
+                .and_then(printable),
+            provider,
+            role: authz.as_ref().and_then(|a| printable(&a.role)),
+        },
+        what: What {
+            service: method.as_ref().map(|m| m.service.clone()),
+            method: method.as_ref().map(|m| m.method.clone()),
+            resource_id: opts
+                .resource_id_header
+                .as_deref()
+                .and_then(|h| host.request_header(h))
+                .and_then(|v| id_like(&v)),
+        },
+        outcome: Outcome {
+            authn: authn.map(|a| Authn {
+                result: a.result,
+                reason: a.reason,
+            }),
+            authz: authz.map(|a| Authz {
+                decision: a.decision,
+                mode: a.mode,
+                policy_version: a.policy_version,
+                reason: a.reason,
+                rule: a.rule,
+                shadow_decision: a.shadow_decision,
+            }),
+            grpc_status: grpc_status(host).map(|(v, _)| v),
+            // The mask summary is counts by class; its role duplicates who.role.
+            mask: mask.map(|m| Mask {
+                failure: m.failure,
+                fields: m.fields,
+                messages: m.messages,
+            }),
+            duration_ms,
+            request_bytes: non_negative(
+                host.property(&["request", "total_size"])
+                    .and_then(|b| int_attribute(&b)),
+            ),
+            response_bytes: non_negative(
+                host.property(&["response", "total_size"])
+                    .and_then(|b| int_attribute(&b)),
+            ),
+        },
+    }
+}
+
+/// Re-encodes any JSON value with object keys sorted and no whitespace, independently of
+/// serde_json's map type: tests use it to prove [`AuditEvent::canonical_bytes`] is canonical,
+/// and the verifier to report a non-canonical body.
+pub fn canonicalize(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            let parts: Vec<String> = keys
+                .into_iter()
+                .map(|k| {
+                    format!(
+                        "{}:{}",
+                        Value::String(k.clone()),
+                        canonicalize(&map[k.as_str()])
+                    )
+                })
+                .collect();
+            format!("{{{}}}", parts.join(","))
+        }
+        Value::Array(items) => {
+            let parts: Vec<String> = items.iter().map(canonicalize).collect();
+            format!("[{}]", parts.join(","))
+        }
+        other => other.to_string(),
+    }
+}

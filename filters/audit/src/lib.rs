@@ -1,0 +1,28 @@
+//! phi-guard audit.
+//!
+//! - [`event`]: the PHI-free event built at the end of each RPC, and its canonical bytes;
+//! - [`chain`]: the HMAC-SHA256 hash chain over those bytes;
+//! - [`delivery`]: the service's pure state machine (chain, batch, backlog, retry, flag);
+//! - [`otlp`]: OTLP/HTTP JSON logs encoding and reading;
+//! - [`verify`]: chain verification for the verifier command and tests;
+//! - [`filter`], [`service`]: the two shells, generic over the host traits in [`hostx`];
+//! - `wasm` (wasm32 only): the proxy-wasm entry points;
+//! - [`collector`] (native only): the stand-in OTLP collector.
+
+pub mod chain;
+pub mod config;
+pub mod delivery;
+pub mod event;
+pub mod filter;
+pub mod hostx;
+pub mod otlp;
+pub mod service;
+pub mod time;
+pub mod verify;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod collector;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
+#[cfg(target_os = "wasi")]
+mod wasm;

@@ -1,0 +1,237 @@
+//! The singleton service shell: moves bytes between Envoy's shared queue, the [`Delivery`]
+//! core and `dispatch_http_call`, publishes the fail-closed flag, and turns the core's
+//! totals into metrics. Generic over [`ServiceHost`] so it runs against the fakes natively.
+
+use phi_guard_host::LogLevel;
+
+use crate::chain::ChainKey;
+use crate::config::{backlog_flag_key, ServiceConfig};
+use crate::delivery::{CallOutcome, Delivery, Stats};
+use crate::hostx::ServiceHost;
+use crate::otlp::OtlpMeta;
+
+pub const METRIC_SHIPPED: &str = "phi_guard.audit.shipped";
+pub const METRIC_RETRIED: &str = "phi_guard.audit.retried";
+pub const METRIC_DROPPED: &str = "phi_guard.audit.dropped";
+pub const METRIC_BACKLOG_FULL: &str = "phi_guard.audit.backlog_full";
+/// Events chained by the service (the filter counts `enqueued`).
+pub const METRIC_CHAINED: &str = "phi_guard.audit.chained";
+/// Gauge: records waiting for the collector.
+pub const METRIC_BACKLOG: &str = "phi_guard.audit.backlog";
+
+/// Upper bound of queue items taken per callback, so one callback never runs unbounded
+/// under drop_oldest (the rest is taken on the next tick).
+const MAX_DEQUEUE_PER_PUMP: usize = 10_000;
+
+#[derive(Debug, Default)]
+struct Metrics {
+    chained: Option<u32>,
+    shipped: Option<u32>,
+    retried: Option<u32>,
+    dropped: Option<u32>,
+    backlog_full: Option<u32>,
+    backlog: Option<u32>,
+}
+
+#[derive(Debug, Default)]
+pub struct AuditService {
+    config: Option<ServiceConfig>,
+    core: Option<Delivery>,
+    queue_id: Option<u32>,
+    flag_key: String,
+    /// The flag value last written to shared data.
+    published: Option<bool>,
+    /// Token of the in-flight `dispatch_http_call` and the batch it carries.
+    call: Option<(u32, u64)>,
+    metrics: Metrics,
+    reported: Stats,
+}
+
+impl AuditService {
+    /// Idempotent: Envoy has been seen to configure the singleton twice with the same queue.
+    /// A second call keeps the chain, the backlog and an in-flight batch.
+    pub fn on_configure<H: ServiceHost>(&mut self, host: &H, config: &[u8]) -> bool {
+        let cfg = match ServiceConfig::parse(config) {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                host.log(LogLevel::Error, &format!("phi_guard audit service: {e}"));
+                return false;
+            }
+        };
+        let Some(queue_id) = host.register_queue(&cfg.queue) else {
+            host.log(
+                LogLevel::Error,
+                "phi_guard audit service: could not register the shared queue",
+            );
+            return false;
+        };
+        let meta = OtlpMeta {
+            service_name: cfg.service_name.clone(),
+        };
+        match self.core.as_mut() {
+            Some(core) => {
+                if self.config.as_ref().map(|c| &c.key_env) != Some(&cfg.key_env) {
+                    host.log(
+                        LogLevel::Warn,
+                        "phi_guard audit service: key_env changed; the running chain keeps its key until restart",
+                    );
+                }
+                core.reconfigure(cfg.delivery(), meta);
+            }
+            None => {
+                let key = host.env_var(&cfg.key_env).and_then(|k| ChainKey::new(&k));
+                let Some(key) = key else {
+                    // Names the variable, never its value.
+                    host.log(
+                        LogLevel::Error,
+                        &format!(
+                            "phi_guard audit service: invalid configuration: field `key_env`: environment variable {} is missing or shorter than {} bytes",
+                            cfg.key_env,
+                            crate::chain::MIN_KEY_LEN
+                        ),
+                    );
+                    return false;
+                };
+                self.core = Some(Delivery::new(cfg.delivery(), key, meta));
+            }
+        }
+        if self.metrics.shipped.is_none() {
+            self.metrics = Metrics {
+                chained: host.define_counter(METRIC_CHAINED),
+                shipped: host.define_counter(METRIC_SHIPPED),
+                retried: host.define_counter(METRIC_RETRIED),
+                dropped: host.define_counter(METRIC_DROPPED),
+                backlog_full: host.define_counter(METRIC_BACKLOG_FULL),
+                backlog: host.define_gauge(METRIC_BACKLOG),
+            };
+        }
+        let new_flag_key = backlog_flag_key(&cfg.queue);
+        if new_flag_key != self.flag_key {
+            self.published = None;
+            self.flag_key = new_flag_key;
+        }
+        host.set_tick_period_ms(cfg.tick_ms);
+        self.queue_id = Some(queue_id);
+        self.config = Some(cfg);
+        self.pump(host);
+        true
+    }
+
+    pub fn on_queue_ready<H: ServiceHost>(&mut self, host: &H, queue_id: u32) {
+        if Some(queue_id) == self.queue_id {
+            self.pump(host);
+        }
+    }
+
+    pub fn on_tick<H: ServiceHost>(&mut self, host: &H) {
+        self.pump(host);
+    }
+
+    /// `status` is the `:status` of the collector's answer, `None` when the call failed.
+    pub fn on_http_call_response<H: ServiceHost>(
+        &mut self,
+        host: &H,
+        token: u32,
+        status: Option<u32>,
+    ) {
+        let Some((expected, batch)) = self.call else {
+            return;
+        };
+        if expected != token {
+            return;
+        }
+        self.call = None;
+        if let Some(core) = self.core.as_mut() {
+            let outcome = status.map_or(CallOutcome::Failed, CallOutcome::Status);
+            core.on_response(batch, outcome, host.now_ms());
+            if !outcome.is_success() {
+                host.log(
+                    LogLevel::Warn,
+                    &format!(
+                        "phi_guard audit service: collector call failed ({}); batch retained",
+                        status.map_or("no response".to_string(), |s| format!("HTTP {s}"))
+                    ),
+                );
+            }
+        }
+        self.pump(host);
+    }
+
+    /// The one place that moves bytes: queue → core → collector, then flag and metrics.
+    fn pump<H: ServiceHost>(&mut self, host: &H) {
+        let (Some(core), Some(cfg), Some(queue)) =
+            (self.core.as_mut(), self.config.as_ref(), self.queue_id)
+        else {
+            return;
+        };
+        let now = host.now_ms();
+        let mut taken = 0;
+        while core.has_room() && taken < MAX_DEQUEUE_PER_PUMP {
+            let Some(bytes) = host.dequeue(queue) else {
+                break;
+            };
+            taken += 1;
+            // A refused item is counted in the core's `dropped`; its contents are not logged.
+            let _ = core.on_event(bytes, now);
+        }
+        let batch = core.poll(now);
+        if let Some(batch) = batch {
+            let headers = [
+                (":method", "POST"),
+                (":path", cfg.path.as_str()),
+                (":authority", cfg.authority()),
+                ("content-type", "application/json"),
+            ];
+            match host.http_call(&cfg.cluster, &headers, &batch.body, cfg.request_timeout_ms) {
+                Some(token) => self.call = Some((token, batch.id)),
+                None => {
+                    host.log(
+                        LogLevel::Warn,
+                        "phi_guard audit service: dispatch_http_call refused; batch retained",
+                    );
+                    core.on_response(batch.id, CallOutcome::Failed, now);
+                }
+            }
+        }
+        let blocked = core.blocked();
+        if self.published != Some(blocked) {
+            let value: &[u8] = if blocked { b"1" } else { b"0" };
+            if host.set_shared_data(&self.flag_key, value) {
+                self.published = Some(blocked);
+                if blocked {
+                    host.log(
+                        LogLevel::Warn,
+                        "phi_guard audit service: backlog full, refusing new RPCs until it drains",
+                    );
+                }
+            }
+        }
+        let stats = core.stats();
+        let backlog = core.backlog_len() as u64;
+        self.report(host, stats, backlog);
+    }
+
+    fn report<H: ServiceHost>(&mut self, host: &H, s: Stats, backlog: u64) {
+        let r = self.reported;
+        let m = &self.metrics;
+        for (id, now, before) in [
+            (m.chained, s.accepted, r.accepted),
+            (m.shipped, s.shipped, r.shipped),
+            (m.retried, s.retried, r.retried),
+            (m.dropped, s.dropped, r.dropped),
+            (m.backlog_full, s.backlog_full, r.backlog_full),
+        ] {
+            if let (Some(id), true) = (id, now > before) {
+                host.increment_metric(id, i64::try_from(now - before).unwrap_or(i64::MAX));
+            }
+        }
+        if let Some(id) = m.backlog {
+            host.record_metric(id, backlog);
+        }
+        self.reported = s;
+    }
+
+    pub fn core(&self) -> Option<&Delivery> {
+        self.core.as_ref()
+    }
+}

@@ -1,0 +1,63 @@
+//! Why masking a response failed. Every variant is a short machine code for the audit event
+//! and the debug log; none carries a byte of the message.
+
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaskError {
+    /// A record inside a message is cut short or has a bad varint, tag or length.
+    Malformed,
+    /// A planned field arrived with a wire type its declared type cannot have.
+    WireType { field: u32 },
+    /// Messages (or groups) nested deeper than the rewriter follows.
+    TooDeep,
+    /// A gRPC frame announces more than `max_message_bytes`.
+    FrameTooLarge,
+    /// A gRPC frame's flag byte is neither 0 (plain) nor 1 (compressed).
+    BadFlag,
+    /// The stream ended inside a gRPC frame.
+    TruncatedFrame,
+    /// A compressed frame under a `grpc-encoding` other than gzip (or none).
+    UnsupportedEncoding,
+    /// A gzip frame that does not decompress.
+    Decompress,
+    /// A gzip frame that decompresses to more than `max_message_bytes`.
+    DecompressedTooLarge,
+    /// Recompressing the masked message failed.
+    Compress,
+    /// The free-text scanner could not complete a search.
+    Scan,
+    /// The response of a masked method is not gRPC (content-type), so it cannot be parsed.
+    NotGrpc,
+}
+
+impl MaskError {
+    /// The code written to `MaskSummary.failure`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            MaskError::Malformed => "malformed_message",
+            MaskError::WireType { .. } => "wire_type_mismatch",
+            MaskError::TooDeep => "too_deep",
+            MaskError::FrameTooLarge => "frame_too_large",
+            MaskError::BadFlag => "bad_frame_flag",
+            MaskError::TruncatedFrame => "truncated_frame",
+            MaskError::UnsupportedEncoding => "unsupported_encoding",
+            MaskError::Decompress => "decompress_failed",
+            MaskError::DecompressedTooLarge => "decompressed_too_large",
+            MaskError::Compress => "compress_failed",
+            MaskError::Scan => "scan_failed",
+            MaskError::NotGrpc => "not_grpc",
+        }
+    }
+}
+
+impl fmt::Display for MaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MaskError::WireType { field } => write!(f, "{} (field {field})", self.code()),
+            _ => f.write_str(self.code()),
+        }
+    }
+}
+
+impl std::error::Error for MaskError {}

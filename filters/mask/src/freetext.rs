@@ -1,0 +1,189 @@
+//! Identifier detectors for free text: one multi-pattern regex, compiled once at configure
+//! time, run over FREE_TEXT values the caller may otherwise read.
+//!
+//! Patterns are byte-oriented and ASCII (`\d` is `[0-9]`, `\b` an ASCII word boundary): the
+//! identifiers we look for are ASCII, and leaving out the Unicode tables keeps the wasm module
+//! small. When two patterns match at the same position the earlier one in [`Detectors::new`]'s
+//! list wins; the leftmost match always wins over a later one.
+
+use std::sync::Mutex;
+
+use regex_automata::hybrid::regex::{Cache, Regex};
+use regex_automata::nfa::thompson;
+use regex_automata::util::syntax;
+use regex_automata::Input;
+
+use crate::plan::Class;
+
+/// US social security number.
+pub const SSN_PATTERN: &str = r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b";
+/// US phone numbers with separators: `555-123-4567`, `555.123.4567`, `555 123 4567`,
+/// `(555) 123-4567`, optionally preceded by `+1`/`1` and a separator. Bare ten-digit runs are
+/// not matched: they collide with account and record numbers.
+pub const PHONE_PATTERN: &str =
+    r"(?:\+1[-. ]?|\b1[-. ])?(?:\([0-9]{3}\) ?|\b[0-9]{3}[-. ])[0-9]{3}[-. ][0-9]{4}\b";
+/// E-mail addresses (pragmatic, not RFC 5322).
+pub const EMAIL_PATTERN: &str =
+    r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b";
+/// Default medical record number pattern: `MRN` then optional separators and one or more
+/// dash-separated alphanumeric groups (`MRN 1234567`, `MRN-7Q4K-AB12`, `mrn: 42`).
+pub const DEFAULT_MRN_PATTERN: &str = r"(?i)\bMRN[-:# ]*[A-Z0-9]+(?:-[A-Z0-9]+)*\b";
+
+/// A compiled set of detectors, each tagged with the class its matches belong to.
+///
+/// A lazy DFA (built on demand, states cached): the meta regex engine would add a PikeVM and
+/// literal optimisations for little gain here, and doubled the wasm module's size. The cache
+/// sits behind a `Mutex`, which is uncontended in a (single-threaded) proxy-wasm VM and lets
+/// native tests and benches share one config across threads.
+#[derive(Debug)]
+pub struct Detectors {
+    regex: Regex,
+    cache: Mutex<Cache>,
+    classes: Vec<Class>,
+}
+
+/// The lazy DFA could not finish a search (it has no quit bytes and never gives up as
+/// configured, so this is not expected; callers fail closed on it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanFailed;
+
+/// One detected identifier: byte range in the text and its class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found {
+    pub start: usize,
+    pub end: usize,
+    pub class: Class,
+}
+
+impl Detectors {
+    /// Compiles `(class, pattern)` pairs; `Err((index, reason))` names the failing pattern.
+    pub fn new(patterns: &[(Class, String)]) -> Result<Self, (usize, String)> {
+        let syntax = syntax::Config::new().unicode(false).utf8(false);
+        // Compile one by one first so an error names its pattern.
+        for (i, (_, p)) in patterns.iter().enumerate() {
+            Regex::builder()
+                .syntax(syntax)
+                .thompson(thompson::Config::new().utf8(false))
+                .build(p)
+                .map_err(|e| (i, e.to_string()))?;
+        }
+        let regex = Regex::builder()
+            .syntax(syntax)
+            .thompson(thompson::Config::new().utf8(false))
+            .build_many(&patterns.iter().map(|(_, p)| p.as_str()).collect::<Vec<_>>())
+            .map_err(|e| (0, e.to_string()))?;
+        let cache = Mutex::new(regex.create_cache());
+        Ok(Self {
+            regex,
+            cache,
+            classes: patterns.iter().map(|(c, _)| *c).collect(),
+        })
+    }
+
+    /// Calls `f` for each non-overlapping, non-empty match, left to right.
+    pub fn each(&self, text: &[u8], mut f: impl FnMut(Found)) -> Result<(), ScanFailed> {
+        let mut cache = match self.cache.lock() {
+            Ok(guard) => guard,
+            // A panic elsewhere mid-search: start over with a fresh cache.
+            Err(poisoned) => {
+                let mut guard = poisoned.into_inner();
+                *guard = self.regex.create_cache();
+                guard
+            }
+        };
+        let mut input = Input::new(text);
+        while input.start() <= text.len() {
+            let Some(m) = self
+                .regex
+                .try_search(&mut cache, &input)
+                .map_err(|_| ScanFailed)?
+            else {
+                break;
+            };
+            if m.is_empty() {
+                // An empty match would insert text (a token, a replacement) between
+                // characters: skip it and search on from the next byte.
+                input.set_start(m.end() + 1);
+                continue;
+            }
+            if let Some(&class) = self.classes.get(m.pattern().as_usize()) {
+                f(Found {
+                    start: m.start(),
+                    end: m.end(),
+                    class,
+                });
+            }
+            input.set_start(m.end());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn demo() -> Detectors {
+        Detectors::new(&[
+            (7, EMAIL_PATTERN.into()),
+            (1, SSN_PATTERN.into()),
+            (6, PHONE_PATTERN.into()),
+            (2, DEFAULT_MRN_PATTERN.into()),
+        ])
+        .unwrap()
+    }
+
+    fn found(d: &Detectors, text: &str) -> Vec<(String, Class)> {
+        let mut v = Vec::new();
+        d.each(text.as_bytes(), |f| {
+            v.push((text[f.start..f.end].to_string(), f.class))
+        })
+        .unwrap();
+        v
+    }
+
+    #[test]
+    fn finds_each_kind() {
+        let d = demo();
+        let text = "Pt called from 555-013-4477 re SSN 900-55-1234; MRN MRN-7Q4K-CANARY. \
+                    Mail zeb.c@example.test or (555) 019-8822, +1 555.123.4567.";
+        assert_eq!(
+            found(&d, text),
+            vec![
+                ("555-013-4477".into(), 6),
+                ("900-55-1234".into(), 1),
+                ("MRN MRN-7Q4K-CANARY".into(), 2),
+                ("zeb.c@example.test".into(), 7),
+                ("(555) 019-8822".into(), 6),
+                ("+1 555.123.4567".into(), 6),
+            ]
+        );
+    }
+
+    #[test]
+    fn leaves_ordinary_numbers_alone() {
+        let d = demo();
+        assert!(found(
+            &d,
+            "BP 118/76, HR 72, code 300916003, 2026-01-05, 1234567890"
+        )
+        .is_empty());
+        assert!(found(&d, "x900-55-12345").is_empty());
+    }
+
+    #[test]
+    fn bad_patterns_are_named() {
+        let err = Detectors::new(&[(1, SSN_PATTERN.into()), (2, "(".into())]).unwrap_err();
+        assert_eq!(err.0, 1);
+    }
+
+    #[test]
+    fn works_on_invalid_utf8() {
+        let d = demo();
+        let mut text = b"\xff\xfe 900-55-1234 \xc3".to_vec();
+        text.extend_from_slice(b"\x28");
+        let mut n = 0;
+        d.each(&text, |_| n += 1).unwrap();
+        assert_eq!(n, 1);
+    }
+}

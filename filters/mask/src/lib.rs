@@ -1,0 +1,31 @@
+//! phi-guard mask filter: masks fields annotated with `phi.v1.sensitivity` in gRPC responses,
+//! by the caller's role, rewriting the protobuf wire format in one pass.
+//!
+//! Pure core (no host calls): [`descriptor`] decodes the FileDescriptorSet, [`plan`] builds
+//! per-method rewrite plans, [`policy`] and [`token`] decide and transform values,
+//! [`freetext`] finds identifiers in free text, [`rewriter`] rewrites one message,
+//! [`framing`] cuts gRPC frames out of body chunks. [`config`] parses the JSON config.
+//! [`shell`] is the per-stream logic behind narrow host traits; `wasm` wires it to proxy-wasm.
+
+pub mod config;
+pub mod descriptor;
+pub mod error;
+pub mod framing;
+pub mod freetext;
+pub mod plan;
+pub mod policy;
+pub mod rewriter;
+pub mod shell;
+pub mod token;
+pub mod wire;
+
+#[cfg(test)]
+pub(crate) mod testdata;
+
+#[cfg(target_os = "wasi")]
+mod wasm;
+
+pub use config::MaskConfig;
+pub use error::MaskError;
+pub use framing::{Encoding, Framer, StreamMasker};
+pub use shell::{BodyHost, MaskStream, Metrics};

@@ -1,0 +1,303 @@
+//! The per-stream shell: reads the role and method, drives the [`StreamMasker`] from the body
+//! callbacks and turns a masking failure into gRPC INTERNAL without leaking a byte.
+//!
+//! Written against [`Host`] (headers, properties, metrics, logs) and [`BodyHost`] (the body
+//! buffer and trailers, which `Host` does not cover) so it runs natively with fakes.
+//!
+//! Failure handling, by when the error shows up:
+//! - response headers (a masked method answered with a non-gRPC content-type): nothing has
+//!   gone downstream yet, so the response is replaced with a trailers-only INTERNAL
+//!   (`send_grpc_error`);
+//! - a body chunk: the response headers are already on their way, so a local reply is no
+//!   longer possible. The chunk is replaced with nothing, every later chunk too, and the
+//!   trailers callback overwrites `grpc-status` with 13 and `grpc-message` with
+//!   `internal error`: the client sees the messages masked before the failure, then INTERNAL;
+//! - a body chunk with `end_of_stream` (no trailers will come, so there is no status to
+//!   rewrite): the chunk is dropped and the response stream reset, which gRPC clients report
+//!   as an error too.
+
+use std::rc::Rc;
+
+use phi_guard_common::{state, AuthzDecision, GrpcStatus, MaskSummary};
+use phi_guard_host::{Flow, Host, HostExt, LogLevel};
+
+use crate::config::MaskConfig;
+use crate::error::MaskError;
+use crate::framing::{Encoding, StreamMasker};
+use crate::policy::ActionKind;
+
+/// What the shell needs beyond [`Host`]: the response body buffer of the current callback,
+/// the response trailers, and a stream reset.
+pub trait BodyHost {
+    /// `size` bytes of the current body chunk from `start`; `None` if the host has none.
+    fn response_body(&self, start: usize, size: usize) -> Option<Vec<u8>>;
+    /// Replaces `size` bytes from `start` of the current chunk with `value`.
+    fn set_response_body(&self, start: usize, size: usize, value: &[u8]);
+    fn set_response_trailer(&self, name: &str, value: &str);
+    /// Resets the response stream (the last resort when no trailers will follow).
+    fn reset_response(&self);
+}
+
+/// A counter that can be bumped by more than one. (`phi_guard_host::Counter` only has `inc`;
+/// field counts come in batches per message.)
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Metric(Option<u32>);
+
+impl Metric {
+    pub fn define(host: &dyn Host, name: &str) -> Self {
+        Metric(host.define_counter(name))
+    }
+
+    pub fn add(&self, host: &dyn Host, by: u64) {
+        if let (Some(id), true) = (self.0, by > 0) {
+            host.increment_counter(id, i64::try_from(by).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+/// `phi_guard.mask.messages`, `phi_guard.mask.fields_<action>`, `phi_guard.mask.failures`.
+#[derive(Debug, Default, Clone)]
+pub struct Metrics {
+    pub messages: Metric,
+    pub fields: [Metric; 5],
+    pub failures: Metric,
+}
+
+impl Metrics {
+    pub fn define(host: &dyn Host) -> Self {
+        Metrics {
+            messages: Metric::define(host, "phi_guard.mask.messages"),
+            fields: ActionKind::ALL
+                .map(|k| Metric::define(host, &format!("phi_guard.mask.fields_{}", k.name()))),
+            failures: Metric::define(host, "phi_guard.mask.failures"),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Mode {
+    /// Before the response headers, or a method/response this filter leaves alone.
+    Idle,
+    /// Masking (or failed, when `failure` is set: then every further body byte is dropped;
+    /// the masker stays for the summary's counts).
+    Masking(Box<StreamMasker>),
+}
+
+/// One HTTP stream.
+pub struct MaskStream {
+    config: Rc<MaskConfig>,
+    metrics: Rc<Metrics>,
+    /// Root plan of the request's method, when it has anything to mask.
+    root: Option<usize>,
+    method: String,
+    /// The caller's role as rbac wrote it, read once at response headers.
+    role: Option<String>,
+    mode: Mode,
+    failure: Option<MaskError>,
+    /// Counts and messages already added to the metrics.
+    reported: ([u64; 5], u64),
+    summary_written: bool,
+}
+
+impl MaskStream {
+    pub fn new(config: Rc<MaskConfig>, metrics: Rc<Metrics>) -> Self {
+        MaskStream {
+            config,
+            metrics,
+            root: None,
+            method: String::new(),
+            role: None,
+            mode: Mode::Idle,
+            failure: None,
+            reported: ([0; 5], 0),
+            summary_written: false,
+        }
+    }
+
+    pub fn on_request_headers(&mut self, host: &dyn Host) -> Flow {
+        if let Some(m) = host.grpc_method() {
+            self.method = m.full_name();
+            self.root = self.config.plans.method(&self.method);
+        }
+        Flow::Continue
+    }
+
+    /// The caller's effective role from rbac's decision; `None` (the default block) when the
+    /// state is missing or unreadable, or when rbac did not allow the call (a response to a
+    /// denied call should not exist; if one does, it gets the strictest treatment).
+    fn read_role(host: &dyn Host) -> Option<String> {
+        host.filter_state(state::AUTHZ)
+            .and_then(|b| AuthzDecision::from_bytes(&b))
+            .filter(|d| d.decision == "allow")
+            .map(|d| d.role)
+    }
+
+    pub fn on_response_headers(&mut self, host: &dyn Host, end_of_stream: bool) -> Flow {
+        let Some(root) = self.root else {
+            return Flow::Continue;
+        };
+        self.role = Self::read_role(host);
+        let grpc = host
+            .response_header("content-type")
+            .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("application/grpc"));
+        if !grpc {
+            // Nothing has been sent downstream yet: answer INTERNAL instead of a body we
+            // cannot parse (and so cannot mask).
+            self.fail(host, MaskError::NotGrpc);
+            self.write_summary(host);
+            host.send_grpc_error(GrpcStatus::Internal, &[]);
+            return Flow::Pause;
+        }
+        // Masking changes the body length.
+        host.remove_response_header("content-length");
+        let encoding = Encoding::from_header(host.response_header("grpc-encoding").as_deref());
+        self.mode = Mode::Masking(Box::new(StreamMasker::new(
+            root,
+            encoding,
+            self.config.max_message_bytes,
+        )));
+        if end_of_stream {
+            // Trailers-only response: no message to mask.
+            self.write_summary(host);
+        }
+        Flow::Continue
+    }
+
+    pub fn on_response_body(
+        &mut self,
+        host: &dyn Host,
+        body: &dyn BodyHost,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Flow {
+        if self.failure.is_some() {
+            // Failed earlier: nothing more of this response reaches the client.
+            if body_size > 0 {
+                body.set_response_body(0, body_size, &[]);
+            }
+        } else if let Mode::Masking(masker) = &mut self.mode {
+            let chunk = if body_size == 0 {
+                Some(Vec::new())
+            } else {
+                body.response_body(0, body_size)
+            };
+            let config = Rc::clone(&self.config);
+            let (_, block) = config.policy.for_role(self.role.as_deref());
+            let rw = config.rewriter(block);
+            let result = match chunk {
+                // The host announced a body and then gave none: nothing to vouch for.
+                None => Err(MaskError::Malformed),
+                Some(chunk) => masker.feed(&rw, &chunk).map(|out| (chunk, out)),
+            }
+            .and_then(|r| {
+                if end_of_stream {
+                    masker.finish()?;
+                }
+                Ok(r)
+            });
+            match result {
+                Ok((chunk, out)) => {
+                    if out != chunk {
+                        body.set_response_body(0, body_size, &out);
+                    }
+                    self.report(host);
+                }
+                Err(err) => {
+                    if body_size > 0 {
+                        body.set_response_body(0, body_size, &[]);
+                    }
+                    self.fail(host, err);
+                }
+            }
+        } else {
+            return Flow::Continue;
+        }
+        if end_of_stream {
+            if self.failure.is_some() {
+                // No trailers will follow to carry grpc-status 13.
+                body.reset_response();
+            }
+            self.write_summary(host);
+        }
+        Flow::Continue
+    }
+
+    pub fn on_response_trailers(&mut self, host: &dyn Host, body: &dyn BodyHost) -> Flow {
+        if let (Mode::Masking(masker), None) = (&mut self.mode, self.failure) {
+            if let Err(err) = masker.finish() {
+                self.fail(host, err);
+            }
+        }
+        if self.failure.is_some() {
+            // Overwrites whatever status upstream sent: the body was cut, so it was not OK.
+            let status = GrpcStatus::Internal;
+            body.set_response_trailer("grpc-status", &status.code().to_string());
+            body.set_response_trailer("grpc-message", status.generic_message());
+        }
+        self.write_summary(host);
+        Flow::Continue
+    }
+
+    /// Last chance to leave a summary, for streams that ended without trailers or were reset.
+    pub fn on_log(&mut self, host: &dyn Host) {
+        if let (Mode::Masking(masker), None) = (&self.mode, self.failure) {
+            if masker.framer().buffered() > 0 {
+                self.fail(host, MaskError::TruncatedFrame);
+            }
+        }
+        self.write_summary(host);
+    }
+
+    fn fail(&mut self, host: &dyn Host, err: MaskError) {
+        if self.failure.is_some() {
+            return;
+        }
+        self.report(host);
+        self.failure = Some(err);
+        self.metrics.failures.add(host, 1);
+        // The error code and method only: never a byte of the message.
+        host.log(
+            LogLevel::Warn,
+            &format!(
+                "phi-guard mask: masking the response of {} failed ({err}); ending the RPC with INTERNAL",
+                self.method
+            ),
+        );
+    }
+
+    /// Adds what was masked since the last report to the metrics.
+    fn report(&mut self, host: &dyn Host) {
+        let Mode::Masking(masker) = &self.mode else {
+            return;
+        };
+        let messages = masker.messages;
+        self.metrics
+            .messages
+            .add(host, messages.saturating_sub(self.reported.1));
+        self.reported.1 = messages;
+        for (i, kind) in ActionKind::ALL.into_iter().enumerate() {
+            let n = masker.counts.per_action(kind);
+            self.metrics.fields[i].add(host, n.saturating_sub(self.reported.0[i]));
+            self.reported.0[i] = n;
+        }
+    }
+
+    /// Writes the [`MaskSummary`] to filter state once, for the audit event.
+    fn write_summary(&mut self, host: &dyn Host) {
+        if self.summary_written || self.root.is_none() {
+            return;
+        }
+        self.summary_written = true;
+        let (label, _) = self.config.policy.for_role(self.role.as_deref());
+        let mut summary = MaskSummary {
+            role: label.to_string(),
+            failure: self.failure.map(|e| e.code().to_string()),
+            ..Default::default()
+        };
+        if let Mode::Masking(masker) = &self.mode {
+            summary.messages = masker.messages;
+            summary.fields = masker.counts.by_name(&self.config.class_names);
+        }
+        host.set_filter_state(state::MASK, &summary.to_bytes());
+    }
+}

@@ -1,0 +1,311 @@
+//! The per-stream shell against a fake host: role lookup, header handling, summary, metrics
+//! and the failure path.
+
+mod support;
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use phi_guard_common::{state, AuthzDecision, GrpcStatus, MaskSummary};
+use phi_guard_host::Flow as Action;
+use phi_guard_host::{FakeHost, Host, HostExt};
+use phi_guard_mask::{BodyHost, MaskStream, Metrics};
+use phi_guard_proto::health::v1::Patient;
+use prost::Message;
+use support::*;
+
+#[derive(Default)]
+struct FakeBody {
+    chunk: RefCell<Vec<u8>>,
+    trailers: RefCell<Vec<(String, String)>>,
+    reset: Cell<bool>,
+}
+
+impl BodyHost for FakeBody {
+    fn response_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
+        self.chunk
+            .borrow()
+            .get(start..start + size)
+            .map(<[u8]>::to_vec)
+    }
+
+    fn set_response_body(&self, start: usize, size: usize, value: &[u8]) {
+        self.chunk
+            .borrow_mut()
+            .splice(start..start + size, value.iter().copied());
+    }
+
+    fn set_response_trailer(&self, name: &str, value: &str) {
+        let mut t = self.trailers.borrow_mut();
+        t.retain(|(k, _)| k != name);
+        t.push((name.to_string(), value.to_string()));
+    }
+
+    fn reset_response(&self) {
+        self.reset.set(true);
+    }
+}
+
+impl FakeBody {
+    fn trailer(&self, name: &str) -> Option<String> {
+        self.trailers
+            .borrow()
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    }
+}
+
+struct Harness {
+    host: FakeHost,
+    body: FakeBody,
+    stream: MaskStream,
+}
+
+fn authz(role: &str) -> Vec<u8> {
+    AuthzDecision {
+        decision: "allow".into(),
+        rule: Some("r".into()),
+        role: role.into(),
+        policy_version: "1".into(),
+        mode: "enforce".into(),
+        shadow_decision: None,
+        reason: "matched_allow".into(),
+    }
+    .to_bytes()
+}
+
+fn harness(method: &str, role: Option<&str>, content_type: &str) -> Harness {
+    let host = FakeHost::with_request_headers(&[(":path", &format!("/{method}"))]);
+    if let Some(role) = role {
+        host.insert_property(&[state::AUTHZ], &authz(role));
+    }
+    *host.response_headers.borrow_mut() = vec![
+        (":status".into(), "200".into()),
+        ("content-type".into(), content_type.into()),
+        ("content-length".into(), "1234".into()),
+    ];
+    let metrics = Rc::new(Metrics::define(&host));
+    let stream = MaskStream::new(Rc::new(demo_config()), metrics);
+    Harness {
+        host,
+        body: FakeBody::default(),
+        stream,
+    }
+}
+
+impl Harness {
+    fn headers(&mut self) -> Action {
+        self.stream.on_request_headers(&self.host);
+        self.stream.on_response_headers(&self.host, false)
+    }
+
+    /// Sends each chunk through the body callback; returns what reached the client.
+    fn body(&mut self, chunks: &[&[u8]], end_of_stream: bool) -> Vec<u8> {
+        let mut sent = Vec::new();
+        for (i, c) in chunks.iter().enumerate() {
+            *self.body.chunk.borrow_mut() = c.to_vec();
+            let eos = end_of_stream && i + 1 == chunks.len();
+            let action = self
+                .stream
+                .on_response_body(&self.host, &self.body, c.len(), eos);
+            assert_eq!(action, Action::Continue);
+            sent.extend(self.body.chunk.borrow().iter().copied());
+        }
+        sent
+    }
+
+    fn trailers(&mut self) {
+        *self.body.trailers.borrow_mut() = vec![("grpc-status".into(), "0".into())];
+        self.stream.on_response_trailers(&self.host, &self.body);
+    }
+
+    fn stream_summary_role(&mut self) -> String {
+        self.trailers();
+        self.summary().unwrap().role
+    }
+
+    fn summary(&self) -> Option<MaskSummary> {
+        self.host
+            .filter_state(state::MASK)
+            .and_then(|b| MaskSummary::from_bytes(&b))
+    }
+}
+
+fn patient_frames(n: usize) -> Vec<u8> {
+    let mut s = Vec::new();
+    for _ in 0..n {
+        s.extend(frame(&patient().encode_to_vec()));
+    }
+    s
+}
+
+#[test]
+fn masks_for_the_role_rbac_decided() {
+    let mut h = harness(GET_PATIENT, Some("nurse"), "application/grpc");
+    assert_eq!(h.headers(), Action::Continue);
+    assert_eq!(h.host.response_header("content-length"), None);
+    let stream = patient_frames(2);
+    let chunks: Vec<&[u8]> = stream.chunks(100).collect();
+    let sent = h.body(&chunks, false);
+    h.trailers();
+    assert_eq!(h.body.trailer("grpc-status").as_deref(), Some("0"));
+    let frames = unframe(&sent);
+    assert_eq!(frames.len(), 2);
+    let p = Patient::decode(&frames[1].1[..]).unwrap();
+    assert_eq!(p.ssn, "***-**-1234");
+    assert!(!contains(&sent, CANARY_SSN));
+
+    let summary = h.summary().unwrap();
+    assert_eq!(summary.role, "nurse");
+    assert_eq!(summary.messages, 2);
+    assert_eq!(summary.fields["SSN/partial"], 4);
+    assert_eq!(summary.fields["NAME/reveal"], 6);
+    assert_eq!(summary.failure, None);
+    assert_eq!(h.host.counter("phi_guard.mask.messages"), 2);
+    // Per patient: ssn, phone, emergency phone, insurance id, and the SSN and phone in the note.
+    assert_eq!(h.host.counter("phi_guard.mask.fields_partial"), 12);
+    let partial: u64 = summary
+        .fields
+        .iter()
+        .filter(|(k, _)| k.ends_with("/partial"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(partial, 12);
+    assert_eq!(h.host.counter("phi_guard.mask.failures"), 0);
+    assert!(!h.host.log_text().contains(CANARY_SSN));
+}
+
+#[test]
+fn missing_or_unknown_role_gets_the_strictest_block() {
+    for role in [None, Some("admin")] {
+        let mut h = harness(GET_PATIENT, role, "application/grpc+proto");
+        h.headers();
+        let sent = h.body(&[&patient_frames(1)], false);
+        h.trailers();
+        let p = Patient::decode(&unframe(&sent)[0].1[..]).unwrap();
+        assert_eq!((p.ssn.as_str(), p.mrn.as_str()), ("", ""));
+        assert_eq!(p.name.unwrap().family, "");
+        assert_eq!(h.summary().unwrap().role, "default");
+    }
+    // A role on a decision other than allow is not trusted.
+    let mut h = harness(GET_PATIENT, None, "application/grpc");
+    let mut denied: AuthzDecision = serde_json::from_slice(&authz("billing")).unwrap();
+    denied.decision = "deny".into();
+    h.host.insert_property(&[state::AUTHZ], &denied.to_bytes());
+    h.headers();
+    let sent = h.body(&[&patient_frames(1)], false);
+    assert!(!contains(&sent, CANARY_SSN));
+    assert_eq!(h.stream_summary_role(), "default");
+    // An AUTHZ entry that does not parse is no role either.
+    let mut h = harness(GET_PATIENT, None, "application/grpc");
+    h.host
+        .insert_property(&[state::AUTHZ], b"{\"role\":\"billing\"}");
+    h.headers();
+    let sent = h.body(&[&patient_frames(1)], false);
+    assert!(!contains(&sent, CANARY_SSN));
+}
+
+#[test]
+fn malformed_message_ends_the_rpc_with_internal() {
+    let mut h = harness(GET_PATIENT, Some("billing"), "application/grpc");
+    h.headers();
+    let good = patient_frames(1);
+    let mut bad_payload = patient().encode_to_vec();
+    bad_payload.extend_from_slice(&[4 << 3, 1]); // ssn as a varint
+    let bad = frame(&bad_payload);
+    let sent_good = h.body(&[&good], false);
+    assert_eq!(sent_good, good, "billing: unchanged");
+    let sent_bad = h.body(&[&bad[..50], &bad[50..], &good], false);
+    assert!(sent_bad.is_empty(), "nothing after the failure");
+    h.trailers();
+    assert_eq!(h.body.trailer("grpc-status").as_deref(), Some("13"));
+    assert_eq!(
+        h.body.trailer("grpc-message").as_deref(),
+        Some("internal error")
+    );
+    let summary = h.summary().unwrap();
+    assert_eq!(summary.failure.as_deref(), Some("wire_type_mismatch"));
+    assert_eq!(summary.messages, 1);
+    assert_eq!(h.host.counter("phi_guard.mask.failures"), 1);
+    let logs = h.host.log_text();
+    assert!(logs.contains("wire_type_mismatch"));
+    assert!(!logs.contains(CANARY_SSN) && !logs.contains("Canarysmith"));
+}
+
+#[test]
+fn truncated_stream_without_trailers_is_reset() {
+    let mut h = harness(GET_PATIENT, Some("nurse"), "application/grpc");
+    h.headers();
+    let stream = patient_frames(1);
+    let sent = h.body(&[&stream[..stream.len() - 3]], true);
+    assert!(sent.is_empty());
+    assert!(h.body.reset.get());
+    assert_eq!(
+        h.summary().unwrap().failure.as_deref(),
+        Some("truncated_frame")
+    );
+}
+
+#[test]
+fn partial_frame_at_trailers_fails() {
+    let mut h = harness(GET_PATIENT, Some("nurse"), "application/grpc");
+    h.headers();
+    let stream = patient_frames(1);
+    h.body(&[&stream[..10]], false);
+    h.trailers();
+    assert_eq!(h.body.trailer("grpc-status").as_deref(), Some("13"));
+}
+
+#[test]
+fn non_grpc_response_of_a_masked_method_is_replaced() {
+    let mut h = harness(GET_PATIENT, Some("billing"), "text/html");
+    assert_eq!(h.headers(), Action::Pause);
+    assert_eq!(h.host.sent_status(), Some(GrpcStatus::Internal));
+    assert_eq!(h.summary().unwrap().failure.as_deref(), Some("not_grpc"));
+    let sent = h.body(&[b"<html>900-55-1234</html>"], true);
+    assert!(sent.is_empty());
+}
+
+#[test]
+fn methods_without_a_plan_pass_through() {
+    let method = "health.v1.PatientService/DeletePatient";
+    let mut h = harness(method, Some("nurse"), "application/grpc");
+    assert_eq!(h.headers(), Action::Continue);
+    assert_eq!(
+        h.host.response_header("content-length").as_deref(),
+        Some("1234")
+    );
+    let stream = patient_frames(1);
+    assert_eq!(h.body(&[&stream], false), stream);
+    h.trailers();
+    assert!(h.summary().is_none());
+    // And a path that is not a gRPC method at all.
+    let mut h = harness("not a method", Some("nurse"), "text/plain");
+    assert_eq!(h.headers(), Action::Continue);
+    assert_eq!(h.body(&[b"hello"], true), b"hello");
+}
+
+#[test]
+fn trailers_only_response_writes_an_empty_summary() {
+    let mut h = harness(GET_PATIENT, Some("research"), "application/grpc");
+    h.stream.on_request_headers(&h.host);
+    h.stream.on_response_headers(&h.host, true);
+    let s = h.summary().unwrap();
+    assert_eq!(
+        (s.role.as_str(), s.messages, s.failure),
+        ("research", 0, None)
+    );
+}
+
+#[test]
+fn summary_is_left_at_on_log_when_the_stream_was_cut() {
+    let mut h = harness(GET_PATIENT, Some("nurse"), "application/grpc");
+    h.headers();
+    h.body(&[&patient_frames(1)[..20]], false);
+    h.stream.on_log(&h.host);
+    assert_eq!(
+        h.summary().unwrap().failure.as_deref(),
+        Some("truncated_frame")
+    );
+}

@@ -1,0 +1,140 @@
+//! Shared fixtures for the integration tests and the bench.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use base64::Engine;
+use phi_guard_mask::MaskConfig;
+use phi_guard_proto::health::v1::{
+    patient, Address, Contact, Diagnosis, Encounter, HumanName, Patient,
+};
+
+pub const KEY_ENV: &str = "PHI_GUARD_MASK_TOKEN_KEY";
+pub const KEY: &str = "test-key-0123456789abcdef";
+pub const CANARY_SSN: &str = "900-55-1234";
+pub const CANARY_PHONE: &str = "555-013-4477";
+
+/// The demo protos compiled with protox's encoder, which keeps the sensitivity options.
+pub fn descriptor_set() -> &'static [u8] {
+    static SET: OnceLock<Vec<u8>> = OnceLock::new();
+    SET.get_or_init(|| {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto");
+        protox::Compiler::new([root])
+            .unwrap()
+            .include_imports(true)
+            .open_files(["health/v1/patient.proto"])
+            .unwrap()
+            .encode_file_descriptor_set()
+    })
+}
+
+/// `policy.demo.json` plus the descriptor set: the config the lead ships.
+pub fn demo_config_json() -> Vec<u8> {
+    let mut doc: serde_json::Value =
+        serde_json::from_str(include_str!("../../policy.demo.json")).unwrap();
+    doc["descriptor_set"] = base64::engine::general_purpose::STANDARD
+        .encode(descriptor_set())
+        .into();
+    serde_json::to_vec(&doc).unwrap()
+}
+
+pub fn env(name: &str) -> Option<String> {
+    (name == KEY_ENV).then(|| KEY.to_string())
+}
+
+pub fn demo_config() -> MaskConfig {
+    MaskConfig::parse(&demo_config_json(), &env).unwrap()
+}
+
+pub const GET_PATIENT: &str = "health.v1.PatientService/GetPatient";
+pub const LIST_ENCOUNTERS: &str = "health.v1.PatientService/ListEncounters";
+
+pub fn note() -> String {
+    format!("Pt Zebediah called from {CANARY_PHONE} re SSN {CANARY_SSN}; MRN MRN-7Q4K-CANARY.")
+}
+
+pub fn patient() -> Patient {
+    Patient {
+        patient_id: "p-0001".into(),
+        mrn: "MRN-7Q4K-CANARY".into(),
+        name: Some(HumanName {
+            family: "Canarysmith".into(),
+            given: vec!["Zebediah".into(), "Q".into()],
+            prefix: "Mx".into(),
+        }),
+        ssn: CANARY_SSN.into(),
+        birth_date: "1931-02-29".into(),
+        contacts: vec![Contact {
+            phone: CANARY_PHONE.into(),
+            email: "zebediah.canarysmith@example.test".into(),
+            r#use: "home".into(),
+        }],
+        address: Some(Address {
+            line: vec!["77 Canary Wharf Lane".into(), "Apt 3".into()],
+            city: "Yellowbird".into(),
+            state: "AK".into(),
+            postal_code: "99501-7788".into(),
+        }),
+        identifiers: [("lab-system".to_string(), "EXT-CANARY-3141".to_string())].into(),
+        emergency_contact: Some(patient::EmergencyContact::EmergencyPhone(
+            "555-019-8822".into(),
+        )),
+        allergy_codes: vec![91936005, 300916003, 418689008],
+        notes: note(),
+        insurance_member_id: "INS-CANARY-55667788".into(),
+        tenant: "north".into(),
+    }
+}
+
+pub fn encounter(index: u32, note_bytes: usize) -> Encounter {
+    let mut note = note();
+    while note.len() < note_bytes {
+        note.push_str(" Vitals stable, plan unchanged.");
+    }
+    Encounter {
+        encounter_id: format!("e-{index:05}"),
+        patient_id: "p-0001".into(),
+        mrn: "MRN-7Q4K-CANARY".into(),
+        start_time: format!("2026-01-{:02}T09:30:00Z", index % 28 + 1),
+        attending: Some(HumanName {
+            family: "Attending".into(),
+            given: vec!["Dana".into()],
+            prefix: "Dr".into(),
+        }),
+        diagnoses: vec![Diagnosis {
+            code: "Z00.00".into(),
+            description: "canary-pox, chronic".into(),
+        }],
+        vitals: vec![36.8, 72.0, 118.0, 76.0],
+        note,
+    }
+}
+
+/// One uncompressed gRPC frame.
+pub fn frame(payload: &[u8]) -> Vec<u8> {
+    frame_with_flag(0, payload)
+}
+
+pub fn frame_with_flag(flag: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![flag];
+    f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Splits a stream of frames back into payloads (flag, payload).
+pub fn unframe(mut stream: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while !stream.is_empty() {
+        let len = u32::from_be_bytes(stream[1..5].try_into().unwrap()) as usize;
+        out.push((stream[0], stream[5..5 + len].to_vec()));
+        stream = &stream[5 + len..];
+    }
+    out
+}
+
+pub fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
