@@ -605,6 +605,27 @@ impl Drop for Service {
     }
 }
 
+/// The JSON configuration a phi-guard wasm filter (`phi_guard.<filter>`) carries in an Envoy
+/// YAML file: the block scalar after its `value: |`.
+pub fn embedded_filter_config(yaml: &str, filter: &str) -> Option<serde_json::Value> {
+    let start = yaml.find(&format!("name: phi_guard.{filter}\n"))?;
+    let rest = &yaml[start..];
+    let value_at = rest.find("value: |\n")? + "value: |\n".len();
+    let mut lines = rest[value_at..].lines();
+    let first = lines.next()?;
+    let indent = first.len() - first.trim_start().len();
+    let mut json = String::from(first);
+    for line in lines {
+        let this_indent = line.len() - line.trim_start().len();
+        if !line.trim().is_empty() && this_indent < indent {
+            break;
+        }
+        json.push('\n');
+        json.push_str(line);
+    }
+    serde_json::from_str(&json).ok()
+}
+
 /// Replaces `${NAME}` placeholders; any placeholder left over is an error, so a template and
 /// its caller cannot drift apart silently.
 pub fn render(template: &str, vars: &[(&str, String)]) -> Result<String, Error> {
@@ -742,6 +763,21 @@ mod tests {
         assert_eq!(out, "a 1 b 2");
         let err = render("port ${PORT}", &[]).unwrap_err();
         assert!(err.to_string().contains("${PORT}"));
+    }
+
+    #[test]
+    fn shipped_rbac_policy_is_the_tested_demo_policy() {
+        let root = crate::repo_root();
+        let yaml = std::fs::read_to_string(root.join("envoy/inbound.yaml")).unwrap();
+        let embedded = embedded_filter_config(&yaml, "rbac").expect("rbac config in inbound.yaml");
+        let file: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(root.join("filters/rbac/policy.demo.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            embedded, file,
+            "envoy/inbound.yaml and filters/rbac/policy.demo.json disagree"
+        );
     }
 
     #[test]

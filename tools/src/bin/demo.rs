@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use phi_guard_proto::health::v1::{GetPatientRequest, ListEncountersRequest};
 use phi_guard_tools::backend::PATIENT_ID;
+use phi_guard_tools::issuer::{self, UserClaims};
 use phi_guard_tools::stack::{Error, Stack};
 use serde_json::json;
 
@@ -16,6 +17,7 @@ use serde_json::json;
 const WORKLOADS: &[(&str, &str, &str)] = &[
     ("ehr-frontend", "clinic", "ehr-frontend"),
     ("analytics", "research", "analytics"),
+    ("admin-tool", "ops", "admin-tool"),
 ];
 
 fn demo_dir() -> PathBuf {
@@ -63,18 +65,61 @@ async fn start() -> Result<Stack, Error> {
 
 async fn run() -> Result<(), Error> {
     let stack = start().await?;
-    for (name, _, _) in WORKLOADS {
-        show_calls(&stack, name).await?;
+    // Who calls, as whom: the demo policy lets the clinic's frontend read for nurses and
+    // billing clerks, and the research workload read patients (not encounters) for
+    // researchers; nobody but the ops admin tool may delete.
+    let callers: &[(&str, Option<&str>)] = &[
+        ("ehr-frontend", Some("nurse")),
+        ("ehr-frontend", Some("billing")),
+        ("analytics", Some("research")),
+        ("ehr-frontend", Some("research")),
+        ("ehr-frontend", None),
+    ];
+    for (workload, user) in callers {
+        show_calls(&stack, workload, *user).await?;
     }
+
+    println!("\nas ehr-frontend with an expired nurse token:");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let expired = stack.idp.key.mint_at(
+        &UserClaims::user("nurse", &["nurse"]),
+        issuer::ISSUER,
+        issuer::AUDIENCE,
+        now - 7200,
+        now - 3600,
+    );
+    let leaf = &stack.workload("ehr-frontend").leaf;
+    let mut client = phi_guard_tools::client::connect_mtls(
+        &stack.target(),
+        Some(phi_guard_tools::client::ClientCert {
+            cert: &leaf.cert,
+            key: &leaf.key,
+        }),
+        Some(&expired),
+    )
+    .await?;
+    match client.get_patient(get_patient()).await {
+        Ok(_) => return Err("an expired token was accepted".into()),
+        Err(status) => println!(
+            "  the caller sees: {:?} \"{}\"",
+            status.code(),
+            status.message()
+        ),
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    println!(
+        "  the operator sees (inbound_access.log): {}",
+        last_access_log_decision(&stack)
+    );
+
     println!("\nno client certificate:");
-    match phi_guard_tools::client::connect_mtls(&stack.target(), None, None).await {
+    match phi_guard_tools::client::connect_mtls(&stack.target(), None, Some(stack.token("nurse")))
+        .await
+    {
         Err(e) => println!("  refused at connect: {}", first_line(&e.to_string())),
-        Ok(mut c) => match c
-            .get_patient(GetPatientRequest {
-                patient_id: PATIENT_ID.into(),
-            })
-            .await
-        {
+        Ok(mut c) => match c.get_patient(get_patient()).await {
             Err(status) => println!("  refused: {:?}", status.code()),
             Ok(_) => return Err("a client without a certificate got an answer".into()),
         },
@@ -83,25 +128,46 @@ async fn run() -> Result<(), Error> {
     Ok(())
 }
 
+fn get_patient() -> GetPatientRequest {
+    GetPatientRequest {
+        patient_id: PATIENT_ID.into(),
+    }
+}
+
+/// The authn/authz part of the newest access-log entry: reason codes, never token contents.
+fn last_access_log_decision(stack: &Stack) -> String {
+    let log =
+        std::fs::read_to_string(stack.dir.join("logs/inbound_access.log")).unwrap_or_default();
+    let Some(entry) = log
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    else {
+        return "(no entry yet)".into();
+    };
+    format!(
+        "grpc_status={} authn={} authz={}",
+        entry["grpc_status"], entry["authn"], entry["authz"]
+    )
+}
+
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("")
 }
 
-async fn show_calls(stack: &Stack, name: &str) -> Result<(), Error> {
-    let workload = stack.workload(name);
-    println!("\nas {} ({}):", name, workload.spiffe_id);
-    let mut client = stack.client(name).await?;
-    match client
-        .get_patient(GetPatientRequest {
-            patient_id: PATIENT_ID.into(),
-        })
-        .await
-    {
+async fn show_calls(stack: &Stack, workload: &str, user: Option<&str>) -> Result<(), Error> {
+    let spiffe = &stack.workload(workload).spiffe_id;
+    match user {
+        Some(user) => println!("\nas {workload} ({spiffe}) for user {user}:"),
+        None => println!("\nas {workload} ({spiffe}) with no user token:"),
+    }
+    let mut client = stack.client_as(workload, user).await?;
+    match client.get_patient(get_patient()).await {
         Ok(patient) => {
             let p = patient.into_inner();
             let name = p.name.clone().unwrap_or_default();
             println!(
-                "  GetPatient -> OK: id={} mrn={} name={} {} ssn={} birth_date={} phone={}",
+                "  GetPatient -> OK: id={} mrn={:?} name={:?} {:?} ssn={:?} birth_date={:?} phone={:?}",
                 p.patient_id,
                 p.mrn,
                 name.given.join(" "),
@@ -111,7 +177,11 @@ async fn show_calls(stack: &Stack, name: &str) -> Result<(), Error> {
                 p.contacts.first().map(|c| c.phone.as_str()).unwrap_or("")
             );
         }
-        Err(status) => println!("  GetPatient -> {:?}: {}", status.code(), status.message()),
+        Err(status) => println!(
+            "  GetPatient -> {:?} \"{}\"",
+            status.code(),
+            status.message()
+        ),
     }
     match client
         .list_encounters(ListEncountersRequest {
@@ -124,13 +194,24 @@ async fn show_calls(stack: &Stack, name: &str) -> Result<(), Error> {
         Ok(stream) => {
             let mut stream = stream.into_inner();
             let mut ids = Vec::new();
-            while let Some(e) = stream.message().await? {
-                ids.push(e.encounter_id);
+            loop {
+                match stream.message().await {
+                    Ok(Some(e)) => ids.push(e.encounter_id),
+                    Ok(None) => break,
+                    Err(status) => {
+                        println!(
+                            "  ListEncounters -> {:?} \"{}\"",
+                            status.code(),
+                            status.message()
+                        );
+                        return Ok(());
+                    }
+                }
             }
             println!("  ListEncounters -> OK: {} messages {:?}", ids.len(), ids);
         }
         Err(status) => println!(
-            "  ListEncounters -> {:?}: {}",
+            "  ListEncounters -> {:?} \"{}\"",
             status.code(),
             status.message()
         ),
@@ -159,6 +240,15 @@ async fn up() -> Result<(), Error> {
         "pki_dir": stack.pki.dir,
         "envoy_log": stack.inbound.log,
         "clients": clients,
+        "issuer": {
+            "iss": issuer::ISSUER,
+            "audience": issuer::AUDIENCE,
+            "alg": "ES256",
+            "jwks": stack.idp.jwks_file,
+            "jwks_url": format!("http://{}{}", stack.idp.addr, issuer::JWKS_PATH),
+            "signing_key": stack.idp.signing_key_file,
+        },
+        "tokens": stack.idp.tokens,
     });
     let dir = stack.dir.clone();
     let pids = stack.detach();
