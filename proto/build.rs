@@ -8,7 +8,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={file}");
     }
     let mut compiler = protox::Compiler::new(["."])?;
-    compiler.include_imports(true).open_files(files)?;
+    // Only our own files: google/protobuf/descriptor.proto (imported for the field option) adds
+    // ~10 KB that the mask filter never needs, and the set travels inline in Envoy's config.
+    compiler.include_imports(false).open_files(files)?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     // protox's own encoder keeps the `phi.v1.sensitivity` extension in the field options;
     // a round trip through prost-types would drop it, and the mask filter needs it.

@@ -13,8 +13,9 @@ pub mod health {
     }
 }
 
-/// The FileDescriptorSet of `health/v1/patient.proto` and everything it imports, including
-/// the `phi.v1.sensitivity` field options, encoded as protobuf.
+/// The FileDescriptorSet of `health/v1/patient.proto` and `phi/v1/annotations.proto`, with
+/// the `phi.v1.sensitivity` field options kept, encoded as protobuf. The mask filter's config
+/// carries it (base64).
 pub const DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor_set.bin"));
 
 #[cfg(test)]

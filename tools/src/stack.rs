@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use crate::client::{self, ClientCert, MtlsTarget};
 use crate::issuer::{self, JwksServer, SigningKey, UserClaims};
 use crate::pki::{self, Kind, Leaf, Pki};
+use phi_guard_audit::collector::{Collector, FailMode};
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -73,6 +74,15 @@ pub struct Stack {
     pub backend_addr: SocketAddr,
     pub workloads: BTreeMap<String, Workload>,
     pub idp: Idp,
+    /// The audit collector, when it runs in-process (tests stop and restart it).
+    pub collector: Option<Collector>,
+    pub collector_addr: SocketAddr,
+    /// The collector's output: one JSON line per audit event.
+    pub audit_log: PathBuf,
+    /// The audit chain's HMAC key (the bytes of PHI_GUARD_AUDIT_KEY).
+    pub audit_key: PathBuf,
+    /// The mask filter's keyed-token key (the bytes of PHI_GUARD_MASK_TOKEN_KEY).
+    pub mask_key: PathBuf,
     services: Vec<Service>,
     /// `false` leaves processes and files behind on drop (the demo's `up`).
     teardown: bool,
@@ -157,6 +167,30 @@ impl StackBuilder {
             }
         };
         let idp = start_idp(&dir, self.bin_dir.as_deref(), &mut services).await?;
+        let keys = Keys::create(&dir)?;
+        let audit_log = dir.join("audit/events.jsonl");
+        std::fs::create_dir_all(dir.join("audit"))?;
+        let (collector_addr, collector) = match &self.bin_dir {
+            None => {
+                let collector = Collector::start(
+                    SocketAddr::from(([127, 0, 0, 1], 0)),
+                    &audit_log,
+                    FailMode::default(),
+                )
+                .await?;
+                (collector.addr, Some(collector))
+            }
+            Some(bin_dir) => {
+                let (addr, child) = spawn_process(
+                    &bin_dir.join("phi-guard-audit-collector"),
+                    &dir,
+                    "collector",
+                    &["--out", &audit_log.to_string_lossy()],
+                )?;
+                services.push(Service::Process(child));
+                (addr, None)
+            }
+        };
         if let (true, Some(server)) = (self.jwks_failing, &idp.server) {
             server.set_mode(issuer::JwksMode::Failing);
         }
@@ -167,10 +201,12 @@ impl StackBuilder {
         let ports = UpstreamPorts {
             backend: backend_addr.port(),
             jwks: idp.addr.port(),
+            collector: collector_addr.port(),
         };
+        let env = keys.envoy_env()?;
         let patch = self.inbound_patch;
         tokio::task::spawn_blocking(move || {
-            start_blocking(dir2, workloads, egress_workload, ports, patch)
+            start_blocking(dir2, workloads, egress_workload, ports, env, patch)
         })
         .await?
         .map(|(pki, inbound, egress, workloads)| Stack {
@@ -181,6 +217,11 @@ impl StackBuilder {
             backend_addr,
             workloads,
             idp,
+            collector,
+            collector_addr,
+            audit_log,
+            audit_key: keys.audit,
+            mask_key: keys.mask,
             services,
             teardown: true,
         })
@@ -270,12 +311,60 @@ async fn start_idp(
 struct UpstreamPorts {
     backend: u16,
     jwks: u16,
+    collector: u16,
+}
+
+/// The secrets Envoy gets through its environment, one file each (fresh random per stack).
+struct Keys {
+    audit: PathBuf,
+    mask: PathBuf,
+}
+
+impl Keys {
+    fn create(dir: &Path) -> std::io::Result<Keys> {
+        let keys_dir = dir.join("keys");
+        std::fs::create_dir_all(&keys_dir)?;
+        let keys = Keys {
+            audit: keys_dir.join("audit.key"),
+            mask: keys_dir.join("mask.key"),
+        };
+        for path in [&keys.audit, &keys.mask] {
+            std::fs::write(path, random_hex(32)?)?;
+        }
+        Ok(keys)
+    }
+
+    fn envoy_env(&self) -> std::io::Result<Vec<(String, String)>> {
+        Ok(vec![
+            (
+                "PHI_GUARD_AUDIT_KEY".into(),
+                std::fs::read_to_string(&self.audit)?,
+            ),
+            (
+                "PHI_GUARD_MASK_TOKEN_KEY".into(),
+                std::fs::read_to_string(&self.mask)?,
+            ),
+        ])
+    }
+}
+
+/// `bytes` random bytes from the OS, hex-encoded (the key is the hex text itself).
+fn random_hex(bytes: usize) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Where scripts/build-wasm leaves the filter modules.
 pub fn wasm_dir() -> Result<PathBuf, Error> {
     let dir = crate::repo_root().join("target/wasm32-wasip1/release");
-    for module in ["phi_guard_jwt", "phi_guard_rbac"] {
+    for module in [
+        "phi_guard_jwt",
+        "phi_guard_rbac",
+        "phi_guard_mask",
+        "phi_guard_audit",
+    ] {
         if !dir.join(format!("{module}.wasm")).exists() {
             return Err(format!(
                 "{module}.wasm is not built: run scripts/build-wasm (looked in {})",
@@ -292,6 +381,7 @@ fn start_blocking(
     workload_specs: Vec<(String, String, String)>,
     egress_workload: Option<String>,
     ports: UpstreamPorts,
+    env: Vec<(String, String)>,
     inbound_patch: Option<ConfigPatch>,
 ) -> Result<Started, Error> {
     let pki = Pki::init(&dir.join("pki"))?;
@@ -326,12 +416,14 @@ fn start_blocking(
     let inbound = Envoy::start(
         "inbound",
         inbound_patch,
+        &env,
         &dir,
         &[
             ("ADMIN_PORT", free_port()?.to_string()),
             ("LISTEN_PORT", inbound_listen.to_string()),
             ("BACKEND_PORT", ports.backend.to_string()),
             ("JWKS_PORT", ports.jwks.to_string()),
+            ("COLLECTOR_PORT", ports.collector.to_string()),
             ("SDS_DIR", inbound_sds.display().to_string()),
             ("LOG_DIR", logs.display().to_string()),
             ("WASM_DIR", wasm_dir()?.display().to_string()),
@@ -350,6 +442,7 @@ fn start_blocking(
             Some(Envoy::start(
                 "egress",
                 None,
+                &[],
                 &dir,
                 &[
                     ("ADMIN_PORT", free_port()?.to_string()),
@@ -482,6 +575,7 @@ impl Envoy {
     pub fn start(
         name: &str,
         patch: Option<ConfigPatch>,
+        env: &[(String, String)],
         dir: &Path,
         vars: &[(&str, String)],
         listen_port: u16,
@@ -508,6 +602,7 @@ impl Envoy {
             // Access logs reach disk within 200 ms (default 10 s), so tests and the demo can
             // read what was just decided.
             .args(["--file-flush-interval-msec", "200"])
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
