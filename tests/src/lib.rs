@@ -245,3 +245,98 @@ pub async fn get_patient_code(
         Err(status) => status.code(),
     }
 }
+
+/// Passes gRPC message payloads through as raw bytes, so a test sees exactly what reached
+/// the client, parseable or not.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+}
+
+/// Calls `path` (`/pkg.Service/Method`) with raw request bytes as `workload` for `user`;
+/// returns every response message received and the final status.
+pub async fn raw_call(
+    stack: &phi_guard_tools::stack::Stack,
+    workload: &str,
+    user: Option<&str>,
+    path: &'static str,
+    request: Vec<u8>,
+) -> (Vec<Vec<u8>>, tonic::Status) {
+    let leaf = &stack.workload(workload).leaf;
+    let channel = phi_guard_tools::client::mtls_channel(
+        &stack.target(),
+        Some(phi_guard_tools::client::ClientCert {
+            cert: &leaf.cert,
+            key: &leaf.key,
+        }),
+    )
+    .await
+    .expect("mTLS connects");
+    let token = user.map(|u| stack.token(u));
+    let service = tonic::service::interceptor::InterceptedService::new(
+        channel,
+        phi_guard_tools::client::Bearer::new(token),
+    );
+    let mut grpc = tonic::client::Grpc::new(service);
+    grpc.ready().await.expect("channel ready");
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    let mut messages = Vec::new();
+    let status = match grpc
+        .server_streaming(tonic::Request::new(request), path, RawCodec)
+        .await
+    {
+        Err(status) => status,
+        Ok(response) => {
+            let mut stream = response.into_inner();
+            loop {
+                match stream.message().await {
+                    Ok(Some(m)) => messages.push(m),
+                    Ok(None) => break tonic::Status::ok(""),
+                    Err(status) => break status,
+                }
+            }
+        }
+    };
+    (messages, status)
+}

@@ -197,3 +197,77 @@ pub async fn spawn() -> std::io::Result<(SocketAddr, tokio::sync::oneshot::Sende
     });
     Ok((addr, stop))
 }
+
+/// A misbehaving upstream for the mask filter's fail-closed tests: it answers every call with
+/// a well-formed Patient message followed by a malformed one (a length prefix running past
+/// the end, with canary values inside), then `grpc-status: 0` trailers, as a buggy or
+/// compromised service might.
+pub async fn spawn_malformed() -> std::io::Result<(SocketAddr, tokio::sync::oneshot::Sender<()>)> {
+    use bytes::Bytes;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    use prost::Message;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let body_frames = move || {
+        let good = grpc_frame(&patient().encode_to_vec());
+        let bad = grpc_frame(&malformed_patient());
+        let mut trailers = hyper::HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().expect("static header value"));
+        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
+            Ok(Frame::data(Bytes::from(good))),
+            Ok(Frame::data(Bytes::from(bad))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        StreamBody::new(tokio_stream::iter(frames))
+    };
+    tokio::spawn(async move {
+        loop {
+            let conn = tokio::select! {
+                _ = &mut stopped => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((conn, _)) => conn,
+                    Err(_) => continue,
+                },
+            };
+            let service = hyper::service::service_fn(move |_request| async move {
+                let response = hyper::Response::builder()
+                    .header("content-type", "application/grpc")
+                    .body(body_frames())
+                    .expect("static response");
+                Ok::<_, std::convert::Infallible>(response)
+            });
+            tokio::spawn(async move {
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(conn), service)
+                        .await;
+            });
+        }
+    });
+    Ok((addr, stop))
+}
+
+/// An uncompressed gRPC message frame.
+pub fn grpc_frame(payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(payload.len() + 5);
+    frame.push(0);
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Patient bytes whose `ssn` field (4, a string) claims more bytes than follow: the canary
+/// SSN is inside, and no parser may let it through.
+pub fn malformed_patient() -> Vec<u8> {
+    let mut bytes = Vec::new();
+    bytes.push((2 << 3) | 2);
+    bytes.push(canary::MRN.len() as u8);
+    bytes.extend_from_slice(canary::MRN.as_bytes());
+    bytes.push((4 << 3) | 2);
+    bytes.push(200);
+    bytes.extend_from_slice(canary::SSN.as_bytes());
+    bytes
+}

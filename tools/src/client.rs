@@ -59,6 +59,18 @@ pub async fn connect_mtls(
     identity: Option<ClientCert<'_>>,
     token: Option<&str>,
 ) -> Result<Client, Box<dyn std::error::Error + Send + Sync>> {
+    let channel = mtls_channel(target, identity).await?;
+    Ok(PatientServiceClient::with_interceptor(
+        channel,
+        Bearer::new(token),
+    ))
+}
+
+/// The mTLS channel itself, for callers that speak gRPC below the generated client.
+pub async fn mtls_channel(
+    target: &MtlsTarget,
+    identity: Option<ClientCert<'_>>,
+) -> Result<Channel, Box<dyn std::error::Error + Send + Sync>> {
     let ca = std::fs::read(&target.ca_bundle)?;
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca))
@@ -69,16 +81,14 @@ pub async fn connect_mtls(
             std::fs::read(id.key)?,
         ));
     }
-    let channel = Endpoint::from_shared(format!("https://{}", target.endpoint))?
-        .tls_config(tls)?
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .timeout(std::time::Duration::from_secs(10))
-        .connect()
-        .await?;
-    Ok(PatientServiceClient::with_interceptor(
-        channel,
-        Bearer::new(token),
-    ))
+    Ok(
+        Endpoint::from_shared(format!("https://{}", target.endpoint))?
+            .tls_config(tls)?
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .timeout(std::time::Duration::from_secs(10))
+            .connect()
+            .await?,
+    )
 }
 
 /// Connects over plaintext HTTP/2 to a loopback egress listener.

@@ -97,6 +97,7 @@ pub struct StackBuilder {
     /// Directory of the tools' binaries, when services run as processes.
     bin_dir: Option<PathBuf>,
     jwks_failing: bool,
+    malformed_backend: bool,
     inbound_patch: Option<ConfigPatch>,
 }
 
@@ -120,6 +121,12 @@ impl StackBuilder {
     /// Start with the IdP's JWKS endpoint answering 503 (in-process stacks only).
     pub fn jwks_failing(mut self) -> Self {
         self.jwks_failing = true;
+        self
+    }
+
+    /// Put [`crate::backend::spawn_malformed`] behind Envoy instead of the demo service.
+    pub fn malformed_backend(mut self) -> Self {
+        self.malformed_backend = true;
         self
     }
 
@@ -155,7 +162,11 @@ impl StackBuilder {
         let mut services = Vec::new();
         let backend_addr = match &self.bin_dir {
             None => {
-                let (addr, stop) = crate::backend::spawn().await?;
+                let (addr, stop) = if self.malformed_backend {
+                    crate::backend::spawn_malformed().await?
+                } else {
+                    crate::backend::spawn().await?
+                };
                 services.push(Service::InProcess(Some(stop)));
                 addr
             }
@@ -467,6 +478,7 @@ impl Stack {
             egress_workload: None,
             bin_dir: None,
             jwks_failing: false,
+            malformed_backend: false,
             inbound_patch: None,
         }
     }

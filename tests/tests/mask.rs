@@ -1,0 +1,221 @@
+//! The mask filter in Envoy: one patient as billing, nurse and research see it, streamed
+//! encounters, gzip, and a malformed upstream message.
+
+use phi_guard_e2e::{raw_call, wait_until};
+use phi_guard_proto::health::v1::{patient, GetPatientRequest, ListEncountersRequest, Patient};
+use phi_guard_tools::backend::{canary, PATIENT_ID};
+use phi_guard_tools::stack::Stack;
+use prost::Message;
+use tonic::Code;
+
+async fn stack(name: &str) -> Stack {
+    Stack::builder(name)
+        .workload("frontend", "clinic", "ehr-frontend")
+        .workload("analytics", "research", "analytics")
+        .start()
+        .await
+        .expect("stack starts")
+}
+
+async fn patient_as(stack: &Stack, workload: &str, user: &str) -> Patient {
+    stack
+        .client_as(workload, Some(user))
+        .await
+        .unwrap()
+        .get_patient(GetPatientRequest {
+            patient_id: PATIENT_ID.into(),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("{user}: {s:?}"))
+        .into_inner()
+}
+
+/// `value` masked to its last four characters, separators kept.
+fn assert_last_four(value: &str, original: &str) {
+    assert_eq!(value.len(), original.len(), "{value}");
+    assert!(value.ends_with(&original[original.len() - 4..]), "{value}");
+    assert_ne!(value, original);
+    for (v, o) in value.chars().zip(original.chars()) {
+        if !o.is_ascii_alphanumeric() {
+            assert_eq!(v, o, "separators kept in {value}");
+        }
+    }
+}
+
+fn is_token(value: &str) -> bool {
+    value.starts_with("tok_")
+        && value.len() == 36
+        && value[4..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_patient_as_each_role_sees_it() {
+    let stack = stack("mask_roles").await;
+
+    // Billing sees every field in full.
+    let billing = patient_as(&stack, "frontend", "billing").await;
+    assert_eq!(billing, phi_guard_tools::backend::patient());
+
+    // Nurse: names and dates in full, SSN and phone as last four, no e-mail or address.
+    let nurse = patient_as(&stack, "frontend", "nurse").await;
+    let name = nurse.name.clone().unwrap();
+    assert_eq!(name.family, canary::FAMILY);
+    assert_eq!(name.given[0], canary::GIVEN);
+    assert_eq!(nurse.birth_date, canary::BIRTH_DATE);
+    assert_eq!(nurse.mrn, canary::MRN);
+    assert_last_four(&nurse.ssn, canary::SSN);
+    assert_last_four(&nurse.contacts[0].phone, canary::PHONE);
+    assert_last_four(&nurse.insurance_member_id, canary::INSURANCE);
+    assert_eq!(nurse.contacts[0].email, "[redacted]");
+    let address = nurse.address.clone().unwrap();
+    assert!(address.line.iter().all(|l| l == "[redacted]"));
+    assert_eq!(address.city, "[redacted]");
+    assert_eq!(address.state, "AK", "unannotated fields untouched");
+    match &nurse.emergency_contact {
+        Some(patient::EmergencyContact::EmergencyPhone(p)) => {
+            assert_last_four(p, canary::EMERGENCY_PHONE)
+        }
+        other => panic!("emergency contact: {other:?}"),
+    }
+    // Free text keeps what the nurse may see and masks identifiers found inside it.
+    assert!(nurse.notes.contains(canary::GIVEN));
+    assert!(!nurse.notes.contains(canary::SSN), "{}", nurse.notes);
+    assert!(!nurse.notes.contains(canary::PHONE), "{}", nurse.notes);
+    assert_eq!(
+        nurse.allergy_codes, billing.allergy_codes,
+        "packed scalars intact"
+    );
+
+    // Research: keyed tokens for identifiers, nothing of the direct identifiers.
+    let research = patient_as(&stack, "analytics", "research").await;
+    assert!(is_token(&research.mrn), "{}", research.mrn);
+    assert!(is_token(&research.insurance_member_id));
+    assert!(is_token(&research.identifiers["lab-system"]));
+    let again = patient_as(&stack, "analytics", "research").await;
+    assert_eq!(
+        research.mrn, again.mrn,
+        "a keyed token is a stable pseudonym"
+    );
+    assert_eq!(research.patient_id, PATIENT_ID);
+    assert_eq!(research.allergy_codes, billing.allergy_codes);
+    let bytes = research.encode_to_vec();
+    let text = String::from_utf8_lossy(&bytes);
+    for value in canary::ALL.iter().chain([&canary::note().as_str()]) {
+        assert!(!text.contains(value), "research saw {value}");
+    }
+    for digits in ["1234", "4477", "8822", "7788"] {
+        assert!(
+            !text.contains(digits),
+            "research saw part of an identifier: {digits}"
+        );
+    }
+
+    // The audit trail learns what was masked, as counts.
+    assert!(
+        wait_until(std::time::Duration::from_secs(5), || stack
+            .inbound
+            .stat("wasmcustom.phi_guard.mask.messages")
+            .unwrap_or(0)
+            >= 4)
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_encounters_are_masked_message_by_message() {
+    let stack = stack("mask_stream").await;
+    for (workload, user) in [("frontend", "nurse"), ("frontend", "billing")] {
+        let mut stream = stack
+            .client_as(workload, Some(user))
+            .await
+            .unwrap()
+            .list_encounters(ListEncountersRequest {
+                patient_id: PATIENT_ID.into(),
+                limit: 30,
+                note_bytes: 50_000,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut count = 0;
+        while let Some(encounter) = stream.message().await.unwrap() {
+            count += 1;
+            assert!(encounter.note.len() >= 50_000, "{user}: note kept its body");
+            let note_has_ssn = encounter.note.contains(canary::SSN);
+            match user {
+                "nurse" => {
+                    assert!(!note_has_ssn, "nurse: SSN inside a streamed note");
+                    assert_eq!(encounter.mrn, canary::MRN);
+                }
+                _ => assert!(note_has_ssn, "billing sees notes in full"),
+            }
+            assert_eq!(encounter.vitals, vec![36.8, 72.0, 118.0, 76.0]);
+        }
+        assert_eq!(count, 30, "{user}: every message arrived");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_compressed_responses_are_masked() {
+    let stack = stack("mask_gzip").await;
+    let mut client = stack
+        .client_as("frontend", Some("nurse"))
+        .await
+        .unwrap()
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip);
+    let response = client
+        .get_patient(GetPatientRequest {
+            patient_id: PATIENT_ID.into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        response
+            .metadata()
+            .get("grpc-encoding")
+            .and_then(|v| v.to_str().ok()),
+        Some("gzip"),
+        "the response really was compressed"
+    );
+    let nurse = response.into_inner();
+    assert_last_four(&nurse.ssn, canary::SSN);
+    assert_eq!(nurse.contacts[0].email, "[redacted]");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_upstream_message_ends_the_rpc_with_internal_and_leaks_nothing() {
+    let stack = Stack::builder("mask_malformed")
+        .workload("analytics", "research", "analytics")
+        .malformed_backend()
+        .start()
+        .await
+        .expect("stack starts");
+    let request = GetPatientRequest {
+        patient_id: PATIENT_ID.into(),
+    }
+    .encode_to_vec();
+    let (messages, status) = raw_call(
+        &stack,
+        "analytics",
+        Some("research"),
+        "/health.v1.PatientService/GetPatient",
+        request,
+    )
+    .await;
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert_eq!(status.message(), "internal error");
+    let received: Vec<u8> = messages.concat();
+    let text = String::from_utf8_lossy(&received);
+    for value in canary::ALL {
+        assert!(!text.contains(value), "{value} reached the client");
+    }
+    assert!(
+        wait_until(std::time::Duration::from_secs(5), || stack
+            .inbound
+            .stat("wasmcustom.phi_guard.mask.failures")
+            .unwrap_or(0)
+            >= 1)
+        .await
+    );
+}
