@@ -171,8 +171,13 @@ impl StackBuilder {
                 addr
             }
             Some(bin_dir) => {
-                let (addr, child) =
-                    spawn_process(&bin_dir.join("phi-demo-backend"), &dir, "backend", &[])?;
+                let (addr, child) = spawn_process(
+                    &bin_dir.join("phi-demo-backend"),
+                    &dir,
+                    "backend",
+                    None,
+                    &[],
+                )?;
                 services.push(Service::Process(child));
                 addr
             }
@@ -196,6 +201,7 @@ impl StackBuilder {
                     &bin_dir.join("phi-guard-audit-collector"),
                     &dir,
                     "collector",
+                    Some("--listen"),
                     &["--out", &audit_log.to_string_lossy()],
                 )?;
                 services.push(Service::Process(child));
@@ -241,15 +247,17 @@ impl StackBuilder {
 
 type Started = (Pki, Envoy, Option<Envoy>, BTreeMap<String, Workload>);
 
-/// Starts `binary ADDR ARGS..` on a free loopback port and waits until it listens.
+/// Starts `binary [ADDR_FLAG] ADDR ARGS..` on a free loopback port and waits until it listens.
 fn spawn_process(
     binary: &Path,
     dir: &Path,
     name: &str,
+    addr_flag: Option<&str>,
     args: &[&str],
 ) -> Result<(SocketAddr, Child), Error> {
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let mut child = Command::new(binary)
+        .args(addr_flag)
         .arg(addr.to_string())
         .args(args)
         .stdin(Stdio::null())
@@ -291,6 +299,7 @@ async fn start_idp(
                 &bin_dir.join("phi-demo-idp"),
                 dir,
                 "idp",
+                None,
                 &[&jwks_file.to_string_lossy()],
             )?;
             services.push(Service::Process(child));

@@ -47,10 +47,7 @@ async fn start() -> Result<Stack, Error> {
     if state_path().exists() {
         return Err("a demo stack is already up: run `scripts/demo down` first".into());
     }
-    let bin_dir = std::env::current_exe()?
-        .parent()
-        .ok_or("no directory for phi-demo")?
-        .to_path_buf();
+    let bin_dir = bin_dir()?;
     let mut builder = Stack::builder("demo").dir(demo_dir()).as_processes(bin_dir);
     for (name, ns, sa) in WORKLOADS {
         builder = builder.workload(name, ns, sa);
@@ -124,8 +121,62 @@ async fn run() -> Result<(), Error> {
             Ok(_) => return Err("a client without a certificate got an answer".into()),
         },
     }
+    show_audit(&stack).await?;
     println!("\nstack torn down");
     Ok(())
+}
+
+/// Prints the audit events of the calls above, then the verifier's verdict on their chain.
+async fn show_audit(stack: &Stack) -> Result<(), Error> {
+    // The audit service ships in batches every 200 ms; give the last one time to land.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    println!("\naudit events ({}):", stack.audit_log.display());
+    let text = std::fs::read_to_string(&stack.audit_log).unwrap_or_default();
+    for line in text.lines() {
+        let record: serde_json::Value = serde_json::from_str(line)?;
+        let event: serde_json::Value =
+            serde_json::from_str(record["event"].as_str().unwrap_or("{}"))?;
+        let outcome = &event["outcome"];
+        println!(
+            "  #{} {} {} subject={} role={} {} authn={} authz={} grpc_status={} masked={}",
+            record["seq"],
+            event["time"].as_str().unwrap_or(""),
+            event["who"]["peer"].as_str().unwrap_or("-"),
+            event["who"]["subject"].as_str().unwrap_or("-"),
+            event["who"]["role"].as_str().unwrap_or("-"),
+            event["what"]["method"].as_str().unwrap_or("-"),
+            outcome["authn"]["reason"]
+                .as_str()
+                .or(outcome["authn"]["result"].as_str())
+                .unwrap_or("-"),
+            outcome["authz"]["reason"].as_str().unwrap_or("-"),
+            outcome["grpc_status"],
+            outcome["mask"]["fields"],
+        );
+    }
+    let verifier = bin_dir()?.join("phi-guard-audit-verify");
+    let output = std::process::Command::new(&verifier)
+        .arg("--key-file")
+        .arg(&stack.audit_key)
+        .arg(&stack.audit_log)
+        .output()?;
+    println!(
+        "\n$ phi-guard-audit-verify --key-file {} {}\n  {}",
+        stack.audit_key.display(),
+        stack.audit_log.display(),
+        String::from_utf8_lossy(&output.stdout).trim()
+    );
+    if !output.status.success() {
+        return Err("the audit chain did not verify".into());
+    }
+    Ok(())
+}
+
+fn bin_dir() -> Result<PathBuf, Error> {
+    Ok(std::env::current_exe()?
+        .parent()
+        .ok_or("no directory for phi-demo")?
+        .to_path_buf())
 }
 
 fn get_patient() -> GetPatientRequest {
@@ -166,16 +217,26 @@ async fn show_calls(stack: &Stack, workload: &str, user: Option<&str>) -> Result
         Ok(patient) => {
             let p = patient.into_inner();
             let name = p.name.clone().unwrap_or_default();
+            let contact = p.contacts.first().cloned().unwrap_or_default();
+            let address = p.address.clone().unwrap_or_default();
+            println!("  GetPatient -> OK, as this caller sees it:");
             println!(
-                "  GetPatient -> OK: id={} mrn={:?} name={:?} {:?} ssn={:?} birth_date={:?} phone={:?}",
-                p.patient_id,
-                p.mrn,
+                "    name={:?} {:?}  birth_date={:?}  ssn={:?}  mrn={:?}",
                 name.given.join(" "),
                 name.family,
-                p.ssn,
                 p.birth_date,
-                p.contacts.first().map(|c| c.phone.as_str()).unwrap_or("")
+                p.ssn,
+                p.mrn
             );
+            println!(
+                "    phone={:?}  email={:?}  address={:?} {:?}  insurance={:?}",
+                contact.phone,
+                contact.email,
+                address.line.join(", "),
+                address.city,
+                p.insurance_member_id
+            );
+            println!("    notes={:?}", p.notes);
         }
         Err(status) => println!(
             "  GetPatient -> {:?} \"{}\"",
@@ -249,6 +310,9 @@ async fn up() -> Result<(), Error> {
             "signing_key": stack.idp.signing_key_file,
         },
         "tokens": stack.idp.tokens,
+        "audit_log": stack.audit_log,
+        "audit_key": stack.audit_key,
+        "mask_key": stack.mask_key,
     });
     let dir = stack.dir.clone();
     let pids = stack.detach();
