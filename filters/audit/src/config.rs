@@ -47,7 +47,9 @@ impl FilterConfig {
         } else {
             bytes
         };
-        let cfg: Self = serde_json::from_slice(bytes).map_err(|e| ConfigError::from_json(&e))?;
+        let doc: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| ConfigError::from_json(&e))?;
+        let cfg: Self = phi_guard_common::config::from_json_value(&doc)?;
         non_empty("service_vm_id", &cfg.service_vm_id)?;
         non_empty("queue", &cfg.queue)?;
         if let Some(h) = &cfg.resource_id_header {
@@ -155,7 +157,9 @@ fn d_tick() -> u64 {
 
 impl ServiceConfig {
     pub fn parse(bytes: &[u8]) -> Result<Self, ConfigError> {
-        let cfg: Self = serde_json::from_slice(bytes).map_err(|e| ConfigError::from_json(&e))?;
+        let doc: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| ConfigError::from_json(&e))?;
+        let cfg: Self = phi_guard_common::config::from_json_value(&doc)?;
         non_empty("queue", &cfg.queue)?;
         non_empty("key_env", &cfg.key_env)?;
         non_empty("cluster", &cfg.cluster)?;

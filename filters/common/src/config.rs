@@ -19,12 +19,21 @@ impl ConfigError {
         }
     }
 
-    /// Maps a serde_json error to the field it names. serde reports unknown and missing
-    /// fields by name in its message; the position is kept so nested errors stay findable.
+    /// Maps a serde_json error to a config error. Unknown, missing and duplicate fields are
+    /// named (serde quotes the field name); the reason never carries a value, since serde's
+    /// "invalid type" messages quote it and a secret pasted into the wrong field must not
+    /// reach Envoy's log.
     pub fn from_json(err: &serde_json::Error) -> Self {
         let msg = err.to_string();
-        let field = extract_backticked(&msg).unwrap_or_default();
-        Self::new(field, msg)
+        let named = ["unknown field `", "missing field `", "duplicate field `"]
+            .iter()
+            .any(|p| msg.starts_with(p));
+        let field = if named {
+            msg.split('`').nth(1).unwrap_or_default()
+        } else {
+            ""
+        };
+        Self::new(field, sanitize_serde_message(&msg))
     }
 
     /// Prefixes the field path with its parent, e.g. `issuer` inside `providers[0]`.
@@ -40,10 +49,77 @@ impl ConfigError {
     }
 }
 
-fn extract_backticked(msg: &str) -> Option<String> {
-    let start = msg.find('`')? + 1;
-    let len = msg[start..].find('`')?;
-    Some(msg[start..start + len].to_string())
+/// Deserialises `value` strictly as `T`. On failure the error names the member at fault:
+/// serde names unknown, missing and duplicate fields itself; for a badly typed value the
+/// member is found from the column serde reports in the compact text.
+pub fn from_json_value<T: serde::de::DeserializeOwned>(
+    value: &serde_json::Value,
+) -> Result<T, ConfigError> {
+    let text = value.to_string();
+    serde_json::from_str(&text).map_err(|e| {
+        let mut err = ConfigError::from_json(&e);
+        if err.field.is_empty() {
+            err.field = member_at(&text, e.column()).unwrap_or_default();
+        }
+        err
+    })
+}
+
+/// The top-level member whose value contains byte `column` of one-line JSON `text`.
+fn member_at(text: &str, column: usize) -> Option<String> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut string_start = 0;
+    let mut last_string = None;
+    let mut member = None;
+    for (i, c) in text.char_indices().take_while(|(i, _)| *i < column) {
+        if in_string {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => {
+                    in_string = false;
+                    last_string = Some(&text[string_start..i]);
+                }
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                in_string = true;
+                string_start = i + 1;
+            }
+            '{' | '[' => depth += 1,
+            '}' | ']' => depth = depth.saturating_sub(1),
+            ':' if depth == 1 => member = last_string.map(str::to_string),
+            _ => {}
+        }
+    }
+    member
+}
+
+/// Drops the values serde quotes in its messages: `invalid type: string "abc", expected u64`
+/// becomes `invalid type, expected u64`; `unknown variant `x`, expected ...` becomes
+/// `unknown value, expected ...`. Positions go too (they point into a one-line string).
+pub fn sanitize_serde_message(msg: &str) -> String {
+    let msg = match msg.find(" at line ") {
+        Some(i) => &msg[..i],
+        None => msg,
+    };
+    let expected = msg.find(", expected ").map_or("", |i| &msg[i..]);
+    for (prefix, label) in [
+        ("invalid type", "invalid type"),
+        ("invalid value", "invalid value"),
+        ("unknown variant", "unknown value"),
+        ("invalid length", "invalid length"),
+    ] {
+        if msg.starts_with(prefix) {
+            return format!("{label}{expected}");
+        }
+    }
+    msg.to_string()
 }
 
 impl fmt::Display for ConfigError {
@@ -85,6 +161,30 @@ mod tests {
     fn missing_field_is_named() {
         let err = serde_json::from_str::<Sample>("{}").unwrap_err();
         assert_eq!(ConfigError::from_json(&err).field, "issuer");
+    }
+
+    #[test]
+    fn values_are_never_echoed() {
+        let err = serde_json::from_str::<Sample>(r#"{"issuer":12345678}"#).unwrap_err();
+        let err = ConfigError::from_json(&err);
+        assert_eq!(err.field, "", "a type error names no made-up field");
+        assert!(!err.to_string().contains("12345678"), "{err}");
+        assert_eq!(err.reason, "invalid type, expected a string");
+    }
+
+    #[test]
+    fn badly_typed_members_are_located() {
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Two {
+            name: String,
+            limit: u64,
+        }
+        let value = serde_json::json!({"name": "x", "limit": "secret-value"});
+        let err = from_json_value::<Two>(&value).unwrap_err();
+        assert_eq!(err.field, "limit");
+        assert!(!err.to_string().contains("secret-value"), "{err}");
     }
 
     #[test]

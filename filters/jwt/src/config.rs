@@ -352,76 +352,15 @@ struct RawRemote {
     retry_interval_s: Option<u64>,
 }
 
-/// Deserialises `value` as `T`, naming `path` (plus the member serde names) on failure.
+/// Deserialises `value` as `T`, naming `path` (plus the member at fault) on failure.
 fn from_value_at<T: DeserializeOwned>(value: Value, path: &str) -> Result<T, ConfigError> {
-    // Through compact text rather than `from_value`: serde reports the column of a badly
-    // typed value, which locates the member that holds it.
-    let text = value.to_string();
-    serde_json::from_str(&text).map_err(|e| {
-        let msg = e.to_string();
-        let named = ["unknown field", "missing field", "duplicate field"]
-            .iter()
-            .any(|p| msg.starts_with(p));
-        let err = if named {
-            ConfigError::from_json(&e)
-        } else {
-            // "invalid type: string \"...\", expected u64 at line 1 column 9": keep only what
-            // was expected, never the value.
-            let expected = msg
-                .find("expected ")
-                .map(|at| {
-                    msg[at..]
-                        .split(" at line ")
-                        .next()
-                        .unwrap_or_default()
-                        .to_string()
-                })
-                .unwrap_or_else(|| "invalid value".to_string());
-            let member = member_at(&text, e.column()).unwrap_or_default();
-            ConfigError::new(member, format!("invalid type or value ({expected})"))
-        };
+    phi_guard_common::config::from_json_value(&value).map_err(|err| {
         if path.is_empty() {
             err
         } else {
             err.within(path)
         }
     })
-}
-
-/// The name of the top-level member of the JSON object `text` whose value spans the 1-based
-/// `column`.
-fn member_at(text: &str, column: usize) -> Option<String> {
-    let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    let mut string_start = 0;
-    let mut last_string = None;
-    let mut member = None;
-    for (i, c) in text.char_indices().take_while(|(i, _)| *i < column) {
-        if in_string {
-            match c {
-                _ if escaped => escaped = false,
-                '\\' => escaped = true,
-                '"' => {
-                    in_string = false;
-                    last_string = Some(&text[string_start..i]);
-                }
-                _ => {}
-            }
-            continue;
-        }
-        match c {
-            '"' => {
-                in_string = true;
-                string_start = i + 1;
-            }
-            '{' | '[' => depth += 1,
-            '}' | ']' => depth = depth.saturating_sub(1),
-            ':' if depth == 1 => member = last_string.map(str::to_string),
-            _ => {}
-        }
-    }
-    member
 }
 
 fn non_empty(value: &str, field: String) -> Result<(), ConfigError> {

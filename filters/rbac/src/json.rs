@@ -18,45 +18,13 @@ pub(crate) fn expect_str<'a>(value: &'a Value, path: &str) -> Result<&'a str, Co
 }
 
 /// Maps a serde error inside the field at `path`: unknown, missing and duplicate fields are
-/// named (`rules[2].rol`), anything else stays on `path`.
+/// named (`rules[2].rol`), anything else stays on `path`; no value is echoed.
 pub(crate) fn serde_error(err: &serde_json::Error, path: &str) -> ConfigError {
-    let msg = err.to_string();
-    let named = ["unknown field `", "missing field `", "duplicate field `"]
-        .iter()
-        .any(|p| msg.starts_with(p));
-    let name = if named {
-        msg.split('`').nth(1).unwrap_or_default()
-    } else {
-        ""
-    };
-    let err = ConfigError::new(name, sanitize(&msg));
+    let err = ConfigError::from_json(err);
     if path.is_empty() {
         err
     } else {
         err.within(path)
-    }
-}
-
-/// Drops values serde quotes in its messages: `invalid type: string "abc", expected u64`
-/// becomes `invalid type, expected u64`; `unknown variant `x`, expected ...` becomes
-/// `unknown value, expected ...`. Positions are dropped too (they point into the one-line
-/// configuration string and do not help).
-pub(crate) fn sanitize(msg: &str) -> String {
-    let msg = match msg.find(" at line ") {
-        Some(i) => &msg[..i],
-        None => msg,
-    };
-    let expected = msg.find(", expected ").map(|i| &msg[i..]);
-    if msg.starts_with("invalid type") {
-        format!("invalid type{}", expected.unwrap_or_default())
-    } else if msg.starts_with("invalid value") {
-        format!("invalid value{}", expected.unwrap_or_default())
-    } else if msg.starts_with("unknown variant") {
-        format!("unknown value{}", expected.unwrap_or_default())
-    } else if msg.starts_with("invalid length") {
-        format!("invalid length{}", expected.unwrap_or_default())
-    } else {
-        msg.to_string()
     }
 }
 

@@ -10,7 +10,8 @@ use serde_json::Value;
 
 use phi_guard_common::ConfigError;
 
-use crate::json::{expect_str, sanitize};
+use crate::json::expect_str;
+use phi_guard_common::config::sanitize_serde_message;
 
 /// SPIFFE IDs are capped at 2048 bytes by the spec; longer input is not a SPIFFE ID.
 const MAX_SPIFFE_ID: usize = 2048;
@@ -143,7 +144,7 @@ impl Principals {
                         .determinize_size_limit(Some(DFA_SIZE_LIMIT)),
                 )
                 .build_many(&regexes)
-                .map_err(|e| ConfigError::new(path, sanitize(&e.to_string())))?;
+                .map_err(|e| ConfigError::new(path, sanitize_serde_message(&e.to_string())))?;
             out.patterns = Some(dfa);
         }
         Ok(out)
