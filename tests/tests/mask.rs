@@ -124,7 +124,11 @@ async fn one_patient_as_each_role_sees_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamed_encounters_are_masked_message_by_message() {
     let stack = stack("mask_stream").await;
-    for (workload, user) in [("frontend", "nurse"), ("frontend", "billing")] {
+    for (workload, user) in [
+        ("frontend", "nurse"),
+        ("frontend", "billing"),
+        ("analytics", "research"),
+    ] {
         let mut stream = stack
             .client_as(workload, Some(user))
             .await
@@ -140,14 +144,34 @@ async fn streamed_encounters_are_masked_message_by_message() {
         let mut count = 0;
         while let Some(encounter) = stream.message().await.unwrap() {
             count += 1;
-            assert!(encounter.note.len() >= 50_000, "{user}: note kept its body");
             let note_has_ssn = encounter.note.contains(canary::SSN);
+            let attending = encounter.attending.clone().unwrap_or_default();
             match user {
                 "nurse" => {
+                    assert!(encounter.note.len() >= 50_000, "nurse: note kept its body");
                     assert!(!note_has_ssn, "nurse: SSN inside a streamed note");
                     assert_eq!(encounter.mrn, canary::MRN);
+                    assert_eq!(attending.family, "Attending");
                 }
-                _ => assert!(note_has_ssn, "billing sees notes in full"),
+                "billing" => {
+                    assert!(note_has_ssn, "billing sees notes in full");
+                    assert_eq!(
+                        encounter,
+                        phi_guard_tools::backend::encounter(count - 1, 50_000),
+                        "billing: every field as the service sent it"
+                    );
+                }
+                _ => {
+                    assert!(is_token(&encounter.mrn), "research: {}", encounter.mrn);
+                    assert_eq!(encounter.note, "", "research: free text redacted");
+                    assert_eq!(encounter.start_time, "", "research: dates removed");
+                    assert_eq!(attending.family, "", "research: names removed");
+                    assert_eq!(
+                        encounter.diagnoses[0].description,
+                        canary::DIAGNOSIS,
+                        "research keeps clinical content"
+                    );
+                }
             }
             assert_eq!(encounter.vitals, vec![36.8, 72.0, 118.0, 76.0]);
         }

@@ -100,10 +100,11 @@ async fn workloads_times_roles_times_methods() {
         ),
         ("frontend", None, GetPatient, Code::Unauthenticated),
         ("analytics", Some("research"), GetPatient, Code::Ok),
+        ("analytics", Some("research"), ListEncounters, Code::Ok),
         (
             "analytics",
             Some("research"),
-            ListEncounters,
+            DeletePatient,
             Code::PermissionDenied,
         ),
         (

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use phi_guard_proto::health::v1::{GetPatientRequest, ListEncountersRequest};
+use phi_guard_proto::health::v1::{DeletePatientRequest, GetPatientRequest, ListEncountersRequest};
 use phi_guard_tools::backend::PATIENT_ID;
 use phi_guard_tools::issuer::{self, UserClaims};
 use phi_guard_tools::stack::{Error, Stack};
@@ -63,8 +63,8 @@ async fn start() -> Result<Stack, Error> {
 async fn run() -> Result<(), Error> {
     let stack = start().await?;
     // Who calls, as whom: the demo policy lets the clinic's frontend read for nurses and
-    // billing clerks, and the research workload read patients (not encounters) for
-    // researchers; nobody but the ops admin tool may delete.
+    // billing clerks, and the research workload read for researchers; nobody but the ops
+    // admin tool may delete.
     let callers: &[(&str, Option<&str>)] = &[
         ("ehr-frontend", Some("nurse")),
         ("ehr-frontend", Some("billing")),
@@ -74,6 +74,21 @@ async fn run() -> Result<(), Error> {
     ];
     for (workload, user) in callers {
         show_calls(&stack, workload, *user).await?;
+    }
+
+    for (workload, user) in [("analytics", "research"), ("admin-tool", "admin")] {
+        let outcome = stack
+            .client_as(workload, Some(user))
+            .await?
+            .delete_patient(DeletePatientRequest {
+                patient_id: PATIENT_ID.into(),
+            })
+            .await;
+        let shown = match outcome {
+            Ok(_) => "OK".to_string(),
+            Err(status) => format!("{:?} \"{}\"", status.code(), status.message()),
+        };
+        println!("\nas {workload} for user {user}:\n  DeletePatient -> {shown}");
     }
 
     println!("\nas ehr-frontend with an expired nurse token:");
