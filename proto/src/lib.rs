@@ -1,6 +1,8 @@
 //! Generated code for the phi/v1 annotations and the demo healthcare API, plus the encoded
 //! FileDescriptorSet the mask filter is configured with.
 
+pub mod demo;
+
 pub mod phi {
     pub mod v1 {
         tonic::include_proto!("phi.v1");

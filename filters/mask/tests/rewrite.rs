@@ -429,7 +429,7 @@ fn demo_patient_per_role() {
     assert_eq!(p.insurance_member_id, "***-******-****7788");
     assert_eq!(
         p.notes,
-        "Pt Zebediah called from ***-***-4477 re SSN ***-**-1234; MRN MRN-7Q4K-CANARY."
+        "Pt Zebediah Canarysmith called from ***-***-4477 re SSN ***-**-1234; MRN MRN-7Q4K-CANARY."
     );
     assert_eq!(p.address.as_ref().unwrap().state, "AK");
     assert_eq!(p.address.as_ref().unwrap().city, "[redacted]");

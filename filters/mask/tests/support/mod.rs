@@ -5,14 +5,13 @@ use std::sync::OnceLock;
 
 use base64::Engine;
 use phi_guard_mask::MaskConfig;
-use phi_guard_proto::health::v1::{
-    patient, Address, Contact, Diagnosis, Encounter, HumanName, Patient,
-};
+use phi_guard_proto::demo::{self, canary};
+use phi_guard_proto::health::v1::{Encounter, Patient};
 
 pub const KEY_ENV: &str = "PHI_GUARD_MASK_TOKEN_KEY";
 pub const KEY: &str = "test-key-0123456789abcdef";
-pub const CANARY_SSN: &str = "900-55-1234";
-pub const CANARY_PHONE: &str = "555-013-4477";
+pub const CANARY_SSN: &str = canary::SSN;
+pub const CANARY_PHONE: &str = canary::PHONE;
 
 /// The demo protos compiled with protox's encoder, which keeps the sensitivity options.
 pub fn descriptor_set() -> &'static [u8] {
@@ -50,64 +49,15 @@ pub const GET_PATIENT: &str = "health.v1.PatientService/GetPatient";
 pub const LIST_ENCOUNTERS: &str = "health.v1.PatientService/ListEncounters";
 
 pub fn note() -> String {
-    format!("Pt Zebediah called from {CANARY_PHONE} re SSN {CANARY_SSN}; MRN MRN-7Q4K-CANARY.")
+    canary::note()
 }
 
 pub fn patient() -> Patient {
-    Patient {
-        patient_id: "p-0001".into(),
-        mrn: "MRN-7Q4K-CANARY".into(),
-        name: Some(HumanName {
-            family: "Canarysmith".into(),
-            given: vec!["Zebediah".into(), "Q".into()],
-            prefix: "Mx".into(),
-        }),
-        ssn: CANARY_SSN.into(),
-        birth_date: "1931-02-29".into(),
-        contacts: vec![Contact {
-            phone: CANARY_PHONE.into(),
-            email: "zebediah.canarysmith@example.test".into(),
-            r#use: "home".into(),
-        }],
-        address: Some(Address {
-            line: vec!["77 Canary Wharf Lane".into(), "Apt 3".into()],
-            city: "Yellowbird".into(),
-            state: "AK".into(),
-            postal_code: "99501-7788".into(),
-        }),
-        identifiers: [("lab-system".to_string(), "EXT-CANARY-3141".to_string())].into(),
-        emergency_contact: Some(patient::EmergencyContact::EmergencyPhone(
-            "555-019-8822".into(),
-        )),
-        allergy_codes: vec![91936005, 300916003, 418689008],
-        notes: note(),
-        insurance_member_id: "INS-CANARY-55667788".into(),
-        tenant: "north".into(),
-    }
+    demo::patient()
 }
 
 pub fn encounter(index: u32, note_bytes: usize) -> Encounter {
-    let mut note = note();
-    while note.len() < note_bytes {
-        note.push_str(" Vitals stable, plan unchanged.");
-    }
-    Encounter {
-        encounter_id: format!("e-{index:05}"),
-        patient_id: "p-0001".into(),
-        mrn: "MRN-7Q4K-CANARY".into(),
-        start_time: format!("2026-01-{:02}T09:30:00Z", index % 28 + 1),
-        attending: Some(HumanName {
-            family: "Attending".into(),
-            given: vec!["Dana".into()],
-            prefix: "Dr".into(),
-        }),
-        diagnoses: vec![Diagnosis {
-            code: "Z00.00".into(),
-            description: "canary-pox, chronic".into(),
-        }],
-        vitals: vec![36.8, 72.0, 118.0, 76.0],
-        note,
-    }
+    demo::encounter(index, note_bytes as u32)
 }
 
 /// One uncompressed gRPC frame.
