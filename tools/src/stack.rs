@@ -256,13 +256,16 @@ fn spawn_process(
     args: &[&str],
 ) -> Result<(SocketAddr, Child), Error> {
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    // Output goes to a log file, not the caller's terminal or pipe: a process left running by
+    // `demo up` must not hold the pipe of whoever started it.
+    let log = std::fs::File::create(dir.join(format!("logs/{name}.log")))?;
     let mut child = Command::new(binary)
         .args(addr_flag)
         .arg(addr.to_string())
         .args(args)
         .stdin(Stdio::null())
-        .stdout(std::fs::File::create(dir.join(format!("logs/{name}.log")))?)
-        .stderr(Stdio::inherit())
+        .stdout(log.try_clone()?)
+        .stderr(log)
         .spawn()
         .map_err(|e| format!("{}: {e}", binary.display()))?;
     if let Err(e) = wait_for_port(addr, Duration::from_secs(10)) {
