@@ -76,16 +76,19 @@ fn extract(
     header: &dyn Fn(&str) -> Option<String>,
 ) -> Option<Result<String, Reason>> {
     let value = header(source.header_name())?;
+    // Only HTTP's optional whitespace (SP, HTAB) surrounds a token; any other byte, a vertical
+    // tab or form feed included, stays and makes the token malformed.
+    let trim_ows = |s: &str| s.trim_matches([' ', '\t']).to_string();
     let token = match source {
         TokenSource::AuthorizationBearer => {
-            let value = value.trim();
-            let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+            let value = trim_ows(&value);
+            let (scheme, rest) = value.split_once(' ').unwrap_or((&value, ""));
             if !scheme.eq_ignore_ascii_case("bearer") {
                 return None;
             }
-            rest.trim()
+            trim_ows(rest)
         }
-        TokenSource::Header(_) => value.trim(),
+        TokenSource::Header(_) => trim_ows(&value),
     };
     if token.is_empty() {
         return match source {
@@ -93,7 +96,7 @@ fn extract(
             TokenSource::Header(_) => None,
         };
     }
-    Some(Ok(token.to_string()))
+    Some(Ok(token))
 }
 
 impl Engine {
@@ -316,6 +319,14 @@ mod tests {
             Some(Err(Reason::Malformed))
         );
         assert_eq!(extract(&bearer, &|_: &str| None), None);
+        assert_eq!(
+            extract(&bearer, &h("Bearer \t abc\t")),
+            Some(Ok("abc".into()))
+        );
+        assert_eq!(
+            extract(&bearer, &h("Bearer \u{b}\u{b}abc\u{c}")),
+            Some(Ok("\u{b}\u{b}abc\u{c}".into()))
+        );
         let custom = TokenSource::Header("x-token".into());
         let x = |name: &str| (name == "x-token").then(|| " t ".to_string());
         assert_eq!(extract(&custom, &x), Some(Ok("t".into())));

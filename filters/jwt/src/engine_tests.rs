@@ -897,6 +897,27 @@ fn every_pyjwt_token_verifies_at_the_fixture_clock() {
     );
 }
 
+/// Regression (cargo-fuzz jwt_token, fuzz/seeds/jwt_token/vertical-tabs): a valid token with
+/// control whitespace around it used to verify because extraction trimmed all Unicode
+/// whitespace. Only SP and HTAB may surround a bearer token.
+#[test]
+fn control_whitespace_around_a_valid_token_is_malformed() {
+    let token = fixture_token("ES256");
+    for junk in ["\u{b}\u{b}", "\u{c}", "\u{a0}"] {
+        assert_eq!(
+            deny(Call::new(S, &format!("{junk}{token}"))),
+            Reason::Malformed,
+            "{junk:?} before"
+        );
+        assert_eq!(
+            deny(Call::new(S, &format!("{token}{junk}"))),
+            Reason::Malformed,
+            "{junk:?} after"
+        );
+    }
+    accept(Call::new(S, &format!(" \t{token}\t ")));
+}
+
 #[test]
 fn pyjwt_tokens_fail_outside_their_window() {
     let f = fixtures();
