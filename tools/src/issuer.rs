@@ -1,5 +1,5 @@
-//! The demo's identity provider: an ES256 signing key, its JWKS served over HTTP on loopback
-//! (as a real IdP serves `jwks_uri`), and tokens for the demo users.
+//! The demo's identity provider: an ES256 (or, for the benchmarks, RS256) signing key, its JWKS
+//! served over HTTP on loopback (as a real IdP serves `jwks_uri`), and tokens for the demo users.
 //!
 //! The JWKS server can rotate to a new key and can be taken down, so the e2e tests can show
 //! that jwt keeps working on its last good key set.
@@ -21,33 +21,78 @@ pub const JWKS_PATH: &str = "/.well-known/jwks.json";
 /// A signing key with its key id.
 pub struct SigningKey {
     pub kid: String,
-    pub key: ES256KeyPair,
+    pub key: KeyPair,
+}
+
+/// The algorithms the demo IdP signs with.
+pub enum KeyPair {
+    ES256(Box<ES256KeyPair>),
+    /// RSA-2048, the most common IdP key; the benchmarks measure its verification cost.
+    RS256(Box<RS256KeyPair>),
 }
 
 impl SigningKey {
+    /// An ES256 key (the demo's).
     pub fn generate(kid: &str) -> Self {
         SigningKey {
             kid: kid.into(),
-            key: ES256KeyPair::generate().with_key_id(kid),
+            key: KeyPair::ES256(Box::new(ES256KeyPair::generate().with_key_id(kid))),
         }
     }
 
-    /// The public key as a JWK (RFC 7518 §6.2).
-    pub fn jwk(&self) -> Value {
-        let point = self.key.public_key().public_key().to_bytes_uncompressed();
-        json!({
-            "kty": "EC",
-            "crv": "P-256",
-            "alg": "ES256",
-            "use": "sig",
-            "kid": self.kid,
-            "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
-            "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
+    /// An RSA-2048 key signing RS256.
+    pub fn generate_rs256(kid: &str) -> Self {
+        let key = RS256KeyPair::generate(2048).expect("RSA-2048 key generation");
+        SigningKey {
+            kid: kid.into(),
+            key: KeyPair::RS256(Box::new(key.with_key_id(kid))),
+        }
+    }
+
+    /// An RS256 key from its PKCS#8 PEM ([`SigningKey::private_pem`]).
+    pub fn rs256_from_pem(kid: &str, pem: &str) -> Result<Self, String> {
+        let key = RS256KeyPair::from_pem(pem).map_err(|e| format!("RS256 key: {e}"))?;
+        Ok(SigningKey {
+            kid: kid.into(),
+            key: KeyPair::RS256(Box::new(key.with_key_id(kid))),
         })
     }
 
+    /// The public key as a JWK (RFC 7518 §6.2, §6.3).
+    pub fn jwk(&self) -> Value {
+        match &self.key {
+            KeyPair::ES256(key) => {
+                let point = key.public_key().public_key().to_bytes_uncompressed();
+                json!({
+                    "kty": "EC",
+                    "crv": "P-256",
+                    "alg": "ES256",
+                    "use": "sig",
+                    "kid": self.kid,
+                    "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
+                    "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
+                })
+            }
+            KeyPair::RS256(key) => {
+                let components = key.public_key().to_components();
+                json!({
+                    "kty": "RSA",
+                    "alg": "RS256",
+                    "use": "sig",
+                    "kid": self.kid,
+                    "n": URL_SAFE_NO_PAD.encode(&components.n),
+                    "e": URL_SAFE_NO_PAD.encode(&components.e),
+                })
+            }
+        }
+    }
+
     pub fn private_pem(&self) -> String {
-        self.key.to_pem().expect("a generated key encodes as PEM")
+        match &self.key {
+            KeyPair::ES256(key) => key.to_pem(),
+            KeyPair::RS256(key) => key.to_pem(),
+        }
+        .expect("a generated key encodes as PEM")
     }
 }
 
@@ -111,7 +156,11 @@ impl SigningKey {
         jwt.issued_at = Some(UnixTimeStamp::from_secs(issued_at));
         jwt.invalid_before = Some(UnixTimeStamp::from_secs(issued_at));
         jwt.expires_at = Some(UnixTimeStamp::from_secs(expires_at));
-        self.key.sign(jwt).expect("signing with a valid key")
+        match &self.key {
+            KeyPair::ES256(key) => key.sign(jwt),
+            KeyPair::RS256(key) => key.sign(jwt),
+        }
+        .expect("signing with a valid key")
     }
 }
 
@@ -241,10 +290,12 @@ mod tests {
             allowed_audiences: Some(HashSet::from_strings(&[AUDIENCE])),
             ..Default::default()
         };
-        let claims = key
-            .key
+        let KeyPair::ES256(pair) = &key.key else {
+            unreachable!("generate makes ES256 keys")
+        };
+        let claims = pair
             .public_key()
-            .verify_token::<Value>(&token, Some(options))
+            .verify_token::<Value>(&token, Some(options.clone()))
             .unwrap();
         assert_eq!(claims.subject.as_deref(), Some("nurse-1"));
         assert_eq!(claims.custom["roles"], json!(["nurse"]));
@@ -256,6 +307,33 @@ mod tests {
                 .unwrap()
                 .len(),
             32
+        );
+
+        let rsa = SigningKey::generate_rs256("r1");
+        let token = rsa.mint(
+            &UserClaims::user("nurse-1", &["nurse"]),
+            AUDIENCE,
+            Duration::from_mins(5),
+        );
+        let KeyPair::RS256(pair) = &rsa.key else {
+            unreachable!("generate_rs256 makes RS256 keys")
+        };
+        let claims = pair
+            .public_key()
+            .verify_token::<Value>(&token, Some(options))
+            .unwrap();
+        assert_eq!(claims.subject.as_deref(), Some("nurse-1"));
+        let jwk = rsa.jwk();
+        assert_eq!(
+            (jwk["kty"].as_str(), jwk["e"].as_str()),
+            (Some("RSA"), Some("AQAB"))
+        );
+        assert_eq!(
+            URL_SAFE_NO_PAD
+                .decode(jwk["n"].as_str().unwrap())
+                .unwrap()
+                .len(),
+            256
         );
     }
 }

@@ -2,6 +2,7 @@
 //! demo share, and gRPC client helpers.
 
 pub mod backend;
+pub mod bench;
 pub mod client;
 pub mod issuer;
 pub mod pki;

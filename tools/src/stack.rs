@@ -98,6 +98,7 @@ pub struct StackBuilder {
     bin_dir: Option<PathBuf>,
     jwks_failing: bool,
     malformed_backend: bool,
+    rs256_idp: bool,
     inbound_patch: Option<ConfigPatch>,
 }
 
@@ -127,6 +128,12 @@ impl StackBuilder {
     /// Put [`crate::backend::spawn_malformed`] behind Envoy instead of the demo service.
     pub fn malformed_backend(mut self) -> Self {
         self.malformed_backend = true;
+        self
+    }
+
+    /// The IdP signs with an RSA-2048 key (RS256) instead of the demo's ES256 key.
+    pub fn rs256_idp(mut self) -> Self {
+        self.rs256_idp = true;
         self
     }
 
@@ -182,7 +189,7 @@ impl StackBuilder {
                 addr
             }
         };
-        let idp = start_idp(&dir, self.bin_dir.as_deref(), &mut services).await?;
+        let idp = start_idp(&dir, self.bin_dir.as_deref(), self.rs256_idp, &mut services).await?;
         let keys = Keys::create(&dir)?;
         let audit_log = dir.join("audit/events.jsonl");
         std::fs::create_dir_all(dir.join("audit"))?;
@@ -282,9 +289,14 @@ pub const TOKEN_TTL_MINUTES: u64 = 60;
 async fn start_idp(
     dir: &Path,
     bin_dir: Option<&Path>,
+    rs256: bool,
     services: &mut Vec<Service>,
 ) -> Result<Idp, Error> {
-    let key = SigningKey::generate("demo-key-1");
+    let key = if rs256 {
+        tokio::task::spawn_blocking(|| SigningKey::generate_rs256("demo-rsa-key-1")).await?
+    } else {
+        SigningKey::generate("demo-key-1")
+    };
     let jwks = issuer::jwks(&[&key]);
     let idp_dir = dir.join("idp");
     std::fs::create_dir_all(&idp_dir)?;
@@ -491,6 +503,7 @@ impl Stack {
             bin_dir: None,
             jwks_failing: false,
             malformed_backend: false,
+            rs256_idp: false,
             inbound_patch: None,
         }
     }
@@ -550,6 +563,41 @@ impl Stack {
             .unwrap_or_else(|| panic!("no demo user {user}"))
     }
 
+    /// Another Envoy from `envoy/inbound.yaml`, edited by `patch`, in front of this stack's
+    /// backend, IdP and collector with the same certificates: the benchmarks compare such
+    /// variants side by side. Its config and log are named after `instance`.
+    pub fn start_inbound_variant(
+        &self,
+        instance: &str,
+        concurrency: u32,
+        patch: impl Fn(String) -> String + Send + 'static,
+    ) -> Result<Envoy, Error> {
+        let listen = free_port()?;
+        let keys = Keys {
+            audit: self.audit_key.clone(),
+            mask: self.mask_key.clone(),
+        };
+        Envoy::start_instance(
+            "inbound",
+            instance,
+            concurrency,
+            Some(Box::new(patch)),
+            &keys.envoy_env()?,
+            &self.dir,
+            &[
+                ("ADMIN_PORT", free_port()?.to_string()),
+                ("LISTEN_PORT", listen.to_string()),
+                ("BACKEND_PORT", self.backend_addr.port().to_string()),
+                ("JWKS_PORT", self.idp.addr.port().to_string()),
+                ("COLLECTOR_PORT", self.collector_addr.port().to_string()),
+                ("SDS_DIR", self.inbound_sds().display().to_string()),
+                ("LOG_DIR", self.dir.join("logs").display().to_string()),
+                ("WASM_DIR", wasm_dir()?.display().to_string()),
+            ],
+            listen,
+        )
+    }
+
     /// Leaves processes and files running after this handle is gone (the demo's `up`).
     pub fn detach(mut self) -> Vec<u32> {
         self.teardown = false;
@@ -604,7 +652,23 @@ impl Envoy {
         vars: &[(&str, String)],
         listen_port: u16,
     ) -> Result<Envoy, Error> {
-        let template = crate::repo_root().join(format!("envoy/{name}.yaml"));
+        Self::start_instance(name, name, 1, patch, env, dir, vars, listen_port)
+    }
+
+    /// [`Envoy::start`] with the config and log named after `instance` and `concurrency`
+    /// worker threads.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_instance(
+        template: &str,
+        name: &str,
+        concurrency: u32,
+        patch: Option<ConfigPatch>,
+        env: &[(String, String)],
+        dir: &Path,
+        vars: &[(&str, String)],
+        listen_port: u16,
+    ) -> Result<Envoy, Error> {
+        let template = crate::repo_root().join(format!("envoy/{template}.yaml"));
         let config = dir.join(format!("{name}.yaml"));
         let mut rendered = render(&std::fs::read_to_string(&template)?, vars)?;
         if let Some(patch) = patch {
@@ -620,7 +684,11 @@ impl Envoy {
         let log = dir.join(format!("logs/{name}-envoy.log"));
         let child = Command::new(envoy_binary()?)
             .args(["-c", &config.to_string_lossy()])
-            .args(["--concurrency", "1", "--disable-hot-restart"])
+            .args([
+                "--concurrency",
+                &concurrency.to_string(),
+                "--disable-hot-restart",
+            ])
             .args(["--log-path", &log.to_string_lossy()])
             .args(["--log-level", "info"])
             // Access logs reach disk within 200 ms (default 10 s), so tests and the demo can
@@ -686,6 +754,11 @@ impl Envoy {
     /// The listener's stat prefix, e.g. `listener.127.0.0.1_40123.`.
     pub fn listener_stat_prefix(&self) -> String {
         format!("listener.127.0.0.1_{}.", self.listen.port())
+    }
+
+    /// The process id, while Envoy runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn log_text(&self) -> String {

@@ -1,0 +1,661 @@
+//! The pure half of `phi-bench` (scripts/bench): the Envoy configurations it compares, built
+//! from `envoy/inbound.yaml` so every variant keeps the same listener, TLS, limits and access
+//! logs and differs only in its HTTP filters; and the statistics and targets it reports.
+//!
+//! Measuring (processes, load, /proc) lives in `src/bin/bench.rs`.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// The native filters the comparison configs use, equivalent to the demo's phi-guard config:
+/// jwt_authn for the same provider, RBAC with the rules of `filters/rbac/policy.demo.json`.
+const NATIVE_JWT_AUTHN: &str = include_str!("../../envoy/bench/native_jwt_authn.yaml");
+const NATIVE_RBAC: &str = include_str!("../../envoy/bench/native_rbac.yaml");
+/// The line of [`NATIVE_JWT_AUTHN`] that turns jwt_authn's verified-token cache on.
+const JWT_CACHE_LINE: &str = "jwt_cache_config: {jwt_cache_size: 4096}";
+
+/// One HTTP filter of a variant, before the router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filter {
+    /// `phi_guard.<name>` exactly as `envoy/inbound.yaml` configures it.
+    PhiGuard(&'static str),
+    NativeJwtAuthn {
+        cache: bool,
+    },
+    NativeRbac,
+}
+
+/// An Envoy configuration under test.
+#[derive(Debug, Clone)]
+pub struct Variant {
+    pub id: &'static str,
+    pub label: &'static str,
+    pub filters: Vec<Filter>,
+}
+
+impl Variant {
+    /// Whether the config needs the audit service (bootstrap extension).
+    fn audits(&self) -> bool {
+        self.filters.contains(&Filter::PhiGuard("audit"))
+    }
+
+    /// `inbound` (the rendered `envoy/inbound.yaml`) with this variant's HTTP filters.
+    pub fn render(&self, inbound: &str) -> Result<String, String> {
+        let (head, blocks, tail) = split_http_filters(inbound)?;
+        let mut out = String::from(head);
+        for filter in &self.filters {
+            match filter {
+                Filter::PhiGuard(name) => {
+                    let wanted = format!("phi_guard.{name}");
+                    let block = blocks
+                        .iter()
+                        .find(|(n, _)| *n == wanted)
+                        .ok_or_else(|| format!("envoy/inbound.yaml has no filter {wanted}"))?;
+                    out.push_str(block.1);
+                }
+                Filter::NativeJwtAuthn { cache: true } => out.push_str(NATIVE_JWT_AUTHN),
+                Filter::NativeJwtAuthn { cache: false } => {
+                    let without: String = NATIVE_JWT_AUTHN
+                        .lines()
+                        .filter(|l| l.trim() != JWT_CACHE_LINE)
+                        .map(|l| format!("{l}\n"))
+                        .collect();
+                    out.push_str(&without);
+                }
+                Filter::NativeRbac => out.push_str(NATIVE_RBAC),
+            }
+        }
+        let router = blocks
+            .iter()
+            .find(|(n, _)| *n == "envoy.filters.http.router")
+            .ok_or("envoy/inbound.yaml has no router")?;
+        out.push_str(router.1);
+        out.push_str(tail);
+        if !self.audits() {
+            out = without_bootstrap_extensions(&out)?;
+        }
+        Ok(out)
+    }
+}
+
+/// The configurations `scripts/bench` compares (the letters are the issue's).
+pub fn variants() -> Vec<Variant> {
+    use Filter::*;
+    vec![
+        Variant {
+            id: "a",
+            label: "mTLS passthrough (no HTTP filters)",
+            filters: vec![],
+        },
+        Variant {
+            id: "b",
+            label: "native jwt_authn (cached) + RBAC",
+            filters: vec![NativeJwtAuthn { cache: true }, NativeRbac],
+        },
+        Variant {
+            id: "c",
+            label: "phi-guard jwt + rbac",
+            filters: vec![PhiGuard("jwt"), PhiGuard("rbac")],
+        },
+        Variant {
+            id: "d",
+            label: "phi-guard full chain (jwt, rbac, mask, audit)",
+            filters: vec![
+                PhiGuard("jwt"),
+                PhiGuard("rbac"),
+                PhiGuard("mask"),
+                PhiGuard("audit"),
+            ],
+        },
+        Variant {
+            id: "j",
+            label: "phi-guard jwt alone",
+            filters: vec![PhiGuard("jwt")],
+        },
+        Variant {
+            id: "n",
+            label: "native jwt_authn without cache",
+            filters: vec![NativeJwtAuthn { cache: false }],
+        },
+        Variant {
+            id: "m",
+            label: "phi-guard jwt + rbac + mask",
+            filters: vec![PhiGuard("jwt"), PhiGuard("rbac"), PhiGuard("mask")],
+        },
+    ]
+}
+
+/// What the load generator sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Workload {
+    /// GetPatient (~1 KiB response) with the same token on every RPC, as real clients reuse
+    /// tokens until they expire.
+    Get,
+    /// GetPatient with a token never seen before on every RPC: every RPC pays a verification.
+    FreshToken,
+    /// ListEncounters streaming large messages: masking throughput.
+    Stream,
+}
+
+/// One measured run: a variant under a workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    /// The row's name in the report.
+    pub id: &'static str,
+    pub variant: &'static str,
+    pub workload: Workload,
+    pub label: &'static str,
+}
+
+/// The runs of one round, in the order they run; rounds repeat them (rotated) so that slow
+/// drift of the machine spreads over every config.
+pub const RUNS: [Run; 9] = [
+    Run {
+        id: "a",
+        variant: "a",
+        workload: Workload::Get,
+        label: "mTLS passthrough",
+    },
+    Run {
+        id: "b",
+        variant: "b",
+        workload: Workload::Get,
+        label: "native jwt_authn (cached) + RBAC",
+    },
+    Run {
+        id: "c",
+        variant: "c",
+        workload: Workload::Get,
+        label: "phi-guard jwt + rbac",
+    },
+    Run {
+        id: "d",
+        variant: "d",
+        workload: Workload::Get,
+        label: "phi-guard full chain",
+    },
+    Run {
+        id: "j",
+        variant: "j",
+        workload: Workload::Get,
+        label: "phi-guard jwt, reused token",
+    },
+    Run {
+        id: "e_phi",
+        variant: "j",
+        workload: Workload::FreshToken,
+        label: "phi-guard jwt, fresh RS256 token per RPC",
+    },
+    Run {
+        id: "e_native",
+        variant: "n",
+        workload: Workload::FreshToken,
+        label: "native jwt_authn no cache, fresh RS256 token per RPC",
+    },
+    Run {
+        id: "c_stream",
+        variant: "c",
+        workload: Workload::Stream,
+        label: "phi-guard jwt + rbac, large stream",
+    },
+    Run {
+        id: "m_stream",
+        variant: "m",
+        workload: Workload::Stream,
+        label: "phi-guard jwt + rbac + mask, large stream",
+    },
+];
+
+/// A config split around its `http_filters` list: the text up to and including
+/// `http_filters:`, each filter block by name (with the comment lines above it), and the rest.
+type SplitConfig<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+
+fn split_http_filters(yaml: &str) -> Result<SplitConfig<'_>, String> {
+    const LIST: &str = "\n          http_filters:\n";
+    const INDENT: usize = 10;
+    const ITEM: &str = "          - name: ";
+    let start = yaml.find(LIST).ok_or("no http_filters list")? + LIST.len();
+    let mut blocks = Vec::new();
+    let mut current: Option<(usize, &str)> = None;
+    // Where the comment lines just above the next item begin.
+    let mut comment_from: Option<usize> = None;
+    let mut pos = start;
+    for line in yaml[start..].split_inclusive('\n') {
+        let indent = line.len() - line.trim_start().len();
+        let is_item = line.starts_with(ITEM);
+        let ends_list = !line.trim().is_empty() && indent < INDENT;
+        if is_item || ends_list {
+            let block_end = comment_from.unwrap_or(pos);
+            if let Some((from, name)) = current.take() {
+                blocks.push((name, &yaml[from..block_end]));
+            }
+            if ends_list {
+                return Ok((&yaml[..start], blocks, &yaml[block_end..]));
+            }
+            current = Some((block_end, line[ITEM.len()..].trim()));
+            comment_from = None;
+        } else if indent == INDENT && line.trim_start().starts_with('#') {
+            comment_from.get_or_insert(pos);
+        } else {
+            comment_from = None;
+        }
+        pos += line.len();
+    }
+    Err("http_filters is the last section: expected more config after it".into())
+}
+
+/// The config without its `bootstrap_extensions` (the audit service), for variants that do
+/// not audit.
+fn without_bootstrap_extensions(yaml: &str) -> Result<String, String> {
+    const KEY: &str = "\nbootstrap_extensions:\n";
+    let start = yaml.find(KEY).ok_or("no bootstrap_extensions")? + 1;
+    let mut end = start + KEY.len() - 1;
+    // The section runs until the next top-level key.
+    for line in yaml[end..].split_inclusive('\n') {
+        if !(line.starts_with(' ') || line.starts_with('-') || line.trim().is_empty()) {
+            break;
+        }
+        end += line.len();
+    }
+    Ok(format!("{}{}", &yaml[..start], &yaml[end..]))
+}
+
+/// One run's measurements.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub rpcs: u64,
+    pub errors: u64,
+    /// Envoy's process CPU (user + system, all threads) over the run.
+    pub envoy_cpu_us: f64,
+    pub wall_s: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub envoy_rss_kib: u64,
+    /// Response payload bytes the client received (protobuf messages, unframed).
+    pub response_bytes: u64,
+}
+
+impl Sample {
+    pub fn cpu_us_per_rpc(&self) -> f64 {
+        self.envoy_cpu_us / self.rpcs.max(1) as f64
+    }
+
+    pub fn rps(&self) -> f64 {
+        self.rpcs as f64 / self.wall_s.max(1e-9)
+    }
+}
+
+/// The `p`-th percentile (0..=100) of sorted values, nearest rank.
+pub fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Median, min and max of a set of repeated measurements.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    pub fn of(values: &[f64]) -> Spread {
+        let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return Spread {
+                median: f64::NAN,
+                min: f64::NAN,
+                max: f64::NAN,
+            };
+        }
+        v.sort_by(f64::total_cmp);
+        let mid = v.len() / 2;
+        let median = if v.len().is_multiple_of(2) {
+            (v[mid - 1] + v[mid]) / 2.0
+        } else {
+            v[mid]
+        };
+        Spread {
+            median,
+            min: v[0],
+            max: v[v.len() - 1],
+        }
+    }
+}
+
+/// A run's figures over every round.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub cpu_us_per_rpc: Spread,
+    pub rps: Spread,
+    pub p50_us: Spread,
+    pub p99_us: Spread,
+    pub rss_mib: Spread,
+    pub errors: u64,
+    pub response_bytes_per_rpc: f64,
+}
+
+impl Summary {
+    pub fn of(samples: &[Sample]) -> Summary {
+        let spread =
+            |f: &dyn Fn(&Sample) -> f64| Spread::of(&samples.iter().map(f).collect::<Vec<_>>());
+        Summary {
+            cpu_us_per_rpc: spread(&Sample::cpu_us_per_rpc),
+            rps: spread(&Sample::rps),
+            p50_us: spread(&|s| s.p50_us as f64),
+            p99_us: spread(&|s| s.p99_us as f64),
+            rss_mib: spread(&|s| s.envoy_rss_kib as f64 / 1024.0),
+            errors: samples.iter().map(|s| s.errors).sum(),
+            response_bytes_per_rpc: Spread::of(
+                &samples
+                    .iter()
+                    .map(|s| s.response_bytes as f64 / s.rpcs.max(1) as f64)
+                    .collect::<Vec<_>>(),
+            )
+            .median,
+        }
+    }
+}
+
+/// A target of the issue, checked against the measurements.
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    pub name: &'static str,
+    pub measured: f64,
+    pub unit: &'static str,
+    /// `measured` must be at most (`true`) or at least (`false`) `limit`.
+    pub at_most: bool,
+    pub limit: f64,
+    pub how: String,
+}
+
+impl Target {
+    pub fn met(&self) -> bool {
+        if self.at_most {
+            self.measured <= self.limit
+        } else {
+            self.measured >= self.limit
+        }
+    }
+
+    /// By how much a missed target is missed, as a factor (1.0 when met).
+    pub fn miss_factor(&self) -> f64 {
+        if self.met() {
+            1.0
+        } else if self.at_most {
+            self.measured / self.limit
+        } else {
+            self.limit / self.measured
+        }
+    }
+}
+
+/// What the runs' medians say about the issue's targets.
+pub struct Inputs<'a> {
+    pub runs: &'a BTreeMap<&'static str, Summary>,
+    pub native_mask_mb_s: f64,
+    pub wasm_sizes: &'a BTreeMap<String, u64>,
+}
+
+/// The CPU per RPC a run adds over another, medians.
+fn cpu(runs: &BTreeMap<&'static str, Summary>, id: &str) -> f64 {
+    runs.get(id).map_or(f64::NAN, |s| s.cpu_us_per_rpc.median)
+}
+
+pub fn targets(inputs: &Inputs<'_>) -> Vec<Target> {
+    let runs = inputs.runs;
+    let a = cpu(runs, "a");
+    let added_b = cpu(runs, "b") - a;
+    let added_c = cpu(runs, "c") - a;
+    let verify_phi = cpu(runs, "e_phi") - cpu(runs, "j");
+    let stream_bytes = runs
+        .get("c_stream")
+        .map_or(f64::NAN, |s| s.response_bytes_per_rpc);
+    let mask_us = cpu(runs, "m_stream") - cpu(runs, "c_stream");
+    let mut out = vec![
+        Target {
+            name: "cached jwt+rbac added CPU vs native (c-a)/(b-a)",
+            measured: added_c / added_b,
+            unit: "x",
+            at_most: true,
+            limit: 1.5,
+            how: format!("phi-guard adds {added_c:.1} µs/RPC, native {added_b:.1} µs/RPC"),
+        },
+        Target {
+            name: "full chain CPU vs passthrough d/a",
+            measured: cpu(runs, "d") / a,
+            unit: "x",
+            at_most: true,
+            limit: 2.0,
+            how: format!("{:.1} vs {a:.1} µs/RPC", cpu(runs, "d")),
+        },
+        Target {
+            name: "uncached RS256 verification in V8 (e_phi-j)",
+            measured: verify_phi,
+            unit: "µs",
+            at_most: true,
+            limit: 300.0,
+            how: format!(
+                "native jwt_authn without cache adds {:.1} µs/RPC (e_native-a)",
+                cpu(runs, "e_native") - a
+            ),
+        },
+        Target {
+            name: "masking in V8 (bytes / (m_stream-c_stream))",
+            measured: stream_bytes / mask_us,
+            unit: "MB/s",
+            at_most: false,
+            limit: 150.0,
+            how: format!("{:.0} KB per RPC, {mask_us:.0} µs/RPC", stream_bytes / 1e3),
+        },
+        Target {
+            name: "masking natively (same messages, same role)",
+            measured: inputs.native_mask_mb_s,
+            unit: "MB/s",
+            at_most: false,
+            limit: 300.0,
+            how: "StreamMasker over the stream's frames, nurse".into(),
+        },
+    ];
+    for (module, bytes) in inputs.wasm_sizes {
+        out.push(Target {
+            name: "wasm module size",
+            measured: *bytes as f64 / 1024.0,
+            unit: "KiB",
+            at_most: true,
+            limit: 1024.0,
+            how: module.clone(),
+        });
+    }
+    out
+}
+
+/// The table of runs, as Markdown (readable as plain text too).
+pub fn markdown_table(runs: &[(Run, &Summary)], baseline: f64) -> String {
+    let mut out = String::from(
+        "| run | config | Envoy CPU µs/RPC (median, min–max) | added over a | RPC/s | p50 ms | p99 ms | Envoy RSS MiB |\n\
+         |---|---|---|---|---|---|---|---|\n",
+    );
+    for (run, s) in runs {
+        let c = s.cpu_us_per_rpc;
+        out.push_str(&format!(
+            "| {} | {} | {:.1} ({:.1}–{:.1}) | {} | {:.0} | {:.2} | {:.2} | {:.0} |\n",
+            run.id,
+            run.label,
+            c.median,
+            c.min,
+            c.max,
+            if run.id == "a" {
+                "–".to_string()
+            } else {
+                format!("{:.1}", c.median - baseline)
+            },
+            s.rps.median,
+            s.p50_us.median / 1e3,
+            s.p99_us.median / 1e3,
+            s.rss_mib.median,
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inbound() -> String {
+        std::fs::read_to_string(crate::repo_root().join("envoy/inbound.yaml")).unwrap()
+    }
+
+    fn filter_names(yaml: &str) -> Vec<String> {
+        let (_, blocks, _) = split_http_filters(yaml).unwrap();
+        blocks.iter().map(|(n, _)| n.to_string()).collect()
+    }
+
+    #[test]
+    fn the_shipped_config_has_the_full_chain() {
+        assert_eq!(
+            filter_names(&inbound()),
+            [
+                "phi_guard.jwt",
+                "phi_guard.rbac",
+                "phi_guard.mask",
+                "phi_guard.audit",
+                "envoy.filters.http.router"
+            ]
+        );
+    }
+
+    #[test]
+    fn variants_differ_only_in_their_http_filters() {
+        let yaml = inbound();
+        let (head, _, tail) = split_http_filters(&yaml).unwrap();
+        for variant in variants() {
+            let rendered = variant.render(&yaml).unwrap();
+            let names = filter_names(&rendered);
+            assert_eq!(names.len(), variant.filters.len() + 1, "{}", variant.id);
+            assert_eq!(names.last().unwrap(), "envoy.filters.http.router");
+            let (h, _, t) = split_http_filters(&rendered).unwrap();
+            assert_eq!(t, tail, "{}", variant.id);
+            if variant.audits() {
+                assert_eq!(h, head);
+            } else {
+                assert!(!h.contains("bootstrap_extensions"), "{}", variant.id);
+                assert!(h.contains("\noverload_manager:\n"), "{}", variant.id);
+                let stripped = without_bootstrap_extensions(&yaml).unwrap();
+                assert_eq!(
+                    h,
+                    split_http_filters(&stripped).unwrap().0,
+                    "{}",
+                    variant.id
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn native_jwt_authn_cache_is_switchable() {
+        let yaml = inbound();
+        let cached = Variant {
+            id: "x",
+            label: "",
+            filters: vec![Filter::NativeJwtAuthn { cache: true }],
+        }
+        .render(&yaml)
+        .unwrap();
+        let uncached = Variant {
+            id: "y",
+            label: "",
+            filters: vec![Filter::NativeJwtAuthn { cache: false }],
+        }
+        .render(&yaml)
+        .unwrap();
+        assert!(cached.contains(JWT_CACHE_LINE));
+        assert!(!uncached.contains(JWT_CACHE_LINE));
+        assert!(uncached.contains("envoy.filters.http.jwt_authn"));
+    }
+
+    #[test]
+    fn native_rbac_names_the_demo_policy_rules() {
+        // The native comparison must authorize what the demo policy authorizes.
+        let policy: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(crate::repo_root().join("filters/rbac/policy.demo.json")).unwrap(),
+        )
+        .unwrap();
+        for rule in policy["rules"].as_array().unwrap() {
+            if rule["action"] == "allow" {
+                let name = rule["name"].as_str().unwrap();
+                assert!(NATIVE_RBAC.contains(&format!("{name}:")), "{name}");
+                for principal in rule["principals"].as_array().unwrap() {
+                    if let Some(id) = principal.as_str() {
+                        assert!(NATIVE_RBAC.contains(id), "{id}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn percentiles_and_spread() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 50.0), 50);
+        assert_eq!(percentile(&v, 99.0), 99);
+        assert_eq!(percentile(&v, 100.0), 100);
+        assert_eq!(percentile(&[], 50.0), 0);
+        let s = Spread::of(&[3.0, 1.0, 2.0, f64::NAN]);
+        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
+        assert_eq!(Spread::of(&[1.0, 2.0, 3.0, 4.0]).median, 2.5);
+    }
+
+    #[test]
+    fn targets_compare_medians() {
+        let summary = |cpu: f64, bytes: f64| Summary {
+            cpu_us_per_rpc: Spread {
+                median: cpu,
+                min: cpu,
+                max: cpu,
+            },
+            rps: Spread::of(&[1.0]),
+            p50_us: Spread::of(&[1.0]),
+            p99_us: Spread::of(&[1.0]),
+            rss_mib: Spread::of(&[1.0]),
+            errors: 0,
+            response_bytes_per_rpc: bytes,
+        };
+        let runs: BTreeMap<&'static str, Summary> = [
+            ("a", summary(40.0, 1e3)),
+            ("b", summary(50.0, 1e3)),
+            ("c", summary(56.0, 1e3)),
+            ("d", summary(90.0, 1e3)),
+            ("j", summary(50.0, 1e3)),
+            ("e_phi", summary(350.0, 1e3)),
+            ("e_native", summary(100.0, 1e3)),
+            ("c_stream", summary(1000.0, 1e6)),
+            ("m_stream", summary(6000.0, 1e6)),
+        ]
+        .into_iter()
+        .collect();
+        let sizes: BTreeMap<String, u64> = [("jwt".to_string(), 900 * 1024)].into_iter().collect();
+        let t = targets(&Inputs {
+            runs: &runs,
+            native_mask_mb_s: 400.0,
+            wasm_sizes: &sizes,
+        });
+        assert_eq!(t[0].measured, 1.6);
+        assert!(!t[0].met());
+        assert!((t[0].miss_factor() - 1.6 / 1.5).abs() < 1e-9);
+        assert_eq!(t[1].measured, 2.25);
+        assert_eq!(t[2].measured, 300.0);
+        assert!(t[2].met());
+        assert_eq!(t[3].measured, 200.0);
+        assert!(t[3].met());
+        assert!(t[4].met());
+        assert!(t[5].met());
+    }
+}

@@ -1,0 +1,623 @@
+//! `phi-bench` (run by `scripts/bench`): phi-guard's cost against Envoy's native filters, on
+//! one machine, in one run.
+//!
+//! It starts the demo stack (backend, an RS256 IdP, the audit collector) and one Envoy per
+//! configuration of [`phi_guard_tools::bench::variants`], all from `envoy/inbound.yaml`, then
+//! drives gRPC over mutual TLS with the demo client certificate through each in turn, rounds
+//! interleaved. Per run it reads Envoy's process CPU from /proc and the client's latencies,
+//! and it prints medians with their spread, the targets, and writes a JSON result file.
+//!
+//! `phi-bench [--rounds N] [--rpcs N] [--quick] [--out FILE]`
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use phi_guard_mask::{Encoding, MaskConfig, StreamMasker};
+use phi_guard_proto::demo::{encounter, PATIENT_ID};
+use phi_guard_proto::health::v1::patient_service_client::PatientServiceClient;
+use phi_guard_proto::health::v1::{GetPatientRequest, ListEncountersRequest};
+use phi_guard_tools::bench::{self, Run, Sample, Summary, Workload, RUNS};
+use phi_guard_tools::client::{self, ClientCert, MtlsTarget};
+use phi_guard_tools::issuer::{self, UserClaims};
+use phi_guard_tools::stack::{self, Envoy, Error, Stack};
+use prost::Message;
+use serde_json::json;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::Channel;
+
+/// The client workload and user every run calls as: the clinic frontend, a nurse.
+const WORKLOAD: (&str, &str, &str) = ("ehr-frontend", "clinic", "ehr-frontend");
+const USER: &str = "nurse";
+/// The large stream: 16 encounters with 32 KiB notes, about 0.5 MB per RPC.
+const STREAM_LIMIT: u32 = 16;
+const STREAM_NOTE_BYTES: u32 = 32 * 1024;
+
+#[derive(Debug, Clone)]
+struct Options {
+    rounds: usize,
+    /// RPCs per measured run with a reused token.
+    rpcs: u64,
+    /// RPCs per run with a fresh token each.
+    fresh_rpcs: u64,
+    /// RPCs per stream run.
+    streams: u64,
+    warmup: u64,
+    concurrency: usize,
+    connections: usize,
+    out: PathBuf,
+}
+
+impl Options {
+    fn parse() -> Result<Options, Error> {
+        let mut o = Options {
+            rounds: 7,
+            rpcs: 4000,
+            fresh_rpcs: 1500,
+            streams: 60,
+            warmup: 300,
+            concurrency: 16,
+            connections: 4,
+            out: phi_guard_tools::repo_root().join("target/bench/results.json"),
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            let mut value = || args.next().ok_or(format!("{arg} needs a value"));
+            match arg.as_str() {
+                "--rounds" => o.rounds = value()?.parse()?,
+                "--rpcs" => o.rpcs = value()?.parse()?,
+                "--out" => o.out = PathBuf::from(value()?),
+                // A smoke run: every config and figure, too few samples to trust.
+                "--quick" => {
+                    o.rounds = 1;
+                    o.rpcs = 300;
+                    o.fresh_rpcs = 100;
+                    o.streams = 8;
+                    o.warmup = 50;
+                }
+                other => return Err(format!("unknown argument {other}").into()),
+            }
+        }
+        if o.rounds == 0 || o.rpcs == 0 {
+            return Err("--rounds and --rpcs must be at least 1".into());
+        }
+        Ok(o)
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("phi-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Everything a run needs to call a variant.
+struct Caller {
+    target: MtlsTarget,
+    cert: PathBuf,
+    key: PathBuf,
+    token: MetadataValue<Ascii>,
+    /// Never-seen tokens for the fresh-token runs, used up in order per variant.
+    fresh: Arc<Vec<MetadataValue<Ascii>>>,
+}
+
+async fn run() -> Result<(), Error> {
+    let options = Options::parse()?;
+    let machine = machine();
+    println!(
+        "phi-bench on {}",
+        machine["summary"].as_str().unwrap_or("?")
+    );
+    let wasm_sizes = wasm_sizes()?;
+
+    let stack = Stack::builder("bench")
+        .rs256_idp()
+        .workload(WORKLOAD.0, WORKLOAD.1, WORKLOAD.2)
+        .start()
+        .await?;
+    let mut envoys = BTreeMap::new();
+    for variant in bench::variants() {
+        let v = variant.clone();
+        let envoy = stack.start_inbound_variant(&format!("bench-{}", v.id), 1, move |yaml| {
+            v.render(&yaml)
+                .expect("variant renders from envoy/inbound.yaml")
+        })?;
+        println!(
+            "  {} {:<48} Envoy pid {}",
+            variant.id,
+            variant.label,
+            envoy.pid().unwrap_or(0)
+        );
+        envoys.insert(variant.id, envoy);
+    }
+
+    let fresh_needed = (options.rounds as u64 * options.fresh_rpcs) as usize;
+    print!("minting {fresh_needed} RS256 tokens for the fresh-token runs… ");
+    let started = Instant::now();
+    let fresh = mint_tokens(&stack, fresh_needed).await?;
+    println!("{:.1}s", started.elapsed().as_secs_f64());
+
+    let leaf = &stack.workload(WORKLOAD.0).leaf;
+    let caller = Caller {
+        target: stack.target(),
+        cert: leaf.cert.clone(),
+        key: leaf.key.clone(),
+        token: format!("Bearer {}", stack.token(USER)).parse()?,
+        fresh: Arc::new(fresh),
+    };
+
+    let native_mask_mb_s = native_mask_throughput(&stack)?;
+    println!("native masking (nurse, {STREAM_LIMIT} x {STREAM_NOTE_BYTES} B notes): {native_mask_mb_s:.0} MB/s");
+
+    // Rounds: every run once per round, the order rotated each round.
+    let mut samples: BTreeMap<&'static str, Vec<Sample>> = BTreeMap::new();
+    let mut fresh_used: BTreeMap<&'static str, usize> = BTreeMap::new();
+    for round in 0..options.rounds {
+        for i in 0..RUNS.len() {
+            let run = RUNS[(i + round) % RUNS.len()];
+            let envoy = &envoys[run.variant];
+            let offset = fresh_used.entry(run.variant).or_default();
+            let sample = measure(&caller, envoy, run, &options, offset).await?;
+            println!(
+                "round {}/{} {:<9} {:>7.1} µs/RPC {:>7.0} RPC/s p99 {:>6.2} ms{}",
+                round + 1,
+                options.rounds,
+                run.id,
+                sample.cpu_us_per_rpc(),
+                sample.rps(),
+                sample.p99_us as f64 / 1e3,
+                if sample.errors > 0 {
+                    format!("  ({} errors)", sample.errors)
+                } else {
+                    String::new()
+                }
+            );
+            samples.entry(run.id).or_default().push(sample);
+        }
+    }
+
+    let rss_per_worker = rss_per_worker(&stack, &caller, &options).await?;
+
+    let summaries: BTreeMap<&'static str, Summary> = samples
+        .iter()
+        .map(|(id, s)| (*id, Summary::of(s)))
+        .collect();
+    let baseline = summaries["a"].cpu_us_per_rpc.median;
+    let rows: Vec<(Run, &Summary)> = RUNS.iter().map(|r| (*r, &summaries[r.id])).collect();
+    println!(
+        "\nEnvoy 1 worker, {} rounds, medians (min–max over rounds):\n",
+        options.rounds
+    );
+    print!("{}", bench::markdown_table(&rows, baseline));
+
+    let targets = bench::targets(&bench::Inputs {
+        runs: &summaries,
+        native_mask_mb_s,
+        wasm_sizes: &wasm_sizes,
+    });
+    println!("\nTargets:\n");
+    for t in &targets {
+        let verdict = if t.met() {
+            "met".to_string()
+        } else {
+            format!("MISSED by {:.2}x", t.miss_factor())
+        };
+        let bound = if t.at_most { "≤" } else { "≥" };
+        println!(
+            "- {}: {:.1} {} ({} {} {}) — {verdict}; {}",
+            t.name, t.measured, t.unit, bound, t.limit, t.unit, t.how
+        );
+    }
+    println!(
+        "- Envoy RSS, full chain: {:.0} MiB with 1 worker; {:+.1} MiB for each further worker ({:.0} MiB with 2); passthrough {:.0} MiB",
+        summaries["d"].rss_mib.median,
+        rss_per_worker.1 - rss_per_worker.0,
+        rss_per_worker.1,
+        summaries["a"].rss_mib.median,
+    );
+    let errors: u64 = summaries.values().map(|s| s.errors).sum();
+    if errors > 0 {
+        println!(
+            "\nWARNING: {errors} RPCs failed during the measured runs; see the per-round lines"
+        );
+    }
+
+    let result = json!({
+        "machine": machine,
+        "options": {
+            "rounds": options.rounds, "rpcs": options.rpcs, "fresh_rpcs": options.fresh_rpcs,
+            "streams": options.streams, "concurrency": options.concurrency,
+            "connections": options.connections,
+            "stream": {"limit": STREAM_LIMIT, "note_bytes": STREAM_NOTE_BYTES},
+        },
+        "variants": bench::variants().iter().map(|v| json!({"id": v.id, "label": v.label})).collect::<Vec<_>>(),
+        "runs": RUNS.iter().map(|r| json!({
+            "id": r.id, "variant": r.variant, "workload": r.workload, "label": r.label,
+            "summary": summaries[r.id], "samples": samples[r.id],
+        })).collect::<Vec<_>>(),
+        "targets": targets.iter().map(|t| json!({
+            "name": t.name, "measured": t.measured, "unit": t.unit, "at_most": t.at_most,
+            "limit": t.limit, "met": t.met(), "detail": t.how,
+        })).collect::<Vec<_>>(),
+        "native_mask_mb_s": native_mask_mb_s,
+        "wasm_bytes": wasm_sizes,
+        "rss_full_chain_mib": {"workers_1": rss_per_worker.0, "workers_2": rss_per_worker.1},
+        "errors": errors,
+    });
+    if let Some(dir) = options.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&options.out, serde_json::to_vec_pretty(&result)?)?;
+    println!("\nresults: {}", options.out.display());
+    if errors > 0 {
+        return Err(format!("{errors} RPCs failed").into());
+    }
+    Ok(())
+}
+
+/// One measured run: warm up, then `n` RPCs with Envoy's CPU read before and after.
+async fn measure(
+    caller: &Caller,
+    envoy: &Envoy,
+    run: Run,
+    options: &Options,
+    fresh_offset: &mut usize,
+) -> Result<Sample, Error> {
+    let pid = envoy.pid().ok_or("Envoy is not running")?;
+    let target = MtlsTarget {
+        endpoint: envoy.listen.to_string(),
+        ..caller.target.clone()
+    };
+    let mut channels = Vec::new();
+    for _ in 0..options.connections {
+        channels.push(
+            client::mtls_channel(
+                &target,
+                Some(ClientCert {
+                    cert: &caller.cert,
+                    key: &caller.key,
+                }),
+            )
+            .await?,
+        );
+    }
+    let (n, concurrency) = match run.workload {
+        Workload::Get => (options.rpcs, options.concurrency),
+        Workload::FreshToken => (options.fresh_rpcs, options.concurrency),
+        // Large messages: fewer in flight, as many as there are connections.
+        Workload::Stream => (options.streams, options.connections),
+    };
+    let warmup = match run.workload {
+        Workload::Stream => options.warmup / 20 + 1,
+        _ => options.warmup,
+    };
+    // Warm-up with the reused token: connections, JIT tiers and caches settle first.
+    let warm = if run.workload == Workload::FreshToken {
+        Workload::Get
+    } else {
+        run.workload
+    };
+    drive(caller, &channels, warm, warmup, concurrency, None).await;
+
+    let fresh = (run.workload == Workload::FreshToken).then(|| {
+        let from = *fresh_offset;
+        *fresh_offset += n as usize;
+        from
+    });
+    let cpu_before = process_cpu_us(pid)?;
+    let started = Instant::now();
+    let outcome = drive(caller, &channels, run.workload, n, concurrency, fresh).await;
+    let wall = started.elapsed();
+    let cpu_after = process_cpu_us(pid)?;
+    let mut latencies = outcome.latencies_us;
+    latencies.sort_unstable();
+    Ok(Sample {
+        rpcs: n,
+        errors: outcome.errors,
+        envoy_cpu_us: cpu_after - cpu_before,
+        wall_s: wall.as_secs_f64(),
+        p50_us: bench::percentile(&latencies, 50.0),
+        p99_us: bench::percentile(&latencies, 99.0),
+        envoy_rss_kib: process_rss_kib(pid)?,
+        response_bytes: outcome.bytes,
+    })
+}
+
+#[derive(Default)]
+struct Outcome {
+    latencies_us: Vec<u64>,
+    errors: u64,
+    bytes: u64,
+}
+
+/// `n` RPCs from `concurrency` callers in a closed loop over `channels`. With `fresh_from`,
+/// RPC k carries fresh token `fresh_from + k`.
+async fn drive(
+    caller: &Caller,
+    channels: &[Channel],
+    workload: Workload,
+    n: u64,
+    concurrency: usize,
+    fresh_from: Option<usize>,
+) -> Outcome {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..concurrency {
+        let mut client = PatientServiceClient::new(channels[i % channels.len()].clone());
+        let next = next.clone();
+        let token = caller.token.clone();
+        let fresh = caller.fresh.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut out = Outcome::default();
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k >= n {
+                    break;
+                }
+                let token = match fresh_from {
+                    Some(from) => fresh[from + k as usize].clone(),
+                    None => token.clone(),
+                };
+                let started = Instant::now();
+                match call(&mut client, workload, token).await {
+                    Ok(bytes) => out.bytes += bytes,
+                    Err(_) => out.errors += 1,
+                }
+                out.latencies_us.push(started.elapsed().as_micros() as u64);
+            }
+            out
+        }));
+    }
+    let mut total = Outcome::default();
+    for task in tasks {
+        match task.await {
+            Ok(out) => {
+                total.latencies_us.extend(out.latencies_us);
+                total.errors += out.errors;
+                total.bytes += out.bytes;
+            }
+            Err(_) => total.errors += 1,
+        }
+    }
+    total
+}
+
+/// One RPC; the response payload bytes received.
+async fn call(
+    client: &mut PatientServiceClient<Channel>,
+    workload: Workload,
+    token: MetadataValue<Ascii>,
+) -> Result<u64, tonic::Status> {
+    match workload {
+        Workload::Get | Workload::FreshToken => {
+            let mut request = tonic::Request::new(GetPatientRequest {
+                patient_id: PATIENT_ID.into(),
+            });
+            request.metadata_mut().insert("authorization", token);
+            let patient = client.get_patient(request).await?.into_inner();
+            Ok(patient.encoded_len() as u64)
+        }
+        Workload::Stream => {
+            let mut request = tonic::Request::new(ListEncountersRequest {
+                patient_id: PATIENT_ID.into(),
+                limit: STREAM_LIMIT,
+                note_bytes: STREAM_NOTE_BYTES,
+            });
+            request.metadata_mut().insert("authorization", token);
+            let mut stream = client.list_encounters(request).await?.into_inner();
+            let mut bytes = 0;
+            while let Some(message) = stream.message().await? {
+                bytes += message.encoded_len() as u64;
+            }
+            Ok(bytes)
+        }
+    }
+}
+
+/// `count` distinct valid tokens for the demo nurse, signed by the stack's RS256 key.
+async fn mint_tokens(stack: &Stack, count: usize) -> Result<Vec<MetadataValue<Ascii>>, Error> {
+    let pem = stack.idp.key.private_pem();
+    let kid = stack.idp.key.kid.clone();
+    let ttl = jwt_simple::prelude::Duration::from_mins(stack::TOKEN_TTL_MINUTES);
+    let threads = 2;
+    let mut tasks = Vec::new();
+    for t in 0..threads {
+        let (pem, kid) = (pem.clone(), kid.clone());
+        tasks.push(tokio::task::spawn_blocking(move || {
+            let key = issuer::SigningKey::rs256_from_pem(&kid, &pem)?;
+            let mut claims = UserClaims::user(USER, &["nurse"]);
+            (t..count)
+                .step_by(threads)
+                .map(|i| {
+                    // A distinct subject suffix makes every token (and its signature) new.
+                    claims.subject = format!("{USER}-{i}");
+                    let token = key.mint(&claims, issuer::AUDIENCE, ttl);
+                    Ok(format!("Bearer {token}").parse()?)
+                })
+                .collect::<Result<Vec<_>, Error>>()
+        }));
+    }
+    let mut tokens = Vec::with_capacity(count);
+    for task in tasks {
+        tokens.extend(task.await??);
+    }
+    Ok(tokens)
+}
+
+/// The mask filter's own code, natively, over the stream runs' messages as the nurse sees
+/// them: bytes in per second.
+fn native_mask_throughput(stack: &Stack) -> Result<f64, Error> {
+    let yaml = std::fs::read_to_string(&stack.inbound.config)?;
+    let config_json = stack::embedded_filter_config(&yaml, "mask").ok_or("no mask config")?;
+    let key = std::fs::read_to_string(&stack.mask_key)?;
+    let config = MaskConfig::parse(&serde_json::to_vec(&config_json)?, &|_| Some(key.clone()))
+        .map_err(|e| format!("mask config: {e}"))?;
+    let method = config
+        .plans
+        .method("health.v1.PatientService/ListEncounters")
+        .ok_or("ListEncounters not in the descriptor set")?;
+    let mut stream = Vec::new();
+    for i in 0..STREAM_LIMIT {
+        let message = encounter(i, STREAM_NOTE_BYTES).encode_to_vec();
+        stream.push(0);
+        stream.extend((message.len() as u32).to_be_bytes());
+        stream.extend(message);
+    }
+    let (_, block) = config.policy.for_role(Some("nurse"));
+    let rewriter = config.rewriter(block);
+    let mut bytes = 0u64;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1500) {
+        let mut masker = StreamMasker::new(method, Encoding::Identity, config.max_message_bytes);
+        // Envoy hands the filter DATA frames of up to 16 KiB.
+        for chunk in stream.chunks(16 * 1024) {
+            std::hint::black_box(masker.feed(&rewriter, chunk).map_err(|e| e.to_string())?);
+        }
+        masker.finish().map_err(|e| e.to_string())?;
+        bytes += stream.len() as u64;
+    }
+    Ok(bytes as f64 / started.elapsed().as_secs_f64() / 1e6)
+}
+
+/// Full-chain Envoy RSS with 1 and with 2 workers, each after the same load (MiB): each
+/// worker holds its own V8 isolates and filter instances.
+async fn rss_per_worker(
+    stack: &Stack,
+    caller: &Caller,
+    options: &Options,
+) -> Result<(f64, f64), Error> {
+    let full = bench::variants()
+        .into_iter()
+        .find(|v| v.id == "d")
+        .ok_or("no full-chain variant")?;
+    let mut rss = Vec::new();
+    for workers in [1, 2] {
+        let v = full.clone();
+        let envoy =
+            stack.start_inbound_variant(&format!("bench-d-{workers}w"), workers, move |yaml| {
+                v.render(&yaml).expect("variant renders")
+            })?;
+        let run = Run {
+            id: "rss",
+            variant: "d",
+            workload: Workload::Get,
+            label: "",
+        };
+        // Enough connections that every worker gets some.
+        let opts = Options {
+            connections: 8,
+            ..options.clone()
+        };
+        measure(caller, &envoy, run, &opts, &mut 0).await?;
+        rss.push(process_rss_kib(envoy.pid().ok_or("Envoy is not running")?)? as f64 / 1024.0);
+    }
+    Ok((rss[0], rss[1]))
+}
+
+/// User + system CPU of a process, all threads, from /proc/PID/stat (µs).
+fn process_cpu_us(pid: u32) -> Result<f64, Error> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .ok_or("malformed /proc stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    Ok(ticks as f64 * 1e6 / clock_ticks_per_second() as f64)
+}
+
+fn clock_ticks_per_second() -> u64 {
+    static TCK: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TCK.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100)
+    })
+}
+
+fn process_rss_kib(pid: u32) -> Result<u64, Error> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| "no VmRSS".into())
+}
+
+/// Each filter module's size.
+fn wasm_sizes() -> Result<BTreeMap<String, u64>, Error> {
+    let dir = stack::wasm_dir()?;
+    let mut sizes = BTreeMap::new();
+    for entry in std::fs::read_dir(&dir)? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if name.starts_with("phi_guard_") && name.ends_with(".wasm") {
+            sizes.insert(name.to_string(), std::fs::metadata(&path)?.len());
+        }
+    }
+    Ok(sizes)
+}
+
+/// What the numbers came from.
+fn machine() -> serde_json::Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    let envoy = stack::envoy_binary()
+        .ok()
+        .and_then(|bin| {
+            std::process::Command::new(bin)
+                .arg("--version")
+                .output()
+                .ok()
+        })
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let envoy_version = envoy
+        .split_whitespace()
+        .find(|w| w.contains('/') && w.chars().next().is_some_and(|c| c.is_ascii_hexdigit()))
+        .unwrap_or(&envoy)
+        .to_string();
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(phi_guard_tools::repo_root())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    json!({
+        "summary": format!("{model}, {cores} cores, {memory_gib:.0} GiB, Linux {}, Envoy {envoy_version}", kernel.trim()),
+        "cpu": model,
+        "cores": cores,
+        "memory_gib": memory_gib,
+        "kernel": kernel.trim(),
+        "envoy": envoy,
+        "commit": commit,
+        "date_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+    })
+}
