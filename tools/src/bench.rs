@@ -123,6 +123,11 @@ pub fn variants() -> Vec<Variant> {
             label: "phi-guard jwt + rbac + mask",
             filters: vec![PhiGuard("jwt"), PhiGuard("rbac"), PhiGuard("mask")],
         },
+        Variant {
+            id: "u",
+            label: "phi-guard jwt + rbac + audit",
+            filters: vec![PhiGuard("jwt"), PhiGuard("rbac"), PhiGuard("audit")],
+        },
     ]
 }
 
@@ -151,7 +156,7 @@ pub struct Run {
 
 /// The runs of one round, in the order they run; rounds repeat them (rotated) so that slow
 /// drift of the machine spreads over every config.
-pub const RUNS: [Run; 9] = [
+pub const RUNS: [Run; 11] = [
     Run {
         id: "a",
         variant: "a",
@@ -175,6 +180,18 @@ pub const RUNS: [Run; 9] = [
         variant: "d",
         workload: Workload::Get,
         label: "phi-guard full chain",
+    },
+    Run {
+        id: "m",
+        variant: "m",
+        workload: Workload::Get,
+        label: "phi-guard jwt + rbac + mask",
+    },
+    Run {
+        id: "u",
+        variant: "u",
+        workload: Workload::Get,
+        label: "phi-guard jwt + rbac + audit",
     },
     Run {
         id: "j",

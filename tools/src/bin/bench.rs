@@ -7,7 +7,9 @@
 //! interleaved. Per run it reads Envoy's process CPU from /proc and the client's latencies,
 //! and it prints medians with their spread, the targets, and writes a JSON result file.
 //!
-//! `phi-bench [--rounds N] [--rpcs N] [--quick] [--out FILE]`
+//! `phi-bench [--rounds N] [--rpcs N] [--quick] [--only RUN,..] [--out FILE]`
+//!
+//! `--only` measures some runs (ids as in the table) and skips the summary of targets.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -48,6 +50,8 @@ struct Options {
     concurrency: usize,
     connections: usize,
     out: PathBuf,
+    /// Run ids to measure (default: all), for looking at one config closely.
+    only: Option<Vec<String>>,
 }
 
 impl Options {
@@ -61,6 +65,7 @@ impl Options {
             concurrency: 16,
             connections: 4,
             out: phi_guard_tools::repo_root().join("target/bench/results.json"),
+            only: None,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -69,6 +74,7 @@ impl Options {
                 "--rounds" => o.rounds = value()?.parse()?,
                 "--rpcs" => o.rpcs = value()?.parse()?,
                 "--out" => o.out = PathBuf::from(value()?),
+                "--only" => o.only = Some(value()?.split(',').map(str::to_string).collect()),
                 // A smoke run: every config and figure, too few samples to trust.
                 "--quick" => {
                     o.rounds = 1;
@@ -159,6 +165,11 @@ async fn run() -> Result<(), Error> {
     for round in 0..options.rounds {
         for i in 0..RUNS.len() {
             let run = RUNS[(i + round) % RUNS.len()];
+            if let Some(only) = &options.only {
+                if !only.iter().any(|id| id == run.id) {
+                    continue;
+                }
+            }
             let envoy = &envoys[run.variant];
             let offset = fresh_used.entry(run.variant).or_default();
             let sample = measure(&caller, envoy, run, &options, offset).await?;
@@ -180,6 +191,9 @@ async fn run() -> Result<(), Error> {
         }
     }
 
+    if options.only.is_some() {
+        return Ok(());
+    }
     let rss_per_worker = rss_per_worker(&stack, &caller, &options).await?;
 
     let summaries: BTreeMap<&'static str, Summary> = samples
