@@ -5,7 +5,7 @@
 use phi_guard_common::{GrpcMethod, Identity, UnixSeconds};
 
 use crate::binding;
-use crate::cache::{self, TokenCache};
+use crate::cache::TokenCache;
 use crate::config::{Config, JwksSource, Requirement, TokenSource};
 use crate::jwks::{Fetched, JwksCache};
 use crate::keys::{JwksError, KeySet};
@@ -178,7 +178,7 @@ impl Engine {
         let provider = &self.config.providers[index];
         let strip_header =
             (!provider.forward).then(|| provider.token_source.header_name().to_string());
-        let digest = cache::digest(token);
+        let digest = self.cache.digest(token);
         if let Some(hit) = self.cache.get(index, &digest, now) {
             return Attempt::Done(match verify::recheck(hit, now, peer) {
                 Ok(()) => Outcome::Verified {
