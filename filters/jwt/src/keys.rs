@@ -3,14 +3,22 @@
 //! A key is bound to exactly one algorithm when it is loaded, so the token's `alg` can only
 //! pick among keys the operator allowed: an RSA key never verifies an HS256 token (the classic
 //! alg-confusion attack, HMAC keyed with the RSA public key bytes), an EC P-256 key only
-//! verifies ES256. The crypto is jwt-simple's (pure Rust, builds for wasm32).
+//! verifies ES256.
+//!
+//! The crypto is RustCrypto's and ed25519-compact's (pure Rust, builds for wasm32), called only
+//! through their verify APIs: `rsa` (PKCS#1 v1.5 and PSS), `p256`/`p384` (ECDSA), and
+//! `hmac-sha256`. Keys are built once, when the JWK is loaded (for RSA that includes the
+//! Montgomery parameters of the modulus); a verification only hashes and checks.
 
 use std::fmt;
+use std::ops::RangeInclusive;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use jwt_simple::prelude::*;
+use rsa::signature::{self, Verifier};
+use rsa::{pkcs1v15, pss, BoxedUint};
 use serde_json::{Map, Value};
+use sha2::{Sha256, Sha384, Sha512};
 
 use crate::json::{self, JsonError};
 
@@ -89,25 +97,27 @@ impl fmt::Display for Alg {
 /// Why the signature step refused a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SignatureError {
-    /// The signature does not verify.
+    /// The signature does not verify (including a signature of the wrong length or encoding).
     Invalid,
-    /// The signature verified but jwt-simple could not read the claims it checks itself.
-    ClaimsUnreadable,
 }
+
+/// The HS256 secret. Verification recomputes the MAC and compares in constant time.
+#[derive(Clone)]
+pub struct Hs256Secret(Vec<u8>);
 
 /// One key bound to one algorithm.
 #[derive(Clone)]
 pub enum VerifyKey {
-    RS256(RS256PublicKey),
-    RS384(RS384PublicKey),
-    RS512(RS512PublicKey),
-    PS256(PS256PublicKey),
-    PS384(PS384PublicKey),
-    PS512(PS512PublicKey),
-    ES256(ES256PublicKey),
-    ES384(ES384PublicKey),
-    EdDSA(Ed25519PublicKey),
-    HS256(HS256Key),
+    RS256(pkcs1v15::VerifyingKey<Sha256>),
+    RS384(pkcs1v15::VerifyingKey<Sha384>),
+    RS512(pkcs1v15::VerifyingKey<Sha512>),
+    PS256(pss::VerifyingKey<Sha256>),
+    PS384(pss::VerifyingKey<Sha384>),
+    PS512(pss::VerifyingKey<Sha512>),
+    ES256(p256::ecdsa::VerifyingKey),
+    ES384(p384::ecdsa::VerifyingKey),
+    EdDSA(ed25519_compact::PublicKey),
+    HS256(Hs256Secret),
 }
 
 impl fmt::Debug for VerifyKey {
@@ -117,19 +127,16 @@ impl fmt::Debug for VerifyKey {
     }
 }
 
-/// jwt-simple also checks claims; the filter checks them itself against the host clock with
-/// specific reasons, so jwt-simple's own checks are switched off: time frozen at 0 with no
-/// tolerance (`exp >= 0` always holds), future tokens accepted, no size limits (the filter
-/// enforces `max_token_bytes` before parsing). It never reads the VM clock this way.
-fn signature_only_options() -> VerificationOptions {
-    VerificationOptions {
-        accept_future: true,
-        time_tolerance: Some(Duration::from_secs(0)),
-        artificial_time: Some(UnixTimeStamp::from_secs(0)),
-        max_token_length: None,
-        max_header_length: Some(usize::MAX),
-        ..Default::default()
-    }
+/// Runs a `signature::Verifier` on a signature parsed from the token's bytes (parsing checks
+/// the length where the scheme fixes one): any failure is [`SignatureError::Invalid`].
+fn check<S, V: Verifier<S>>(
+    key: &V,
+    signing_input: &[u8],
+    signature: Result<S, signature::Error>,
+) -> Result<(), SignatureError> {
+    let signature = signature.map_err(|_| SignatureError::Invalid)?;
+    key.verify(signing_input, &signature)
+        .map_err(|_| SignatureError::Invalid)
 }
 
 impl VerifyKey {
@@ -149,52 +156,62 @@ impl VerifyKey {
     }
 
     pub fn hs256(secret: &[u8]) -> Self {
-        VerifyKey::HS256(HS256Key::from_bytes(secret))
+        VerifyKey::HS256(Hs256Secret(secret.to_vec()))
     }
 
-    /// Verifies the compact token's signature. The caller has already parsed the token
-    /// strictly, so whatever jwt-simple refuses before the signature is a signature failure.
-    pub fn verify_signature(&self, token: &str) -> Result<(), SignatureError> {
-        let options = Some(signature_only_options());
-        let result = match self {
-            VerifyKey::RS256(k) => k.verify_token::<NoCustomClaims>(token, options).map(drop),
-            VerifyKey::RS384(k) => k.verify_token::<NoCustomClaims>(token, options).map(drop),
-            VerifyKey::RS512(k) => k.verify_token::<NoCustomClaims>(token, options).map(drop),
-            VerifyKey::PS256(k) => k.verify_token::<NoCustomClaims>(token, options).map(drop),
-            VerifyKey::PS384(k) => k.verify_token::<NoCustomClaims>(token, options).map(drop),
-            VerifyKey::PS512(k) => k.verify_token::<NoCustomClaims>(token, options).map(drop),
-            VerifyKey::ES256(k) => k.verify_token::<NoCustomClaims>(token, options).map(drop),
-            VerifyKey::ES384(k) => k.verify_token::<NoCustomClaims>(token, options).map(drop),
-            VerifyKey::EdDSA(k) => k.verify_token::<NoCustomClaims>(token, options).map(drop),
-            VerifyKey::HS256(k) => k.verify_token::<NoCustomClaims>(token, options).map(drop),
-        };
-        result.map_err(|e| {
-            // Claims are deserialised only after the signature checked out.
-            if e.downcast_ref::<serde_json::Error>().is_some() {
-                SignatureError::ClaimsUnreadable
-            } else {
-                SignatureError::Invalid
+    /// Verifies a JWS signature: `signing_input` is the token's `header.payload` (ASCII, as
+    /// sent), `signature` the decoded third segment. The caller has parsed the token strictly
+    /// and picked this key for the token's `alg`.
+    ///
+    /// Signature formats (RFC 7518): RSA signatures are exactly the modulus length (the `rsa`
+    /// crate checks); ECDSA signatures are raw `r || s`, 64 bytes for ES256 and 96 for ES384
+    /// (DER or any other length is refused); Ed25519 signatures are 64 bytes, HS256 tags 32.
+    pub fn verify_signature(
+        &self,
+        signing_input: &[u8],
+        signature: &[u8],
+    ) -> Result<(), SignatureError> {
+        let msg = signing_input;
+        match self {
+            VerifyKey::RS256(k) => check(k, msg, pkcs1v15::Signature::try_from(signature)),
+            VerifyKey::RS384(k) => check(k, msg, pkcs1v15::Signature::try_from(signature)),
+            VerifyKey::RS512(k) => check(k, msg, pkcs1v15::Signature::try_from(signature)),
+            VerifyKey::PS256(k) => check(k, msg, pss::Signature::try_from(signature)),
+            VerifyKey::PS384(k) => check(k, msg, pss::Signature::try_from(signature)),
+            VerifyKey::PS512(k) => check(k, msg, pss::Signature::try_from(signature)),
+            // `from_slice` takes exactly 2 * 32 (2 * 48) bytes with r and s in [1, n-1].
+            VerifyKey::ES256(k) => check(k, msg, p256::ecdsa::Signature::from_slice(signature)),
+            VerifyKey::ES384(k) => check(k, msg, p384::ecdsa::Signature::from_slice(signature)),
+            VerifyKey::EdDSA(k) => {
+                let signature = ed25519_compact::Signature::from_slice(signature)
+                    .map_err(|_| SignatureError::Invalid)?;
+                k.verify(msg, &signature)
+                    .map_err(|_| SignatureError::Invalid)
             }
-        })
+            VerifyKey::HS256(Hs256Secret(secret)) => {
+                let tag: &[u8; 32] = signature.try_into().map_err(|_| SignatureError::Invalid)?;
+                // Constant-time comparison of the recomputed tag.
+                if hmac_sha256::HMAC::verify(msg, secret, tag) {
+                    Ok(())
+                } else {
+                    Err(SignatureError::Invalid)
+                }
+            }
+        }
     }
 
-    /// Builds the key for `alg` from a minimal public JWK document; `None` if the JWK does not
-    /// describe a valid public key of the type `alg` needs.
-    fn from_jwk(alg: Alg, jwk: &str) -> Option<Self> {
-        let key = match alg {
-            Alg::RS256 => VerifyKey::RS256(RS256PublicKey::from_jwk(jwk).ok()?),
-            Alg::RS384 => VerifyKey::RS384(RS384PublicKey::from_jwk(jwk).ok()?),
-            Alg::RS512 => VerifyKey::RS512(RS512PublicKey::from_jwk(jwk).ok()?),
-            Alg::PS256 => VerifyKey::PS256(PS256PublicKey::from_jwk(jwk).ok()?),
-            Alg::PS384 => VerifyKey::PS384(PS384PublicKey::from_jwk(jwk).ok()?),
-            Alg::PS512 => VerifyKey::PS512(PS512PublicKey::from_jwk(jwk).ok()?),
-            Alg::ES256 => VerifyKey::ES256(ES256PublicKey::from_jwk(jwk).ok()?),
-            Alg::ES384 => VerifyKey::ES384(ES384PublicKey::from_jwk(jwk).ok()?),
-            Alg::EdDSA => VerifyKey::EdDSA(Ed25519PublicKey::from_jwk(jwk).ok()?),
-            // Symmetric keys never come from a JWKS: a published HMAC key is no key at all.
-            Alg::HS256 => return None,
-        };
-        Some(key)
+    /// The key for RSA algorithm `alg` around an already built public key.
+    fn rsa(alg: Alg, key: rsa::PublicKey) -> Option<Self> {
+        Some(match alg {
+            Alg::RS256 => VerifyKey::RS256(pkcs1v15::VerifyingKey::new(key)),
+            Alg::RS384 => VerifyKey::RS384(pkcs1v15::VerifyingKey::new(key)),
+            Alg::RS512 => VerifyKey::RS512(pkcs1v15::VerifyingKey::new(key)),
+            // RFC 7518 §3.5: the salt is as long as the hash output (`new` does that).
+            Alg::PS256 => VerifyKey::PS256(pss::VerifyingKey::new(key)),
+            Alg::PS384 => VerifyKey::PS384(pss::VerifyingKey::new(key)),
+            Alg::PS512 => VerifyKey::PS512(pss::VerifyingKey::new(key)),
+            _ => return None,
+        })
     }
 }
 
@@ -245,13 +262,28 @@ impl fmt::Display for JwksError {
 /// memory if the endpoint misbehaves.
 pub const MAX_JWKS_BYTES: usize = 256 * 1024;
 
-/// RSA moduli below 2048 bits are refused (NIST SP 800-131A).
-const MIN_RSA_MODULUS_BYTES: usize = 256;
+/// RSA modulus sizes accepted: below 2048 bits is refused (NIST SP 800-131A); above 4096 bits
+/// only costs verification time (and no mainstream issuer uses such keys).
+const RSA_MODULUS_BITS: RangeInclusive<usize> = 2048..=4096;
 
-/// Members copied into the minimal JWK handed to jwt-simple. Everything else (x5c chains,
-/// vendor extensions) is dropped: it plays no part in verification and would only count
-/// against jwt-simple's JWK size limit.
-const JWK_MEMBERS: [&str; 9] = ["kty", "crv", "alg", "use", "key_ops", "n", "e", "x", "y"];
+/// The only RSA public exponent accepted, 65537, in its one canonical JWK spelling.
+const RSA_EXPONENT_B64: &str = "AQAB";
+
+/// Members that carry key material. A public key of type `kty` may carry only its own public
+/// members (`kty_members`); anything else (private members, another type's material) means the
+/// JWK is not a plain public key and it is skipped.
+const MATERIAL_MEMBERS: [&str; 15] = [
+    "crv", "x", "y", "d", "n", "e", "p", "q", "dp", "dq", "qi", "oth", "k", "pub", "priv",
+];
+
+fn kty_members(kty: &str) -> &'static [&'static str] {
+    match kty {
+        "RSA" => &["n", "e"],
+        "EC" => &["crv", "x", "y"],
+        "OKP" => &["crv", "x"],
+        _ => &[],
+    }
+}
 
 /// A parsed JWK set.
 #[derive(Debug, Clone, Default)]
@@ -364,30 +396,105 @@ fn load_jwk(jwk: &Map<String, Value>, allowed: &[Alg]) -> Option<Jwk> {
             _ => false,
         })
         .collect();
-    if candidates.is_empty() {
+    if candidates.is_empty() || !is_public_signature_key(jwk, kty) {
         return None;
     }
-    if kty == "RSA" {
-        let n = URL_SAFE_NO_PAD.decode(jwk.get("n")?.as_str()?).ok()?;
-        let significant = n.iter().skip_while(|b| **b == 0).count();
-        if significant < MIN_RSA_MODULUS_BYTES {
-            return None;
+    let keys: Vec<VerifyKey> = match (kty, crv) {
+        ("RSA", _) => {
+            // Built once (modulus checks and Montgomery parameters), shared by every RSA
+            // algorithm the key serves.
+            let key = rsa_public_key(jwk)?;
+            candidates
+                .into_iter()
+                .filter_map(|alg| VerifyKey::rsa(alg, key.clone()))
+                .collect()
         }
-    }
-    let minimal: Map<String, Value> = JWK_MEMBERS
-        .iter()
-        .filter_map(|name| jwk.get(*name).map(|v| ((*name).to_string(), v.clone())))
-        .collect();
-    // jwt-simple checks `use`, `key_ops` and private members; a key it refuses is skipped.
-    let minimal = serde_json::to_string(&minimal).ok()?;
-    let keys: Vec<VerifyKey> = candidates
-        .into_iter()
-        .filter_map(|alg| VerifyKey::from_jwk(alg, &minimal))
-        .collect();
+        ("EC", Some("P-256")) => {
+            let point = ec_point(jwk, 32)?;
+            vec![VerifyKey::ES256(
+                p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).ok()?,
+            )]
+        }
+        ("EC", Some("P-384")) => {
+            let point = ec_point(jwk, 48)?;
+            vec![VerifyKey::ES384(
+                p384::ecdsa::VerifyingKey::from_sec1_bytes(&point).ok()?,
+            )]
+        }
+        ("OKP", Some("Ed25519")) => {
+            let x = fixed(jwk, "x", ed25519_compact::PublicKey::BYTES)?;
+            let key = ed25519_compact::PublicKey::from_slice(&x).ok()?;
+            // A non-canonical or small-order point can never verify anything.
+            key.validate().ok()?;
+            vec![VerifyKey::EdDSA(key)]
+        }
+        _ => return None,
+    };
     if keys.is_empty() {
         return None;
     }
     Some(Jwk { kid, keys })
+}
+
+/// The JWK is a public key meant for verifying signatures: no key material beyond its type's
+/// public members, `use` (if present) `sig`, `key_ops` (if present) only `verify`, once.
+fn is_public_signature_key(jwk: &Map<String, Value>, kty: &str) -> bool {
+    let own = kty_members(kty);
+    if MATERIAL_MEMBERS
+        .iter()
+        .any(|name| jwk.contains_key(*name) && !own.contains(name))
+    {
+        return false;
+    }
+    match jwk.get("use") {
+        None => {}
+        Some(Value::String(key_use)) if key_use == "sig" => {}
+        Some(_) => return false,
+    }
+    match jwk.get("key_ops") {
+        None => true,
+        Some(Value::Array(ops)) => {
+            ops.iter().all(|op| op.as_str() == Some("verify")) && ops.len() <= 1
+        }
+        Some(_) => false,
+    }
+}
+
+/// A base64url member (canonical, unpadded) decoding to exactly `len` bytes.
+fn fixed(jwk: &Map<String, Value>, name: &str, len: usize) -> Option<Vec<u8>> {
+    let bytes = URL_SAFE_NO_PAD.decode(jwk.get(name)?.as_str()?).ok()?;
+    (bytes.len() == len).then_some(bytes)
+}
+
+/// The uncompressed SEC1 point `04 || x || y` of an EC JWK whose coordinates are each
+/// `size` bytes (RFC 7518 §6.2.1.2: full length, leading zeros kept).
+fn ec_point(jwk: &Map<String, Value>, size: usize) -> Option<Vec<u8>> {
+    let mut point = Vec::with_capacity(1 + 2 * size);
+    point.push(0x04);
+    point.extend(fixed(jwk, "x", size)?);
+    point.extend(fixed(jwk, "y", size)?);
+    Some(point)
+}
+
+/// The RSA public key of a JWK: `e` exactly `AQAB` (65537), `n` 2048 to 4096 bits, odd.
+/// `n` may carry one leading zero byte before a high bit (Java's `BigInteger` sign byte, which
+/// some issuers publish); any other leading zero is refused.
+fn rsa_public_key(jwk: &Map<String, Value>) -> Option<rsa::PublicKey> {
+    if jwk.get("e")?.as_str()? != RSA_EXPONENT_B64 {
+        return None;
+    }
+    let n = URL_SAFE_NO_PAD.decode(jwk.get("n")?.as_str()?).ok()?;
+    let n = match n.as_slice() {
+        [0, top, ..] if top & 0x80 != 0 => &n[1..],
+        n => n,
+    };
+    if n.first().is_none_or(|top| *top == 0) || n.len() > RSA_MODULUS_BITS.end() / 8 {
+        return None;
+    }
+    let n = BoxedUint::from_be_slice_vartime(n);
+    let e = BoxedUint::from(65_537u32);
+    // Checks the size range, that n is odd and that e is in range.
+    rsa::PublicKey::new_with_size_limits(n, e, RSA_MODULUS_BITS).ok()
 }
 
 #[cfg(test)]
@@ -489,5 +596,247 @@ mod tests {
             KeySet::parse(jwks.as_bytes(), &[Alg::ES256]).unwrap_err(),
             JwksError::NoUsableKeys
         );
+    }
+
+    /// The fixture JWK with `kid`, as a JSON object to edit.
+    fn fixture_jwk(kid: &str) -> Map<String, Value> {
+        testkit::fixtures()["jwks"]["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kid"] == kid)
+            .unwrap()
+            .as_object()
+            .unwrap()
+            .clone()
+    }
+
+    fn with(mut jwk: Map<String, Value>, name: &str, value: Value) -> Map<String, Value> {
+        jwk.insert(name.to_string(), value);
+        jwk
+    }
+
+    fn loads(jwk: &Map<String, Value>) -> bool {
+        let doc = serde_json::json!({ "keys": [jwk] }).to_string();
+        KeySet::parse(doc.as_bytes(), &Alg::ALL).is_ok()
+    }
+
+    /// The parsed fixture token for `alg` and the key its `kid` selects in the fixture JWKS.
+    fn fixture_case(alg: &str) -> (String, Vec<u8>, VerifyKey) {
+        let f = testkit::fixtures();
+        let entry = f["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["alg"] == alg)
+            .unwrap();
+        let token = crate::token::parse(entry["token"].as_str().unwrap(), 8192).unwrap();
+        let set = KeySet::parse(testkit::fixture_jwks().as_bytes(), &Alg::ALL).unwrap();
+        let key = set.select(token.kid.as_deref(), token.alg).unwrap().clone();
+        (token.signing_input.to_string(), token.signature, key)
+    }
+
+    fn decode(b64: &str) -> Vec<u8> {
+        URL_SAFE_NO_PAD.decode(b64).unwrap()
+    }
+
+    #[test]
+    fn rsa_keys_need_exponent_65537_and_a_2048_to_4096_bit_odd_modulus() {
+        let rsa = fixture_jwk("rs256");
+        assert!(loads(&rsa));
+        for e in ["Aw", "AQAD", "AAEAAQ", "AQAB=", ""] {
+            assert!(!loads(&with(rsa.clone(), "e", e.into())), "e={e}");
+        }
+        assert!(!loads(&with(rsa.clone(), "e", 65537.into())));
+
+        let n = decode(rsa["n"].as_str().unwrap());
+        assert!(n[0] & 0x80 != 0, "the fixture modulus has its top bit set");
+        let n_with = |bytes: &[u8]| with(rsa.clone(), "n", testkit::b64(bytes).into());
+        // Java's BigInteger sign byte before a high bit is accepted; other leading zeros not.
+        assert!(loads(&n_with(&[&[0u8][..], &n].concat())));
+        assert!(!loads(&n_with(&[&[0u8, 0][..], &n].concat())));
+        let mut small = n.clone();
+        small[0] = 0x01;
+        assert!(!loads(&n_with(&small[1..])), "2040 bits");
+        let mut even = n.clone();
+        *even.last_mut().unwrap() &= 0xfe;
+        assert!(!loads(&n_with(&even)));
+        let mut top = vec![0xffu8; 512];
+        assert!(loads(&n_with(&top)), "4096 bits");
+        top.insert(0, 0x01);
+        assert!(!loads(&n_with(&top)), "4097 bits");
+    }
+
+    #[test]
+    fn only_plain_public_signature_keys_are_loaded() {
+        for kid in ["rs256", "es256", "es384", "eddsa"] {
+            let jwk = fixture_jwk(kid);
+            assert!(loads(&jwk), "{kid}");
+            // Private members, or another key type's material: not a public key.
+            for member in ["d", "p", "k", "priv", "n", "x", "y"] {
+                if jwk.contains_key(member) {
+                    continue;
+                }
+                assert!(
+                    !loads(&with(jwk.clone(), member, "AQAB".into())),
+                    "{kid} {member}"
+                );
+            }
+            assert!(!loads(&with(jwk.clone(), "use", "enc".into())), "{kid}");
+            assert!(
+                !loads(&with(jwk.clone(), "use", json_list(&["sig"]))),
+                "{kid}"
+            );
+            assert!(
+                loads(&with(jwk.clone(), "key_ops", json_list(&[]))),
+                "{kid}"
+            );
+            for ops in [&["sign"][..], &["verify", "verify"], &["verify", "encrypt"]] {
+                assert!(
+                    !loads(&with(jwk.clone(), "key_ops", json_list(ops))),
+                    "{kid} {ops:?}"
+                );
+            }
+            assert!(
+                !loads(&with(jwk.clone(), "key_ops", "verify".into())),
+                "{kid}"
+            );
+        }
+    }
+
+    fn json_list(items: &[&str]) -> Value {
+        Value::Array(items.iter().map(|s| Value::from(*s)).collect())
+    }
+
+    #[test]
+    fn curve_points_are_checked_when_loaded() {
+        for (kid, size) in [("es256", 32), ("es384", 48)] {
+            let jwk = fixture_jwk(kid);
+            let x = decode(jwk["x"].as_str().unwrap());
+            assert_eq!(x.len(), size);
+            // Coordinates must be full length: a stripped leading byte is refused.
+            assert!(!loads(&with(
+                jwk.clone(),
+                "x",
+                testkit::b64(&x[1..]).into()
+            )));
+            assert!(!loads(&with(
+                jwk.clone(),
+                "x",
+                testkit::b64([&x[..], &[0]].concat()).into()
+            )));
+            // Off the curve.
+            let mut off = x.clone();
+            off[size - 1] ^= 1;
+            assert!(
+                !loads(&with(jwk.clone(), "x", testkit::b64(&off).into())),
+                "{kid}"
+            );
+            // P-256 coordinates under P-384 and the other way round.
+            let other = if kid == "es256" { "P-384" } else { "P-256" };
+            assert!(!loads(&with(jwk.clone(), "crv", other.into())), "{kid}");
+        }
+        let ed = fixture_jwk("eddsa");
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        assert!(!loads(&with(
+            ed.clone(),
+            "x",
+            testkit::b64(identity).into()
+        )));
+        assert!(!loads(&with(ed, "x", testkit::b64([0u8; 31]).into())));
+    }
+
+    #[test]
+    fn every_fixture_signature_verifies_and_wrong_encodings_do_not() {
+        for alg in Alg::ALL.into_iter().filter(|a| *a != Alg::HS256) {
+            let (input, signature, key) = fixture_case(alg.name());
+            assert_eq!(key.alg(), alg);
+            assert_eq!(key.verify_signature(input.as_bytes(), &signature), Ok(()));
+            let invalid = Err(SignatureError::Invalid);
+            let mut other_input = input.clone().into_bytes();
+            other_input.push(b'x');
+            assert_eq!(
+                key.verify_signature(&other_input, &signature),
+                invalid,
+                "{alg}"
+            );
+            let longer = [&[0u8][..], &signature].concat();
+            assert_eq!(
+                key.verify_signature(input.as_bytes(), &longer),
+                invalid,
+                "{alg}"
+            );
+            assert_eq!(
+                key.verify_signature(input.as_bytes(), &signature[1..]),
+                invalid
+            );
+            assert_eq!(
+                key.verify_signature(input.as_bytes(), &[]),
+                invalid,
+                "{alg}"
+            );
+        }
+    }
+
+    /// ASN.1 DER `SEQUENCE { INTEGER r, INTEGER s }` of a raw `r || s` signature.
+    fn der(raw: &[u8]) -> Vec<u8> {
+        let integer = |x: &[u8]| {
+            let x = &x[x.iter().take_while(|b| **b == 0).count()..];
+            let pad = x[0] & 0x80 != 0;
+            let mut out = vec![0x02, (x.len() + usize::from(pad)) as u8];
+            if pad {
+                out.push(0);
+            }
+            out.extend_from_slice(x);
+            out
+        };
+        let (r, s) = raw.split_at(raw.len() / 2);
+        let body = [integer(r), integer(s)].concat();
+        let mut out = vec![0x30];
+        if body.len() >= 0x80 {
+            out.push(0x81);
+        }
+        out.push(body.len() as u8);
+        out.extend(body);
+        out
+    }
+
+    #[test]
+    fn ecdsa_signatures_are_raw_r_and_s_only() {
+        for (alg, len) in [("ES256", 64), ("ES384", 96)] {
+            let (input, signature, key) = fixture_case(alg);
+            assert_eq!(signature.len(), len);
+            assert_eq!(key.verify_signature(input.as_bytes(), &signature), Ok(()));
+            assert_eq!(
+                key.verify_signature(input.as_bytes(), &der(&signature)),
+                Err(SignatureError::Invalid),
+                "{alg} DER"
+            );
+            // r = 0 or s = 0 is never a signature.
+            let mut zero_s = signature.clone();
+            zero_s[len / 2..].fill(0);
+            assert_eq!(
+                key.verify_signature(input.as_bytes(), &zero_s),
+                Err(SignatureError::Invalid)
+            );
+        }
+    }
+
+    #[test]
+    fn hs256_checks_the_whole_tag() {
+        let key = VerifyKey::hs256(testkit::HS256_SECRET.as_bytes());
+        let tag = hmac_sha256::HMAC::mac(b"a.b", testkit::HS256_SECRET.as_bytes());
+        assert_eq!(key.verify_signature(b"a.b", &tag), Ok(()));
+        let invalid = Err(SignatureError::Invalid);
+        assert_eq!(key.verify_signature(b"a.c", &tag), invalid);
+        assert_eq!(key.verify_signature(b"a.b", &tag[..31]), invalid);
+        assert_eq!(
+            key.verify_signature(b"a.b", &[&tag[..], &[0]].concat()),
+            invalid
+        );
+        let mut flipped = tag;
+        flipped[31] ^= 1;
+        assert_eq!(key.verify_signature(b"a.b", &flipped), invalid);
     }
 }

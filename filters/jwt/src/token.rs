@@ -15,8 +15,10 @@ use crate::reason::Reason;
 /// A token that is well-formed, with typed registered claims.
 #[derive(Debug, Clone)]
 pub struct ParsedToken<'a> {
-    /// The compact serialisation, for the signature check.
-    pub compact: &'a str,
+    /// `header.payload` exactly as sent: the JWS signing input (RFC 7515 §5.2).
+    pub signing_input: &'a str,
+    /// The decoded signature segment.
+    pub signature: Vec<u8>,
     pub alg: Alg,
     pub kid: Option<String>,
     pub claims: Claims,
@@ -71,15 +73,17 @@ pub fn parse(compact: &str, max_bytes: usize) -> Result<ParsedToken<'_>, Reason>
     else {
         return Err(Reason::Malformed);
     };
+    let signing_input = &compact[..header.len() + 1 + payload.len()];
     let header = decode(header)?;
     let payload = decode(payload)?;
-    decode(signature)?;
+    let signature = decode(signature)?;
 
     let header = object(&header)?;
     let (alg, kid) = check_header(&header)?;
     let claims = typed_claims(object(&payload)?)?;
     Ok(ParsedToken {
-        compact,
+        signing_input,
+        signature,
         alg,
         kid,
         claims,
@@ -162,7 +166,8 @@ fn typed_claims(mut claims: Map<String, Value>) -> Result<Claims, Reason> {
     let exp = time_claim(&mut claims, "exp")?;
     let nbf = time_claim(&mut claims, "nbf")?;
     let iat = time_claim(&mut claims, "iat")?;
-    // jwt-simple reads these too; a wrong type is refused here with the right reason.
+    // RFC 7519 §4.1.7 (`jti`) and OpenID Connect (`nonce`): strings. Nothing reads them, but a
+    // wrong type is a malformed token.
     for name in ["jti", "nonce"] {
         if claims.get(name).is_some_and(|v| !v.is_string()) {
             return Err(Reason::BadClaim);
@@ -209,6 +214,12 @@ mod tests {
         assert_eq!(parsed.claims.exp, Some(10));
         assert_eq!(parsed.claims.cnf, Confirmation::X5tS256("abc".into()));
         assert!(parsed.claims.other.contains_key("roles"));
+        assert_eq!(parsed.signing_input, t.trim_end_matches('.'));
+        assert!(parsed.signature.is_empty());
+        let signed = format!("{}{}", t, b64([1u8, 2, 3]));
+        let parsed = parse(&signed, 8192).unwrap();
+        assert_eq!(parsed.signing_input, t.trim_end_matches('.'));
+        assert_eq!(parsed.signature, [1, 2, 3]);
     }
 
     #[test]

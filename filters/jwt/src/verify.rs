@@ -66,10 +66,10 @@ pub fn verify(
                 SelectError::AlgMismatch => Reason::KeyAlgMismatch,
             })?
     };
-    key.verify_signature(token.compact).map_err(|e| match e {
-        SignatureError::Invalid => Reason::BadSignature,
-        SignatureError::ClaimsUnreadable => Reason::BadClaim,
-    })?;
+    key.verify_signature(token.signing_input.as_bytes(), &token.signature)
+        .map_err(|e| match e {
+            SignatureError::Invalid => Reason::BadSignature,
+        })?;
 
     let claims = &token.claims;
     if claims.iss.as_deref() != Some(provider.issuer.as_str()) {
