@@ -8,7 +8,7 @@ use phi_guard_common::GrpcStatus;
 use phi_guard_host::{Counter, LogLevel};
 
 use crate::config::{backlog_flag_key, FilterConfig};
-use crate::event::{build_event, grpc_status, EventOptions};
+use crate::event::{build_event, EventOptions};
 use crate::hostx::AuditHost;
 use crate::time::UnixMillis;
 
@@ -119,13 +119,9 @@ impl AuditStream {
         if self.refused {
             return;
         }
+        // Every RPC passes here: no per-RPC log line, not even at debug (formatting and the
+        // host call cost more than the event's own lookups).
         let event = build_event(host, &rt.options, self.started_ms);
-        if let Some((_, source)) = grpc_status(host) {
-            host.log(
-                LogLevel::Debug,
-                &format!("phi_guard audit: grpc-status from {source:?}"),
-            );
-        }
         let bytes = event.canonical_bytes();
         let ok = rt.queue(host).is_some_and(|q| host.enqueue(q, &bytes));
         if ok {

@@ -122,13 +122,8 @@ pub fn on_request_headers(host: &dyn Host, engine: &RefCell<Engine>, metrics: &M
             if cache_hit {
                 metrics.cache_hit.inc(host);
             }
-            host.log(
-                LogLevel::Debug,
-                &format!(
-                    "phi-guard jwt: verified by provider {} (cache hit: {cache_hit})",
-                    identity.provider
-                ),
-            );
+            // No log line on the success path: every RPC takes it, and the access log already
+            // carries phi_guard.authn.
             true
         }
         Outcome::Skipped => {
