@@ -37,6 +37,9 @@ type Key = (usize, TokenDigest);
 struct Entry {
     verified: Verified,
     last_used: u64,
+    /// The instant the entry expires (`exp` + skew), with the insertion stamp that makes it
+    /// unique in [`TokenCache::deadlines`].
+    deadline: (UnixSeconds, u64),
 }
 
 #[derive(Debug)]
@@ -46,6 +49,9 @@ pub struct TokenCache {
     entries: HashMap<Key, Entry>,
     /// Use stamp → key, oldest first.
     lru: BTreeMap<u64, Key>,
+    /// Expiry → key, soonest first: a full cache drops its expired entries without scanning
+    /// every entry (a miss on a full cache would otherwise cost O(entries)).
+    deadlines: BTreeMap<(UnixSeconds, u64), Key>,
     stamp: u64,
 }
 
@@ -56,6 +62,7 @@ impl TokenCache {
             max_entries,
             entries: HashMap::new(),
             lru: BTreeMap::new(),
+            deadlines: BTreeMap::new(),
             stamp: 0,
         }
     }
@@ -118,18 +125,21 @@ impl TokenCache {
             self.evict_expired(now);
         }
         while self.entries.len() >= self.max_entries {
-            let Some((_, oldest)) = self.lru.pop_first() else {
+            let Some((_, &oldest)) = self.lru.first_key_value() else {
                 break;
             };
-            self.entries.remove(&oldest);
+            self.remove(&oldest);
         }
         let stamp = self.next_stamp();
+        let deadline = (verified.exp.saturating_add(verified.clock_skew_s), stamp);
         self.lru.insert(stamp, key);
+        self.deadlines.insert(deadline, key);
         self.entries.insert(
             key,
             Entry {
                 verified,
                 last_used: stamp,
+                deadline,
             },
         );
     }
@@ -151,17 +161,15 @@ impl TokenCache {
     fn remove(&mut self, key: &Key) {
         if let Some(entry) = self.entries.remove(key) {
             self.lru.remove(&entry.last_used);
+            self.deadlines.remove(&entry.deadline);
         }
     }
 
     fn evict_expired(&mut self, now: UnixSeconds) {
-        let expired: Vec<Key> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| now >= e.verified.exp.saturating_add(e.verified.clock_skew_s))
-            .map(|(k, _)| *k)
-            .collect();
-        for key in expired {
+        while let Some((&(deadline, _), &key)) = self.deadlines.first_key_value() {
+            if now < deadline {
+                break;
+            }
             self.remove(&key);
         }
     }
@@ -248,6 +256,22 @@ mod tests {
         c.clear_provider(0);
         assert_eq!(c.len(), 1);
         assert!(c.get(1, &c.digest("b"), 0).is_some());
+    }
+
+    #[test]
+    fn indexes_follow_the_entries() {
+        let mut c = TokenCache::new(3);
+        for i in 0..50u64 {
+            let d = c.digest(&format!("t{i}"));
+            // Every third token expires at once; the others live on.
+            let exp = if i % 3 == 0 { 10 } else { 1000 };
+            c.insert(d, verified(0, exp), 20);
+            assert!(c.len() <= 3);
+            assert_eq!(c.lru.len(), c.len());
+            assert_eq!(c.deadlines.len(), c.len());
+        }
+        c.clear_provider(0);
+        assert!(c.lru.is_empty() && c.deadlines.is_empty());
     }
 
     #[test]
