@@ -226,8 +226,12 @@ async fn run() -> Result<(), Error> {
             t.name, t.measured, t.unit, bound, t.limit, t.unit, t.how
         );
     }
+    println!("\nWhat each filter adds (Envoy CPU µs per GetPatient RPC, medians):\n");
+    for (filter, us) in bench::per_filter_cpu(&summaries) {
+        println!("- {filter}: {us:.1}");
+    }
     println!(
-        "- Envoy RSS, full chain: {:.0} MiB with 1 worker; {:+.1} MiB for each further worker ({:.0} MiB with 2); passthrough {:.0} MiB",
+        "\n- Envoy RSS, full chain: {:.0} MiB with 1 worker; {:+.1} MiB for each further worker ({:.0} MiB with 2); passthrough {:.0} MiB",
         summaries["d"].rss_mib.median,
         rss_per_worker.1 - rss_per_worker.0,
         rss_per_worker.1,
@@ -257,6 +261,7 @@ async fn run() -> Result<(), Error> {
             "name": t.name, "measured": t.measured, "unit": t.unit, "at_most": t.at_most,
             "limit": t.limit, "met": t.met(), "detail": t.how,
         })).collect::<Vec<_>>(),
+        "per_filter_cpu_us": bench::per_filter_cpu(&summaries).into_iter().collect::<BTreeMap<_, _>>(),
         "native_mask_mb_s": native_mask_mb_s,
         "wasm_bytes": wasm_sizes,
         "rss_full_chain_mib": {"workers_1": rss_per_worker.0, "workers_2": rss_per_worker.1},
