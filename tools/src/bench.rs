@@ -594,20 +594,16 @@ mod tests {
     #[test]
     fn native_jwt_authn_cache_is_switchable() {
         let yaml = inbound();
-        let cached = Variant {
-            id: "x",
-            label: "",
-            filters: vec![Filter::NativeJwtAuthn { cache: true }],
-        }
-        .render(&yaml)
-        .unwrap();
-        let uncached = Variant {
-            id: "y",
-            label: "",
-            filters: vec![Filter::NativeJwtAuthn { cache: false }],
-        }
-        .render(&yaml)
-        .unwrap();
+        let with_cache = |cache| {
+            Variant {
+                id: "x",
+                label: "",
+                filters: vec![Filter::NativeJwtAuthn { cache }],
+            }
+            .render(&yaml)
+            .unwrap()
+        };
+        let (cached, uncached) = (with_cache(true), with_cache(false));
         assert!(cached.contains(JWT_CACHE_LINE));
         assert!(!uncached.contains(JWT_CACHE_LINE));
         assert!(uncached.contains("envoy.filters.http.jwt_authn"));

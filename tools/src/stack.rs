@@ -450,6 +450,8 @@ fn start_blocking(
     let inbound_listen = free_port()?;
     let inbound = Envoy::start(
         "inbound",
+        "inbound",
+        1,
         inbound_patch,
         &env,
         &dir,
@@ -476,6 +478,8 @@ fn start_blocking(
             let listen = free_port()?;
             Some(Envoy::start(
                 "egress",
+                "egress",
+                1,
                 None,
                 &[],
                 &dir,
@@ -577,7 +581,7 @@ impl Stack {
             audit: self.audit_key.clone(),
             mask: self.mask_key.clone(),
         };
-        Envoy::start_instance(
+        Envoy::start(
             "inbound",
             instance,
             concurrency,
@@ -643,22 +647,10 @@ impl Drop for Stack {
 }
 
 impl Envoy {
-    /// Renders `envoy/<name>.yaml`, starts Envoy and waits for the admin `/ready`.
-    pub fn start(
-        name: &str,
-        patch: Option<ConfigPatch>,
-        env: &[(String, String)],
-        dir: &Path,
-        vars: &[(&str, String)],
-        listen_port: u16,
-    ) -> Result<Envoy, Error> {
-        Self::start_instance(name, name, 1, patch, env, dir, vars, listen_port)
-    }
-
-    /// [`Envoy::start`] with the config and log named after `instance` and `concurrency`
-    /// worker threads.
+    /// Renders `envoy/<template>.yaml` (edited by `patch`) to `<dir>/<name>.yaml`, starts Envoy
+    /// with `concurrency` worker threads and waits for the admin `/ready`.
     #[allow(clippy::too_many_arguments)]
-    pub fn start_instance(
+    pub fn start(
         template: &str,
         name: &str,
         concurrency: u32,

@@ -9,7 +9,9 @@ use crate::config::Config;
 use crate::engine::{Engine, Outcome, Request};
 use crate::reason::Reason;
 use crate::test_support::test;
-use crate::testkit::{self, b64, ed25519_key, fixtures, sign_eddsa, sign_hs256, HS256_SECRET};
+use crate::testkit::{
+    self, b64, ed25519_key, fixture_token, fixtures, sign_eddsa, sign_hs256, HS256_SECRET,
+};
 
 /// The fixtures' verification instant (PyJWT tokens are valid for an hour around it).
 const NOW: u64 = 1_767_227_400;
@@ -25,17 +27,6 @@ fn cert_hex(der: &[u8]) -> String {
 
 fn fixture_secret() -> String {
     fixtures()["hs256_secret"].as_str().unwrap().to_string()
-}
-
-fn fixture_token(alg: &str) -> String {
-    let f = fixtures();
-    let t = f["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["alg"] == alg)
-        .unwrap();
-    t["token"].as_str().unwrap().to_string()
 }
 
 fn world_config() -> String {

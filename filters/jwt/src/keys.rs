@@ -623,14 +623,8 @@ mod tests {
 
     /// The parsed fixture token for `alg` and the key its `kid` selects in the fixture JWKS.
     fn fixture_case(alg: &str) -> (String, Vec<u8>, VerifyKey) {
-        let f = testkit::fixtures();
-        let entry = f["tokens"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["alg"] == alg)
-            .unwrap();
-        let token = crate::token::parse(entry["token"].as_str().unwrap(), 8192).unwrap();
+        let compact = testkit::fixture_token(alg);
+        let token = crate::token::parse(&compact, 8192).unwrap();
         let set = KeySet::parse(testkit::fixture_jwks().as_bytes(), &Alg::ALL).unwrap();
         let key = set.select(token.kid.as_deref(), token.alg).unwrap().clone();
         (token.signing_input.to_string(), token.signature, key)

@@ -27,6 +27,18 @@ pub fn fixtures() -> Value {
     serde_json::from_str(FIXTURES).expect("fixtures.json is JSON")
 }
 
+/// The PyJWT fixture token signed with `alg`.
+pub fn fixture_token(alg: &str) -> String {
+    let f = fixtures();
+    let entry = f["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["alg"] == alg)
+        .unwrap();
+    entry["token"].as_str().unwrap().to_string()
+}
+
 pub fn fixture_jwks() -> String {
     fixtures()["jwks"].to_string()
 }
