@@ -617,10 +617,10 @@ fn machine() -> serde_json::Value {
         })
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
-    let envoy_version = envoy
-        .split_whitespace()
-        .find(|w| w.contains('/') && w.chars().next().is_some_and(|c| c.is_ascii_hexdigit()))
-        .unwrap_or(&envoy)
+    // `envoy --version` prints the binary's path, then `version: HASH/VERSION/...`.
+    let envoy = envoy
+        .split_once("version: ")
+        .map_or(envoy.as_str(), |(_, v)| v)
         .to_string();
     let commit = std::process::Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
@@ -630,7 +630,7 @@ fn machine() -> serde_json::Value {
         .unwrap_or_default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     json!({
-        "summary": format!("{model}, {cores} cores, {memory_gib:.0} GiB, Linux {}, Envoy {envoy_version}", kernel.trim()),
+        "summary": format!("{model}, {cores} cores, {memory_gib:.0} GiB, Linux {}, Envoy {envoy}", kernel.trim()),
         "cpu": model,
         "cores": cores,
         "memory_gib": memory_gib,
