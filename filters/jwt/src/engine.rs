@@ -78,17 +78,17 @@ fn extract(
     let value = header(source.header_name())?;
     // Only HTTP's optional whitespace (SP, HTAB) surrounds a token; any other byte, a vertical
     // tab or form feed included, stays and makes the token malformed.
-    let trim_ows = |s: &str| s.trim_matches([' ', '\t']).to_string();
+    const OWS: [char; 2] = [' ', '\t'];
+    let value = value.trim_matches(OWS);
     let token = match source {
         TokenSource::AuthorizationBearer => {
-            let value = trim_ows(&value);
-            let (scheme, rest) = value.split_once(' ').unwrap_or((&value, ""));
+            let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
             if !scheme.eq_ignore_ascii_case("bearer") {
                 return None;
             }
-            trim_ows(rest)
+            rest.trim_matches(OWS)
         }
-        TokenSource::Header(_) => trim_ows(&value),
+        TokenSource::Header(_) => value,
     };
     if token.is_empty() {
         return match source {
@@ -96,7 +96,7 @@ fn extract(
             TokenSource::Header(_) => None,
         };
     }
-    Some(Ok(token))
+    Some(Ok(token.to_string()))
 }
 
 impl Engine {
