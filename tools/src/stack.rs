@@ -342,6 +342,38 @@ async fn start_idp(
     })
 }
 
+/// Renders `envoy/inbound.yaml` as `<dir>/<name>.yaml` on free loopback ports, in front of
+/// `ports`, with the stack's inbound SDS directory and logs, and starts it.
+fn start_inbound(
+    name: &str,
+    concurrency: u32,
+    patch: Option<ConfigPatch>,
+    env: &[(String, String)],
+    dir: &Path,
+    ports: &UpstreamPorts,
+) -> Result<Envoy, Error> {
+    let listen = free_port()?;
+    Envoy::start(
+        "inbound",
+        name,
+        concurrency,
+        patch,
+        env,
+        dir,
+        &[
+            ("ADMIN_PORT", free_port()?.to_string()),
+            ("LISTEN_PORT", listen.to_string()),
+            ("BACKEND_PORT", ports.backend.to_string()),
+            ("JWKS_PORT", ports.jwks.to_string()),
+            ("COLLECTOR_PORT", ports.collector.to_string()),
+            ("SDS_DIR", dir.join("sds/inbound").display().to_string()),
+            ("LOG_DIR", dir.join("logs").display().to_string()),
+            ("WASM_DIR", wasm_dir()?.display().to_string()),
+        ],
+        listen,
+    )
+}
+
 /// Loopback ports of what the inbound Envoy calls.
 struct UpstreamPorts {
     backend: u16,
@@ -447,26 +479,8 @@ fn start_blocking(
     pki.install_bundle(&inbound_sds.join("trust"))?;
 
     let logs = dir.join("logs");
-    let inbound_listen = free_port()?;
-    let inbound = Envoy::start(
-        "inbound",
-        "inbound",
-        1,
-        inbound_patch,
-        &env,
-        &dir,
-        &[
-            ("ADMIN_PORT", free_port()?.to_string()),
-            ("LISTEN_PORT", inbound_listen.to_string()),
-            ("BACKEND_PORT", ports.backend.to_string()),
-            ("JWKS_PORT", ports.jwks.to_string()),
-            ("COLLECTOR_PORT", ports.collector.to_string()),
-            ("SDS_DIR", inbound_sds.display().to_string()),
-            ("LOG_DIR", logs.display().to_string()),
-            ("WASM_DIR", wasm_dir()?.display().to_string()),
-        ],
-        inbound_listen,
-    )?;
+    let inbound = start_inbound("inbound", 1, inbound_patch, &env, &dir, &ports)?;
+    let inbound_listen = inbound.listen.port();
 
     let egress = match egress_workload {
         None => None,
@@ -576,29 +590,22 @@ impl Stack {
         concurrency: u32,
         patch: impl Fn(String) -> String + Send + 'static,
     ) -> Result<Envoy, Error> {
-        let listen = free_port()?;
         let keys = Keys {
             audit: self.audit_key.clone(),
             mask: self.mask_key.clone(),
         };
-        Envoy::start(
-            "inbound",
+        let ports = UpstreamPorts {
+            backend: self.backend_addr.port(),
+            jwks: self.idp.addr.port(),
+            collector: self.collector_addr.port(),
+        };
+        start_inbound(
             instance,
             concurrency,
             Some(Box::new(patch)),
             &keys.envoy_env()?,
             &self.dir,
-            &[
-                ("ADMIN_PORT", free_port()?.to_string()),
-                ("LISTEN_PORT", listen.to_string()),
-                ("BACKEND_PORT", self.backend_addr.port().to_string()),
-                ("JWKS_PORT", self.idp.addr.port().to_string()),
-                ("COLLECTOR_PORT", self.collector_addr.port().to_string()),
-                ("SDS_DIR", self.inbound_sds().display().to_string()),
-                ("LOG_DIR", self.dir.join("logs").display().to_string()),
-                ("WASM_DIR", wasm_dir()?.display().to_string()),
-            ],
-            listen,
+            &ports,
         )
     }
 
