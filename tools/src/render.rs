@@ -927,16 +927,16 @@ fn toml_error(e: &toml::de::Error, text: &str) -> FieldError {
     let at = e.span().map_or(0, |s| s.start).min(text.len());
     let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
     let line = text[line_start..].lines().next().unwrap_or_default().trim();
-    let section = text[..line_start.max(at)]
+    let section = text[..line_start]
         .lines()
         .chain(std::iter::once(line))
-        .filter_map(|l| {
+        .rev()
+        .find_map(|l| {
             let l = l.trim();
             l.strip_prefix('[')
                 .and_then(|r| r.split(']').next())
                 .map(|s| s.trim_matches('[').trim().to_string())
-        })
-        .last();
+        });
     let key = match message.split('`').nth(1) {
         Some(quoted) => quoted.to_string(),
         None => line
