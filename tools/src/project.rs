@@ -250,22 +250,40 @@ pub struct KeySpec {
     pub purpose: &'static str,
 }
 
-/// The keys of the single-stage layout, with the lengths the filters require.
-pub fn key_specs(keys: &crate::render::KeyEnv) -> Vec<KeySpec> {
-    vec![
+/// The keys of the single-stage layout, with the lengths the filters require
+/// (`phi_guard_common::config`); the jwt replay key when the jwt config turns replay
+/// protection on. An HS256 secret is the IdP's, not made here.
+pub fn key_specs(keys: &crate::render::KeyEnv, jwt: &serde_json::Value) -> Vec<KeySpec> {
+    use phi_guard_common::config::{
+        MIN_AUDIT_CHAIN_KEY_BYTES, MIN_MASK_TOKEN_KEY_BYTES, MIN_REPLAY_KEY_BYTES,
+    };
+    let mut specs = vec![
         KeySpec {
             file: "audit.key",
             env: keys.audit.clone(),
-            bytes: phi_guard_audit::chain::MIN_KEY_LEN,
+            bytes: MIN_AUDIT_CHAIN_KEY_BYTES,
             purpose: "audit chain HMAC key",
         },
         KeySpec {
             file: "mask-token.key",
             env: keys.mask_token.clone(),
-            bytes: phi_guard_mask::token::MIN_KEY_BYTES.max(32),
+            bytes: MIN_MASK_TOKEN_KEY_BYTES,
             purpose: "mask keyed-token key",
         },
-    ]
+    ];
+    let replay = jwt
+        .get("replay")
+        .and_then(|r| r.get("key_env"))
+        .and_then(serde_json::Value::as_str);
+    if let Some(env) = replay {
+        specs.push(KeySpec {
+            file: "jwt-replay.key",
+            env: env.to_string(),
+            bytes: MIN_REPLAY_KEY_BYTES,
+            purpose: "jwt replay-cache key",
+        });
+    }
+    specs
 }
 
 /// Writes each key as the hex text of `bytes` bytes from the OS CSPRNG (the filters use the
@@ -390,10 +408,14 @@ mod tests {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = std::env::temp_dir().join(format!("phi-guard-keys-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let specs = key_specs(&crate::render::KeyEnv {
+        let keys = crate::render::KeyEnv {
             audit: "A".into(),
             mask_token: "M".into(),
-        });
+        };
+        let specs = key_specs(&keys, &json!({}));
+        assert_eq!(specs.len(), 2);
+        let replay = key_specs(&keys, &json!({"replay": {"key_env": "R"}}));
+        assert_eq!(replay.last().unwrap().env, "R");
         let written = write_keys(&dir, &specs, false).unwrap();
         let mut texts = Vec::new();
         for (path, spec) in written.iter().zip(&specs) {

@@ -648,6 +648,25 @@ impl Inbound {
         Ok(jwt)
     }
 
+    /// The environment variables the jwt config reads secrets from (`hs256_secret_env` of a
+    /// provider, `replay.key_env`), in order, without repeats.
+    pub fn jwt_secret_envs(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let providers = self.jwt.get("providers").and_then(Value::as_array);
+        let names = providers
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.get("hs256_secret_env"))
+            .chain(self.jwt.get("replay").and_then(|r| r.get("key_env")))
+            .filter_map(Value::as_str);
+        for name in names {
+            if !out.iter().any(|n| n == name) {
+                out.push(name.to_string());
+            }
+        }
+        out
+    }
+
     /// The mask config with the descriptor set and the token key's variable filled in.
     pub fn mask_config(&self) -> Result<Value, FieldError> {
         let mut mask = self.mask.clone();
@@ -685,9 +704,10 @@ impl Inbound {
         let bytes = |v: &Value| serde_json::to_vec(v).expect("a JSON value serialises");
         // Secrets are not needed to check a config's shape: the check sees a stand-in of the
         // right length for the key variables, the real environment for anything else (HS256).
-        let keys = self.keys.clone();
+        let mut secrets = vec![self.keys.mask_token.clone(), self.keys.audit.clone()];
+        secrets.extend(self.jwt_secret_envs());
         let env = move |name: &str| {
-            if name == keys.mask_token || name == keys.audit {
+            if secrets.iter().any(|s| s == name) {
                 Some("k".repeat(64))
             } else {
                 std::env::var(name).ok()
@@ -713,6 +733,28 @@ impl Inbound {
             ("AUDIT_CONFIG", self.audit.clone()),
             ("AUDIT_SERVICE_CONFIG", service),
         ])
+    }
+
+    /// The jwt VM's `environment_variables`, when its config names secrets.
+    fn jwt_vm_env(&self) -> Result<String, FieldError> {
+        let names = self.jwt_secret_envs();
+        if names.is_empty() {
+            return Ok(String::new());
+        }
+        for name in &names {
+            let ok =
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !ok {
+                return Err(FieldError::new(
+                    "jwt.config",
+                    "a secret's environment variable name (A-Z, a-z, 0-9, _)",
+                ));
+            }
+        }
+        Ok(format!(
+            "environment_variables:\n  host_env_keys: [{}]",
+            names.join(", ")
+        ))
     }
 
     /// The client-certificate SAN matchers: exactly the allowed IDs, or the trust domain.
@@ -757,6 +799,7 @@ impl Inbound {
             ("SAN_MATCHERS", self.san_matchers()),
             ("AUDIT_KEY_ENV", self.keys.audit.clone()),
             ("MASK_TOKEN_KEY_ENV", self.keys.mask_token.clone()),
+            ("JWT_VM_ENV", self.jwt_vm_env()?),
         ];
         for (name, p) in [
             ("paths.sds", &self.sds_dir),
@@ -1198,6 +1241,24 @@ mod tests {
         let jwks = &embedded(&yaml, "jwt")["providers"][0]["jwks"]["remote"];
         assert_eq!(jwks["path"], "/jwks");
         assert_eq!(jwks["authority"], "idp.labs.example");
+    }
+
+    #[test]
+    fn jwt_secrets_reach_the_jwt_vm_only_when_named() {
+        let yaml = demo().render().unwrap().envoy;
+        let jwt_vm = &yaml[yaml.find("vm_id: phi_guard_jwt").unwrap()..];
+        let jwt_vm = &jwt_vm[..jwt_vm.find("code:").unwrap()];
+        assert!(!jwt_vm.contains("environment_variables"), "{jwt_vm}");
+        let mut inbound = demo();
+        inbound.jwt["replay"] = json!({"key_env": "PHI_GUARD_JWT_REPLAY_KEY"});
+        inbound.jwt["rules"][1]["replay_protection"] = true.into();
+        let yaml = inbound.render().unwrap().envoy;
+        let jwt_vm = &yaml[yaml.find("vm_id: phi_guard_jwt").unwrap()..];
+        let jwt_vm = &jwt_vm[..jwt_vm.find("code:").unwrap()];
+        assert!(
+            jwt_vm.contains("host_env_keys: [PHI_GUARD_JWT_REPLAY_KEY]"),
+            "{jwt_vm}"
+        );
     }
 
     #[test]

@@ -139,7 +139,7 @@ fn render_cmd(project: &Path, validate: bool) -> Result<(), String> {
             .map_err(|e| format!("envoy --mode validate refused {}:\n{e}", config.display()))?;
         println!("envoy --mode validate: OK");
     }
-    let specs = project::key_specs(&inbound.keys);
+    let specs = project::key_specs(&inbound.keys, &inbound.jwt);
     println!(
         "\nnext: install the server certificate and trust bundle into {}/server and {}/trust \
          (scripts/pki install, install-bundle), then start Envoy:\n",
@@ -158,23 +158,26 @@ fn render_cmd(project: &Path, validate: bool) -> Result<(), String> {
 }
 
 fn keys_cmd(project: &Path, dir: Option<PathBuf>, force: bool) -> Result<(), String> {
-    let (keys, keys_dir, config) = if project.exists() {
+    let (specs, keys_dir, config) = if project.exists() {
         let inbound =
             Inbound::from_project(project).map_err(|e| format!("{}: {e}", project.display()))?;
         let config = inbound.out_dir.join("envoy.yaml");
-        (inbound.keys, inbound.keys_dir, config)
+        let specs = project::key_specs(&inbound.keys, &inbound.jwt);
+        (specs, inbound.keys_dir, config)
     } else {
+        // No project file yet: the default variable names and directories.
+        let keys = KeyEnv {
+            audit: render::DEFAULT_AUDIT_KEY_ENV.into(),
+            mask_token: render::DEFAULT_MASK_TOKEN_KEY_ENV.into(),
+        };
+        let specs = project::key_specs(&keys, &serde_json::json!({}));
         (
-            KeyEnv {
-                audit: render::DEFAULT_AUDIT_KEY_ENV.into(),
-                mask_token: render::DEFAULT_MASK_TOKEN_KEY_ENV.into(),
-            },
+            specs,
             PathBuf::from("keys"),
             PathBuf::from("envoy/envoy.yaml"),
         )
     };
     let dir = dir.unwrap_or(keys_dir);
-    let specs = project::key_specs(&keys);
     for path in project::write_keys(&dir, &specs, force)? {
         println!("wrote {} (0600)", path.display());
     }
