@@ -457,3 +457,38 @@ fn free_text_detectors_are_tunable() {
     assert!(!note.contains(PHONE), "{note}");
     assert!(!note.contains(SSN), "{note}");
 }
+
+/// `tests/protos/fhirish.binpb` is this set, committed for the `mask_rewrite` fuzz target
+/// (which has no protobuf compiler). `PHI_GUARD_REGENERATE=1` rewrites it.
+#[test]
+fn the_committed_fuzz_descriptor_set_is_current() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/protos/fhirish.binpb");
+    if std::env::var_os("PHI_GUARD_REGENERATE").is_some() {
+        std::fs::write(path, set()).unwrap();
+        // And a seed for the fuzz target: every shape the catalog acts on.
+        let mut seed = patient(&format!(
+            r#"
+            identifier {{ system {{ value: "{SSN_SYSTEM}" }} value {{ value: "{SSN}" }} }}
+            identifier {{ value {{ value: "{MRN}" }} type {{ coding {{ code {{ value: "MR" }} }} }} }}
+            telecom {{ system {{ value: PHONE }} value {{ value: "{PHONE}" }} }}
+            birth_date {{ value_us: -1225756800000000 timezone: "+01:00" precision: DAY }}
+            address {{ line {{ value: "77 Canary Wharf" }} postal_code {{ value: "03601" }} }}
+            extension {{ url {{ value: "http://example.test/maiden-name" }} value {{ string_value {{ value: "Canarymaid" }} }} }}
+            age {{ value: "93" }}
+            "#
+        ))
+        .encode_to_vec();
+        let inner = seed.clone();
+        len_field(
+            &mut seed,
+            6,
+            &any_msg("type.googleapis.com/test.fhir.Patient", &inner),
+        );
+        let seeds = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/seeds/mask_rewrite");
+        std::fs::write(format!("{seeds}/fhirish-patient"), seed).unwrap();
+    }
+    assert!(
+        std::fs::read(path).unwrap() == set(),
+        "{path} is stale: run PHI_GUARD_REGENERATE=1 cargo test -p phi-guard-mask --test catalog"
+    );
+}
