@@ -23,5 +23,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;
+
+    // phi.fhir.v1.FhirService carries Google's FHIR messages as raw bytes (`fhir::RawCodec`):
+    // they are built and read through the descriptor set `fhir/r4.pb` (prost-reflect), so no
+    // Rust code is generated for the hundreds of FHIR types.
+    println!("cargo:rerun-if-changed=phi/fhir/v1/fhir_service.proto");
+    println!("cargo:rerun-if-changed=fhir/r4.pb");
+    let method = |name: &str, route: &str, streaming: bool| {
+        let m = tonic_prost_build::manual::Method::builder()
+            .name(name)
+            .route_name(route)
+            .input_type("::bytes::Bytes")
+            .output_type("::bytes::Bytes")
+            .codec_path("crate::fhir::RawCodec");
+        if streaming { m.server_streaming() } else { m }.build()
+    };
+    let fhir = tonic_prost_build::manual::Service::builder()
+        .name("FhirService")
+        .package("phi.fhir.v1")
+        .method(method("get_patient", "GetPatient", false))
+        .method(method("list_observations", "ListObservations", true))
+        .build();
+    tonic_prost_build::manual::Builder::new().compile(&[fhir]);
     Ok(())
 }

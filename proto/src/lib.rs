@@ -2,6 +2,7 @@
 //! FileDescriptorSet the mask filter is configured with.
 
 pub mod demo;
+pub mod fhir;
 
 pub mod phi {
     pub mod v1 {

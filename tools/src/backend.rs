@@ -1,10 +1,12 @@
 //! The demo healthcare backend: a tonic `health.v1.PatientService` serving synthetic
-//! patients. Every sensitive value is a recognisable canary (never real PHI) so tests can scan
+//! patients, and `phi.fhir.v1.FhirService` serving the same kind of data as FHIR R4 resources. Every sensitive value is a recognisable canary (never real PHI) so tests can scan
 //! logs, stats and audit events for leaks.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
 
+use phi_guard_proto::fhir;
+use phi_guard_proto::fhir::service::fhir_service_server::{FhirService, FhirServiceServer};
 use phi_guard_proto::health::v1::patient_service_server::{PatientService, PatientServiceServer};
 use phi_guard_proto::health::v1::{
     DeletePatientRequest, DeletePatientResponse, Encounter, GetPatientRequest,
@@ -66,6 +68,57 @@ pub fn service() -> PatientServiceServer<DemoPatientService> {
         .send_compressed(tonic::codec::CompressionEncoding::Gzip)
 }
 
+/// The FHIR demo service (`phi.fhir.v1.FhirService`): Google's FHIR R4 messages, built from
+/// the committed descriptor set, carried as raw bytes.
+#[derive(Debug, Default, Clone)]
+pub struct DemoFhirService;
+
+type RawStream = Pin<Box<dyn Stream<Item = Result<bytes::Bytes, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl FhirService for DemoFhirService {
+    async fn get_patient(
+        &self,
+        request: Request<bytes::Bytes>,
+    ) -> Result<Response<bytes::Bytes>, Status> {
+        use prost::Message;
+        let req = fhir::GetPatientRequest::decode(request.into_inner())
+            .map_err(|_| Status::invalid_argument("malformed request"))?;
+        if req.id != fhir::PATIENT_ID {
+            return Err(Status::not_found("no such patient"));
+        }
+        Ok(Response::new(fhir::patient().into()))
+    }
+
+    type ListObservationsStream = RawStream;
+
+    async fn list_observations(
+        &self,
+        request: Request<bytes::Bytes>,
+    ) -> Result<Response<Self::ListObservationsStream>, Status> {
+        use prost::Message;
+        let req = fhir::ListObservationsRequest::decode(request.into_inner())
+            .map_err(|_| Status::invalid_argument("malformed request"))?;
+        if req.patient_id != fhir::PATIENT_ID {
+            return Err(Status::not_found("no such patient"));
+        }
+        let limit = if req.limit == 0 {
+            3
+        } else {
+            req.limit.min(fhir::MAX_OBSERVATIONS)
+        };
+        let stream = tokio_stream::iter((0..limit).map(|i| Ok(fhir::observation(i).into())));
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// The FHIR service with gzip as the patient service has it.
+pub fn fhir_service() -> FhirServiceServer<DemoFhirService> {
+    FhirServiceServer::new(DemoFhirService)
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip)
+}
+
 /// Serves plaintext h2c on `listener` (loopback only: Envoy terminates mTLS in front of it)
 /// until `shutdown` resolves.
 pub async fn serve(
@@ -77,6 +130,7 @@ pub async fn serve(
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .add_service(service())
+        .add_service(fhir_service())
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

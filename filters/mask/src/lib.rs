@@ -18,6 +18,8 @@ pub mod policy;
 pub mod rewriter;
 pub mod shell;
 pub mod token;
+#[cfg(feature = "cli")]
+pub mod tool;
 pub mod wire;
 
 #[cfg(test)]

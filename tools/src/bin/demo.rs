@@ -330,12 +330,32 @@ async fn up() -> Result<(), Error> {
         "mask_key": stack.mask_key,
     });
     let dir = stack.dir.clone();
+    state["fhir"] = fhir_state(&dir)?;
     let pids = stack.detach();
     state["pids"] = json!(pids);
     write_state(&dir, &state)?;
     println!("{}", serde_json::to_string_pretty(&state)?);
     println!("state written to {}", state_path().display());
     Ok(())
+}
+
+/// `state.json`'s `fhir`: the FHIR service's method paths, its descriptor set, and the mask
+/// filter's configuration as Envoy runs it (the JSON `phi-guard-mask apply --policy` takes).
+fn fhir_state(dir: &Path) -> Result<serde_json::Value, Error> {
+    use phi_guard_proto::fhir;
+    let root = phi_guard_tools::repo_root();
+    let yaml = std::fs::read_to_string(root.join("envoy/inbound.yaml"))?;
+    let mask = phi_guard_tools::stack::embedded_filter_config(&yaml, "mask")
+        .ok_or("envoy/inbound.yaml has no phi_guard.mask configuration")?;
+    let mask_config = dir.join("mask_config.json");
+    std::fs::write(&mask_config, serde_json::to_vec_pretty(&mask)?)?;
+    Ok(json!({
+        "service": fhir::SERVICE,
+        "methods": [format!("/{}", fhir::GET_PATIENT), format!("/{}", fhir::LIST_OBSERVATIONS)],
+        "patient_id": fhir::PATIENT_ID,
+        "descriptor_set": root.join(fhir::DESCRIPTOR_SET_PATH),
+        "mask_config": mask_config,
+    }))
 }
 
 fn write_state(dir: &Path, state: &serde_json::Value) -> Result<(), Error> {

@@ -1,0 +1,257 @@
+//! `coverage`: every method's response field paths with the class the filter's plan gives
+//! them and each role's action, or `untagged`.
+//!
+//! The walk follows the descriptor and the filter's own plan side by side. A message type
+//! reached again in the same planning context (same plan node) is not expanded twice: its row
+//! says where it was first expanded (`see …`), which keeps recursive types (FHIR's
+//! `Extension.extension`, `Identifier.assigner`) finite.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::{json, Value};
+
+use crate::descriptor::{Catalog, FieldKind};
+use crate::plan::{Node, Plans};
+use crate::policy::Action;
+
+use super::Session;
+
+/// One field path of one method's response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    /// Dotted field names from the response type; `[]` marks a repeated field.
+    pub path: String,
+    /// Full name of the field (`package.Message.field`).
+    pub field: String,
+    /// `string`, `bytes`, `number` (varint, fixed), `message`, `group`.
+    pub kind: &'static str,
+    /// The class the plan gives this leaf; `None` = untagged.
+    pub class: Option<String>,
+    /// Role → action name (`reveal`, `redact`, `partial(4)`, `token`, `remove`), for tagged
+    /// leaves.
+    pub actions: BTreeMap<String, String>,
+    /// For a message expanded elsewhere: the path where its fields are listed.
+    pub see: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MethodCoverage {
+    pub method: String,
+    pub response_type: String,
+    /// Whether the filter has a plan for the method (something to mask).
+    pub planned: bool,
+    pub rows: Vec<Row>,
+}
+
+/// The coverage of every method in the session's descriptor set (the synthetic apply
+/// method excluded), or of those whose full name starts with one of `only`.
+pub fn coverage(session: &Session, only: &[String]) -> Result<Vec<MethodCoverage>, String> {
+    let catalog = Catalog::decode(&session.set).map_err(|e| e.0)?;
+    let roles = session.roles();
+    let mut out = Vec::new();
+    for m in &catalog.methods {
+        if !only.is_empty() && !only.iter().any(|o| m.full_name.starts_with(o.as_str())) {
+            continue;
+        }
+        let root = session.config.plans.method(&m.full_name);
+        let mut walk = Walk {
+            catalog: &catalog,
+            plans: &session.config.plans,
+            session,
+            roles: &roles,
+            seen: HashMap::new(),
+            rows: Vec::new(),
+        };
+        walk.message(&m.output_type, root, "", 0)?;
+        out.push(MethodCoverage {
+            method: m.full_name.clone(),
+            response_type: m.output_type.clone(),
+            planned: root.is_some(),
+            rows: walk.rows,
+        });
+    }
+    Ok(out)
+}
+
+struct Walk<'a> {
+    catalog: &'a Catalog,
+    plans: &'a Plans,
+    session: &'a Session,
+    roles: &'a [String],
+    seen: HashMap<(String, Option<usize>), String>,
+    rows: Vec<Row>,
+}
+
+impl Walk<'_> {
+    fn message(
+        &mut self,
+        type_name: &str,
+        plan: Option<usize>,
+        prefix: &str,
+        depth: usize,
+    ) -> Result<(), String> {
+        let desc = self
+            .catalog
+            .messages
+            .get(type_name)
+            .ok_or_else(|| format!("message type {type_name} is not in the descriptor set"))?;
+        let mut fields: Vec<_> = desc.fields.iter().collect();
+        fields.sort_by_key(|f| f.number);
+        for f in fields {
+            let path = format!(
+                "{prefix}{}{}{}",
+                if prefix.is_empty() { "" } else { "." },
+                f.name,
+                if f.repeated && !desc.map_entry {
+                    "[]"
+                } else {
+                    ""
+                }
+            );
+            let node = plan
+                .and_then(|i| self.plans.messages.get(i))
+                .and_then(|p| p.field(f.number))
+                .map(|fp| fp.node);
+            let full = format!("{type_name}.{}", f.name);
+            match f.kind {
+                FieldKind::Message | FieldKind::Group => {
+                    let child_type = f.type_name.clone().unwrap_or_default();
+                    let child = match node {
+                        Some(Node::Message(j)) => Some(j),
+                        _ => None,
+                    };
+                    let key = (child_type.clone(), child);
+                    let see = self.seen.get(&key).cloned();
+                    self.rows.push(Row {
+                        path: path.clone(),
+                        field: full,
+                        kind: if f.kind == FieldKind::Group {
+                            "group"
+                        } else {
+                            "message"
+                        },
+                        class: None,
+                        actions: BTreeMap::new(),
+                        see: see.clone(),
+                    });
+                    if see.is_none() {
+                        if depth > crate::rewriter::MAX_DEPTH {
+                            return Err(format!(
+                                "{path}: nesting deeper than {}",
+                                crate::rewriter::MAX_DEPTH
+                            ));
+                        }
+                        self.seen.insert(key, path.clone());
+                        self.message(&child_type, child, &path, depth + 1)?;
+                    }
+                }
+                kind => {
+                    let textual = matches!(kind, FieldKind::String | FieldKind::Bytes);
+                    let (class, actions) = match node {
+                        Some(Node::Leaf { class, .. }) => {
+                            let name = self
+                                .session
+                                .config
+                                .class_names
+                                .get(&class)
+                                .cloned()
+                                .unwrap_or_else(|| self.catalog.class_name(class));
+                            let actions = self
+                                .roles
+                                .iter()
+                                .map(|r| {
+                                    let (_, block) = self.session.config.policy.for_role(Some(r));
+                                    (r.clone(), action_name(block.action(class), textual))
+                                })
+                                .collect();
+                            (Some(name), actions)
+                        }
+                        _ => (None, BTreeMap::new()),
+                    };
+                    self.rows.push(Row {
+                        path,
+                        field: full,
+                        kind: match kind {
+                            FieldKind::String => "string",
+                            FieldKind::Bytes => "bytes",
+                            _ => "number",
+                        },
+                        class,
+                        actions,
+                        see: None,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How an action reads in the report. A number, bool or enum leaf is kept only under
+/// `reveal` and dropped under anything else, so that is what the report says.
+pub fn action_name(action: &Action, textual: bool) -> String {
+    match action {
+        Action::Reveal => "reveal".into(),
+        _ if !textual => "remove".into(),
+        Action::Redact { replacement: None } => "redact".into(),
+        Action::Redact {
+            replacement: Some(r),
+        } => format!("redact({r:?})"),
+        Action::Partial { keep_last } => format!("partial({keep_last})"),
+        Action::Token => "token".into(),
+        Action::Remove => "remove".into(),
+    }
+}
+
+/// The report as text: one line per field path, `class  role=action …` or `untagged`.
+pub fn to_text(report: &[MethodCoverage]) -> String {
+    let mut out = String::new();
+    for m in report {
+        out.push_str(&format!(
+            "{} -> {}{}\n",
+            m.method,
+            m.response_type,
+            if m.planned {
+                ""
+            } else {
+                "  (nothing to mask: responses pass unchanged)"
+            }
+        ));
+        for r in &m.rows {
+            let what = match (&r.class, &r.see, r.kind) {
+                (_, Some(see), _) => format!("see {see}"),
+                (None, None, "message" | "group") => continue,
+                (None, None, _) => "untagged".to_string(),
+                (Some(c), None, _) => {
+                    let acts: Vec<String> =
+                        r.actions.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    format!("{c}  {}", acts.join(" "))
+                }
+            };
+            out.push_str(&format!("  {}  ({})  {what}\n", r.path, r.kind));
+        }
+    }
+    out
+}
+
+/// The report as JSON: `{"methods": [{"method", "response_type", "planned", "fields":
+/// [{"path", "field", "kind", "class", "actions", "see"}]}]}` (`class` null = untagged).
+pub fn to_json(report: &[MethodCoverage]) -> Value {
+    let methods: Vec<Value> = report
+        .iter()
+        .map(|m| {
+            let fields: Vec<Value> = m
+                .rows
+                .iter()
+                .map(|r| {
+                    json!({
+                        "path": r.path, "field": r.field, "kind": r.kind, "class": r.class,
+                        "actions": r.actions, "see": r.see,
+                    })
+                })
+                .collect();
+            json!({"method": m.method, "response_type": m.response_type, "planned": m.planned, "fields": fields})
+        })
+        .collect();
+    json!({ "methods": methods })
+}

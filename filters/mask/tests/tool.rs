@@ -1,0 +1,391 @@
+//! The `phi-guard-mask` tool (feature `cli`): build and prune, coverage, lint, apply, as a
+//! library and as the binary a CI pipeline runs.
+#![cfg(feature = "cli")]
+
+mod support;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use phi_guard_mask::rewriter::Counts;
+use phi_guard_mask::tool::{self, build, coverage, lint, Session};
+use prost::Message;
+use support::{CANARY_PHONE, CANARY_SSN, KEY, KEY_ENV};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_phi-guard-mask"));
+    c.env(KEY_ENV, KEY);
+    c
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = repo().join("target/tool-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// The demo policy without its descriptor set, written to a file.
+fn policy_file() -> PathBuf {
+    let path = tmp("policy.demo.json");
+    std::fs::write(&path, include_str!("../policy.demo.json")).unwrap();
+    path
+}
+
+fn demo_session(message_type: Option<&str>) -> Session {
+    std::env::set_var(KEY_ENV, KEY);
+    Session::new(
+        include_str!("../policy.demo.json").as_bytes(),
+        Some(support::descriptor_set()),
+        message_type,
+    )
+    .unwrap()
+}
+
+fn gunzip(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+fn full_fhir_set() -> Vec<u8> {
+    gunzip(&std::fs::read(repo().join("proto/fhir/google-fhir-r4-0.11.0.pb.gz")).unwrap())
+}
+
+#[test]
+fn the_committed_fhir_set_is_what_the_script_builds() {
+    // scripts/fhir-descriptors: the full set extracted from Google's wheels (committed,
+    // gzip), then `build` of our service against it. Offline: only the second half reruns.
+    let full = full_fhir_set();
+    let compiled = build::compile(
+        &[PathBuf::from("phi/fhir/v1/fhir_service.proto")],
+        &[repo().join("proto")],
+        std::slice::from_ref(&full),
+    )
+    .unwrap();
+    let pruned = build::prune(
+        &compiled,
+        &["phi.fhir.v1.FhirService".into()],
+        &["google.fhir.r4.core.RelatedPerson".into()],
+    )
+    .unwrap();
+    let committed = std::fs::read(repo().join("proto/fhir/r4.pb")).unwrap();
+    assert!(
+        pruned.set == committed,
+        "proto/fhir/r4.pb is stale: run scripts/fhir-descriptors"
+    );
+    assert_eq!(committed, phi_guard_proto::fhir::DESCRIPTOR_SET);
+}
+
+#[test]
+fn pruning_keeps_the_closure_and_options_and_drops_the_rest() {
+    let full = full_fhir_set();
+    let patient = build::prune(&full, &[], &["google.fhir.r4.core.Patient".into()]).unwrap();
+    let bundle = build::prune(&full, &[], &["google.fhir.r4.core.Bundle".into()]).unwrap();
+    eprintln!(
+        "FHIR R4 full set {} bytes; Patient closure {} bytes ({} messages); Bundle closure {} bytes ({} messages)",
+        full.len(),
+        patient.set.len(),
+        patient.messages,
+        bundle.set.len(),
+        bundle.messages
+    );
+    assert!(patient.set.len() < bundle.set.len() && bundle.set.len() < full.len());
+    let pool = prost_reflect::DescriptorPool::decode(patient.set.as_slice()).unwrap();
+    assert!(pool
+        .get_message_by_name("google.fhir.r4.core.HumanName")
+        .is_some());
+    assert!(pool
+        .get_message_by_name("google.fhir.r4.core.Observation")
+        .is_none());
+    assert!(pool.get_file_by_name("google/protobuf/any.proto").is_some());
+    // FHIR's own annotations (field options) travel with the kept types, byte for byte.
+    let value_regex = pool
+        .get_message_by_name("google.fhir.r4.core.Id")
+        .unwrap()
+        .options();
+    assert!(
+        !value_regex.encode_to_vec().is_empty(),
+        "message options kept"
+    );
+
+    // The demo set pruned to PatientService keeps the phi.v1.sensitivity annotations.
+    let demo = build::prune(
+        support::descriptor_set(),
+        &["health.v1.PatientService".into()],
+        &[],
+    )
+    .unwrap();
+    let cfg = phi_guard_mask::MaskConfig::parse(
+        &serde_json::to_vec(&serde_json::json!({
+            "descriptor_set": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &demo.set),
+            "roles": {"nurse": {"*": "redact"}},
+        }))
+        .unwrap(),
+        &|_| None,
+    )
+    .unwrap();
+    assert!(cfg.plans.method(support::GET_PATIENT).is_some());
+    assert!(build::prune(support::descriptor_set(), &["no.Such".into()], &[]).is_err());
+}
+
+#[test]
+fn coverage_lists_every_field_with_each_roles_action() {
+    let session = demo_session(None);
+    let report =
+        coverage::coverage(&session, &["health.v1.PatientService/GetPatient".into()]).unwrap();
+    assert_eq!(report.len(), 1);
+    let row = |path: &str| {
+        report[0]
+            .rows
+            .iter()
+            .find(|r| r.path == path)
+            .unwrap_or_else(|| panic!("{path}"))
+    };
+    let ssn = row("ssn");
+    assert_eq!(ssn.class.as_deref(), Some("SSN"));
+    assert_eq!(ssn.actions["nurse"], "partial(4)");
+    assert_eq!(ssn.actions["billing"], "reveal");
+    assert_eq!(ssn.actions["research"], "remove");
+    assert_eq!(ssn.actions["default"], "remove");
+    assert_eq!(
+        row("contacts[].email").actions["nurse"],
+        "redact(\"[redacted]\")"
+    );
+    assert_eq!(row("identifiers[].value").class.as_deref(), Some("MRN"));
+    assert_eq!(
+        row("identifiers[].key").class,
+        None,
+        "map keys stay readable"
+    );
+    assert_eq!(row("tenant").class, None);
+    assert_eq!(row("patient_id").class, None);
+    assert_eq!(row("allergy_codes[]").kind, "number");
+
+    let text = coverage::to_text(&report);
+    assert!(text.contains("  ssn  (string)  SSN  billing=reveal default=remove nurse=partial(4) research=remove\n"), "{text}");
+    assert!(text.contains("  tenant  (string)  untagged\n"), "{text}");
+    let json = coverage::to_json(&report);
+    assert_eq!(
+        json["methods"][0]["method"],
+        "health.v1.PatientService/GetPatient"
+    );
+    assert!(json["methods"][0]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["path"] == "ssn" && f["class"] == "SSN"));
+
+    // The binary prints the same report.
+    let out = bin()
+        .args(["coverage", "--policy"])
+        .arg(policy_file())
+        .arg("--descriptor-set")
+        .arg(write_demo_set())
+        .args(["--method", "health.v1.PatientService/GetPatient"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), text);
+}
+
+fn write_demo_set() -> PathBuf {
+    let path = tmp("demo.pb");
+    std::fs::write(&path, support::descriptor_set()).unwrap();
+    path
+}
+
+#[test]
+fn lint_fails_on_an_untagged_ssn_field() {
+    let set = build::compile(
+        &[PathBuf::from("lint/v1/untagged.proto")],
+        &[
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/protos"),
+            repo().join("proto"),
+        ],
+        &[],
+    )
+    .unwrap();
+    let set_path = tmp("untagged.pb");
+    std::fs::write(&set_path, &set).unwrap();
+    let policy = tmp("lint-policy.json");
+    std::fs::write(&policy, r#"{"roles": {"billing": {"*": "reveal"}}}"#).unwrap();
+
+    let session =
+        Session::new(std::fs::read(&policy).unwrap().as_slice(), Some(&set), None).unwrap();
+    let report = coverage::coverage(&session, &[]).unwrap();
+    let findings = lint::by_name(&report, &[]);
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert_eq!(
+        (findings[0].path.as_str(), findings[0].kind.as_str()),
+        ("ssn", "ssn")
+    );
+    assert!(lint::by_name(&report, &["lint.v1.Member.ssn".into()]).is_empty());
+
+    let run = |extra: &[&str]| {
+        bin()
+            .args(["lint", "--policy"])
+            .arg(&policy)
+            .arg("--descriptor-set")
+            .arg(&set_path)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "lint must fail: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains("lint.v1.MemberService/GetMember: ssn (lint.v1.Member.ssn) looks like ssn"),
+        "{stdout}"
+    );
+    assert_eq!(
+        run(&["--allow", "lint.v1.Member.ssn"]).status.code(),
+        Some(0)
+    );
+
+    // A sample message: an untagged free-text field holding a phone number is a finding too;
+    // the value itself is never printed.
+    let sample = tmp("member.json");
+    std::fs::write(
+        &sample,
+        format!(r#"{{"memberId": "M-1", "comments": "call {CANARY_PHONE}"}}"#),
+    )
+    .unwrap();
+    let out = run(&[
+        "--allow",
+        "lint.v1.Member.ssn",
+        "--sample",
+        sample.to_str().unwrap(),
+        "--type",
+        "lint.v1.Member",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains("comments (lint.v1.Member.comments) looks like PHONE [sample]"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(CANARY_PHONE));
+}
+
+#[test]
+fn apply_masks_offline_with_the_filters_core() {
+    let session = demo_session(Some("health.v1.Patient"));
+    let patient = support::patient().encode_to_vec();
+    let mut counts = Counts::default();
+    let nurse = session.mask("nurse", &patient, &mut counts).unwrap();
+    let text = String::from_utf8_lossy(&nurse);
+    assert!(!text.contains(CANARY_SSN) && text.contains("***-**-1234"));
+    // Byte for byte what the filter's rewriter produces for GetPatient.
+    let cfg = support::demo_config();
+    let (_, block) = cfg.policy.for_role(Some("nurse"));
+    let mut expected = Vec::new();
+    cfg.rewriter(block)
+        .rewrite(
+            cfg.plans.method(support::GET_PATIENT).unwrap(),
+            &patient,
+            &mut expected,
+            &mut Counts::default(),
+        )
+        .unwrap();
+    assert_eq!(nurse, expected);
+    let unknown = session
+        .mask("intern", &patient, &mut Counts::default())
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&unknown).contains("Canarysmith"),
+        "unknown role: default block"
+    );
+
+    // The binary: a length-delimited dump of three patients, as research.
+    let mut dump = Vec::new();
+    for _ in 0..3 {
+        tool::put_delimited(&mut dump, &patient);
+    }
+    let input = tmp("patients.bin");
+    let output = tmp("patients.research.bin");
+    std::fs::write(&input, &dump).unwrap();
+    let out = bin()
+        .args(["apply", "--policy"])
+        .arg(policy_file())
+        .arg("--descriptor-set")
+        .arg(write_demo_set())
+        .args([
+            "--type",
+            "health.v1.Patient",
+            "--role",
+            "research",
+            "--delimited",
+            "-i",
+        ])
+        .arg(&input)
+        .arg("-o")
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let masked = std::fs::read(&output).unwrap();
+    let messages = tool::split_delimited(&masked).unwrap();
+    assert_eq!(messages.len(), 3);
+    for m in messages {
+        let p = phi_guard_proto::health::v1::Patient::decode(m).unwrap();
+        assert!(p.ssn.is_empty());
+        assert!(p
+            .name
+            .is_none_or(|n| n.family.is_empty() && n.given.is_empty()));
+        assert!(p.mrn.starts_with("tok_"));
+    }
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("masked as research:") && stderr.contains("SSN/remove=3"),
+        "{stderr}"
+    );
+
+    // JSON in, JSON out (proto3 JSON through prost-reflect).
+    let json = tool::to_json(&session.pool, "health.v1.Patient", &patient).unwrap();
+    let out = bin()
+        .args(["apply", "--policy"])
+        .arg(policy_file())
+        .arg("--descriptor-set")
+        .arg(write_demo_set())
+        .args(["--type", "health.v1.Patient", "--role", "nurse", "--json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(json.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ssn"], "***-**-1234");
+    assert_eq!(v["contacts"][0]["email"], "[redacted]");
+}
