@@ -19,7 +19,7 @@ fn config() -> &'static MaskConfig {
             .encode(phi_guard_proto::DESCRIPTOR_SET)
             .into();
         let env = |name: &str| {
-            (name == "PHI_GUARD_MASK_TOKEN_KEY").then(|| "fuzz-key-0123456789abcdef".to_string())
+            (name == "PHI_GUARD_MASK_TOKEN_KEY").then(|| "fuzz-key-0123456789abcdef-0123456789".to_string())
         };
         MaskConfig::parse(doc.to_string().as_bytes(), &env).unwrap()
     })

@@ -351,3 +351,88 @@ async fn a_full_backlog_fails_closed_with_unavailable_until_it_drains() {
     let text = std::fs::read_to_string(&stack.audit_log).unwrap();
     assert_eq!(verify_text(&stack, &text, Some(delivered)), Ok(delivered));
 }
+
+/// Issue 12 item 4: a client-chosen id shaped like an SSN (`x-request-id: 078-05-1120`) is
+/// masked at source, so it reaches no audit event, no Envoy log line and no metric; the same
+/// for a resource id and for request ids that are not identifiers at all (an e-mail address).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_supplied_ids_are_sanitized_before_any_event_log_or_metric() {
+    const SSN: &str = "078-05-1120";
+    const PHONE: &str = "555.867.5309";
+    const EMAIL: &str = "jane.doe@example.org";
+    let stack = Stack::builder("audit_client_ids")
+        .workload("frontend", "clinic", "ehr-frontend")
+        .start()
+        .await
+        .expect("stack starts");
+    let mut cases = Vec::new();
+    for (request_id, patient_id) in [
+        (SSN, PATIENT_ID),
+        ("req-ok-0001", PHONE),
+        (EMAIL, PATIENT_ID),
+    ] {
+        let mut client = stack.client_as("frontend", Some("nurse")).await.unwrap();
+        let mut request = tonic::Request::new(GetPatientRequest {
+            patient_id: PATIENT_ID.into(),
+        });
+        request
+            .metadata_mut()
+            .insert("x-request-id", request_id.parse().unwrap());
+        request
+            .metadata_mut()
+            .insert("x-patient-id", patient_id.parse().unwrap());
+        client.get_patient(request).await.unwrap();
+        cases.push((request_id, patient_id));
+    }
+    // A refused call too: jwt answers before the other filters, and still sanitizes first.
+    let mut client = stack.client_as("frontend", None).await.unwrap();
+    let mut request = tonic::Request::new(GetPatientRequest {
+        patient_id: PATIENT_ID.into(),
+    });
+    request
+        .metadata_mut()
+        .insert("x-request-id", SSN.parse().unwrap());
+    assert_eq!(
+        client.get_patient(request).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    wait_for_events(&stack, 4).await;
+    let events = events(&stack);
+    let ids: Vec<&Value> = events
+        .iter()
+        .map(|e| &e["correlation"]["request_id"])
+        .collect();
+    assert_eq!(
+        ids.iter().filter(|v| **v == "***-**-****").count(),
+        2,
+        "the SSN-shaped id is masked, not dropped: {ids:?}"
+    );
+    assert!(ids.contains(&&Value::from("req-ok-0001")), "{ids:?}");
+    let phone_event = events
+        .iter()
+        .find(|e| e["correlation"]["request_id"] == "req-ok-0001")
+        .unwrap();
+    assert_eq!(phone_event["what"]["resource_id"], "***.***.****");
+
+    // Nowhere: the audit trail, every Envoy log (access logs included), the metrics.
+    let audit_text = std::fs::read_to_string(&stack.audit_log).unwrap();
+    let envoy_logs = all_logs(&stack);
+    let (_, stats) = stack.inbound.admin_get("/stats").unwrap();
+    let (_, prometheus) = stack.inbound.admin_get("/stats/prometheus").unwrap();
+    for canary in [SSN, "078051120", PHONE, "5558675309", EMAIL] {
+        for (what, text) in [
+            ("audit log", &audit_text),
+            ("Envoy logs", &envoy_logs),
+            ("stats", &stats),
+            ("prometheus", &prometheus),
+        ] {
+            assert!(!text.contains(canary), "{canary} in the {what}");
+        }
+    }
+    assert!(
+        envoy_logs.contains("\"request_id\":\"***-**-****\""),
+        "the access log shows the masked id"
+    );
+    // The chain still verifies.
+    assert_eq!(verify_text(&stack, &audit_text, Some(4)), Ok(4));
+}

@@ -106,6 +106,10 @@ pub struct UserClaims {
     pub purpose_of_use: Option<String>,
     /// base64url SHA-256 of the client certificate DER this token is bound to (RFC 8705).
     pub cnf_x5t_s256: Option<String>,
+    /// The `jti` claim (RFC 7519 §4.1.7), for replay-protection tests.
+    pub jti: Option<String>,
+    /// The JOSE header `typ` (default `JWT`), e.g. `logout+jwt` for type-confusion tests.
+    pub typ: Option<String>,
 }
 
 impl UserClaims {
@@ -117,6 +121,8 @@ impl UserClaims {
             tenant: Some("north".into()),
             purpose_of_use: Some("TREAT".into()),
             cnf_x5t_s256: None,
+            jti: None,
+            typ: None,
         }
     }
 }
@@ -156,9 +162,16 @@ impl SigningKey {
         jwt.issued_at = Some(UnixTimeStamp::from_secs(issued_at));
         jwt.invalid_before = Some(UnixTimeStamp::from_secs(issued_at));
         jwt.expires_at = Some(UnixTimeStamp::from_secs(expires_at));
+        if let Some(jti) = &claims.jti {
+            jwt = jwt.with_jwt_id(jti);
+        }
+        let header = HeaderOptions {
+            signature_type: claims.typ.clone(),
+            content_type: None,
+        };
         match &self.key {
-            KeyPair::ES256(key) => key.sign(jwt),
-            KeyPair::RS256(key) => key.sign(jwt),
+            KeyPair::ES256(key) => key.sign_with_options(jwt, &header),
+            KeyPair::RS256(key) => key.sign_with_options(jwt, &header),
         }
         .expect("signing with a valid key")
     }

@@ -15,7 +15,7 @@ pub type Link = [u8; 32];
 pub const GENESIS: Link = [0u8; 32];
 
 /// Keys shorter than this are refused: HMAC-SHA256 wants at least the hash size.
-pub const MIN_KEY_LEN: usize = 32;
+pub const MIN_KEY_LEN: usize = phi_guard_common::config::MIN_AUDIT_CHAIN_KEY_BYTES;
 
 /// The HMAC key, kept out of `Debug` so it can never end up in a log line.
 #[derive(Clone)]

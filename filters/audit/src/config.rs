@@ -41,15 +41,10 @@ pub struct FilterConfig {
 }
 
 impl FilterConfig {
+    /// Parses through the one config parser: an empty document is refused (`{}` takes every
+    /// default), as are repeated members.
     pub fn parse(bytes: &[u8]) -> Result<Self, ConfigError> {
-        let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
-            b"{}".as_slice()
-        } else {
-            bytes
-        };
-        let doc: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|e| ConfigError::from_json(&e))?;
-        let cfg: Self = phi_guard_common::config::from_json_value(&doc)?;
+        let cfg: Self = phi_guard_common::config::parse_config(bytes, "audit")?;
         non_empty("service_vm_id", &cfg.service_vm_id)?;
         non_empty("queue", &cfg.queue)?;
         if let Some(h) = &cfg.resource_id_header {
@@ -157,9 +152,7 @@ fn d_tick() -> u64 {
 
 impl ServiceConfig {
     pub fn parse(bytes: &[u8]) -> Result<Self, ConfigError> {
-        let doc: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|e| ConfigError::from_json(&e))?;
-        let cfg: Self = phi_guard_common::config::from_json_value(&doc)?;
+        let cfg: Self = phi_guard_common::config::parse_config(bytes, "audit service")?;
         non_empty("queue", &cfg.queue)?;
         non_empty("key_env", &cfg.key_env)?;
         non_empty("cluster", &cfg.cluster)?;
@@ -220,7 +213,9 @@ mod tests {
 
     #[test]
     fn filter_defaults_and_validation() {
-        let cfg = FilterConfig::parse(b"").unwrap();
+        let err = FilterConfig::parse(b"").unwrap_err();
+        assert!(err.reason.contains("audit configuration is empty"), "{err}");
+        let cfg = FilterConfig::parse(b"{}").unwrap();
         assert_eq!(cfg.service_vm_id, "phi_guard_audit");
         assert_eq!(cfg.queue, "phi_guard_audit_events");
         assert_eq!(cfg.resource_id_header, None);
@@ -232,6 +227,21 @@ mod tests {
         assert_eq!(err.field, "resource_id_header");
         let err = FilterConfig::parse(br#"{"queu":"x"}"#).unwrap_err();
         assert_eq!(err.field, "queu");
+    }
+
+    #[test]
+    fn repeated_members_are_refused() {
+        let err = FilterConfig::parse(br#"{"queue":"a","queue":"b"}"#).unwrap_err();
+        assert_eq!(err.field, "queue");
+        assert!(err.reason.contains("twice"), "{err}");
+        let err = ServiceConfig::parse(br#"{"key_env":"K","cluster":"c","cluster":"other"}"#)
+            .unwrap_err();
+        assert_eq!(err.field, "cluster");
+        let err = ServiceConfig::parse(b"").unwrap_err();
+        assert!(
+            err.reason.contains("audit service configuration is empty"),
+            "{err}"
+        );
     }
 
     #[test]

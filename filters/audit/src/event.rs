@@ -163,15 +163,12 @@ pub struct EventOptions {
     pub resource_id_header: Option<String>,
 }
 
-/// A conservative identifier alphabet: ids are copied verbatim into a tamper-evident log, so
-/// anything that could smuggle free text (spaces, quotes, control bytes) is refused.
+/// A client-chosen identifier (request id, resource id): validated and pattern-masked by the
+/// one sanitizer every filter uses (`phi_guard_common::sanitize::client_id`), so an
+/// SSN-shaped `x-request-id` never reaches the tamper-evident log; anything that could
+/// smuggle free text (spaces, quotes, control bytes, e-mail addresses) is dropped.
 fn id_like(value: &str) -> Option<String> {
-    let ok = !value.is_empty()
-        && value.len() <= MAX_ID_LEN
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._:/@+=~".contains(&b));
-    ok.then(|| value.to_string())
+    phi_guard_common::sanitize::client_id(value).value()
 }
 
 /// A SAN URI or claim value: printable ASCII without spaces, bounded.
@@ -328,8 +325,9 @@ pub fn build_event<H: AuditHost + ?Sized>(
             role: authz.as_ref().and_then(|a| printable(&a.role)),
         },
         what: What {
-            service: method.as_ref().map(|m| m.service.clone()),
-            method: method.as_ref().map(|m| m.method.clone()),
+            // The client chose `:path` too: a method named like an SSN is masked.
+            service: method.as_ref().and_then(|m| id_like(&m.service)),
+            method: method.as_ref().and_then(|m| id_like(&m.method)),
             resource_id: opts
                 .resource_id_header
                 .as_deref()

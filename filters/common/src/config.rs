@@ -2,7 +2,87 @@
 //! such as `providers[0].issuer`) so an operator can fix the YAML from the log line alone, and
 //! it never echoes the value: a misplaced secret must not end up in Envoy's log.
 
+//!
+//! Every filter reads its configuration through [`parse_config`] (or [`parse_document`] when
+//! it walks the document itself), so all of them treat a document the same way:
+//!
+//! - an empty or absent configuration is an error naming the document (`the rbac policy is
+//!   empty`), never a silent set of defaults: a filter whose config failed to reach Envoy
+//!   must not start (write `{}` to take every default where a filter has them);
+//! - a member name repeated in one object, at any depth, is refused (serde_json would keep the
+//!   last one silently, and another tool reading the same YAML may keep the first: in a
+//!   policy that can hide a rule);
+//! - the top level must be a JSON object;
+//! - errors name the field and never carry a value.
+//!
+//! The shortest secret each filter accepts is fixed here too, one constant per key, so the
+//! READMEs and the code cannot drift apart.
+
 use std::fmt;
+
+use serde_json::Value;
+
+use crate::json::{self, JsonError};
+
+/// Shortest audit chain HMAC key (`PHI_GUARD_AUDIT_KEY`), in bytes: the HMAC-SHA256 output
+/// size (RFC 2104 §3 recommends a key at least that long).
+pub const MIN_AUDIT_CHAIN_KEY_BYTES: usize = 32;
+/// Shortest mask keyed-token key (`PHI_GUARD_MASK_TOKEN_KEY`), in bytes; as above.
+pub const MIN_MASK_TOKEN_KEY_BYTES: usize = 32;
+/// Shortest jwt HS256 shared secret, in bytes (RFC 7518 §3.2: at least the hash size).
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
+/// Shortest jwt replay-cache key (keys the hash of a `jti` in shared data), in bytes.
+pub const MIN_REPLAY_KEY_BYTES: usize = 32;
+
+/// Reads a filter's configuration document (`document` names it in errors: `jwt`, `rbac
+/// policy`, `mask`, `audit`, `audit service`): refuses an empty document, invalid JSON, a
+/// top level other than an object and repeated member names at any depth.
+pub fn parse_document(bytes: &[u8], document: &str) -> Result<Value, ConfigError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ConfigError::new(
+            "",
+            format!("the {document} configuration is empty (write `{{}}` for the defaults, where there are any)"),
+        ));
+    }
+    match json::parse_value_naming(bytes) {
+        Ok(value @ Value::Object(_)) => Ok(value),
+        Ok(_) => Err(ConfigError::new(
+            "",
+            format!("the {document} configuration must be a JSON object"),
+        )),
+        Err((JsonError::Duplicate, name)) => {
+            // A member name is a key, not a value; still, only a plain name is shown.
+            let name = name.filter(|n| {
+                !n.is_empty()
+                    && n.len() <= 64
+                    && n.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_-.:/*".contains(&b))
+            });
+            Err(ConfigError::new(
+                name.unwrap_or_default(),
+                format!("appears twice in one object of the {document} configuration (a repeated member is refused)"),
+            ))
+        }
+        Err((JsonError::Invalid, _)) => {
+            let reason = match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Err(e) => sanitize_serde_message(&e.to_string()),
+                Ok(_) => "not valid JSON".to_string(),
+            };
+            Err(ConfigError::new(
+                "",
+                format!("the {document} configuration is not valid JSON ({reason})"),
+            ))
+        }
+    }
+}
+
+/// [`parse_document`], then strict deserialisation as `T` (see [`from_json_value`]).
+pub fn parse_config<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    document: &str,
+) -> Result<T, ConfigError> {
+    from_json_value(&parse_document(bytes, document)?)
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -144,7 +224,6 @@ mod tests {
 
     #[derive(serde::Deserialize, Debug)]
     #[serde(deny_unknown_fields)]
-    #[allow(dead_code)]
     struct Sample {
         issuer: String,
     }
@@ -185,6 +264,56 @@ mod tests {
         let err = from_json_value::<Two>(&value).unwrap_err();
         assert_eq!(err.field, "limit");
         assert!(!err.to_string().contains("secret-value"), "{err}");
+    }
+
+    #[test]
+    fn empty_and_absent_documents_are_refused_by_name() {
+        for doc in ["", "  \n\t"] {
+            let err = parse_document(doc.as_bytes(), "rbac policy").unwrap_err();
+            assert_eq!(err.field, "");
+            assert!(
+                err.reason.contains("rbac policy configuration is empty"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn repeated_members_are_refused_at_any_depth_and_named() {
+        for (doc, field) in [
+            (r#"{"issuer":"a","issuer":"b"}"#, "issuer"),
+            (
+                r#"{"rules":[{"name":"x","action":"allow","action":"deny"}]}"#,
+                "action",
+            ),
+            (r#"{"a":{"b":{"c":1,"c":2}}}"#, "c"),
+            (r#"{"a":1,"\u0061":2}"#, "a"),
+            (r#"{"a b\u0000":1,"a b\u0000":2}"#, ""),
+        ] {
+            let err = parse_document(doc.as_bytes(), "test").unwrap_err();
+            assert_eq!(err.field, field, "{doc}");
+            assert!(err.reason.contains("appears twice"), "{err}");
+        }
+    }
+
+    #[test]
+    fn documents_must_be_objects_of_valid_json() {
+        for doc in ["[]", "1", "\"secret-string\"", "{", "{}x", "{\"a\":secret}"] {
+            let err = parse_document(doc.as_bytes(), "test").unwrap_err();
+            assert_eq!(err.field, "", "{doc}");
+            assert!(!err.to_string().contains("secret"), "{err}");
+        }
+        assert!(parse_document(b" {} ", "test").is_ok());
+    }
+
+    #[test]
+    fn parse_config_is_strict() {
+        let err = parse_config::<Sample>(br#"{"issuer":"a","issuer":"b"}"#, "t").unwrap_err();
+        assert_eq!(err.field, "issuer");
+        let ok = parse_config::<Sample>(br#"{"issuer":"a"}"#, "t").unwrap();
+        assert_eq!(ok.issuer, "a");
+        let err = parse_config::<Sample>(br#"{"issuer":7}"#, "t").unwrap_err();
+        assert_eq!(err.field, "issuer");
     }
 
     #[test]

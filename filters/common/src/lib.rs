@@ -2,7 +2,7 @@
 //!
 //! Filters run in separate wasm VMs (or separate root contexts of one VM) and talk to each other
 //! only through Envoy filter state. This crate fixes the keys and byte formats of that channel,
-//! the gRPC status mapping every filter answers with, the config error every filter reports,
+//! the gRPC status mapping every filter answers with, the one config parser and config error every filter uses, the strict JSON parser,
 //! and the clock abstraction the pure cores take time from. It has no proxy-wasm dependency so
 //! every core can be tested natively.
 
@@ -10,7 +10,9 @@ pub mod clock;
 pub mod config;
 pub mod grpc;
 pub mod identity;
+pub mod json;
 pub mod outcome;
+pub mod sanitize;
 pub mod state;
 
 pub use clock::{Clock, FixedClock, UnixSeconds};

@@ -3,7 +3,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
-use crate::{Host, LogLevel};
+use crate::{Host, LogLevel, SharedData, SharedDataError};
 use phi_guard_common::{GrpcStatus, UnixSeconds};
 
 /// A gRPC error a filter sent: the status and its extra headers.
@@ -20,6 +20,54 @@ pub struct FakeHost {
     pub logs: RefCell<Vec<(LogLevel, String)>>,
     pub counters: RefCell<Vec<(String, i64)>>,
     pub clock: Cell<UnixSeconds>,
+    /// Shared data: key → (value, CAS token). Share one `FakeHost` (or this map's contents)
+    /// between engines to model two Envoy workers.
+    pub shared: RefCell<BTreeMap<String, (Vec<u8>, u32)>>,
+    /// When set, the next this many CAS writes fail with `CasMismatch` (a concurrent writer).
+    pub cas_conflicts: Cell<u32>,
+    /// When set, every shared-data call fails.
+    pub shared_data_broken: Cell<bool>,
+}
+
+impl SharedData for FakeHost {
+    fn get_shared_data_cas(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, SharedDataError> {
+        if self.shared_data_broken.get() {
+            return Err(SharedDataError::Failed);
+        }
+        Ok(self.shared.borrow().get(key).cloned())
+    }
+
+    fn set_shared_data_cas(
+        &self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> Result<(), SharedDataError> {
+        if self.shared_data_broken.get() {
+            return Err(SharedDataError::Failed);
+        }
+        let mut map = self.shared.borrow_mut();
+        // Envoy's CAS tokens come from one process-wide counter.
+        let next = map.values().map(|(_, c)| *c).max().unwrap_or(0) + 1;
+        match map.get_mut(key) {
+            Some(entry) => {
+                if let Some(cas) = cas.filter(|c| *c != 0) {
+                    if self.cas_conflicts.get() > 0 {
+                        self.cas_conflicts.set(self.cas_conflicts.get() - 1);
+                        return Err(SharedDataError::CasMismatch);
+                    }
+                    if cas != entry.1 {
+                        return Err(SharedDataError::CasMismatch);
+                    }
+                }
+                *entry = (value.to_vec(), next);
+            }
+            None => {
+                map.insert(key.to_string(), (value.to_vec(), next));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl FakeHost {
@@ -170,6 +218,45 @@ mod tests {
         ok.inc(&host);
         ok.inc(&host);
         assert_eq!(host.counter("phi_guard.jwt.verified"), 2);
+    }
+
+    #[test]
+    fn shared_data_compare_and_swap() {
+        let host = FakeHost::default();
+        assert_eq!(host.get_shared_data_cas("k"), Ok(None));
+        host.set_shared_data_cas("k", b"a", None).unwrap();
+        let (v, cas) = host.get_shared_data_cas("k").unwrap().unwrap();
+        assert_eq!(v, b"a");
+        host.set_shared_data_cas("k", b"b", Some(cas)).unwrap();
+        assert_eq!(
+            host.set_shared_data_cas("k", b"c", Some(cas)),
+            Err(SharedDataError::CasMismatch)
+        );
+        assert_eq!(host.get_shared_data_cas("k").unwrap().unwrap().0, b"b");
+    }
+
+    #[test]
+    fn client_headers_are_sanitized_in_place() {
+        let host = FakeHost::with_request_headers(&[
+            ("x-request-id", "078-05-1120"),
+            ("x-other", "jane@example.org"),
+            ("x-ok", "req-1"),
+        ]);
+        assert_eq!(
+            host.sanitize_request_header("x-request-id").as_deref(),
+            Some("***-**-****")
+        );
+        assert_eq!(
+            host.request_header("x-request-id").as_deref(),
+            Some("***-**-****")
+        );
+        assert_eq!(host.sanitize_request_header("x-other"), None);
+        assert_eq!(host.request_header("x-other"), None);
+        assert_eq!(
+            host.sanitize_request_header("x-ok").as_deref(),
+            Some("req-1")
+        );
+        assert_eq!(host.sanitize_request_header("absent"), None);
     }
 
     #[test]

@@ -51,6 +51,31 @@ pub trait Host {
     fn increment_counter(&self, id: u32, by: i64);
 }
 
+/// Why a shared-data write did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedDataError {
+    /// The key changed since the CAS token was read: read again and retry.
+    CasMismatch,
+    /// The host refused (any other status).
+    Failed,
+}
+
+/// proxy-wasm shared data: a key-value store shared by every VM with the same `vm_id` in one
+/// Envoy process (so across worker threads), with compare-and-swap. Keys are never removed;
+/// callers bound their own key space.
+pub trait SharedData {
+    /// The value and its CAS token; `Ok(None)` when the key was never set.
+    fn get_shared_data_cas(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, SharedDataError>;
+    /// Writes `value`. With `Some(cas)` the write happens only if the key still has that CAS
+    /// token; a key never set is written whatever `cas` says (proxy-wasm semantics).
+    fn set_shared_data_cas(
+        &self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> Result<(), SharedDataError>;
+}
+
 /// What a shell's stream callback tells the host: go on, or hold the stream (proxy-wasm's
 /// `Action`, defined here so shells stay testable off wasm).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +119,26 @@ pub trait HostExt: Host {
 
     fn set_filter_state(&self, key: &str, value: &[u8]) {
         self.set_property(&[key], value)
+    }
+
+    /// Sanitizes a client-chosen request header that Envoy's access log, the audit event or
+    /// the upstream will see (`x-request-id`): identifier-shaped digits are masked in place,
+    /// and a value that is not an identifier at all is removed
+    /// ([`phi_guard_common::sanitize::client_id`]). Returns what the header holds now.
+    fn sanitize_request_header(&self, name: &str) -> Option<String> {
+        use phi_guard_common::sanitize::{client_id, Sanitized};
+        let value = self.request_header(name)?;
+        match client_id(&value) {
+            Sanitized::Clean(v) => Some(v),
+            Sanitized::Masked(v) => {
+                self.set_request_header(name, &v);
+                Some(v)
+            }
+            Sanitized::Refused => {
+                self.remove_request_header(name);
+                None
+            }
+        }
     }
 
     /// A string attribute such as `connection.uri_san_peer_certificate`.

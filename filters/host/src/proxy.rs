@@ -109,3 +109,30 @@ impl Host for ProxyHost {
         let _ = hostcalls::increment_metric(id, by);
     }
 }
+
+impl crate::SharedData for ProxyHost {
+    fn get_shared_data_cas(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Vec<u8>, u32)>, crate::SharedDataError> {
+        match hostcalls::get_shared_data(key) {
+            Ok((Some(value), Some(cas))) => Ok(Some((value, cas))),
+            Ok((Some(value), None)) => Ok(Some((value, 0))),
+            Ok((None, _)) => Ok(None),
+            Err(_) => Err(crate::SharedDataError::Failed),
+        }
+    }
+
+    fn set_shared_data_cas(
+        &self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> Result<(), crate::SharedDataError> {
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(proxy_wasm::types::Status::CasMismatch) => Err(crate::SharedDataError::CasMismatch),
+            Err(_) => Err(crate::SharedDataError::Failed),
+        }
+    }
+}

@@ -194,6 +194,7 @@ mod tests {
             iat: None,
             clock_skew_s: 10,
             bound_to: None,
+            jti: None,
         }
     }
 

@@ -12,7 +12,6 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::json::{self, JsonError};
 use crate::keys::{Alg, KeySet, VerifyKey};
 
 pub const DEFAULT_CLOCK_SKEW_S: u64 = 60;
@@ -23,8 +22,17 @@ pub const DEFAULT_REFRESH_INTERVAL_S: u64 = 600;
 pub const DEFAULT_TIMEOUT_MS: u64 = 5000;
 pub const DEFAULT_MIN_REFETCH_INTERVAL_S: u64 = 30;
 pub const DEFAULT_RETRY_INTERVAL_S: u64 = 10;
+/// The `typ` values a provider accepts when its config names none: RFC 7519 §5.1's `JWT` and
+/// RFC 9068's `at+jwt` (compared as RFC 7515 §4.1.9 says: case-insensitively, `application/`
+/// optional). A token without `typ` is accepted unless `typ_required` is set.
+pub const DEFAULT_TYP: [&str; 2] = ["jwt", "at+jwt"];
+/// Default size of the shared replay cache, in `jti`s (all workers together).
+pub const DEFAULT_REPLAY_MAX_ENTRIES: usize = 8192;
+/// Deepest nesting of `any_of` / `all_of` in one requirement.
+pub const MAX_REQUIREMENT_DEPTH: usize = 4;
 /// RFC 7518 §3.2: an HS256 key must be at least as long as the hash output.
-pub const MIN_HS256_SECRET_BYTES: usize = 32;
+pub use phi_guard_common::config::MIN_HS256_SECRET_BYTES;
+pub use phi_guard_common::config::MIN_REPLAY_KEY_BYTES;
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -36,6 +44,23 @@ pub struct Config {
     pub max_token_bytes: usize,
     /// Verified-token cache size; 0 disables the cache.
     pub cache_max_entries: usize,
+    /// The shared `jti` replay cache; set iff a provider or a rule turns replay protection on.
+    pub replay: Option<ReplayConfig>,
+}
+
+/// The `replay` block: how `jti`s are remembered across Envoy workers.
+#[derive(Clone)]
+pub struct ReplayConfig {
+    /// HMAC-SHA256 key for the shared-data tag of a `jti` (the `jti` itself is never stored).
+    pub key: Vec<u8>,
+    pub max_entries: usize,
+}
+
+impl std::fmt::Debug for ReplayConfig {
+    // Never print the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReplayConfig {{ max_entries: {} }}", self.max_entries)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -53,6 +78,22 @@ pub struct Provider {
     pub claims: ClaimMapping,
     /// The HS256 key, read from the VM environment at configure time.
     pub hs256_key: Option<VerifyKey>,
+    /// Accepted JOSE `typ` values, normalised by [`normalize_typ`].
+    pub typ: Vec<String>,
+    /// Refuse a token without `typ`.
+    pub typ_required: bool,
+    /// Refuse a second use of a token's `jti` (and a token without one) for this provider.
+    pub replay_protection: bool,
+}
+
+/// RFC 7515 §4.1.9: `typ` is a media type, compared case-insensitively, and `application/`
+/// may be left out (so `JWT`, `jwt` and `application/jwt` are one value).
+pub fn normalize_typ(typ: &str) -> String {
+    let lower = typ.to_ascii_lowercase();
+    match lower.strip_prefix("application/") {
+        Some(rest) => rest.to_string(),
+        None => lower,
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -153,14 +194,19 @@ impl MethodPattern {
     }
 }
 
+/// What a method requires, as Envoy's `JwtRequirement` has it (`provider_name`,
+/// `requires_any`, `requires_all`, `allow_missing`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Requirement {
     /// A token verified by this provider (index into `providers`).
     Provider(usize),
-    /// A token verified by any of these providers, chosen by the token's `iss`.
-    AnyOf(Vec<usize>),
+    /// At least one of these holds (the first that does gives the identity).
+    AnyOf(Vec<Requirement>),
+    /// Every one of these holds (each provider reads its own token; the first gives the
+    /// identity).
+    AllOf(Vec<Requirement>),
     /// No token needed; a token that is present must still verify (with the provider whose
-    /// issuer it names).
+    /// issuer it names). Only at the top of a rule.
     AllowMissing,
 }
 
@@ -168,6 +214,8 @@ pub enum Requirement {
 pub struct Rule {
     pub pattern: MethodPattern,
     pub requires: Requirement,
+    /// Refuse a second use of a token's `jti` on the methods of this rule.
+    pub replay_protection: bool,
 }
 
 impl Config {
@@ -177,17 +225,10 @@ impl Config {
         bytes: &[u8],
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        // serde_json keeps the last duplicate silently in free-form parts (inline JWKS).
-        match json::parse_object(bytes) {
-            Ok(_) => {}
-            Err(JsonError::Duplicate) => {
-                return Err(ConfigError::new("", "a JSON member appears twice"))
-            }
-            Err(JsonError::Invalid) => {
-                return Err(ConfigError::new("", "not a JSON object"));
-            }
-        }
-        let raw: RawConfig = from_value_at(serde_json::from_slice(bytes).unwrap_or_default(), "")?;
+        // The one config parser: empty documents and repeated members (at any depth, inline
+        // JWKS included) are refused as in every phi-guard filter.
+        let doc = phi_guard_common::config::parse_document(bytes, "jwt")?;
+        let raw: RawConfig = from_value_at(doc, "")?;
 
         if raw.providers.is_empty() {
             return Err(ConfigError::new(
@@ -224,9 +265,23 @@ impl Config {
                     "duplicate pattern",
                 ));
             }
-            let requires =
-                parse_requirement(raw_rule.requires, &format!("{path}.requires"), &providers)?;
-            rules.push(Rule { pattern, requires });
+            let requires = parse_requirement(
+                raw_rule.requires,
+                &format!("{path}.requires"),
+                &providers,
+                0,
+            )?;
+            if raw_rule.replay_protection && requires == Requirement::AllowMissing {
+                return Err(ConfigError::new(
+                    format!("{path}.replay_protection"),
+                    "needs a requirement that demands a token (not `allow_missing`)",
+                ));
+            }
+            rules.push(Rule {
+                pattern,
+                requires,
+                replay_protection: raw_rule.replay_protection,
+            });
         }
         let default = match raw.default {
             None => None,
@@ -237,7 +292,7 @@ impl Config {
                         "a `*` rule and `default` mean the same; keep one",
                     ));
                 }
-                Some(parse_requirement(value, "default", &providers)?)
+                Some(parse_requirement(value, "default", &providers, 0)?)
             }
         };
 
@@ -260,13 +315,42 @@ impl Config {
             ));
         }
 
+        let replay_wanted = providers.iter().any(|p| p.replay_protection)
+            || rules.iter().any(|r| r.replay_protection);
+        let replay = match (raw.replay, replay_wanted) {
+            (None, false) => None,
+            (None, true) => {
+                return Err(ConfigError::new(
+                    "replay",
+                    "replay protection is on: set `replay.key_env`",
+                ))
+            }
+            (Some(_), false) => {
+                return Err(ConfigError::new(
+                    "replay",
+                    "set only when a provider or a rule turns `replay_protection` on",
+                ))
+            }
+            (Some(value), true) => Some(parse_replay(value, env)?),
+        };
+
         Ok(Config {
             providers,
             rules,
             default,
             max_token_bytes,
             cache_max_entries,
+            replay,
         })
+    }
+
+    /// Whether the rule that decides `method` turns replay protection on.
+    pub fn rule_replay_protection(&self, method: &GrpcMethod) -> bool {
+        self.rules
+            .iter()
+            .filter(|r| r.pattern.matches(method))
+            .max_by_key(|r| r.pattern.specificity())
+            .is_some_and(|r| r.replay_protection)
     }
 
     /// The requirement for a method: the matching rule with the most specific pattern (exact
@@ -291,6 +375,14 @@ struct RawConfig {
     default: Option<Value>,
     max_token_bytes: Option<usize>,
     cache: Option<Value>,
+    replay: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReplay {
+    key_env: String,
+    max_entries: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -304,13 +396,16 @@ struct RawCache {
 struct RawRule {
     r#match: String,
     requires: Value,
+    #[serde(default)]
+    replay_protection: bool,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRequirement {
     provider: Option<String>,
-    any_of: Option<Vec<String>>,
+    any_of: Option<Vec<Value>>,
+    all_of: Option<Vec<Value>>,
     allow_missing: Option<bool>,
 }
 
@@ -331,6 +426,11 @@ struct RawProvider {
     require_cert_binding: bool,
     claims: Option<Value>,
     hs256_secret_env: Option<String>,
+    typ: Option<Vec<String>>,
+    #[serde(default)]
+    typ_required: bool,
+    #[serde(default)]
+    replay_protection: bool,
 }
 
 #[derive(Deserialize)]
@@ -453,7 +553,7 @@ fn parse_provider(
             if secret.len() < MIN_HS256_SECRET_BYTES {
                 return Err(ConfigError::new(
                     field("hs256_secret_env"),
-                    "the secret must be at least 32 bytes",
+                    format!("the secret must be at least {MIN_HS256_SECRET_BYTES} bytes"),
                 ));
             }
             Some(VerifyKey::hs256(secret.as_bytes()))
@@ -523,6 +623,38 @@ fn parse_provider(
         }
     }
 
+    let typ: Vec<String> = match raw.typ {
+        None => DEFAULT_TYP.iter().map(|t| t.to_string()).collect(),
+        Some(list) => {
+            if list.is_empty() {
+                return Err(ConfigError::new(
+                    field("typ"),
+                    "at least one value (omit for the default `JWT`, `at+jwt`)",
+                ));
+            }
+            let mut out: Vec<String> = Vec::new();
+            for (i, t) in list.iter().enumerate() {
+                let t = normalize_typ(t);
+                // A media type's subtype: RFC 6838 §4.2 restricted-name characters.
+                let valid = !t.is_empty()
+                    && t.len() <= 127
+                    && t.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b));
+                if !valid {
+                    return Err(ConfigError::new(
+                        format!("{path}.typ[{i}]"),
+                        "a media type such as `JWT` or `at+jwt`",
+                    ));
+                }
+                if out.contains(&t) {
+                    return Err(ConfigError::new(format!("{path}.typ[{i}]"), "listed twice"));
+                }
+                out.push(t);
+            }
+            out
+        }
+    };
+
     Ok(Provider {
         name: raw.name,
         issuer: raw.issuer,
@@ -536,6 +668,41 @@ fn parse_provider(
         require_cert_binding: raw.require_cert_binding,
         claims,
         hs256_key,
+        typ,
+        typ_required: raw.typ_required,
+        replay_protection: raw.replay_protection,
+    })
+}
+
+fn parse_replay(
+    value: Value,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<ReplayConfig, ConfigError> {
+    let raw: RawReplay = from_value_at(value, "replay")?;
+    non_empty(&raw.key_env, "replay.key_env".into())?;
+    let key = env(&raw.key_env).unwrap_or_default();
+    if key.is_empty() {
+        return Err(ConfigError::new(
+            "replay.key_env",
+            "the VM environment variable it names is not set",
+        ));
+    }
+    if key.len() < MIN_REPLAY_KEY_BYTES {
+        return Err(ConfigError::new(
+            "replay.key_env",
+            format!("the key must be at least {MIN_REPLAY_KEY_BYTES} bytes"),
+        ));
+    }
+    let max_entries = raw.max_entries.unwrap_or(DEFAULT_REPLAY_MAX_ENTRIES);
+    if !(64..=1_000_000).contains(&max_entries) {
+        return Err(ConfigError::new(
+            "replay.max_entries",
+            "must be 64..=1000000",
+        ));
+    }
+    Ok(ReplayConfig {
+        key: key.into_bytes(),
+        max_entries,
     })
 }
 
@@ -617,49 +784,64 @@ fn parse_requirement(
     value: Value,
     path: &str,
     providers: &[Provider],
+    depth: usize,
 ) -> Result<Requirement, ConfigError> {
-    let raw: RawRequirement = from_value_at(value, path)?;
-    let index_of = |name: &str, field: String| {
-        providers
-            .iter()
-            .position(|p| p.name == name)
-            .ok_or_else(|| ConfigError::new(field, "names no provider"))
-    };
-    match (raw.provider, raw.any_of, raw.allow_missing) {
-        (Some(name), None, None) => Ok(Requirement::Provider(index_of(
-            &name,
-            format!("{path}.provider"),
-        )?)),
-        (None, Some(names), None) => {
-            if names.is_empty() {
-                return Err(ConfigError::new(
-                    format!("{path}.any_of"),
-                    "must not be empty",
-                ));
-            }
-            let mut indices = Vec::new();
-            for (i, name) in names.iter().enumerate() {
-                let idx = index_of(name, format!("{path}.any_of[{i}]"))?;
-                if indices.contains(&idx) {
-                    return Err(ConfigError::new(
-                        format!("{path}.any_of[{i}]"),
-                        "listed twice",
-                    ));
-                }
-                indices.push(idx);
-            }
-            Ok(Requirement::AnyOf(indices))
+    if depth > MAX_REQUIREMENT_DEPTH {
+        return Err(ConfigError::new(
+            path,
+            format!("`any_of` / `all_of` nested deeper than {MAX_REQUIREMENT_DEPTH}"),
+        ));
+    }
+    // Inside a list a bare string names a provider.
+    if depth > 0 {
+        if let Value::String(name) = &value {
+            return provider_index(providers, name, path).map(Requirement::Provider);
         }
-        (None, None, Some(true)) => Ok(Requirement::AllowMissing),
-        (None, None, Some(false)) => Err(ConfigError::new(
+    }
+    let raw: RawRequirement = from_value_at(value, path)?;
+    let list = |items: Vec<Value>, key: &str| -> Result<Vec<Requirement>, ConfigError> {
+        let list_path = format!("{path}.{key}");
+        if items.is_empty() {
+            return Err(ConfigError::new(list_path, "must not be empty"));
+        }
+        let mut out: Vec<Requirement> = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            let item_path = format!("{list_path}[{i}]");
+            let req = parse_requirement(item, &item_path, providers, depth + 1)?;
+            if out.contains(&req) {
+                return Err(ConfigError::new(item_path, "listed twice"));
+            }
+            out.push(req);
+        }
+        Ok(out)
+    };
+    match (raw.provider, raw.any_of, raw.all_of, raw.allow_missing) {
+        (Some(name), None, None, None) => {
+            provider_index(providers, &name, &format!("{path}.provider")).map(Requirement::Provider)
+        }
+        (None, Some(items), None, None) => Ok(Requirement::AnyOf(list(items, "any_of")?)),
+        (None, None, Some(items), None) => Ok(Requirement::AllOf(list(items, "all_of")?)),
+        (None, None, None, Some(true)) if depth == 0 => Ok(Requirement::AllowMissing),
+        (None, None, None, Some(true)) => Err(ConfigError::new(
+            format!("{path}.allow_missing"),
+            "only at the top of a requirement",
+        )),
+        (None, None, None, Some(false)) => Err(ConfigError::new(
             format!("{path}.allow_missing"),
             "only `true` is meaningful; require a provider instead",
         )),
         _ => Err(ConfigError::new(
             path,
-            "set exactly one of `provider`, `any_of` or `allow_missing`",
+            "set exactly one of `provider`, `any_of`, `all_of` or `allow_missing`",
         )),
     }
+}
+
+fn provider_index(providers: &[Provider], name: &str, field: &str) -> Result<usize, ConfigError> {
+    providers
+        .iter()
+        .position(|p| p.name == name)
+        .ok_or_else(|| ConfigError::new(field, "names no provider"))
 }
 
 #[cfg(test)]
@@ -682,9 +864,28 @@ mod tests {
 
     #[test]
     fn readme_example_parses() {
-        let env = |name: &str| (name == "PHI_GUARD_HS256_SECRET").then(|| "s".repeat(32));
+        let env = |name: &str| {
+            matches!(name, "PHI_GUARD_HS256_SECRET" | "PHI_GUARD_JWT_REPLAY_KEY")
+                .then(|| "s".repeat(32))
+        };
         let config = Config::parse(testkit::readme_config_json().as_bytes(), &env).unwrap();
         assert_eq!(config.providers.len(), 3);
+        assert_eq!(config.providers[0].typ, vec!["jwt", "at+jwt"]);
+        assert!(!config.providers[0].typ_required && !config.providers[0].replay_protection);
+        assert_eq!(config.providers[1].typ, vec!["at+jwt"]);
+        assert!(config.providers[1].typ_required && config.providers[1].replay_protection);
+        assert_eq!(config.replay.as_ref().unwrap().max_entries, 8192);
+        let m = GrpcMethod::from_path("/health.v1.PatientService/DeletePatient").unwrap();
+        assert_eq!(
+            config.requirement_for(&m),
+            Some(&Requirement::AllOf(vec![
+                Requirement::Provider(0),
+                Requirement::Provider(1)
+            ]))
+        );
+        assert!(config.rule_replay_protection(&m));
+        let m = GrpcMethod::from_path("/health.v1.PatientService/GetPatient").unwrap();
+        assert!(!config.rule_replay_protection(&m));
         assert_eq!(config.providers[0].clock_skew_s, 60);
         assert!(matches!(config.providers[0].jwks, JwksSource::Remote(_)));
         assert!(matches!(config.providers[1].jwks, JwksSource::Inline(_)));
@@ -712,7 +913,10 @@ mod tests {
         );
         assert_eq!(
             config.requirement_for(&m("/health.v1.PatientService/ExportRecords")),
-            Some(&Requirement::AnyOf(vec![0, 1]))
+            Some(&Requirement::AnyOf(vec![
+                Requirement::Provider(0),
+                Requirement::Provider(1)
+            ]))
         );
         assert_eq!(config.requirement_for(&m("/other.Svc/Call")), None);
     }
@@ -770,7 +974,7 @@ mod tests {
             (
                 base.replace(
                     "{\"provider\":\"idp\"}",
-                    "{\"provider\":\"idp\",\"any_of\":[\"idp\"]}",
+                    "{\"provider\":\"idp\",\"all_of\":[\"idp\"]}",
                 ),
                 "rules[0].requires",
             ),
@@ -851,10 +1055,35 @@ mod tests {
         assert_eq!(err_field("not json"), "");
         assert_eq!(err_field("{}"), "providers");
         assert_eq!(err_field(r#"{"providers":[]}"#), "providers");
-        assert!(parse(r#"{"providers":[],"providers":[]}"#)
-            .unwrap_err()
-            .reason
-            .contains("twice"));
+        let err = parse(r#"{"providers":[],"providers":[]}"#).unwrap_err();
+        assert_eq!(err.field, "providers");
+        assert!(err.reason.contains("twice"), "{err}");
+        let err = parse("").unwrap_err();
+        assert!(err.reason.contains("jwt configuration is empty"), "{err}");
+    }
+
+    #[test]
+    fn repeated_members_are_refused_at_any_depth() {
+        let base = testkit::minimal_config("");
+        for (doc, field) in [
+            (
+                base.replace("\"issuer\":", "\"issuer\":\"https://x\",\"issuer\":"),
+                "issuer",
+            ),
+            (
+                base.replace(
+                    "{\"provider\":\"idp\"}",
+                    "{\"provider\":\"idp\",\"provider\":\"idp\"}",
+                ),
+                "provider",
+            ),
+            (base.replace("\"kty\":", "\"kty\":\"OKP\",\"kty\":"), "kty"),
+        ] {
+            assert_ne!(doc, base);
+            let err = parse(&doc).unwrap_err();
+            assert_eq!(err.field, field, "{doc}");
+            assert!(err.reason.contains("twice"), "{err}");
+        }
     }
 
     #[test]
@@ -884,6 +1113,112 @@ mod tests {
             .replace("\"clock_skew_s\":60", "\"clock_skew_s\":\"TOPSECRETVALUE\"");
         let err = parse(&doc).unwrap_err();
         assert!(!err.to_string().contains("TOPSECRETVALUE"), "{err}");
+    }
+
+    #[test]
+    fn typ_lists_are_normalised_and_checked() {
+        let base = testkit::minimal_config("");
+        let with =
+            |typ: &str| base.replace("\"forward\":false", &format!("\"forward\":false,{typ}"));
+        let config = parse(&with(r#""typ":["application/JWT","AT+JWT","dpop+jwt"]"#)).unwrap();
+        assert_eq!(config.providers[0].typ, vec!["jwt", "at+jwt", "dpop+jwt"]);
+        assert_eq!(normalize_typ("Application/At+JWT"), "at+jwt");
+        for (typ, field) in [
+            (r#""typ":[]"#, "providers[0].typ"),
+            (r#""typ":["jwt","JWT"]"#, "providers[0].typ[1]"),
+            (r#""typ":["a b"]"#, "providers[0].typ[0]"),
+            (r#""typ":[""]"#, "providers[0].typ[0]"),
+        ] {
+            assert_eq!(err_field(&with(typ)), field, "{typ}");
+        }
+    }
+
+    #[test]
+    fn requirements_nest_like_envoys() {
+        let doc = |requires: &str| {
+            let base = testkit::minimal_config("");
+            base.replace("{\"provider\":\"idp\"}", requires)
+        };
+        let config = parse(&doc(
+            r#"{"any_of":["idp",{"all_of":["idp",{"provider":"idp"}]}]}"#,
+        ));
+        // `idp` and `{"provider":"idp"}` are the same requirement, listed twice.
+        assert_eq!(
+            config.unwrap_err().field,
+            "rules[0].requires.any_of[1].all_of[1]"
+        );
+        let config = parse(&doc(r#"{"any_of":["idp",{"all_of":["idp"]}]}"#)).unwrap();
+        assert_eq!(
+            config.rules[0].requires,
+            Requirement::AnyOf(vec![
+                Requirement::Provider(0),
+                Requirement::AllOf(vec![Requirement::Provider(0)])
+            ])
+        );
+        for (requires, field) in [
+            (r#"{"all_of":[]}"#, "rules[0].requires.all_of"),
+            (r#"{"all_of":["nope"]}"#, "rules[0].requires.all_of[0]"),
+            (
+                r#"{"any_of":[{"allow_missing":true}]}"#,
+                "rules[0].requires.any_of[0].allow_missing",
+            ),
+            (
+                r#"{"all_of":["idp"],"any_of":["idp"]}"#,
+                "rules[0].requires",
+            ),
+            (
+                r#"{"all_of":[{"all_of":[{"all_of":[{"all_of":[{"all_of":["idp"]}]}]}]}]}"#,
+                "rules[0].requires.all_of[0].all_of[0].all_of[0].all_of[0].all_of[0]",
+            ),
+            (r#"{"all_of":[7]}"#, "rules[0].requires.all_of[0]"),
+        ] {
+            assert_eq!(err_field(&doc(requires)), field, "{requires}");
+        }
+    }
+
+    #[test]
+    fn replay_protection_needs_a_key() {
+        let base = testkit::minimal_config("");
+        let on_provider = base.replace(
+            "\"forward\":false",
+            "\"forward\":false,\"replay_protection\":true",
+        );
+        assert_eq!(err_field(&on_provider), "replay");
+        let on_rule = base.replace(
+            "\"requires\":{\"provider\":\"idp\"}",
+            "\"requires\":{\"provider\":\"idp\"},\"replay_protection\":true",
+        );
+        assert_ne!(on_rule, base);
+        assert_eq!(err_field(&on_rule), "replay");
+        let keyed = |doc: &str, block: &str| {
+            format!(
+                "{},\"replay\":{block}}}",
+                doc.trim_end().trim_end_matches('}')
+            )
+        };
+        let env = |name: &str| (name == "RK").then(|| "k".repeat(32));
+        let short = |name: &str| (name == "RK").then(|| "k".repeat(31));
+        let doc = keyed(&on_rule, r#"{"key_env":"RK"}"#);
+        let config = Config::parse(doc.as_bytes(), &env).unwrap();
+        assert_eq!(
+            config.replay.unwrap().max_entries,
+            DEFAULT_REPLAY_MAX_ENTRIES
+        );
+        let err = Config::parse(doc.as_bytes(), &short).unwrap_err();
+        assert_eq!(err.field, "replay.key_env");
+        assert!(!err.to_string().contains("kkkk"), "{err}");
+        assert_eq!(err_field(&doc), "replay.key_env");
+        let doc = keyed(&on_rule, r#"{"key_env":"RK","max_entries":1}"#);
+        assert_eq!(
+            Config::parse(doc.as_bytes(), &env).unwrap_err().field,
+            "replay.max_entries"
+        );
+        // A replay block with nothing to protect is a mistake.
+        let doc = keyed(&base, r#"{"key_env":"RK"}"#);
+        assert_eq!(
+            Config::parse(doc.as_bytes(), &env).unwrap_err().field,
+            "replay"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! time, and acts on the [`Outcome`].
 
 use phi_guard_common::{GrpcMethod, Identity, UnixSeconds};
+use phi_guard_host::SharedData;
 
 use crate::binding;
 use crate::cache::TokenCache;
@@ -10,6 +11,7 @@ use crate::config::{Config, JwksSource, Requirement, TokenSource};
 use crate::jwks::{Fetched, JwksCache};
 use crate::keys::{JwksError, KeySet};
 use crate::reason::Reason;
+use crate::replay::ReplayCache;
 use crate::token;
 use crate::verify::{self, Keys};
 
@@ -28,14 +30,21 @@ pub enum Outcome {
     Verified {
         /// Boxed: an identity is large next to the other variants.
         identity: Box<Identity>,
-        /// The header that carried the token, to remove before the upstream (unless the
-        /// provider forwards it).
-        strip_header: Option<String>,
+        /// The headers that carried the tokens, to remove before the upstream (unless the
+        /// provider forwards them).
+        strip_headers: Vec<String>,
         cache_hit: bool,
     },
     /// The method allows a missing token and none came.
     Skipped,
+    /// Authentication failed: UNAUTHENTICATED (or UNAVAILABLE, see [`Reason::status`]).
     Denied(Reason),
+    /// The token is valid, but no rule names the method: PERMISSION_DENIED (the caller is
+    /// known, the method is not allowed). The identity goes to the audit event.
+    Forbidden {
+        identity: Box<Identity>,
+        reason: Reason,
+    },
 }
 
 /// A JWKS fetch the shell should dispatch.
@@ -61,12 +70,28 @@ pub struct Engine {
     config: Config,
     keys: Vec<ProviderKeys>,
     cache: TokenCache,
+    replay: Option<ReplayCache>,
 }
 
-enum Attempt {
-    Done(Outcome),
-    /// The token names another issuer: try the next candidate provider.
-    OtherIssuer,
+/// One token that satisfied one provider.
+struct Success {
+    provider: usize,
+    identity: Identity,
+    strip_header: Option<String>,
+    cache_hit: bool,
+    exp: UnixSeconds,
+    clock_skew_s: u64,
+    jti: Option<String>,
+}
+
+/// Why a requirement failed. `Missing` < `WrongIssuer` < a token's own failure: across the
+/// alternatives of `any_of` the most telling reason is reported.
+fn rank(reason: Reason) -> u8 {
+    match reason {
+        Reason::Missing => 0,
+        Reason::WrongIssuer => 1,
+        _ => 2,
+    }
 }
 
 /// Reads the token from where `source` says. `None`: no token there (a non-Bearer
@@ -113,11 +138,22 @@ impl Engine {
             })
             .collect();
         let cache = TokenCache::new(config.cache_max_entries);
+        let replay = config
+            .replay
+            .as_ref()
+            .map(|r| ReplayCache::new(&r.key, r.max_entries));
         Engine {
             config,
             keys,
             cache,
+            replay,
         }
+    }
+
+    /// The shared replay cache, when replay protection is configured (for the shell to
+    /// prepare at configure time).
+    pub fn replay_cache(&self) -> Option<&ReplayCache> {
+        self.replay.as_ref()
     }
 
     pub fn config(&self) -> &Config {
@@ -128,76 +164,165 @@ impl Engine {
         self.cache.len()
     }
 
-    /// Decides one request at `now`.
+    /// Decides one request at `now`, without a replay store: a request that needs replay
+    /// protection fails closed (`replay_cache_error`).
     pub fn authenticate(&mut self, request: &Request<'_>, now: UnixSeconds) -> Outcome {
+        self.authenticate_with(request, now, None)
+    }
+
+    /// Decides one request at `now`; `replay_store` is the host's shared data (shared by
+    /// every worker) for `jti` replay protection.
+    pub fn authenticate_with(
+        &mut self,
+        request: &Request<'_>,
+        now: UnixSeconds,
+        replay_store: Option<&dyn SharedData>,
+    ) -> Outcome {
         let Some(method) = request.method else {
             return Outcome::Denied(Reason::BadPath);
-        };
-        let Some(requirement) = self.config.requirement_for(method) else {
-            return Outcome::Denied(Reason::NoRule);
-        };
-        let (candidates, allow_missing) = match requirement {
-            Requirement::Provider(i) => (vec![*i], false),
-            Requirement::AnyOf(list) => (list.clone(), false),
-            Requirement::AllowMissing => ((0..self.config.providers.len()).collect(), true),
         };
         let peer = request
             .peer_cert_sha256_hex
             .and_then(binding::thumbprint_from_hex);
-
-        let mut saw_token = false;
-        for index in candidates {
-            let source = &self.config.providers[index].token_source;
-            let Some(extracted) = extract(source, request.header) else {
+        let all_providers = || {
+            Requirement::AnyOf(
+                (0..self.config.providers.len())
+                    .map(Requirement::Provider)
+                    .collect(),
+            )
+        };
+        let Some(requirement) = self.config.requirement_for(method).cloned() else {
+            // No rule names the method. A caller without a valid token is still told it is
+            // unauthenticated; a caller whose token verifies is known, so PERMISSION_DENIED.
+            return match self.evaluate(&all_providers(), request, now, peer.as_deref()) {
+                Ok(successes) => match successes.into_iter().next() {
+                    Some(first) => Outcome::Forbidden {
+                        identity: Box::new(first.identity),
+                        reason: Reason::NoRule,
+                    },
+                    None => Outcome::Denied(Reason::NoRule),
+                },
+                Err(reason) => Outcome::Denied(reason),
+            };
+        };
+        let (requirement, allow_missing) = match requirement {
+            Requirement::AllowMissing => (all_providers(), true),
+            other => (other, false),
+        };
+        let successes = match self.evaluate(&requirement, request, now, peer.as_deref()) {
+            Ok(successes) => successes,
+            Err(Reason::Missing) if allow_missing => return Outcome::Skipped,
+            Err(reason) => return Outcome::Denied(reason),
+        };
+        let rule_replay = self.config.rule_replay_protection(method);
+        for success in &successes {
+            let provider = &self.config.providers[success.provider];
+            if !(rule_replay || provider.replay_protection) {
                 continue;
+            }
+            let Some(jti) = success.jti.as_deref() else {
+                return Outcome::Denied(Reason::MissingJti);
             };
-            saw_token = true;
-            let token = match extracted {
-                Ok(token) => token,
-                Err(reason) => return Outcome::Denied(reason),
+            let (Some(cache), Some(store)) = (self.replay.as_ref(), replay_store) else {
+                return Outcome::Denied(Reason::ReplayCacheError);
             };
-            match self.attempt(index, &token, now, peer.as_deref()) {
-                Attempt::Done(outcome) => return outcome,
-                Attempt::OtherIssuer => continue,
+            // Kept as long as the token could be accepted: exp plus the clock skew.
+            let until = success.exp.saturating_add(success.clock_skew_s);
+            if let Err(reason) = cache.check_and_record(store, &provider.issuer, jti, until, now) {
+                return Outcome::Denied(reason);
             }
         }
-        match (saw_token, allow_missing) {
-            (false, true) => Outcome::Skipped,
-            (false, false) => Outcome::Denied(Reason::Missing),
-            (true, _) => Outcome::Denied(Reason::WrongIssuer),
+        let cache_hit = successes.iter().all(|s| s.cache_hit);
+        let mut strip_headers: Vec<String> = Vec::new();
+        for name in successes.iter().filter_map(|s| s.strip_header.clone()) {
+            if !strip_headers.contains(&name) {
+                strip_headers.push(name);
+            }
+        }
+        // A satisfied requirement has at least one token (the config refuses empty lists).
+        let Some(first) = successes.into_iter().next() else {
+            return Outcome::Denied(Reason::Missing);
+        };
+        Outcome::Verified {
+            identity: Box::new(first.identity),
+            strip_headers,
+            cache_hit,
         }
     }
 
+    /// Evaluates a requirement: every token that satisfied it (the first gives the identity),
+    /// or why it failed.
+    fn evaluate(
+        &mut self,
+        requirement: &Requirement,
+        request: &Request<'_>,
+        now: UnixSeconds,
+        peer: Option<&str>,
+    ) -> Result<Vec<Success>, Reason> {
+        match requirement {
+            Requirement::Provider(index) => {
+                let source = &self.config.providers[*index].token_source;
+                let token = match extract(source, request.header) {
+                    None => return Err(Reason::Missing),
+                    Some(Err(reason)) => return Err(reason),
+                    Some(Ok(token)) => token,
+                };
+                self.attempt(*index, &token, now, peer).map(|s| vec![s])
+            }
+            Requirement::AnyOf(list) => {
+                let mut best = Reason::Missing;
+                for child in list {
+                    match self.evaluate(child, request, now, peer) {
+                        Ok(successes) => return Ok(successes),
+                        Err(reason) if rank(reason) > rank(best) => best = reason,
+                        Err(_) => {}
+                    }
+                }
+                Err(best)
+            }
+            Requirement::AllOf(list) => {
+                let mut all = Vec::new();
+                for child in list {
+                    all.extend(self.evaluate(child, request, now, peer)?);
+                }
+                Ok(all)
+            }
+            // The config allows it only at the top, where `authenticate_with` unwraps it.
+            Requirement::AllowMissing => Err(Reason::Missing),
+        }
+    }
+
+    /// Verifies `token` for provider `index` (cache first). A token naming another issuer
+    /// is `WrongIssuer`.
     fn attempt(
         &mut self,
         index: usize,
         token: &str,
         now: UnixSeconds,
         peer: Option<&str>,
-    ) -> Attempt {
+    ) -> Result<Success, Reason> {
         let provider = &self.config.providers[index];
         let strip_header =
             (!provider.forward).then(|| provider.token_source.header_name().to_string());
         let digest = self.cache.digest(token);
         if let Some(hit) = self.cache.get(index, &digest, now) {
-            return Attempt::Done(match verify::recheck(hit, now, peer) {
-                Ok(()) => Outcome::Verified {
-                    identity: Box::new(hit.identity.clone()),
-                    strip_header,
-                    cache_hit: true,
-                },
-                Err(reason) => Outcome::Denied(reason),
+            verify::recheck(hit, now, peer)?;
+            return Ok(Success {
+                provider: index,
+                identity: hit.identity.clone(),
+                strip_header,
+                cache_hit: true,
+                exp: hit.exp,
+                clock_skew_s: hit.clock_skew_s,
+                jti: hit.jti.clone(),
             });
         }
 
-        let parsed = match token::parse(token, self.config.max_token_bytes) {
-            Ok(parsed) => parsed,
-            Err(reason) => return Attempt::Done(Outcome::Denied(reason)),
-        };
+        let parsed = token::parse(token, self.config.max_token_bytes)?;
         // The (unverified) issuer only picks which provider's keys to try; verification then
         // checks it again against that provider.
         if parsed.claims.iss.as_deref() != Some(provider.issuer.as_str()) {
-            return Attempt::OtherIssuer;
+            return Err(Reason::WrongIssuer);
         }
         let keys = match &self.keys[index] {
             ProviderKeys::None => Keys::None,
@@ -206,13 +331,17 @@ impl Engine {
         };
         match verify::verify(&parsed, index, provider, keys, now, peer) {
             Ok(verified) => {
-                let identity = Box::new(verified.identity.clone());
-                self.cache.insert(digest, verified, now);
-                Attempt::Done(Outcome::Verified {
-                    identity,
+                let success = Success {
+                    provider: index,
+                    identity: verified.identity.clone(),
                     strip_header,
                     cache_hit: false,
-                })
+                    exp: verified.exp,
+                    clock_skew_s: verified.clock_skew_s,
+                    jti: verified.jti.clone(),
+                };
+                self.cache.insert(digest, verified, now);
+                Ok(success)
             }
             Err(reason) => {
                 // A kid we do not know may be a key the issuer just rotated in.
@@ -221,7 +350,7 @@ impl Engine {
                         jwks.request_refetch(now);
                     }
                 }
-                Attempt::Done(Outcome::Denied(reason))
+                Err(reason)
             }
         }
     }

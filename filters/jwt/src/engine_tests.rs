@@ -317,8 +317,8 @@ fn allow_missing_skips_without_a_token_but_checks_one_that_is_present() {
 fn token_header_is_stripped_unless_forwarded() {
     let mut engine = world();
     match Call::new(S, &ed(&claims())).run(&mut engine) {
-        Outcome::Verified { strip_header, .. } => {
-            assert_eq!(strip_header.as_deref(), Some("authorization"))
+        Outcome::Verified { strip_headers, .. } => {
+            assert_eq!(strip_headers, vec!["authorization"])
         }
         other => panic!("{other:?}"),
     }
@@ -330,7 +330,7 @@ fn token_header_is_stripped_unless_forwarded() {
         now: NOW,
     };
     match call.run(&mut engine) {
-        Outcome::Verified { strip_header, .. } => assert_eq!(strip_header, None),
+        Outcome::Verified { strip_headers, .. } => assert!(strip_headers.is_empty()),
         other => panic!("{other:?}"),
     }
 }
@@ -796,6 +796,13 @@ fn rejects_bad_headers() {
             S,
             &ed_raw(r#"{"alg":"EdDSA","kid":"k1","typ":"JOSE"}"#, &payload)
         )),
+        Reason::BadTyp
+    );
+    assert_eq!(
+        deny(Call::new(
+            S,
+            &ed_raw(r#"{"alg":"EdDSA","kid":"k1","typ":7}"#, &payload)
+        )),
         Reason::BadHeader
     );
     assert_eq!(
@@ -849,7 +856,325 @@ fn rejects_requests_without_a_usable_token_or_method() {
     let good = ed(&claims());
     assert_eq!(deny(Call::new("/svc.v1.S", &good)), Reason::BadPath);
     assert_eq!(deny(Call::new("/svc.v1.S/Get?x=1", &good)), Reason::BadPath);
-    assert_eq!(deny(Call::new("/other.v1.O/Get", &good)), Reason::NoRule);
+    // A method no rule names: with a valid token the caller is known (PERMISSION_DENIED).
+    match Call::new("/other.v1.O/Get", &good).run(&mut world()) {
+        Outcome::Forbidden { identity, reason } => {
+            assert_eq!(reason, Reason::NoRule);
+            assert_eq!(identity.subject, "user-1");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn an_unlisted_method_never_lets_an_unauthenticated_call_through() {
+    let m = "/other.v1.O/Get";
+    let mut none = Call::new(m, "");
+    none.headers.clear();
+    assert_eq!(deny(none), Reason::Missing);
+    let expired = ed(&with(claims(), "exp", json!(NOW - 3600)));
+    assert_eq!(deny(Call::new(m, &expired)), Reason::Expired);
+    let forged = flip_last_signature_char(&ed(&claims()));
+    assert_eq!(deny(Call::new(m, &forged)), Reason::BadSignature);
+    assert_eq!(
+        deny(Call::new(m, &ed(&claims_for("https://nobody.example")))),
+        Reason::WrongIssuer
+    );
+    let logout = ed_raw(
+        r#"{"alg":"EdDSA","kid":"k1","typ":"logout+jwt"}"#,
+        &Value::Object(claims()).to_string(),
+    );
+    assert_eq!(deny(Call::new(m, &logout)), Reason::BadTyp);
+}
+
+// ---------------------------------------------------------------- explicit typing
+
+#[test]
+fn token_types_other_than_access_tokens_are_refused() {
+    let payload = Value::Object(claims()).to_string();
+    let typed = |typ: &str| {
+        ed_raw(
+            &format!(r#"{{"alg":"EdDSA","kid":"k1","typ":"{typ}"}}"#),
+            &payload,
+        )
+    };
+    // The issue's input: an OIDC back-channel logout token, otherwise valid.
+    for typ in [
+        "logout+jwt",
+        "secevent+jwt",
+        "dpop+jwt",
+        "application/logout+jwt",
+        "JWS",
+        "+jwt",
+    ] {
+        assert_eq!(deny(Call::new(S, &typed(typ))), Reason::BadTyp, "{typ}");
+    }
+    // The default list, compared per RFC 7515 §4.1.9.
+    for typ in [
+        "JWT",
+        "jwt",
+        "application/jwt",
+        "at+jwt",
+        "AT+JWT",
+        "application/at+jwt",
+    ] {
+        accept(Call::new(S, &typed(typ)));
+    }
+    accept(Call::new(
+        S,
+        &ed_raw(r#"{"alg":"EdDSA","kid":"k1"}"#, &payload),
+    ));
+}
+
+fn configured(extra_provider: &str, rules: &str, env: &dyn Fn(&str) -> Option<String>) -> Engine {
+    let doc = testkit::minimal_config(extra_provider).replace(
+        "\"rules\":[{\"match\":\"svc.v1.S/*\",\"requires\":{\"provider\":\"idp\"}}]",
+        rules,
+    );
+    Engine::new(Config::parse(doc.as_bytes(), env).expect("config"))
+}
+
+#[test]
+fn typ_is_configurable_per_provider() {
+    let rules = r#""rules":[{"match":"svc.v1.S/*","requires":{"provider":"idp"}}]"#;
+    let mut engine = configured(r#""typ":["at+jwt"],"typ_required":true,"#, rules, &|_| None);
+    let payload = Value::Object(with(claims(), "iss", json!("https://idp.example"))).to_string();
+    let run =
+        |engine: &mut Engine, header: &str| Call::new(S, &ed_raw(header, &payload)).run(engine);
+    assert!(matches!(
+        run(&mut engine, r#"{"alg":"EdDSA","kid":"k1","typ":"at+jwt"}"#),
+        Outcome::Verified { .. }
+    ));
+    for header in [
+        r#"{"alg":"EdDSA","kid":"k1","typ":"JWT"}"#,
+        r#"{"alg":"EdDSA","kid":"k1"}"#,
+    ] {
+        assert_eq!(
+            run(&mut engine, header),
+            Outcome::Denied(Reason::BadTyp),
+            "{header}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------- all_of / any_of
+
+/// Two providers on two headers: `a` (authorization, key k1) and `b` (x-b-token, key k2).
+fn two_header_engine(requires: &str) -> Engine {
+    let jwk = |kid: &str| -> Value {
+        let (pair, _) = ed25519_key(Some(kid));
+        serde_json::from_str(&testkit::ed25519_jwk(&pair, Some(kid))).unwrap()
+    };
+    let requires: Value = serde_json::from_str(requires).unwrap();
+    let doc = json!({
+        "providers": [
+            {"name": "a", "issuer": IDP, "audiences": ["phi-api"], "algorithms": ["EdDSA"],
+             "jwks": {"inline": {"keys": [jwk("k1")]}}},
+            {"name": "b", "issuer": "https://b.example", "audiences": ["phi-api"],
+             "algorithms": ["EdDSA"], "token_header": "x-b-token",
+             "jwks": {"inline": {"keys": [jwk("k2")]}}}
+        ],
+        "rules": [{"match": "svc.v1.S/*", "requires": requires}]
+    });
+    Engine::new(Config::parse(doc.to_string().as_bytes(), &|_| None).expect("config"))
+}
+
+fn b_token(c: &Map<String, Value>) -> String {
+    let (pair, _) = ed25519_key(Some("k2"));
+    sign_eddsa(
+        &pair,
+        &ed_header(Some("k2")),
+        &Value::Object(c.clone()).to_string(),
+    )
+}
+
+fn two_tokens(a: Option<String>, b: Option<String>) -> Call<'static> {
+    let mut call = Call::new(S, "");
+    call.headers.clear();
+    if let Some(a) = a {
+        call.headers.push(("authorization", format!("Bearer {a}")));
+    }
+    if let Some(b) = b {
+        call.headers.push(("x-b-token", b));
+    }
+    call
+}
+
+#[test]
+fn all_of_needs_every_token_and_strips_every_header() {
+    let mut engine = two_header_engine(r#"{"all_of":["a","b"]}"#);
+    let a = ed(&claims());
+    let b = b_token(&claims_for("https://b.example"));
+    match two_tokens(Some(a.clone()), Some(b.clone())).run(&mut engine) {
+        Outcome::Verified {
+            identity,
+            strip_headers,
+            ..
+        } => {
+            assert_eq!(
+                identity.provider, "a",
+                "the first requirement gives the identity"
+            );
+            assert_eq!(strip_headers, vec!["authorization", "x-b-token"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        two_tokens(Some(a.clone()), None).run(&mut engine),
+        Outcome::Denied(Reason::Missing)
+    );
+    assert_eq!(
+        two_tokens(None, Some(b.clone())).run(&mut engine),
+        Outcome::Denied(Reason::Missing)
+    );
+    let bad_b = flip_last_signature_char(&b);
+    assert_eq!(
+        two_tokens(Some(a), Some(bad_b)).run(&mut engine),
+        Outcome::Denied(Reason::BadSignature)
+    );
+}
+
+#[test]
+fn any_of_and_nesting() {
+    let mut engine = two_header_engine(r#"{"any_of":["a","b"]}"#);
+    let a = ed(&claims());
+    let b = b_token(&claims_for("https://b.example"));
+    assert!(matches!(
+        two_tokens(None, Some(b.clone())).run(&mut engine),
+        Outcome::Verified { ref identity, .. } if identity.provider == "b"
+    ));
+    assert!(matches!(
+        two_tokens(Some(a.clone()), None).run(&mut engine),
+        Outcome::Verified { ref identity, .. } if identity.provider == "a"
+    ));
+    // The telling reason wins over `missing` from the other alternative.
+    let expired = ed(&with(claims(), "exp", json!(NOW - 3600)));
+    assert_eq!(
+        two_tokens(Some(expired), None).run(&mut engine),
+        Outcome::Denied(Reason::Expired)
+    );
+    assert_eq!(
+        two_tokens(None, None).run(&mut engine),
+        Outcome::Denied(Reason::Missing)
+    );
+    // any_of [b, all_of [a, b]]: b alone suffices; a alone does not.
+    let mut engine = two_header_engine(r#"{"any_of":[{"all_of":["a","b"]},"b"]}"#);
+    assert!(matches!(
+        two_tokens(None, Some(b.clone())).run(&mut engine),
+        Outcome::Verified { .. }
+    ));
+    assert_eq!(
+        two_tokens(Some(a), None).run(&mut engine),
+        Outcome::Denied(Reason::Missing)
+    );
+}
+
+// ---------------------------------------------------------------- replay
+
+fn replay_engine(provider_flag: bool) -> Engine {
+    let env = |name: &str| (name == "RK").then(|| "r".repeat(32));
+    let (extra, rules) = if provider_flag {
+        (
+            r#""replay_protection":true,"#,
+            r#""rules":[{"match":"svc.v1.S/*","requires":{"provider":"idp"}}],"replay":{"key_env":"RK"}"#,
+        )
+    } else {
+        (
+            "",
+            r#""rules":[{"match":"svc.v1.S/*","requires":{"provider":"idp"}},{"match":"svc.v1.S/Delete","requires":{"provider":"idp"},"replay_protection":true}],"replay":{"key_env":"RK"}"#,
+        )
+    };
+    configured(extra, rules, &env)
+}
+
+fn run_with_store(
+    engine: &mut Engine,
+    store: &phi_guard_host::FakeHost,
+    method: &str,
+    token: &str,
+) -> Outcome {
+    let call = Call::new(method, token);
+    let m = GrpcMethod::from_path(method);
+    let header = |name: &str| {
+        call.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let request = Request {
+        method: m.as_ref(),
+        header: &header,
+        peer_cert_sha256_hex: None,
+    };
+    engine.authenticate_with(&request, NOW, Some(store))
+}
+
+#[test]
+fn replay_on_a_method_refuses_the_second_use_across_workers() {
+    let store = phi_guard_host::FakeHost::default();
+    // Two engines (two Envoy workers' VMs) sharing one shared-data store.
+    let (mut w1, mut w2) = (replay_engine(false), replay_engine(false));
+    let token = ed(&with(claims(), "jti", json!("jti-0001")));
+    let del = "/svc.v1.S/Delete";
+    assert!(matches!(
+        run_with_store(&mut w1, &store, del, &token),
+        Outcome::Verified { .. }
+    ));
+    assert_eq!(
+        run_with_store(&mut w2, &store, del, &token),
+        Outcome::Denied(Reason::Replayed)
+    );
+    // The cache hit on the first worker is a use too.
+    assert_eq!(
+        run_with_store(&mut w1, &store, del, &token),
+        Outcome::Denied(Reason::Replayed)
+    );
+    // Other methods of the provider are not protected: reuse is fine there.
+    for _ in 0..2 {
+        assert!(matches!(
+            run_with_store(&mut w2, &store, S, &token),
+            Outcome::Verified { .. }
+        ));
+    }
+    // No jti on a protected method.
+    assert_eq!(
+        run_with_store(&mut w1, &store, del, &ed(&claims())),
+        Outcome::Denied(Reason::MissingJti)
+    );
+    // Without a store the engine fails closed.
+    let mut call = Call::new(del, &ed(&with(claims(), "jti", json!("jti-0002"))));
+    call.now = NOW;
+    assert_eq!(call.run(&mut w1), Outcome::Denied(Reason::ReplayCacheError));
+}
+
+#[test]
+fn replay_on_a_provider_covers_all_its_methods() {
+    let store = phi_guard_host::FakeHost::default();
+    let mut engine = replay_engine(true);
+    let token = ed(&with(claims(), "jti", json!("once")));
+    assert!(matches!(
+        run_with_store(&mut engine, &store, S, &token),
+        Outcome::Verified { .. }
+    ));
+    assert_eq!(
+        run_with_store(&mut engine, &store, "/svc.v1.S/Other", &token),
+        Outcome::Denied(Reason::Replayed)
+    );
+    let broken = phi_guard_host::FakeHost::default();
+    broken.shared_data_broken.set(true);
+    let fresh = ed(&with(claims(), "jti", json!("fresh")));
+    assert_eq!(
+        run_with_store(&mut engine, &broken, S, &fresh),
+        Outcome::Denied(Reason::ReplayCacheError)
+    );
+    assert_eq!(
+        Reason::ReplayCacheError.status(),
+        phi_guard_common::GrpcStatus::Unavailable
+    );
+    assert_eq!(
+        Reason::Replayed.status(),
+        phi_guard_common::GrpcStatus::Unauthenticated
+    );
 }
 
 // ---------------------------------------------------------------- PyJWT fixtures

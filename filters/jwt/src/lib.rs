@@ -14,6 +14,7 @@ mod json;
 pub mod jwks;
 pub mod keys;
 pub mod reason;
+pub mod replay;
 pub mod shell;
 pub mod token;
 pub mod verify;

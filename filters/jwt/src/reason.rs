@@ -16,8 +16,10 @@ pub enum Reason {
     BadJson,
     /// A JSON member name appears twice in the header or the payload.
     DuplicateMember,
-    /// A header parameter has the wrong type or value (`typ`, `kid`, `crit` shape).
+    /// A header parameter has the wrong type (`typ`, `kid`, `crit` shape).
     BadHeader,
+    /// `typ` is not one the provider accepts (e.g. `logout+jwt`), or absent where required.
+    BadTyp,
     /// `crit` names an extension this filter does not understand (it understands none).
     UnknownCrit,
     /// `alg` is `none`, unknown, or HS256 without a configured secret.
@@ -63,19 +65,29 @@ pub enum Reason {
     CnfMismatch,
     /// `:path` is not a gRPC method.
     BadPath,
-    /// No requirement matches the method and there is no default.
+    /// No requirement matches the method and there is no default. With a valid token this
+    /// is answered PERMISSION_DENIED (the caller is known, the method is not allowed).
     NoRule,
+    /// Replay protection is on and the token's `jti` was already used.
+    Replayed,
+    /// Replay protection is on and the token carries no `jti`.
+    MissingJti,
+    /// The shared replay cache has no room for another `jti` (UNAVAILABLE: retry later).
+    ReplayCacheFull,
+    /// The shared replay cache could not be read or written (UNAVAILABLE).
+    ReplayCacheError,
 }
 
 impl Reason {
     /// Every reason, so the shell can define one counter per reason at configure time.
-    pub const ALL: [Reason; 30] = [
+    pub const ALL: [Reason; 35] = [
         Reason::Missing,
         Reason::TooLarge,
         Reason::Malformed,
         Reason::BadJson,
         Reason::DuplicateMember,
         Reason::BadHeader,
+        Reason::BadTyp,
         Reason::UnknownCrit,
         Reason::UnsupportedAlg,
         Reason::AlgNotAllowed,
@@ -100,6 +112,10 @@ impl Reason {
         Reason::CnfMismatch,
         Reason::BadPath,
         Reason::NoRule,
+        Reason::Replayed,
+        Reason::MissingJti,
+        Reason::ReplayCacheFull,
+        Reason::ReplayCacheError,
     ];
 
     pub fn code(self) -> &'static str {
@@ -110,6 +126,7 @@ impl Reason {
             Reason::BadJson => "bad_json",
             Reason::DuplicateMember => "duplicate_member",
             Reason::BadHeader => "bad_header",
+            Reason::BadTyp => "bad_typ",
             Reason::UnknownCrit => "unknown_crit",
             Reason::UnsupportedAlg => "unsupported_alg",
             Reason::AlgNotAllowed => "alg_not_allowed",
@@ -134,6 +151,23 @@ impl Reason {
             Reason::CnfMismatch => "cnf_mismatch",
             Reason::BadPath => "bad_path",
             Reason::NoRule => "no_rule",
+            Reason::Replayed => "replayed",
+            Reason::MissingJti => "missing_jti",
+            Reason::ReplayCacheFull => "replay_cache_full",
+            Reason::ReplayCacheError => "replay_cache_error",
+        }
+    }
+
+    /// The status a refusal for this reason is answered with: UNAVAILABLE when the replay
+    /// cache cannot decide (the token may be fine; retry), else UNAUTHENTICATED. (A valid
+    /// token on a method no rule names is answered PERMISSION_DENIED by the engine's
+    /// [`crate::Outcome::Forbidden`], not through this.)
+    pub fn status(self) -> phi_guard_common::GrpcStatus {
+        match self {
+            Reason::ReplayCacheFull | Reason::ReplayCacheError => {
+                phi_guard_common::GrpcStatus::Unavailable
+            }
+            _ => phi_guard_common::GrpcStatus::Unauthenticated,
         }
     }
 
@@ -143,7 +177,11 @@ impl Reason {
     /// answered like a missing token: there is nothing the client can fix in its token.
     pub fn www_authenticate(self) -> &'static str {
         match self {
-            Reason::Missing | Reason::BadPath | Reason::NoRule => "Bearer",
+            Reason::Missing
+            | Reason::BadPath
+            | Reason::NoRule
+            | Reason::ReplayCacheFull
+            | Reason::ReplayCacheError => "Bearer",
             _ => "Bearer error=\"invalid_token\"",
         }
     }

@@ -9,7 +9,7 @@
 use std::cell::RefCell;
 
 use phi_guard_common::{state, AuthnOutcome, GrpcStatus};
-use phi_guard_host::{Counter, Host, HostExt, LogLevel};
+use phi_guard_host::{Counter, Host, HostExt, LogLevel, SharedData};
 
 use crate::config::Config;
 use crate::engine::{Engine, FetchRequest, JwksFetchError, Outcome, Request};
@@ -62,14 +62,25 @@ impl Metrics {
 
 /// on_configure: parses the plugin configuration. On error, logs the field path and reason
 /// (never a value) and returns `None`: the plugin must not start.
-pub fn configure(
-    host: &dyn Host,
+pub fn configure<H: Host + SharedData>(
+    host: &H,
     configuration: Option<&[u8]>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Option<(Engine, Metrics)> {
     let bytes = configuration.unwrap_or_default();
     match Config::parse(bytes, env) {
         Ok(config) => {
+            let engine = Engine::new(config);
+            if let Some(cache) = engine.replay_cache() {
+                // Requests that need the cache fail closed if this did not work; say why.
+                if cache.prepare(host).is_err() {
+                    host.log(
+                        LogLevel::Error,
+                        "phi-guard jwt: the shared replay cache could not be prepared; replay-protected requests will be refused",
+                    );
+                }
+            }
+            let config = engine.config();
             host.log(
                 LogLevel::Info,
                 &format!(
@@ -78,7 +89,7 @@ pub fn configure(
                     config.rules.len()
                 ),
             );
-            Some((Engine::new(config), Metrics::define(host)))
+            Some((engine, Metrics::define(host)))
         }
         Err(err) => {
             host.log(LogLevel::Error, &format!("phi-guard jwt: {err}"));
@@ -87,11 +98,24 @@ pub fn configure(
     }
 }
 
+/// Client-chosen correlation headers that Envoy's access log, the audit event and the
+/// upstream see. The first filter sanitizes them in place (`phi_guard_common::sanitize`).
+pub const CLIENT_ID_HEADERS: [&str; 1] = ["x-request-id"];
+
 /// on_http_request_headers. Returns `true` to continue the request, `false` when it was
-/// answered with UNAUTHENTICATED.
-pub fn on_request_headers(host: &dyn Host, engine: &RefCell<Engine>, metrics: &Metrics) -> bool {
-    // Before anything else: no path through this filter lets a client-set identity header by.
+/// answered (UNAUTHENTICATED, PERMISSION_DENIED for a valid token on a method no rule names,
+/// UNAVAILABLE when the replay cache cannot decide).
+pub fn on_request_headers<H: Host + SharedData>(
+    host: &H,
+    engine: &RefCell<Engine>,
+    metrics: &Metrics,
+) -> bool {
+    // Before anything else: no path through this filter lets a client-set identity header by,
+    // and no SSN-shaped request id reaches a log line.
     host.strip_reserved_headers();
+    for name in CLIENT_ID_HEADERS {
+        host.sanitize_request_header(name);
+    }
     let now = host.now();
     let method = host.grpc_method();
     let peer_digest = host.string_property(&PEER_CERT_DIGEST);
@@ -101,14 +125,17 @@ pub fn on_request_headers(host: &dyn Host, engine: &RefCell<Engine>, metrics: &M
         header: &header,
         peer_cert_sha256_hex: peer_digest.as_deref(),
     };
-    let outcome = engine.borrow_mut().authenticate(&request, now);
+    let outcome =
+        engine
+            .borrow_mut()
+            .authenticate_with(&request, now, Some(host as &dyn SharedData));
     match outcome {
         Outcome::Verified {
             identity,
-            strip_header,
+            strip_headers,
             cache_hit,
         } => {
-            if let Some(name) = strip_header {
+            for name in strip_headers {
                 host.remove_request_header(&name);
             }
             host.set_filter_state(state::IDENTITY, &identity.to_bytes());
@@ -147,10 +174,32 @@ pub fn on_request_headers(host: &dyn Host, engine: &RefCell<Engine>, metrics: &M
                 counter.inc(host);
             }
             host.log(LogLevel::Debug, &format!("phi-guard jwt: denied: {reason}"));
-            host.send_grpc_error(
-                GrpcStatus::Unauthenticated,
-                &[("www-authenticate", reason.www_authenticate())],
+            match reason.status() {
+                GrpcStatus::Unauthenticated => host.send_grpc_error(
+                    GrpcStatus::Unauthenticated,
+                    &[("www-authenticate", reason.www_authenticate())],
+                ),
+                status => host.send_grpc_error(status, &[]),
+            }
+            false
+        }
+        Outcome::Forbidden { identity, reason } => {
+            // The token is valid: the audit event records who asked for the unlisted method.
+            host.set_filter_state(state::IDENTITY, &identity.to_bytes());
+            let authn = AuthnOutcome {
+                result: "failed".into(),
+                provider: Some(identity.provider.clone()),
+                reason: Some(reason.code().into()),
+            };
+            host.set_filter_state(state::AUTHN, &authn.to_bytes());
+            if let Some(counter) = metrics.failed(reason) {
+                counter.inc(host);
+            }
+            host.log(
+                LogLevel::Debug,
+                &format!("phi-guard jwt: forbidden: {reason}"),
             );
+            host.send_grpc_error(GrpcStatus::PermissionDenied, &[]);
             false
         }
     }

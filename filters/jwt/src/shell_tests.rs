@@ -259,3 +259,118 @@ fn bad_configuration_refuses_to_start_and_names_the_field() {
     assert!(shell::configure(&host, Some(good.as_bytes()), &secret_env).is_some());
     assert!(!host.log_text().contains("a-very-secret"));
 }
+
+#[test]
+fn a_valid_token_on_an_unlisted_method_is_permission_denied() {
+    let bearer = format!("Bearer {}", token(good_claims()));
+    let host = host_with("/other.v1.O/Get", Some(&bearer));
+    let (engine, metrics) = setup(&host);
+    assert!(!shell::on_request_headers(&host, &engine, &metrics));
+    let (status, headers) = host.sent.borrow().clone().unwrap();
+    assert_eq!(status, GrpcStatus::PermissionDenied);
+    assert!(
+        headers.is_empty(),
+        "no RFC 6750 challenge: the token is fine"
+    );
+    assert_eq!(
+        authn(&host),
+        AuthnOutcome {
+            result: "failed".into(),
+            provider: Some("idp".into()),
+            reason: Some("no_rule".into())
+        }
+    );
+    // The audit event can say who asked.
+    assert!(host.filter_state(state::IDENTITY).is_some());
+    assert_eq!(host.counter("phi_guard.jwt.failed.no_rule"), 1);
+
+    // Without a token the same method is still UNAUTHENTICATED.
+    let host = host_with("/other.v1.O/Get", None);
+    let (engine, metrics) = setup(&host);
+    assert!(!shell::on_request_headers(&host, &engine, &metrics));
+    assert_eq!(host.sent_status(), Some(GrpcStatus::Unauthenticated));
+    assert_eq!(authn(&host).reason.as_deref(), Some("missing"));
+    assert!(host.filter_state(state::IDENTITY).is_none());
+}
+
+#[test]
+fn a_logout_token_is_refused_with_bad_typ() {
+    let (pair, _) = ed25519_key(Some("k1"));
+    let logout = sign_eddsa(
+        &pair,
+        r#"{"alg":"EdDSA","kid":"k1","typ":"logout+jwt"}"#,
+        &good_claims().to_string(),
+    );
+    let bearer = format!("Bearer {logout}");
+    let host = host_with("/svc.v1.S/Get", Some(&bearer));
+    let (engine, metrics) = setup(&host);
+    assert!(!shell::on_request_headers(&host, &engine, &metrics));
+    assert_eq!(host.sent_status(), Some(GrpcStatus::Unauthenticated));
+    assert_eq!(authn(&host).reason.as_deref(), Some("bad_typ"));
+    assert_eq!(host.counter("phi_guard.jwt.failed.bad_typ"), 1);
+}
+
+#[test]
+fn an_ssn_shaped_request_id_is_masked_before_anything_reads_it() {
+    for path in ["/svc.v1.S/Get", "/other.v1.O/Get", "/index.html"] {
+        let host = host_with(path, None);
+        host.set_request_header("x-request-id", "078-05-1120");
+        let (engine, metrics) = setup(&host);
+        shell::on_request_headers(&host, &engine, &metrics);
+        assert_eq!(
+            host.request_header("x-request-id").as_deref(),
+            Some("***-**-****"),
+            "{path}"
+        );
+        assert!(!host.log_text().contains("078-05-1120"));
+    }
+    let host = host_with("/svc.v1.S/Get", None);
+    host.set_request_header("x-request-id", "jane.doe@example.org");
+    let (engine, metrics) = setup(&host);
+    shell::on_request_headers(&host, &engine, &metrics);
+    assert_eq!(host.request_header("x-request-id"), None);
+}
+
+#[test]
+fn replay_protected_requests_use_the_hosts_shared_data() {
+    let env = |name: &str| (name == "RK").then(|| "r".repeat(32));
+    let doc = testkit::minimal_config("\"replay_protection\":true,").replace(
+        "\"max_token_bytes\":8192}",
+        "\"max_token_bytes\":8192,\"replay\":{\"key_env\":\"RK\"}}",
+    );
+    let host = FakeHost::default();
+    host.set_clock(NOW);
+    let (engine, metrics) = shell::configure(&host, Some(doc.as_bytes()), &env).unwrap();
+    assert_eq!(
+        host.shared.borrow().len(),
+        crate::replay::BUCKETS,
+        "prepared"
+    );
+    let engine = RefCell::new(engine);
+    let mut claims = good_claims();
+    claims["jti"] = json!(CANARY);
+    let bearer = format!("Bearer {}", token(claims));
+    let run = |host: &FakeHost| {
+        host.set_clock(NOW);
+        host.set_request_header(":path", "/svc.v1.S/Get");
+        host.set_request_header("authorization", &bearer);
+        shell::on_request_headers(host, &engine, &metrics)
+    };
+    assert!(run(&host));
+    // A second stream (same VM or another worker's: the store is the host's).
+    let second = FakeHost::default();
+    *second.shared.borrow_mut() = host.shared.borrow().clone();
+    *second.counters.borrow_mut() = host.counters.borrow().clone();
+    assert!(!run(&second));
+    assert_eq!(second.sent_status(), Some(GrpcStatus::Unauthenticated));
+    assert_eq!(authn(&second).reason.as_deref(), Some("replayed"));
+    assert_eq!(second.counter("phi_guard.jwt.failed.replayed"), 1);
+    // Shared data failing: UNAVAILABLE, never a pass.
+    let broken = FakeHost::default();
+    *broken.counters.borrow_mut() = host.counters.borrow().clone();
+    broken.shared_data_broken.set(true);
+    assert!(!run(&broken));
+    assert_eq!(broken.sent_status(), Some(GrpcStatus::Unavailable));
+    let stored = format!("{:?}", host.shared.borrow());
+    assert!(!stored.contains("CANARY"), "no jti in shared data");
+}

@@ -24,6 +24,8 @@ pub struct Verified {
     pub clock_skew_s: u64,
     /// `cnf.x5t#S256` of a certificate-bound token.
     pub bound_to: Option<String>,
+    /// The token's `jti`, for replay protection.
+    pub jti: Option<String>,
 }
 
 /// The keys a provider verifies with right now.
@@ -70,6 +72,9 @@ pub fn verify(
         .map_err(|e| match e {
             SignatureError::Invalid => Reason::BadSignature,
         })?;
+    // Explicit typing (RFC 8725 §3.11): a token the issuer signed for another purpose (an
+    // OIDC back-channel `logout+jwt`, a `secevent+jwt`) is not an access token here.
+    check_typ(token.typ.as_deref(), provider)?;
 
     let claims = &token.claims;
     if claims.iss.as_deref() != Some(provider.issuer.as_str()) {
@@ -117,7 +122,18 @@ pub fn verify(
         iat: claims.iat,
         clock_skew_s: provider.clock_skew_s,
         bound_to,
+        jti: claims.jti.clone(),
     })
+}
+
+/// `typ` (already normalised) against the provider's list; absent passes unless required.
+fn check_typ(typ: Option<&str>, provider: &Provider) -> Result<(), Reason> {
+    match typ {
+        None if provider.typ_required => Err(Reason::BadTyp),
+        None => Ok(()),
+        Some(t) if provider.typ.iter().any(|allowed| allowed == t) => Ok(()),
+        Some(_) => Err(Reason::BadTyp),
+    }
 }
 
 /// The checks that depend on the request rather than the token alone, re-applied on every

@@ -114,7 +114,7 @@ impl MaskConfig {
     /// Parses the plugin configuration with its inline `descriptor_set` (required). `env`
     /// reads a VM environment variable (the HMAC key).
     pub fn parse(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let doc: Value = serde_json::from_slice(json).map_err(|e| ConfigError::from_json(&e))?;
+        let doc: Value = phi_guard_common::config::parse_document(json, "mask")?;
         let top = object(&doc, "")?;
         let b64 = top
             .get("descriptor_set")
@@ -757,7 +757,7 @@ mod tests {
 
     fn parse(doc: Value) -> Result<MaskConfig, ConfigError> {
         MaskConfig::parse(doc.to_string().as_bytes(), &|name| {
-            (name == "KEY").then(|| "0123456789abcdef".to_string())
+            (name == "KEY").then(|| "0123456789abcdef0123456789abcdef".to_string())
         })
     }
 
@@ -888,6 +888,38 @@ mod tests {
         let err = parse(json!({"descriptor_set": b64, "roles": {}})).unwrap_err();
         assert_eq!(err.field, "descriptor_set");
         assert!(err.reason.contains("phi.v1.sensitivity"));
+    }
+
+    #[test]
+    fn empty_documents_and_repeated_members_are_refused() {
+        let err = MaskConfig::parse(b"", &|_| None).unwrap_err();
+        assert!(err.reason.contains("mask configuration is empty"), "{err}");
+        // A repeated role block: serde_json would keep the second (here: reveal everything).
+        let doc = format!(
+            r#"{{"descriptor_set":"{}","roles":{{"nurse":{{"SSN":"redact"}},"nurse":{{"SSN":"reveal"}}}}}}"#,
+            b64()
+        );
+        let err = MaskConfig::parse(doc.as_bytes(), &|_| None).unwrap_err();
+        assert_eq!(err.field, "nurse");
+        assert!(err.reason.contains("twice"), "{err}");
+        let doc = format!(
+            r#"{{"descriptor_set":"{}","roles":{{"nurse":{{"SSN":"redact","SSN":"reveal"}}}}}}"#,
+            b64()
+        );
+        let err = MaskConfig::parse(doc.as_bytes(), &|_| None).unwrap_err();
+        assert_eq!(err.field, "SSN");
+    }
+
+    #[test]
+    fn a_sixteen_byte_token_key_is_refused() {
+        let doc = json!({"descriptor_set": b64(), "token_key_env": "KEY",
+                         "roles": {"research": {"MRN": "token"}}})
+        .to_string();
+        let err =
+            MaskConfig::parse(doc.as_bytes(), &|_| Some("0123456789abcdef".into())).unwrap_err();
+        assert_eq!(err.field, "token_key_env");
+        assert!(err.reason.contains("32"), "{err}");
+        assert!(MaskConfig::parse(doc.as_bytes(), &|_| Some("k".repeat(32))).is_ok());
     }
 
     #[test]

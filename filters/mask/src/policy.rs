@@ -426,7 +426,7 @@ mod tests {
     use super::*;
 
     fn apply(action: &Action, value: &str) -> String {
-        let key = TokenKey::new(b"0123456789abcdef").unwrap();
+        let key = TokenKey::new(b"0123456789abcdef0123456789abcdef").unwrap();
         let mut out = Vec::new();
         action.transform("SSN", value.as_bytes(), Some(&key), &mut out);
         String::from_utf8(out).unwrap()

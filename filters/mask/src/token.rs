@@ -7,7 +7,7 @@ pub const TOKEN_PREFIX: &str = "tok_";
 /// Length of a token: the prefix plus 32 lower-case hex digits (the first 16 bytes of the MAC).
 pub const TOKEN_LEN: usize = TOKEN_PREFIX.len() + 32;
 /// Shortest key accepted: a short key would make tokens guessable by brute force.
-pub const MIN_KEY_BYTES: usize = 16;
+pub const MIN_KEY_BYTES: usize = phi_guard_common::config::MIN_MASK_TOKEN_KEY_BYTES;
 
 /// The HMAC-SHA256 key, read once from the VM environment at configure time.
 #[derive(Clone)]
@@ -55,8 +55,8 @@ mod tests {
 
     #[test]
     fn tokens_are_stable_keyed_and_class_separated() {
-        let k1 = TokenKey::new(b"0123456789abcdef0123").unwrap();
-        let k2 = TokenKey::new(b"another-key-of-enough-length").unwrap();
+        let k1 = TokenKey::new(b"0123456789abcdef0123456789abcdef").unwrap();
+        let k2 = TokenKey::new(b"another-key-of-enough-length-0123").unwrap();
         let t = token(&k1, "MRN", "MRN-1");
         assert_eq!(t, token(&k1, "MRN", "MRN-1"));
         assert_eq!(t.len(), TOKEN_LEN);
@@ -69,6 +69,11 @@ mod tests {
 
     #[test]
     fn short_keys_are_refused() {
+        // The README promises at least 32 bytes; 16 used to pass.
+        assert_eq!(MIN_KEY_BYTES, 32);
         assert!(TokenKey::new(b"short").is_none());
+        assert!(TokenKey::new(b"0123456789abcdef").is_none());
+        assert!(TokenKey::new(&[7u8; 31]).is_none());
+        assert!(TokenKey::new(&[7u8; 32]).is_some());
     }
 }

@@ -51,13 +51,8 @@ impl Context for MaskRoot {}
 impl RootContext for MaskRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         let host = ProxyHost;
-        let Some(json) = self.get_plugin_configuration() else {
-            host.log(
-                LogLevel::Error,
-                "phi-guard mask: invalid configuration: no plugin configuration",
-            );
-            return false;
-        };
+        // An absent configuration is an empty one: the common parser refuses both by name.
+        let json = self.get_plugin_configuration().unwrap_or_default();
         // Istio passes secrets as VM environment variables (vmConfig.env), which WASI exposes.
         match MaskConfig::parse(&json, &|name| std::env::var(name).ok()) {
             Ok(config) => {

@@ -25,7 +25,7 @@ fn config(roles: serde_json::Value) -> MaskConfig {
         "token_key_env": "K",
     });
     MaskConfig::parse(doc.to_string().as_bytes(), &|_| {
-        Some("0123456789abcdef0123".into())
+        Some("0123456789abcdef0123456789abcdef".into())
     })
     .unwrap()
 }

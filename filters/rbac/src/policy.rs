@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use phi_guard_common::{ConfigError, GrpcMethod};
 
-use crate::json::{field, serde_error};
+use crate::json::field;
 use crate::principal::Principals;
 
 /// Longest rule name; names become metric names (`phi_guard.rbac.rule.<name>.matched`).
@@ -166,13 +166,9 @@ struct RawRule {
 impl Policy {
     /// Parses and compiles the policy JSON (the Envoy `configuration` / Istio `pluginConfig`).
     pub fn parse(json: &[u8]) -> Result<Self, ConfigError> {
-        if json.iter().all(u8::is_ascii_whitespace) {
-            return Err(ConfigError::new("", "configuration is empty"));
-        }
-        let doc: Value = serde_json::from_slice(json).map_err(|e| serde_error(&e, ""))?;
-        if !doc.is_object() {
-            return Err(ConfigError::new("", "expected a JSON object"));
-        }
+        // The one config parser: an empty document, a top level other than an object and a
+        // repeated member at any depth (which could hide a rule) are refused.
+        let doc: Value = phi_guard_common::config::parse_document(json, "rbac policy")?;
         let raw: RawPolicy = field(doc, "")?;
         let version: String = field(raw.version, "version")?;
         if version.trim().is_empty() {
@@ -561,12 +557,28 @@ mod tests {
 
     #[test]
     fn syntax_errors_and_empty_config() {
-        assert_eq!(
-            Policy::parse(b"  ").unwrap_err().reason,
-            "configuration is empty"
-        );
+        assert!(Policy::parse(b"  ")
+            .unwrap_err()
+            .reason
+            .contains("rbac policy configuration is empty"));
         assert!(Policy::parse(b"{").is_err());
         assert!(Policy::parse(b"[]").is_err());
+    }
+
+    #[test]
+    fn repeated_members_are_refused() {
+        // serde_json keeps the last `action`: this deny rule would silently become an allow.
+        let doc = br#"{"version":"v1","rules":[{"name":"research-never-deletes","action":"deny",
+            "principals":["spiffe://phi-guard.test/ns/research/sa/analytics"],
+            "methods":["health.v1.PatientService/DeletePatient"],"action":"allow"}]}"#;
+        let e = Policy::parse(doc).unwrap_err();
+        assert_eq!(e.field, "action");
+        assert!(e.reason.contains("twice"), "{e}");
+        let doc = br#"{"version":"v1","rules":[],"rules":[{"name":"all","action":"allow",
+            "principals":[{"any_authenticated":true}],"methods":["*"]}]}"#;
+        assert_eq!(Policy::parse(doc).unwrap_err().field, "rules");
+        let doc = br#"{"version":"v1","role_map":{"a":"x","a":"admin"},"rules":[]}"#;
+        assert_eq!(Policy::parse(doc).unwrap_err().field, "a");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use phi_guard_proto::demo::{self, canary};
 use phi_guard_proto::health::v1::{Encounter, Patient};
 
 pub const KEY_ENV: &str = "PHI_GUARD_MASK_TOKEN_KEY";
-pub const KEY: &str = "test-key-0123456789abcdef";
+pub const KEY: &str = "test-key-0123456789abcdef-0123456789";
 pub const CANARY_SSN: &str = canary::SSN;
 pub const CANARY_PHONE: &str = canary::PHONE;
 
