@@ -49,6 +49,15 @@ impl SigningKey {
         }
     }
 
+    /// An ES256 key from its PEM ([`SigningKey::private_pem`]).
+    pub fn es256_from_pem(kid: &str, pem: &str) -> Result<Self, String> {
+        let key = ES256KeyPair::from_pem(pem).map_err(|e| format!("ES256 key: {e}"))?;
+        Ok(SigningKey {
+            kid: kid.into(),
+            key: KeyPair::ES256(Box::new(key.with_key_id(kid))),
+        })
+    }
+
     /// An RS256 key from its PKCS#8 PEM ([`SigningKey::private_pem`]).
     pub fn rs256_from_pem(kid: &str, pem: &str) -> Result<Self, String> {
         let key = RS256KeyPair::from_pem(pem).map_err(|e| format!("RS256 key: {e}"))?;

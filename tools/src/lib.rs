@@ -6,6 +6,8 @@ pub mod bench;
 pub mod client;
 pub mod issuer;
 pub mod pki;
+pub mod project;
+pub mod render;
 pub mod stack;
 
 /// The repository root, for scripts/ and envoy/ (the tools run from a checkout).

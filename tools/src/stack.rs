@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use crate::client::{self, ClientCert, MtlsTarget};
 use crate::issuer::{self, JwksServer, SigningKey, UserClaims};
 use crate::pki::{self, Kind, Leaf, Pki};
+use crate::render::{self, HostPort, Inbound, Jwks};
 use phi_guard_audit::collector::{Collector, FailMode};
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -351,8 +352,40 @@ async fn start_idp(
     })
 }
 
-/// Renders `envoy/inbound.yaml` as `<dir>/<name>.yaml` on free loopback ports, in front of
-/// `ports`, with the stack's inbound SDS directory and logs, and starts it.
+/// The demo project file (`envoy/demo/phi-guard.toml`), what `phi-guard render` would make of
+/// it, on the stack's loopback ports and directories and with the demo API's descriptor set.
+pub fn demo_inbound(
+    dir: &Path,
+    ports: &UpstreamPorts,
+    listen: u16,
+    admin: u16,
+) -> Result<Inbound, Error> {
+    let mut inbound = Inbound::from_project(&crate::repo_root().join("envoy/demo/phi-guard.toml"))?;
+    let loopback = |port| HostPort {
+        host: "127.0.0.1".into(),
+        port,
+    };
+    inbound.listen = loopback(listen);
+    inbound.admin_port = admin;
+    inbound.upstream = loopback(ports.backend);
+    inbound.collector.addr = loopback(ports.collector);
+    match &mut inbound.jwks {
+        Jwks::Remote(up) => up.addr = loopback(ports.jwks),
+        _ => {
+            return Err("envoy/demo/phi-guard.toml: the demo fetches its JWKS ([jwks] url)".into())
+        }
+    }
+    inbound.out_dir = dir.to_path_buf();
+    inbound.sds_dir = dir.join("sds/inbound");
+    inbound.log_dir = dir.join("logs");
+    inbound.wasm_dir = wasm_dir()?;
+    inbound.keys_dir = dir.join("keys");
+    inbound.descriptor_set = Some(phi_guard_proto::DESCRIPTOR_SET.to_vec());
+    Ok(inbound)
+}
+
+/// Renders the demo project ([`demo_inbound`]) as `<dir>/<name>.yaml` on free loopback ports,
+/// in front of `ports`, with the stack's inbound SDS directory and logs, and starts it.
 fn start_inbound(
     name: &str,
     concurrency: u32,
@@ -362,32 +395,30 @@ fn start_inbound(
     ports: &UpstreamPorts,
 ) -> Result<Envoy, Error> {
     let listen = free_port()?;
-    Envoy::start(
-        "inbound",
+    let admin = free_port()?;
+    let inbound = demo_inbound(dir, ports, listen, admin)?;
+    let rendered = inbound.render()?;
+    std::fs::create_dir_all(&inbound.sds_dir)?;
+    for (file, text) in &rendered.sds {
+        std::fs::write(inbound.sds_dir.join(file), text)?;
+    }
+    Envoy::start_rendered(
         name,
         concurrency,
         patch,
         env,
         dir,
-        &[
-            ("ADMIN_PORT", free_port()?.to_string()),
-            ("LISTEN_PORT", listen.to_string()),
-            ("BACKEND_PORT", ports.backend.to_string()),
-            ("JWKS_PORT", ports.jwks.to_string()),
-            ("COLLECTOR_PORT", ports.collector.to_string()),
-            ("SDS_DIR", dir.join("sds/inbound").display().to_string()),
-            ("LOG_DIR", dir.join("logs").display().to_string()),
-            ("WASM_DIR", wasm_dir()?.display().to_string()),
-        ],
+        rendered.envoy,
+        admin,
         listen,
     )
 }
 
 /// Loopback ports of what the inbound Envoy calls.
-struct UpstreamPorts {
-    backend: u16,
-    jwks: u16,
-    collector: u16,
+pub struct UpstreamPorts {
+    pub backend: u16,
+    pub jwks: u16,
+    pub collector: u16,
 }
 
 /// The secrets Envoy gets through its environment, one file each (fresh random per stack).
@@ -483,7 +514,7 @@ fn start_blocking(
     }
 
     let inbound_sds = dir.join("sds/inbound");
-    render_sds(&inbound_sds, &["server_cert.yaml", "trust_bundle.yaml"])?;
+    std::fs::create_dir_all(&inbound_sds)?;
     pki.install("server", &inbound_sds.join("server"))?;
     pki.install_bundle(&inbound_sds.join("trust"))?;
 
@@ -678,18 +709,43 @@ impl Envoy {
         listen_port: u16,
     ) -> Result<Envoy, Error> {
         let template = crate::repo_root().join(format!("envoy/{template}.yaml"));
-        let config = dir.join(format!("{name}.yaml"));
-        let mut rendered = render(&std::fs::read_to_string(&template)?, vars)?;
-        if let Some(patch) = patch {
-            rendered = patch(rendered);
-        }
-        std::fs::write(&config, rendered)?;
+        let rendered = render::fill(&std::fs::read_to_string(&template)?, vars)?;
         let admin_port: u16 = vars
             .iter()
             .find(|(k, _)| *k == "ADMIN_PORT")
             .ok_or("ADMIN_PORT missing")?
             .1
             .parse()?;
+        Envoy::start_rendered(
+            name,
+            concurrency,
+            patch,
+            env,
+            dir,
+            rendered,
+            admin_port,
+            listen_port,
+        )
+    }
+
+    /// Writes `config` (edited by `patch`) to `<dir>/<name>.yaml`, starts Envoy with
+    /// `concurrency` worker threads and waits for the admin `/ready`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_rendered(
+        name: &str,
+        concurrency: u32,
+        patch: Option<ConfigPatch>,
+        env: &[(String, String)],
+        dir: &Path,
+        mut rendered: String,
+        admin_port: u16,
+        listen_port: u16,
+    ) -> Result<Envoy, Error> {
+        let config = dir.join(format!("{name}.yaml"));
+        if let Some(patch) = patch {
+            rendered = patch(rendered);
+        }
+        std::fs::write(&config, rendered)?;
         let log = dir.join(format!("logs/{name}-envoy.log"));
         let child = Command::new(envoy_binary()?)
             .args(["-c", &config.to_string_lossy()])
@@ -827,25 +883,11 @@ pub fn embedded_filter_config(yaml: &str, filter: &str) -> Option<serde_json::Va
     serde_json::from_str(&json).ok()
 }
 
-/// Replaces `${NAME}` placeholders; any placeholder left over is an error, so a template and
-/// its caller cannot drift apart silently.
-pub fn render(template: &str, vars: &[(&str, String)]) -> Result<String, Error> {
-    let mut out = template.to_string();
-    for (k, v) in vars {
-        out = out.replace(&format!("${{{k}}}"), v);
-    }
-    if let Some(start) = out.find("${") {
-        let end = out[start..].find('}').map_or(out.len(), |e| start + e + 1);
-        return Err(format!("unresolved placeholder {}", &out[start..end]).into());
-    }
-    Ok(out)
-}
-
 fn render_sds(sds_dir: &Path, files: &[&str]) -> Result<(), Error> {
     std::fs::create_dir_all(sds_dir)?;
     for file in files {
         let template = std::fs::read_to_string(crate::repo_root().join("envoy/sds").join(file))?;
-        let rendered = render(&template, &[("SDS_DIR", sds_dir.display().to_string())])?;
+        let rendered = render::fill(&template, &[("SDS_DIR", sds_dir.display().to_string())])?;
         std::fs::write(sds_dir.join(file), rendered)?;
     }
     Ok(())
@@ -956,56 +998,5 @@ mod tests {
             dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
             "hello world"
         );
-    }
-
-    #[test]
-    fn render_replaces_and_refuses_leftovers() {
-        let out = render("a ${X} b ${Y}", &[("X", "1".into()), ("Y", "2".into())]).unwrap();
-        assert_eq!(out, "a 1 b 2");
-        let err = render("port ${PORT}", &[]).unwrap_err();
-        assert!(err.to_string().contains("${PORT}"));
-    }
-
-    #[test]
-    fn shipped_rbac_policy_is_the_tested_demo_policy() {
-        let root = crate::repo_root();
-        let yaml = std::fs::read_to_string(root.join("envoy/inbound.yaml")).unwrap();
-        let embedded = embedded_filter_config(&yaml, "rbac").expect("rbac config in inbound.yaml");
-        let file: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(root.join("filters/rbac/policy.demo.json")).unwrap(),
-        )
-        .unwrap();
-        assert_eq!(
-            embedded, file,
-            "envoy/inbound.yaml and filters/rbac/policy.demo.json disagree"
-        );
-    }
-
-    #[test]
-    fn shipped_templates_use_only_port_and_path_placeholders() {
-        let allowed = [
-            "ADMIN_PORT",
-            "LISTEN_PORT",
-            "BACKEND_PORT",
-            "UPSTREAM_PORT",
-            "SDS_DIR",
-            "LOG_DIR",
-            "WASM_DIR",
-            "JWKS_PORT",
-            "COLLECTOR_PORT",
-        ];
-        for file in [
-            "envoy/inbound.yaml",
-            "envoy/egress.yaml",
-            "envoy/sds/server_cert.yaml",
-            "envoy/sds/client_cert.yaml",
-            "envoy/sds/trust_bundle.yaml",
-        ] {
-            let text = std::fs::read_to_string(crate::repo_root().join(file)).unwrap();
-            for part in text.split("${").skip(1) {
-                let name = &part[..part.find('}').unwrap()];
-                assert!(allowed.contains(&name), "{file}: placeholder {name}");
-            }
-        }
     }
 }

@@ -330,7 +330,7 @@ async fn up() -> Result<(), Error> {
         "mask_key": stack.mask_key,
     });
     let dir = stack.dir.clone();
-    state["fhir"] = fhir_state(&dir)?;
+    state["fhir"] = fhir_state(&dir, &stack.inbound.config)?;
     let pids = stack.detach();
     state["pids"] = json!(pids);
     write_state(&dir, &state)?;
@@ -341,12 +341,13 @@ async fn up() -> Result<(), Error> {
 
 /// `state.json`'s `fhir`: the FHIR service's method paths, its descriptor set, and the mask
 /// filter's configuration as Envoy runs it (the JSON `phi-guard-mask apply --policy` takes).
-fn fhir_state(dir: &Path) -> Result<serde_json::Value, Error> {
+fn fhir_state(dir: &Path, envoy_config: &Path) -> Result<serde_json::Value, Error> {
     use phi_guard_proto::fhir;
     let root = phi_guard_tools::repo_root();
-    let yaml = std::fs::read_to_string(root.join("envoy/inbound.yaml"))?;
+    // The rendered config Envoy runs (the template only has a placeholder for it).
+    let yaml = std::fs::read_to_string(envoy_config)?;
     let mask = phi_guard_tools::stack::embedded_filter_config(&yaml, "mask")
-        .ok_or("envoy/inbound.yaml has no phi_guard.mask configuration")?;
+        .ok_or("the rendered inbound config has no phi_guard.mask configuration")?;
     let mask_config = dir.join("mask_config.json");
     std::fs::write(&mask_config, serde_json::to_vec_pretty(&mask)?)?;
     Ok(json!({

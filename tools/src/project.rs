@@ -1,0 +1,439 @@
+//! `phi-guard init` and `phi-guard keys`: a starter project from a descriptor set (default deny
+//! everywhere), and the secrets each stage needs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+/// A gRPC method found in a descriptor set: `pkg.Service/Method`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Method {
+    pub service: String,
+    pub name: String,
+    pub output: String,
+}
+
+impl Method {
+    pub fn path(&self) -> String {
+        format!("{}/{}", self.service, self.name)
+    }
+}
+
+/// A message field and whether it carries a `phi.v1.sensitivity` class.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field {
+    /// `pkg.Message.field`.
+    pub path: String,
+    /// The protobuf type (`string`, `message .pkg.Other`, …), `repeated` when it is.
+    pub kind: String,
+    /// The `phi.v1.sensitivity` class, when tagged.
+    pub class: Option<String>,
+}
+
+/// What `init` reads from a descriptor set.
+#[derive(Debug, Clone, Default)]
+pub struct Api {
+    pub methods: Vec<Method>,
+    pub fields: Vec<Field>,
+}
+
+impl Api {
+    /// Reads a binary FileDescriptorSet with the mask filter's own decoder, so `init` sees the
+    /// fields and classes exactly as the filter will.
+    pub fn from_descriptor_set(bytes: &[u8]) -> Result<Api, String> {
+        let catalog = phi_guard_mask::descriptor::Catalog::decode(bytes).map_err(|e| e.0)?;
+        let mut api = Api::default();
+        for method in &catalog.methods {
+            let (service, name) = method
+                .full_name
+                .split_once('/')
+                .ok_or("a method without a service")?;
+            api.methods.push(Method {
+                service: service.into(),
+                name: name.into(),
+                output: method.output_type.clone(),
+            });
+        }
+        if api.methods.is_empty() {
+            return Err("the descriptor set declares no service".into());
+        }
+        let messages: BTreeMap<_, _> = catalog.messages.iter().collect();
+        for (message, desc) in messages {
+            if desc.map_entry || message.starts_with("phi.v1.") {
+                continue;
+            }
+            for field in &desc.fields {
+                let ty = match &field.type_name {
+                    Some(t) => t.clone(),
+                    None => format!("{:?}", field.kind).to_lowercase(),
+                };
+                api.fields.push(Field {
+                    path: format!("{message}.{}", field.name),
+                    kind: if field.repeated {
+                        format!("repeated {ty}")
+                    } else {
+                        ty
+                    },
+                    class: field.sensitivity.map(|c| catalog.class_name(c)),
+                });
+            }
+        }
+        Ok(api)
+    }
+
+    /// The services, in order of appearance.
+    pub fn services(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for m in &self.methods {
+            if !out.contains(&m.service) {
+                out.push(m.service.clone());
+            }
+        }
+        out
+    }
+}
+
+/// One file `init` writes.
+#[derive(Debug, Clone)]
+pub struct StarterFile {
+    pub name: &'static str,
+    pub text: String,
+}
+
+/// The starter project for `api`: project file, jwt config, rbac policy (every method allowed
+/// to nobody) with its test cases, mask config (every role sees nothing) and the list of fields
+/// without a sensitivity class, audit config.
+pub fn starter(api: &Api, service_name: &str, trust_domain: &str) -> Vec<StarterFile> {
+    let services = api.services();
+    let pretty = |v: &Value| serde_json::to_string_pretty(v).expect("JSON") + "\n";
+    let jwt = json!({
+        "providers": [{
+            "name": "idp",
+            "issuer": "https://idp.example",
+            "audiences": [service_name],
+            "algorithms": ["ES256", "RS256"],
+            "clock_skew_s": 60,
+            "max_lifetime_s": 3600
+        }],
+        "rules": services.iter().map(|s| json!({
+            "match": format!("{s}/*"), "requires": {"provider": "idp"}
+        })).collect::<Vec<_>>(),
+    });
+    // No rule: every method is denied to everyone until a rule allows it.
+    let policy = json!({
+        "version": format!("{service_name}-0"),
+        "mode": "enforce",
+        "rules": []
+    });
+    let cases: Vec<Value> = api
+        .methods
+        .iter()
+        .map(|m| {
+            json!({
+                "name": format!("nobody may call {} yet", m.path()),
+                "san": format!("spiffe://{trust_domain}/ns/default/sa/client"),
+                "claims": {"roles": ["any"]},
+                "method": m.path(),
+                "expect": "deny"
+            })
+        })
+        .collect();
+    let tests = json!({"policy": "policy.json", "cases": cases});
+    // Every role that is not listed gets `default`: every class removed.
+    let mask = json!({
+        "max_message_bytes": 4194304,
+        "roles": {},
+        "default": {"*": "remove"}
+    });
+    let mut fields = String::from(
+        "# Fields of the API and their phi.v1.sensitivity class, as phi-guard init found them.\n\
+         # An untagged field passes through mask unchanged for every role: tag each one that\n\
+         # can carry PHI in the .proto ([(phi.v1.sensitivity) = SSN], see docs/ADOPTING.md),\n\
+         # rebuild the descriptor set and run phi-guard init --fields-only again.\n",
+    );
+    let mut by_message: BTreeMap<&str, Vec<&Field>> = BTreeMap::new();
+    for f in &api.fields {
+        let message = f.path.rsplit_once('.').map_or("", |(m, _)| m);
+        by_message.entry(message).or_default().push(f);
+    }
+    for (message, list) in by_message {
+        fields.push_str(&format!("\n{message}\n"));
+        for f in list {
+            let name = f.path.rsplit_once('.').map_or("", |(_, n)| n);
+            let state = f.class.as_deref().unwrap_or("UNTAGGED");
+            fields.push_str(&format!("  {name:<24} {:<28} {state}\n", f.kind));
+        }
+    }
+    let project = format!(
+        r#"# phi-guard project file: `phi-guard render` turns it into envoy/envoy.yaml and the SDS
+# files. Paths are relative to this file. docs/ADOPTING.md describes every field.
+
+[service]
+name = "{service_name}"
+upstream = "127.0.0.1:50051"     # your gRPC server (plaintext h2), reachable from Envoy
+
+[listener]
+address = "0.0.0.0"
+port = 8443
+admin_port = 9901                # Envoy admin, always on 127.0.0.1
+
+[trust]
+domain = "{trust_domain}"
+# allowed_spiffe_ids = ["spiffe://{trust_domain}/ns/clinic/sa/portal"]   # default: the whole domain
+
+[paths]
+out = "envoy"
+sds = "sds"
+logs = "logs"
+
+[jwt]
+config = "jwt.json"
+
+[jwks]
+url = "https://idp.example/.well-known/jwks.json"   # or: file = "jwks.json" (inline, no fetch)
+
+[rbac]
+policy = "policy.json"
+
+[mask]
+config = "mask.json"
+descriptor_set = "api.binpb"
+
+[audit]
+config = "audit.json"
+collector = "http://127.0.0.1:4318/v1/logs"
+
+[keys]
+dir = "keys"
+"#
+    );
+    vec![
+        StarterFile {
+            name: "phi-guard.toml",
+            text: project,
+        },
+        StarterFile {
+            name: "jwt.json",
+            text: pretty(&jwt),
+        },
+        StarterFile {
+            name: "policy.json",
+            text: pretty(&policy),
+        },
+        StarterFile {
+            name: "policy.test.json",
+            text: pretty(&tests),
+        },
+        StarterFile {
+            name: "mask.json",
+            text: pretty(&mask),
+        },
+        StarterFile {
+            name: "mask.fields.txt",
+            text: fields,
+        },
+        StarterFile {
+            name: "audit.json",
+            text: pretty(&json!({})),
+        },
+    ]
+}
+
+/// A secret a stage needs: its file, the environment variable Envoy passes to the VM, and the
+/// random bytes it holds.
+#[derive(Debug, Clone)]
+pub struct KeySpec {
+    pub file: &'static str,
+    pub env: String,
+    pub bytes: usize,
+    pub purpose: &'static str,
+}
+
+/// The keys of the single-stage layout, with the lengths the filters require
+/// (`phi_guard_common::config`); the jwt replay key when the jwt config turns replay
+/// protection on. An HS256 secret is the IdP's, not made here.
+pub fn key_specs(keys: &crate::render::KeyEnv, jwt: &serde_json::Value) -> Vec<KeySpec> {
+    use phi_guard_common::config::{
+        MIN_AUDIT_CHAIN_KEY_BYTES, MIN_MASK_TOKEN_KEY_BYTES, MIN_REPLAY_KEY_BYTES,
+    };
+    let mut specs = vec![
+        KeySpec {
+            file: "audit.key",
+            env: keys.audit.clone(),
+            bytes: MIN_AUDIT_CHAIN_KEY_BYTES,
+            purpose: "audit chain HMAC key",
+        },
+        KeySpec {
+            file: "mask-token.key",
+            env: keys.mask_token.clone(),
+            bytes: MIN_MASK_TOKEN_KEY_BYTES,
+            purpose: "mask keyed-token key",
+        },
+    ];
+    let replay = jwt
+        .get("replay")
+        .and_then(|r| r.get("key_env"))
+        .and_then(serde_json::Value::as_str);
+    if let Some(env) = replay {
+        specs.push(KeySpec {
+            file: "jwt-replay.key",
+            env: env.to_string(),
+            bytes: MIN_REPLAY_KEY_BYTES,
+            purpose: "jwt replay-cache key",
+        });
+    }
+    specs
+}
+
+/// Writes each key as the hex text of `bytes` bytes from the OS CSPRNG (the filters use the
+/// text, `2 × bytes` long, as the key), mode 0600, refusing to overwrite unless `force`.
+pub fn write_keys(dir: &Path, specs: &[KeySpec], force: bool) -> Result<Vec<PathBuf>, String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut written = Vec::new();
+    for spec in specs {
+        let path = dir.join(spec.file);
+        if path.exists() && !force {
+            return Err(format!(
+                "{} exists (keep it, or pass --force to replace it: events chained or tokens \
+                 made with the old key will no longer verify or match)",
+                path.display()
+            ));
+        }
+        let mut raw = vec![0u8; spec.bytes];
+        getrandom::fill(&mut raw).map_err(|e| format!("no OS randomness: {e}"))?;
+        let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let _ = std::fs::remove_file(&path);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        file.write_all(hex.as_bytes())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// How to hand the keys to the VMs, for Envoy and for Istio.
+pub fn key_instructions(dir: &Path, specs: &[KeySpec], envoy_config: &Path) -> String {
+    let mut out = String::from(
+        "Envoy: the rendered config lists these variables in each VM's\n\
+         vm_config.environment_variables.host_env_keys; start Envoy with them set:\n\n  ",
+    );
+    for spec in specs {
+        out.push_str(&format!(
+            "{}=\"$(cat {})\" \\\n  ",
+            spec.env,
+            dir.join(spec.file).display()
+        ));
+    }
+    out.push_str(&format!(
+        "envoy -c {} --disable-hot-restart\n\n",
+        envoy_config.display()
+    ));
+    out.push_str(
+        "Istio: put the files in a Kubernetes Secret, expose it to the istio-proxy container's\n\
+         environment, and let each WasmPlugin read it from the host (vmConfig.env):\n\n",
+    );
+    out.push_str("  kubectl create secret generic phi-guard-keys");
+    for spec in specs {
+        out.push_str(&format!(
+            " \\\n    --from-file={}={}",
+            spec.env,
+            dir.join(spec.file).display()
+        ));
+    }
+    out.push_str("\n\n  # WasmPlugin spec:\n  vmConfig:\n    env:\n");
+    for spec in specs {
+        out.push_str(&format!(
+            "    - name: {}          # {}\n      valueFrom: HOST\n",
+            spec.env, spec.purpose
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_api_is_read_with_its_tags() {
+        let api = Api::from_descriptor_set(phi_guard_proto::DESCRIPTOR_SET).unwrap();
+        let paths: Vec<String> = api.methods.iter().map(Method::path).collect();
+        assert!(paths.contains(&"health.v1.PatientService/GetPatient".to_string()));
+        let field = |p: &str| api.fields.iter().find(|f| f.path == p).unwrap().clone();
+        assert_eq!(field("health.v1.Patient.ssn").class.as_deref(), Some("SSN"));
+        assert_eq!(field("health.v1.Patient.patient_id").class, None);
+        assert_eq!(
+            field("health.v1.Patient.allergy_codes").kind,
+            "repeated varint"
+        );
+    }
+
+    #[test]
+    fn the_starter_denies_everything_and_lists_untagged_fields() {
+        let api = Api::from_descriptor_set(phi_guard_proto::DESCRIPTOR_SET).unwrap();
+        let files = starter(&api, "patients", "example.test");
+        let file = |n: &str| files.iter().find(|f| f.name == n).unwrap().text.clone();
+        let policy = file("policy.json");
+        phi_guard_rbac::policy::Policy::parse(policy.as_bytes()).unwrap();
+        let policy: Value = serde_json::from_str(&policy).unwrap();
+        assert_eq!(policy["rules"], json!([]));
+        let tests: Value = serde_json::from_str(&file("policy.test.json")).unwrap();
+        assert_eq!(tests["cases"].as_array().unwrap().len(), api.methods.len());
+        let fields = file("mask.fields.txt");
+        assert!(fields.contains("patient_id"), "{fields}");
+        assert!(fields
+            .lines()
+            .any(|l| l.contains("patient_id") && l.ends_with("UNTAGGED")));
+        assert!(fields
+            .lines()
+            .any(|l| l.trim_start().starts_with("ssn ") && l.ends_with(" SSN")));
+        let project: crate::render::ProjectFile = toml::from_str(&file("phi-guard.toml")).unwrap();
+        assert_eq!(project.trust.domain, "example.test");
+    }
+
+    #[test]
+    fn keys_are_random_hex_of_the_required_length_and_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("phi-guard-keys-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let keys = crate::render::KeyEnv {
+            audit: "A".into(),
+            mask_token: "M".into(),
+        };
+        let specs = key_specs(&keys, &json!({}));
+        assert_eq!(specs.len(), 2);
+        let replay = key_specs(&keys, &json!({"replay": {"key_env": "R"}}));
+        assert_eq!(replay.last().unwrap().env, "R");
+        let written = write_keys(&dir, &specs, false).unwrap();
+        let mut texts = Vec::new();
+        for (path, spec) in written.iter().zip(&specs) {
+            let text = std::fs::read_to_string(path).unwrap();
+            assert_eq!(text.len(), 2 * spec.bytes);
+            assert!(spec.bytes >= 32);
+            assert!(text.bytes().all(|b| b.is_ascii_hexdigit()));
+            let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+            texts.push(text);
+        }
+        assert_ne!(texts[0], texts[1]);
+        assert!(
+            write_keys(&dir, &specs, false).is_err(),
+            "no silent overwrite"
+        );
+        write_keys(&dir, &specs, true).unwrap();
+        assert_ne!(std::fs::read_to_string(&written[0]).unwrap(), texts[0]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
