@@ -251,18 +251,26 @@ async fn a_malformed_upstream_message_ends_the_rpc_with_internal_and_leaks_nothi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn methods_and_fields_outside_the_descriptor_set_fail_closed() {
     use phi_guard_tools::backend::UNKNOWN_FIELD_CANARY;
-    let reads = r#""methods": ["health.v1.PatientService/GetPatient", "health.v1.PatientService/ListEncounters"]"#;
     let stack = Stack::builder("mask_drift")
         .workload("frontend", "clinic", "ehr-frontend")
         .workload("analytics", "research", "analytics")
         .drifted_backend()
         // rbac allows a method the service gained after the descriptor set was built.
-        .patch_inbound(move |yaml| {
-            yaml.replacen(
-                reads,
-                r#""methods": ["health.v1.PatientService/GetPatient", "health.v1.PatientService/ListEncounters", "health.v1.PatientService/ExportEverything"]"#,
-                1,
-            )
+        // The first rule of the rendered rbac policy that lists ListEncounters is
+        // frontend-clinical-reads (filters/rbac/policy.demo.json); the method joins its list.
+        .patch_inbound(|yaml| {
+            let rbac = yaml
+                .find("name: phi_guard.rbac\n")
+                .expect("the rendered inbound config has the rbac filter");
+            let reads = r#""health.v1.PatientService/ListEncounters""#;
+            let at = rbac
+                + yaml[rbac..]
+                    .find(reads)
+                    .expect("the rbac policy allows ListEncounters")
+                + reads.len();
+            let mut patched = yaml.clone();
+            patched.insert_str(at, r#", "health.v1.PatientService/ExportEverything""#);
+            patched
         })
         .start()
         .await
