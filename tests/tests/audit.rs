@@ -6,7 +6,7 @@ use std::time::Duration;
 use phi_guard_audit::chain::ChainKey;
 use phi_guard_audit::collector::{Collector, FailMode};
 use phi_guard_audit::verify::{parse_input, verify, VerifyOptions};
-use phi_guard_e2e::{all_logs, get_patient_code, wait_until, Load};
+use phi_guard_e2e::{all_logs, get_patient_code, raw_call, wait_until, Load};
 use phi_guard_proto::health::v1::{GetPatientRequest, ListEncountersRequest};
 use phi_guard_tools::backend::{canary, PATIENT_ID};
 use phi_guard_tools::issuer::{self, UserClaims};
@@ -396,7 +396,25 @@ async fn client_supplied_ids_are_sanitized_before_any_event_log_or_metric() {
         client.get_patient(request).await.unwrap_err().code(),
         Code::Unauthenticated
     );
-    wait_for_events(&stack, 4).await;
+    // The client chose `:path` too: a method named like an SSN is refused cleanly and logged
+    // only as `invalid` (not a method) or masked (a method made of digits).
+    for (path, code) in [
+        (
+            "/health.v1.PatientService/078-05-1120",
+            Code::Unauthenticated,
+        ),
+        (
+            "/health.v1.PatientService/078051120",
+            Code::PermissionDenied,
+        ),
+    ] {
+        let (messages, status) =
+            raw_call(&stack, "frontend", Some("nurse"), path, Vec::new()).await;
+        assert!(messages.is_empty(), "{path}");
+        assert_eq!(status.code(), code, "{path}");
+        assert!(!status.message().contains("078"), "{path}: {status:?}");
+    }
+    wait_for_events(&stack, 6).await;
     let events = events(&stack);
     let ids: Vec<&Value> = events
         .iter()
@@ -433,6 +451,16 @@ async fn client_supplied_ids_are_sanitized_before_any_event_log_or_metric() {
         envoy_logs.contains("\"request_id\":\"***-**-****\""),
         "the access log shows the masked id"
     );
+    for method in [
+        "health.v1.PatientService/GetPatient",
+        "invalid",
+        "health.v1.PatientService/*********",
+    ] {
+        assert!(
+            envoy_logs.contains(&format!("\"method\":\"{method}\"")),
+            "the access log shows the sanitized method {method}"
+        );
+    }
     // The chain still verifies.
-    assert_eq!(verify_text(&stack, &audit_text, Some(4)), Ok(4));
+    assert_eq!(verify_text(&stack, &audit_text, Some(6)), Ok(6));
 }

@@ -113,6 +113,8 @@ pub struct UserClaims {
     pub scope: String,
     pub tenant: Option<String>,
     pub purpose_of_use: Option<String>,
+    /// The break-glass justification (`break_glass_reason` claim), for purpose `BTG`.
+    pub break_glass_reason: Option<String>,
     /// base64url SHA-256 of the client certificate DER this token is bound to (RFC 8705).
     pub cnf_x5t_s256: Option<String>,
     /// The `jti` claim (RFC 7519 §4.1.7), for replay-protection tests.
@@ -129,6 +131,7 @@ impl UserClaims {
             scope: "patient.read encounter.read".into(),
             tenant: Some("north".into()),
             purpose_of_use: Some("TREAT".into()),
+            break_glass_reason: None,
             cnf_x5t_s256: None,
             jti: None,
             typ: None,
@@ -160,6 +163,9 @@ impl SigningKey {
         }
         if let Some(p) = &claims.purpose_of_use {
             custom.insert("purpose_of_use".into(), json!(p));
+        }
+        if let Some(r) = &claims.break_glass_reason {
+            custom.insert("break_glass_reason".into(), json!(r));
         }
         if let Some(x5t) = &claims.cnf_x5t_s256 {
             custom.insert("cnf".into(), json!({ "x5t#S256": x5t }));

@@ -80,6 +80,16 @@ impl Pki {
         Ok(self.leaf(name))
     }
 
+    /// Issues a leaf with DNS SANs only, no SPIFFE ID (negative tests: not an X.509-SVID).
+    pub fn issue_dns_only(&self, name: &str, kind: Kind, dns: &[&str]) -> std::io::Result<Leaf> {
+        let mut args = vec![name, "--kind", kind.arg(), "--no-spiffe"];
+        for d in dns {
+            args.extend(["--dns", d]);
+        }
+        self.run(&["issue"], &args)?;
+        Ok(self.leaf(name))
+    }
+
     /// Issues a leaf from a throwaway CA that is never trusted.
     pub fn issue_untrusted(&self, name: &str, kind: Kind, spiffe: &str) -> std::io::Result<Leaf> {
         let args = [name, "--kind", kind.arg(), "--spiffe", spiffe];

@@ -43,6 +43,8 @@ fn sample_event() -> Vec<u8> {
                 reason: "matched_allow".into(),
                 rule: Some("nurses-read".into()),
                 shadow_decision: None,
+                break_glass: false,
+                break_glass_reason: None,
             }),
             grpc_status: Some(0),
             duration_ms: Some(3),

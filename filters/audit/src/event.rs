@@ -109,6 +109,13 @@ pub struct Authn {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Authz {
+    /// Set when a break-glass rule decided (allowed or refused): the post-access review list
+    /// (`phi-guard-audit-verify --break-glass`) is made of these events.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub break_glass: bool,
+    /// The policy's reason code for an allowed break-glass access (never free text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub break_glass_reason: Option<String>,
     pub decision: String,
     pub mode: String,
     pub policy_version: String,
@@ -346,6 +353,8 @@ pub fn build_event<H: AuditHost + ?Sized>(
                 reason: a.reason,
                 rule: a.rule,
                 shadow_decision: a.shadow_decision,
+                break_glass: a.break_glass,
+                break_glass_reason: a.break_glass_reason,
             }),
             grpc_status: grpc_status(host).map(|(v, _)| v),
             // The mask summary is counts by class; its role duplicates who.role.

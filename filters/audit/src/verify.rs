@@ -327,3 +327,61 @@ fn push_doc(out: &mut Vec<Located>, at: &str, doc: &Value) {
         });
     }
 }
+
+/// One break-glass decision, for post-access review (`phi-guard-audit-verify --break-glass`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakGlassAccess {
+    pub seq: u64,
+    pub event: crate::event::AuditEvent,
+}
+
+impl fmt::Display for BreakGlassAccess {
+    /// One line: `seq time decision reason rule subject peer method resource status`, `-` for
+    /// what the event does not have. Identifiers only: events carry no PHI.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let e = &self.event;
+        let authz = e.outcome.authz.as_ref();
+        let dash = |v: Option<&str>| v.unwrap_or("-").to_string();
+        let method = match (&e.what.service, &e.what.method) {
+            (Some(s), Some(m)) => format!("{s}/{m}"),
+            _ => "-".into(),
+        };
+        write!(
+            f,
+            "seq={} time={} decision={} reason={} rule={} subject={} peer={} method={} resource={} grpc_status={}",
+            self.seq,
+            e.time,
+            dash(authz.map(|a| a.decision.as_str())),
+            dash(authz.and_then(|a| a.break_glass_reason.as_deref())),
+            dash(authz.and_then(|a| a.rule.as_deref())),
+            dash(e.who.subject.as_deref()),
+            dash(e.who.peer.as_deref()),
+            method,
+            dash(e.what.resource_id.as_deref()),
+            e.outcome
+                .grpc_status
+                .map_or_else(|| "-".to_string(), |s| s.to_string()),
+        )
+    }
+}
+
+/// The break-glass decisions (`outcome.authz.break_glass`, allowed or refused) among the
+/// records, each once (a resent batch is not listed twice), in input order. Run it on records
+/// [`verify`] accepted: the review list is only as good as the chain.
+pub fn break_glass_accesses(records: &[Located]) -> Vec<BreakGlassAccess> {
+    let mut seen: HashSet<Link> = HashSet::new();
+    let mut out = Vec::new();
+    for loc in records {
+        let Ok(r) = &loc.record else { continue };
+        if !seen.insert(r.chain) {
+            continue;
+        }
+        let Ok(event) = serde_json::from_str::<crate::event::AuditEvent>(&r.event) else {
+            continue;
+        };
+        if event.outcome.authz.as_ref().is_some_and(|a| a.break_glass) {
+            out.push(BreakGlassAccess { seq: r.seq, event });
+        }
+    }
+    out
+}

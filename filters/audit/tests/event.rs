@@ -26,6 +26,7 @@ fn identity() -> Identity {
         scopes: vec!["patient.read".into()],
         tenant: Some("north".into()),
         purpose_of_use: Some("TREAT".into()),
+        break_glass_reason: None,
         expires_at: 1_900_000_000,
         cert_bound: true,
     }
@@ -40,6 +41,8 @@ fn authz() -> AuthzDecision {
         mode: "shadow".into(),
         shadow_decision: Some("deny".into()),
         reason: "matched_allow".into(),
+        break_glass: false,
+        break_glass_reason: None,
     }
 }
 

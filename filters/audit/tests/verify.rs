@@ -289,3 +289,68 @@ fn located_records_keep_their_errors() {
         "malformed record at x: boom"
     );
 }
+
+#[test]
+fn lists_break_glass_decisions_once_each() {
+    use phi_guard_audit::event::{AuditEvent, Authz, Outcome, What, Who};
+    use phi_guard_audit::verify::break_glass_accesses;
+    let event = |break_glass: bool, decision: &str, reason: Option<&str>| AuditEvent {
+        schema: "phi_guard.audit.v1".into(),
+        time: "2026-12-02T05:00:00.000Z".into(),
+        who: Who {
+            subject: Some("dr-house".into()),
+            peer: Some("spiffe://phi-guard.test/ns/clinic/sa/ehr-frontend".into()),
+            ..Default::default()
+        },
+        what: What {
+            service: Some("health.v1.PatientService".into()),
+            method: Some("GetPatient".into()),
+            resource_id: Some("p-0001".into()),
+        },
+        outcome: Outcome {
+            authz: Some(Authz {
+                decision: decision.into(),
+                mode: "enforce".into(),
+                policy_version: "v".into(),
+                reason: if reason.is_some() {
+                    "break_glass"
+                } else {
+                    "matched_allow"
+                }
+                .into(),
+                rule: Some("emergency-reads".into()),
+                break_glass,
+                break_glass_reason: reason.map(str::to_string),
+                ..Default::default()
+            }),
+            grpc_status: Some(0),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut c = Chainer::new(key());
+    let events = [
+        event(false, "allow", None),
+        event(true, "allow", Some("life-threat")),
+        event(true, "deny", None),
+    ];
+    let records: Vec<ChainedRecord> = events
+        .iter()
+        .map(|e| c.append(String::from_utf8(e.canonical_bytes()).unwrap(), 1))
+        .collect();
+    // The second event arrives twice (a resent batch).
+    let text = lines(&records) + &lines(&records[1..2]);
+    let located = parse_input("audit.jsonl", &text);
+    assert!(verify(&located, &key(), &VerifyOptions::default()).is_ok());
+    let listed: Vec<String> = break_glass_accesses(&located)
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            "seq=1 time=2026-12-02T05:00:00.000Z decision=allow reason=life-threat rule=emergency-reads subject=dr-house peer=spiffe://phi-guard.test/ns/clinic/sa/ehr-frontend method=health.v1.PatientService/GetPatient resource=p-0001 grpc_status=0",
+            "seq=2 time=2026-12-02T05:00:00.000Z decision=deny reason=- rule=emergency-reads subject=dr-house peer=spiffe://phi-guard.test/ns/clinic/sa/ehr-frontend method=health.v1.PatientService/GetPatient resource=p-0001 grpc_status=0",
+        ]
+    );
+}

@@ -88,6 +88,18 @@ impl GrpcMethod {
     }
 }
 
+/// Written for a `:path` that is not a well-formed gRPC method, or one the sanitizer refuses.
+pub const INVALID_METHOD_LABEL: &str = "invalid";
+
+/// What a log line may print for a request's method: `service/method` through
+/// [`crate::sanitize::client_id`] (digit runs shaped like an SSN or telephone number become
+/// `*`), or [`INVALID_METHOD_LABEL`]. The client chose `:path`, so it is never printed raw.
+pub fn method_label(method: Option<&GrpcMethod>) -> String {
+    method
+        .and_then(|m| crate::sanitize::client_id(&m.full_name()).value())
+        .unwrap_or_else(|| INVALID_METHOD_LABEL.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,5 +144,21 @@ mod tests {
         ] {
             assert!(GrpcMethod::from_path(path).is_none(), "{path:?} accepted");
         }
+    }
+
+    #[test]
+    fn method_labels_never_carry_the_raw_path() {
+        let label = |p: &str| method_label(GrpcMethod::from_path(p).as_ref());
+        assert_eq!(
+            label("/health.v1.PatientService/GetPatient"),
+            "health.v1.PatientService/GetPatient"
+        );
+        assert_eq!(
+            label("/health.v1.PatientService/078051120"),
+            "health.v1.PatientService/*********"
+        );
+        assert_eq!(label("/health.v1.PatientService/078-05-1120"), "invalid");
+        assert_eq!(label("/x/jane.doe@example.org"), "invalid");
+        assert_eq!(method_label(None), "invalid");
     }
 }

@@ -22,6 +22,11 @@ pub struct Identity {
     pub tenant: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purpose_of_use: Option<String>,
+    /// The break-glass justification the IdP put in the token, as the IdP wrote it. rbac
+    /// compares it with a break-glass rule's reason codes and never copies it anywhere
+    /// (free text could carry PHI); only a matching policy code reaches the audit event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub break_glass_reason: Option<String>,
     /// The token's `exp`.
     pub expires_at: UnixSeconds,
     /// True when the token was bound to the client certificate (RFC 8705) and the binding held.
@@ -60,6 +65,7 @@ mod tests {
             scopes: vec!["patient.read".into()],
             tenant: Some("north".into()),
             purpose_of_use: Some("TREAT".into()),
+            break_glass_reason: None,
             expires_at: 1_700_000_900,
             cert_bound: true,
         }

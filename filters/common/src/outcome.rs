@@ -39,6 +39,13 @@ pub struct AuthzDecision {
     pub shadow_decision: Option<String>,
     /// A short machine code (`matched_allow`, `matched_deny`, `no_rule`, `no_identity`, ...).
     pub reason: String,
+    /// True when a break-glass rule decided (HL7 PurposeOfUse `BTG`), allowed or refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub break_glass: bool,
+    /// The break-glass reason code, from the rule's list (never the token's free text), when
+    /// the break-glass access was allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub break_glass_reason: Option<String>,
 }
 
 /// mask's summary of one RPC's responses, under [`crate::state::MASK`]: counts only.
@@ -107,6 +114,8 @@ mod tests {
             mode: "enforce".into(),
             shadow_decision: None,
             reason: "matched_allow".into(),
+            break_glass: false,
+            break_glass_reason: None,
         };
         assert_eq!(AuthzDecision::from_bytes(&authz.to_bytes()), Some(authz));
         let mut mask = MaskSummary {

@@ -13,6 +13,12 @@ pub const AUTHN: &str = "phi_guard.authn";
 pub const AUTHZ: &str = "phi_guard.authz";
 /// JSON mask summary from mask (counts per class and action, never values).
 pub const MASK: &str = "phi_guard.mask";
+/// Plain text, the form access logs print instead of `:path`: see
+/// [`crate::grpc::method_label`]. Written by jwt, the first phi-guard filter, on every request.
+pub const METHOD: &str = "phi_guard.method";
+/// Plain text, `x-request-id` after [`crate::sanitize::client_id`] (absent when refused),
+/// written by jwt so access logs never print the raw client header.
+pub const REQUEST_ID: &str = "phi_guard.request_id";
 
 /// The property path a filter passes to `set_property` / `get_property` for `key`.
 pub fn property_path(key: &str) -> Vec<&str> {
@@ -36,7 +42,7 @@ mod tests {
 
     #[test]
     fn keys_share_the_namespace() {
-        for key in [IDENTITY, AUTHN, AUTHZ, MASK] {
+        for key in [IDENTITY, AUTHN, AUTHZ, MASK, METHOD, REQUEST_ID] {
             assert!(key.starts_with("phi_guard."), "{key}");
         }
         assert_eq!(property_path(IDENTITY), vec!["phi_guard.identity"]);

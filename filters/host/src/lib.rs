@@ -105,9 +105,15 @@ pub trait HostExt: Host {
     /// Removes every incoming `x-phi-guard-*` header: identity travels in filter state, so
     /// such a header can only be an attempt to spoof it.
     fn strip_reserved_headers(&self) {
-        for (name, _) in self.request_headers() {
-            if phi_guard_common::state::is_reserved_header(&name) {
-                self.remove_request_header(&name);
+        self.strip_reserved_headers_of(&self.request_headers());
+    }
+
+    /// [`HostExt::strip_reserved_headers`] for a caller that already holds the request's
+    /// header list (one host call for both jobs).
+    fn strip_reserved_headers_of(&self, headers: &[(String, String)]) {
+        for (name, _) in headers {
+            if phi_guard_common::state::is_reserved_header(name) {
+                self.remove_request_header(name);
             }
         }
     }

@@ -140,6 +140,7 @@ pub struct ClaimMapping {
     pub scopes: Vec<String>,
     pub tenant: Vec<String>,
     pub purpose_of_use: Vec<String>,
+    pub break_glass_reason: Vec<String>,
 }
 
 impl Default for ClaimMapping {
@@ -150,6 +151,7 @@ impl Default for ClaimMapping {
             scopes: names(&["scope", "scp"]),
             tenant: names(&["tenant"]),
             purpose_of_use: names(&["purpose_of_use"]),
+            break_glass_reason: names(&["break_glass_reason"]),
         }
     }
 }
@@ -617,6 +619,7 @@ fn parse_provider(
         ("scopes", &claims.scopes),
         ("tenant", &claims.tenant),
         ("purpose_of_use", &claims.purpose_of_use),
+        ("break_glass_reason", &claims.break_glass_reason),
     ] {
         for (i, claim) in list.iter().enumerate() {
             non_empty(claim, format!("{path}.claims.{name}[{i}]"))?;

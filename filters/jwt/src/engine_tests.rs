@@ -224,6 +224,7 @@ fn good_eddsa_token_yields_the_mapped_identity() {
             scopes: vec!["patient.read".into(), "patient.write".into()],
             tenant: Some("north".into()),
             purpose_of_use: Some("TREAT".into()),
+            break_glass_reason: None,
             expires_at: NOW + 600,
             cert_bound: false,
         }

@@ -116,8 +116,16 @@ pub fn on_request_headers<H: Host + SharedData>(
     for name in CLIENT_ID_HEADERS {
         host.sanitize_request_header(name);
     }
+    // Access logs print these, never `:path` or the raw header (a client chose both).
+    if let Some(id) = host.request_header("x-request-id") {
+        host.set_filter_state(state::REQUEST_ID, id.as_bytes());
+    }
     let now = host.now();
     let method = host.grpc_method();
+    host.set_filter_state(
+        state::METHOD,
+        phi_guard_common::grpc::method_label(method.as_ref()).as_bytes(),
+    );
     let peer_digest = host.string_property(&PEER_CERT_DIGEST);
     let header = |name: &str| host.request_header(name);
     let request = Request {

@@ -332,6 +332,36 @@ fn an_ssn_shaped_request_id_is_masked_before_anything_reads_it() {
 }
 
 #[test]
+fn access_logs_get_a_sanitized_method_and_request_id_in_filter_state() {
+    let text = |host: &FakeHost, key: &str| {
+        host.filter_state(key)
+            .map(|b| String::from_utf8(b).unwrap())
+    };
+    for (path, label) in [
+        ("/svc.v1.S/Get", "svc.v1.S/Get"),
+        ("/svc.v1.S/078051120", "svc.v1.S/*********"),
+        ("/svc.v1.S/078-05-1120", "invalid"),
+        ("/index.html", "invalid"),
+    ] {
+        let host = host_with(path, None);
+        host.set_request_header("x-request-id", "078-05-1120");
+        let (engine, metrics) = setup(&host);
+        shell::on_request_headers(&host, &engine, &metrics);
+        assert_eq!(text(&host, state::METHOD).as_deref(), Some(label), "{path}");
+        assert_eq!(
+            text(&host, state::REQUEST_ID).as_deref(),
+            Some("***-**-****"),
+            "{path}"
+        );
+    }
+    let host = host_with("/svc.v1.S/Get", None);
+    host.set_request_header("x-request-id", "jane.doe@example.org");
+    let (engine, metrics) = setup(&host);
+    shell::on_request_headers(&host, &engine, &metrics);
+    assert_eq!(text(&host, state::REQUEST_ID), None);
+}
+
+#[test]
 fn replay_protected_requests_use_the_hosts_shared_data() {
     let env = |name: &str| (name == "RK").then(|| "r".repeat(32));
     let doc = testkit::minimal_config("\"replay_protection\":true,").replace(

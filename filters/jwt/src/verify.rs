@@ -114,6 +114,7 @@ pub fn verify(
             scopes: mapped.scopes,
             tenant: mapped.tenant,
             purpose_of_use: mapped.purpose_of_use,
+            break_glass_reason: mapped.break_glass_reason,
             expires_at: exp,
             cert_bound: bound_to.is_some(),
         },
@@ -189,6 +190,7 @@ struct Mapped {
     scopes: Vec<String>,
     tenant: Option<String>,
     purpose_of_use: Option<String>,
+    break_glass_reason: Option<String>,
 }
 
 /// The first claim of `names` that is present.
@@ -224,6 +226,7 @@ fn map_claims(claims: &Map<String, Value>, mapping: &ClaimMapping) -> Result<Map
         scopes: string_list(first(claims, &mapping.scopes))?,
         tenant: single_string(first(claims, &mapping.tenant))?,
         purpose_of_use: single_string(first(claims, &mapping.purpose_of_use))?,
+        break_glass_reason: single_string(first(claims, &mapping.break_glass_reason))?,
     })
 }
 

@@ -71,6 +71,8 @@ fn authz(role: &str) -> Vec<u8> {
         mode: "enforce".into(),
         shadow_decision: None,
         reason: "matched_allow".into(),
+        break_glass: false,
+        break_glass_reason: None,
     }
     .to_bytes()
 }

@@ -21,8 +21,9 @@ pub const USAGE: &str = "\
 usage:
   phi-guard-policy validate POLICY.json
   phi-guard-policy check POLICY.json --method pkg.Service/Method
-        [--san spiffe://...] [--dns NAME] [--no-mtls]
-        [--claims CLAIMS.json | --role R ... --scope S ... --tenant T --purpose P]
+        [--san URI ...] [--dns NAME ...] [--no-mtls]
+        [--claims CLAIMS.json | --role R ... --scope S ... --tenant T --purpose P
+         --break-glass-reason CODE]
         [--header name=value ...] [--json]
   phi-guard-policy test CASES.json [--policy POLICY.json]   (or \"policy\" in CASES.json)
 exit: 0 allow / valid / all passed, 1 deny / invalid / failures, 2 error";
@@ -40,6 +41,8 @@ pub struct Claims {
     pub tenant: Option<String>,
     #[serde(default)]
     pub purpose_of_use: Option<String>,
+    #[serde(default)]
+    pub break_glass_reason: Option<String>,
 }
 
 impl Claims {
@@ -60,6 +63,7 @@ impl Claims {
             scopes: self.scopes,
             tenant: self.tenant,
             purpose_of_use: self.purpose_of_use,
+            break_glass_reason: self.break_glass_reason,
             expires_at: u64::MAX,
             cert_bound: false,
         }
@@ -72,19 +76,22 @@ impl Claims {
 pub struct Case {
     #[serde(default)]
     pub name: Option<String>,
-    /// The peer's URI SAN (a SPIFFE ID); with `dns`, implies mTLS unless `mtls` says otherwise.
+    /// The peer certificate's URI SAN (a SPIFFE ID), or a list of URI SANs; with `dns`,
+    /// implies mTLS unless `mtls` says otherwise.
     #[serde(default)]
-    pub san: Option<String>,
+    pub san: Option<OneOrMany>,
+    /// The peer certificate's DNS SAN, or a list of them.
     #[serde(default)]
-    pub dns: Option<String>,
+    pub dns: Option<OneOrMany>,
     #[serde(default)]
     pub mtls: Option<bool>,
     /// End-user claims; absent or null means no end-user identity.
     #[serde(default)]
     pub claims: Option<Value>,
     pub method: String,
+    /// Header name → a value, or a list of values for a header sent repeatedly.
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, OneOrMany>,
     pub expect: Expect,
     /// The expected effective role.
     #[serde(default)]
@@ -92,6 +99,26 @@ pub struct Case {
     /// The expected deciding rule.
     #[serde(default)]
     pub rule: Option<String>,
+    /// Whether a break-glass rule is expected to decide.
+    #[serde(default)]
+    pub break_glass: Option<bool>,
+}
+
+/// `"v"` or `["v1", "v2"]`: a case's header (sent once per value) or SANs.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn entries(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(v) => vec![v.clone()],
+            OneOrMany::Many(vs) => vs.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -128,8 +155,10 @@ enum CaseFile {
 #[derive(Debug, Clone, Default)]
 pub struct Input {
     pub mtls: bool,
-    pub san: Option<String>,
-    pub dns: Option<String>,
+    /// Every URI SAN of the peer certificate.
+    pub san: Vec<String>,
+    /// Every DNS SAN of the peer certificate.
+    pub dns: Vec<String>,
     pub identity: Option<Identity>,
     pub method: String,
     pub headers: Vec<(String, String)>,
@@ -137,21 +166,19 @@ pub struct Input {
 
 impl Input {
     pub fn evaluate(&self, policy: &Policy) -> Evaluation {
-        let mtls: &[u8] = if self.mtls { &[1] } else { &[0] };
-        let peer = Peer::from_attributes(Some(mtls), self.san.as_deref(), self.dns.as_deref());
+        let uris: Vec<&str> = self.san.iter().map(String::as_str).collect();
+        let dns: Vec<&str> = self.dns.iter().map(String::as_str).collect();
+        let peer = Peer::from_sans(self.mtls, &uris, &dns);
         let path = if self.method.starts_with('/') {
             self.method.clone()
         } else {
             format!("/{}", self.method)
         };
         let method = GrpcMethod::from_path(&path);
-        // Only the headers the policy reads, lower-cased, as the shell passes them.
-        let headers: Vec<(String, String)> = self
-            .headers
-            .iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-            .filter(|(k, _)| policy.header_names().contains(k))
-            .collect();
+        // Exactly what the shell passes: the entries of the headers the policy reads, repeated
+        // ones included.
+        let headers =
+            policy.select_headers(self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         evaluate(
             policy,
             &Request {
@@ -174,11 +201,23 @@ impl Case {
             mtls: self
                 .mtls
                 .unwrap_or(self.san.is_some() || self.dns.is_some()),
-            san: self.san.clone(),
-            dns: self.dns.clone(),
+            san: self
+                .san
+                .as_ref()
+                .map(OneOrMany::entries)
+                .unwrap_or_default(),
+            dns: self
+                .dns
+                .as_ref()
+                .map(OneOrMany::entries)
+                .unwrap_or_default(),
             identity,
             method: self.method.clone(),
-            headers: self.headers.clone().into_iter().collect(),
+            headers: self
+                .headers
+                .iter()
+                .flat_map(|(k, v)| v.entries().into_iter().map(|v| (k.clone(), v)))
+                .collect(),
         })
     }
 }
@@ -218,6 +257,14 @@ pub fn run_cases(policy: &Policy, cases: &[Case]) -> Report {
         if let Some(role) = &case.role {
             if *role != eval.role {
                 problems.push(format!("expected role {role}, got {}", eval.role));
+            }
+        }
+        if let Some(want) = case.break_glass {
+            if want != eval.break_glass {
+                problems.push(format!(
+                    "expected break_glass {want}, got {}",
+                    eval.break_glass
+                ));
             }
         }
         if let Some(want) = &case.rule {
@@ -325,8 +372,8 @@ fn check(args: &[String], out: &mut dyn Write) -> Result<i32, String> {
                 .ok_or_else(|| format!("{arg} needs a value"))
         };
         match arg.as_str() {
-            "--san" => input.san = Some(value()?),
-            "--dns" => input.dns = Some(value()?),
+            "--san" => input.san.push(value()?),
+            "--dns" => input.dns.push(value()?),
             "--no-mtls" => no_mtls = true,
             "--claims" => claims_file = Some(value()?),
             "--role" => {
@@ -343,6 +390,10 @@ fn check(args: &[String], out: &mut dyn Write) -> Result<i32, String> {
             }
             "--purpose" => {
                 claims.purpose_of_use = Some(value()?);
+                inline_claims = true;
+            }
+            "--break-glass-reason" => {
+                claims.break_glass_reason = Some(value()?);
                 inline_claims = true;
             }
             "--method" => input.method = value()?,
@@ -375,7 +426,7 @@ fn check(args: &[String], out: &mut dyn Write) -> Result<i32, String> {
         (None, true) => Some(claims.into_identity()),
         (None, false) => None,
     };
-    input.mtls = !no_mtls && (input.san.is_some() || input.dns.is_some());
+    input.mtls = !no_mtls && (!input.san.is_empty() || !input.dns.is_empty());
     let policy = load_policy(&policy_path)?;
     let eval = input.evaluate(&policy);
     let rule = rule_name(&policy, &eval);
@@ -387,6 +438,8 @@ fn check(args: &[String], out: &mut dyn Write) -> Result<i32, String> {
             "reason": eval.reason.as_str(),
             "mode": policy.mode.as_str(),
             "policy_version": policy.version,
+            "break_glass": eval.break_glass,
+            "break_glass_reason": eval.break_glass_reason,
         });
         let _ = writeln!(out, "{doc}");
     } else {
@@ -394,6 +447,16 @@ fn check(args: &[String], out: &mut dyn Write) -> Result<i32, String> {
         let _ = writeln!(out, "rule:     {}", rule.unwrap_or("- (default deny)"));
         let _ = writeln!(out, "role:     {}", eval.role);
         let _ = writeln!(out, "reason:   {}", eval.reason.as_str());
+        if eval.break_glass {
+            let _ = writeln!(
+                out,
+                "note:     break-glass rule: audited with break_glass=true{}",
+                eval.break_glass_reason
+                    .as_deref()
+                    .map(|c| format!(", reason code {c}"))
+                    .unwrap_or_default()
+            );
+        }
         if policy.mode == crate::policy::Mode::Shadow {
             let _ = writeln!(out, "note:     policy is in shadow mode; Envoy records this decision but lets the request through");
         }
@@ -578,6 +641,96 @@ mod tests {
         let _ = std::fs::remove_file(&claims);
         assert_eq!(code, 0, "{out}{err}");
         assert!(out.contains("role:     research"));
+    }
+
+    #[test]
+    fn check_and_test_refuse_a_repeated_header_like_the_filter() {
+        let dir = std::env::temp_dir().join(format!("phi-guard-rbac-rep-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let policy = dir.join("policy.json");
+        std::fs::write(
+            &policy,
+            br#"{"version":"t","rules":[{"name":"tenant-reads","action":"allow",
+                "tenant":{"header":"x-tenant-id"},"methods":["health.v1.PatientService/GetPatient"]}]}"#,
+        )
+        .unwrap();
+        let policy = policy.to_str().unwrap();
+        let check = |headers: &[&str]| {
+            let mut args = vec![
+                "check",
+                policy,
+                "--san",
+                "spiffe://phi-guard.test/ns/clinic/sa/ehr-frontend",
+                "--tenant",
+                "north",
+                "--method",
+                "health.v1.PatientService/GetPatient",
+                "--json",
+            ];
+            for h in headers {
+                args.extend(["--header", h]);
+            }
+            let (code, out, err) = run_args(&args);
+            let v: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}{err}"));
+            (code, v["decision"].clone(), v["reason"].clone())
+        };
+        assert_eq!(
+            check(&["x-tenant-id=north"]),
+            (0, json!("allow"), json!("matched_allow"))
+        );
+        // The issue's input.
+        assert_eq!(
+            check(&["x-tenant-id=north", "x-tenant-id=south"]),
+            (1, json!("deny"), json!("repeated_header"))
+        );
+        assert_eq!(
+            check(&["X-Tenant-Id=north", "x-tenant-id=north"]),
+            (1, json!("deny"), json!("repeated_header"))
+        );
+        assert_eq!(
+            check(&["x-tenant-id=north,south"]),
+            (1, json!("deny"), json!("repeated_header"))
+        );
+        // A test case says a repeated header with a list of values.
+        let cases = dir.join("cases.json");
+        std::fs::write(
+            &cases,
+            br#"{"policy": "policy.json", "cases": [
+                {"san": "spiffe://phi-guard.test/ns/clinic/sa/ehr-frontend", "claims": {"tenant": "north"},
+                 "method": "health.v1.PatientService/GetPatient",
+                 "headers": {"x-tenant-id": ["north", "south"]}, "expect": "deny"},
+                {"san": "spiffe://phi-guard.test/ns/clinic/sa/ehr-frontend", "claims": {"tenant": "north"},
+                 "method": "health.v1.PatientService/GetPatient",
+                 "headers": {"x-tenant-id": "north"}, "expect": "allow"}]}"#,
+        )
+        .unwrap();
+        let (code, out, _) = run_args(&["test", cases.to_str().unwrap()]);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!((code, out.trim()), (0, "2 passed, 0 failed"));
+    }
+
+    #[test]
+    fn check_sees_every_san_like_the_filter() {
+        // The issue's certificate: admin-tool first, analytics second, with an admin token.
+        let (code, out, _) = run_args(&[
+            "check",
+            &demo(),
+            "--san",
+            "spiffe://phi-guard.test/ns/ops/sa/admin-tool",
+            "--san",
+            "spiffe://phi-guard.test/ns/research/sa/analytics",
+            "--role",
+            "admin",
+            "--method",
+            "health.v1.PatientService/DeletePatient",
+            "--json",
+        ]);
+        assert_eq!(code, 1, "{out}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            (v["decision"].as_str(), v["reason"].as_str()),
+            (Some("deny"), Some("multiple_uri_sans"))
+        );
     }
 
     #[test]

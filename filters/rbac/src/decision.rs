@@ -49,6 +49,8 @@ pub fn decide(policy: &Policy, eval: &Evaluation) -> Decision {
             mode: policy.mode.as_str().to_string(),
             shadow_decision,
             reason: eval.reason.as_str().to_string(),
+            break_glass: eval.break_glass,
+            break_glass_reason: eval.break_glass_reason.clone(),
         },
     }
 }
@@ -71,6 +73,8 @@ mod tests {
             rule,
             role: "nurse".into(),
             reason,
+            break_glass: false,
+            break_glass_reason: None,
         }
     }
 

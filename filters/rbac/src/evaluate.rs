@@ -1,10 +1,18 @@
 //! Policy evaluation: pure, no host calls, the same code in the filter and the checker.
 //!
 //! Precedence:
-//! 1. A request whose `:path` is not a well-formed gRPC method is denied (`malformed_method`).
+//! 1. A request whose `:path` is not a well-formed gRPC method is denied (`malformed_method`);
+//!    so is one where a header the policy reads is repeated or carries a comma-separated list
+//!    (`repeated_header`): the filter and the backend could otherwise read different values;
+//!    and so is a peer whose certificate carries more than one URI SAN (`multiple_uri_sans`)
+//!    or could not be read (`bad_peer_certificate`).
 //! 2. Any matching `deny` rule denies, wherever it sits in the list (`matched_deny`; the first
 //!    matching deny rule in list order is reported).
-//! 3. Otherwise the first matching `allow` rule allows (`matched_allow`).
+//! 3. Otherwise the first matching `allow` rule allows (`matched_allow`). A `break_glass` rule
+//!    matches only a caller whose purpose of use is `BTG`; when it is the first matching allow
+//!    rule it allows if the identity's break-glass reason is one of the rule's codes
+//!    (`break_glass`), and denies otherwise (`break_glass_without_reason`): an emergency claim
+//!    is never silently downgraded to a normal access, nor granted without a justification.
 //! 4. Otherwise the request is refused by default. It is `unauthenticated` (`no_identity`)
 //!    exactly when the request carries no verified end-user identity and some `allow` rule that
 //!    needs one matches on everything else (principals, methods, headers): presenting a token
@@ -15,8 +23,8 @@
 
 use phi_guard_common::{GrpcMethod, Identity};
 
-use crate::policy::{Action, Policy, Rule, Tenant};
-use crate::principal::Peer;
+use crate::policy::{Action, Policy, Rule, Tenant, BREAK_GLASS_PURPOSE};
+use crate::principal::{Peer, PeerProblem};
 
 /// Everything a decision depends on, gathered by the shell (or the checker).
 #[derive(Debug, Clone, Copy)]
@@ -26,7 +34,8 @@ pub struct Request<'a> {
     pub identity: Option<&'a Identity>,
     /// `None` when `:path` is not a gRPC method.
     pub method: Option<&'a GrpcMethod>,
-    /// The request headers the policy reads ([`Policy::header_names`]), names lower-case.
+    /// The request's entries of the headers the policy reads, names lower-case, every entry
+    /// in arrival order ([`Policy::select_headers`]): a repeated header appears repeatedly.
     pub headers: &'a [(String, String)],
 }
 
@@ -64,6 +73,16 @@ pub enum Reason {
     NoRule,
     NoIdentity,
     MalformedMethod,
+    /// A header the policy reads came more than once, or as a comma-separated list.
+    RepeatedHeader,
+    /// The peer certificate carries more than one URI SAN ([`PeerProblem::MultipleUriSans`]).
+    MultipleUriSans,
+    /// mTLS, but the peer certificate could not be read ([`PeerProblem::UnreadableCertificate`]).
+    BadPeerCertificate,
+    /// A break-glass rule allowed the request with one of its reason codes.
+    BreakGlass,
+    /// A break-glass rule was the first to match, but the identity carries none of its codes.
+    BreakGlassWithoutReason,
 }
 
 impl Reason {
@@ -74,6 +93,11 @@ impl Reason {
             Reason::NoRule => "no_rule",
             Reason::NoIdentity => "no_identity",
             Reason::MalformedMethod => "malformed_method",
+            Reason::RepeatedHeader => "repeated_header",
+            Reason::MultipleUriSans => "multiple_uri_sans",
+            Reason::BadPeerCertificate => "bad_peer_certificate",
+            Reason::BreakGlass => "break_glass",
+            Reason::BreakGlassWithoutReason => "break_glass_without_reason",
         }
     }
 }
@@ -86,6 +110,10 @@ pub struct Evaluation {
     /// The caller's effective role ([`effective_role`]).
     pub role: String,
     pub reason: Reason,
+    /// A break-glass rule decided (allowed or refused).
+    pub break_glass: bool,
+    /// The policy's reason code of an allowed break-glass access.
+    pub break_glass_reason: Option<String>,
 }
 
 /// Evaluates `req` against `policy`. Never panics; anything it cannot read counts as a
@@ -96,10 +124,24 @@ pub fn evaluate(policy: &Policy, req: &Request<'_>) -> Evaluation {
         rule,
         role: effective_role(policy, rule.map(|i| &policy.rules[i]), req.identity),
         reason,
+        break_glass: false,
+        break_glass_reason: None,
     };
     let Some(method) = req.method else {
         return done(Verdict::Deny, None, Reason::MalformedMethod);
     };
+    match req.peer.problem {
+        Some(PeerProblem::MultipleUriSans) => {
+            return done(Verdict::Deny, None, Reason::MultipleUriSans)
+        }
+        Some(PeerProblem::UnreadableCertificate) => {
+            return done(Verdict::Deny, None, Reason::BadPeerCertificate)
+        }
+        None => {}
+    }
+    if has_repeated_header(req.headers) {
+        return done(Verdict::Deny, None, Reason::RepeatedHeader);
+    }
     let mut first_allow = None;
     for (i, rule) in policy.rules.iter().enumerate() {
         // Once an allow matched, only deny rules can still change the outcome.
@@ -114,7 +156,24 @@ pub fn evaluate(policy: &Policy, req: &Request<'_>) -> Evaluation {
         }
     }
     if let Some(i) = first_allow {
-        return done(Verdict::Allow, Some(i), Reason::MatchedAllow);
+        let Some(bg) = &policy.rules[i].break_glass else {
+            return done(Verdict::Allow, Some(i), Reason::MatchedAllow);
+        };
+        // The rule matched, so there is an identity with purpose BTG.
+        let code = req
+            .identity
+            .and_then(|id| id.break_glass_reason.as_deref())
+            .and_then(|r| bg.reasons.iter().find(|code| *code == r));
+        let mut e = match code {
+            Some(code) => {
+                let mut e = done(Verdict::Allow, Some(i), Reason::BreakGlass);
+                e.break_glass_reason = Some(code.clone());
+                e
+            }
+            None => done(Verdict::Deny, Some(i), Reason::BreakGlassWithoutReason),
+        };
+        e.break_glass = true;
+        return e;
     }
     let token_would_help = req.identity.is_none()
         && policy.rules.iter().any(|r| {
@@ -125,6 +184,17 @@ pub fn evaluate(policy: &Policy, req: &Request<'_>) -> Evaluation {
     } else {
         done(Verdict::Deny, None, Reason::NoRule)
     }
+}
+
+/// True when a header appears more than once, or one value is a comma-separated list. Envoy
+/// hands a filter each entry of a repeated header separately (and `get_http_request_header`
+/// only the first), while the backend may act on any of them or on their comma-joined form
+/// (RFC 9110 §5.3 makes `a, b` and two entries `a`, `b` the same field), so no single value
+/// can be trusted to be the one that counts: fail closed.
+fn has_repeated_header(headers: &[(String, String)]) -> bool {
+    headers.iter().enumerate().any(|(i, (name, value))| {
+        value.contains(',') || headers[..i].iter().any(|(earlier, _)| earlier == name)
+    })
 }
 
 /// The workload and request conditions: methods, headers, principals.
@@ -183,6 +253,9 @@ fn matches_end_user(policy: &Policy, rule: &Rule, req: &Request<'_>) -> bool {
             (Some(have), Some(want)) if have == want => {}
             _ => return false,
         }
+    }
+    if rule.break_glass.is_some() && id.purpose_of_use.as_deref() != Some(BREAK_GLASS_PURPOSE) {
+        return false;
     }
     if let Some(purposes) = &rule.purpose_of_use {
         match id.purpose_of_use.as_deref() {
@@ -393,6 +466,59 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_with_two_uri_sans_is_refused_before_any_rule() {
+        // The input: the first ID is allowed to delete, the second is denied it.
+        let p = policy(json!([
+            {"name": "research-never-deletes", "action": "deny",
+             "principals": ["spiffe://td/ns/research/sa/analytics"], "methods": ["a.B/Delete"]},
+            {"name": "admin-deletes", "action": "allow",
+             "principals": ["spiffe://td/ns/ops/sa/admin-tool"], "roles": ["admin"], "methods": ["a.B/Delete"]},
+            {"name": "open", "action": "allow"},
+        ]));
+        let m = method("a.B/Delete");
+        let admin = user(&["admin"]);
+        for uris in [
+            &[
+                "spiffe://td/ns/ops/sa/admin-tool",
+                "spiffe://td/ns/research/sa/analytics",
+            ][..],
+            &[
+                "spiffe://td/ns/ops/sa/admin-tool",
+                "https://td.example/other",
+            ][..],
+        ] {
+            let peer = Peer::from_sans(true, uris, &[]);
+            let req = Request {
+                peer: &peer,
+                identity: Some(&admin),
+                method: Some(&m),
+                headers: &[],
+            };
+            let e = evaluate(&p, &req);
+            assert_eq!(
+                (e.verdict, e.reason, e.rule),
+                (Verdict::Deny, Reason::MultipleUriSans, None)
+            );
+        }
+        let peer = Peer::from_sans(true, &["spiffe://td/ns/ops/sa/admin-tool"], &[]);
+        let req = Request {
+            peer: &peer,
+            identity: Some(&admin),
+            method: Some(&m),
+            headers: &[],
+        };
+        assert_eq!(evaluate(&p, &req).verdict, Verdict::Allow);
+        let peer = Peer::unreadable();
+        let req = Request {
+            peer: &peer,
+            identity: Some(&admin),
+            method: Some(&m),
+            headers: &[],
+        };
+        assert_eq!(evaluate(&p, &req).reason, Reason::BadPeerCertificate);
+    }
+
+    #[test]
     fn no_mtls_never_matches_principals() {
         let p = policy(json!([
             {"name": "any-workload", "action": "allow", "principals": [{"any_authenticated": true}]},
@@ -494,6 +620,54 @@ mod tests {
     }
 
     #[test]
+    fn a_repeated_or_listed_header_the_policy_reads_is_refused() {
+        let p = policy(json!([
+            {"name": "hdr", "action": "allow", "methods": ["a.B/H"], "tenant": {"header": "x-tenant-id"}},
+            {"name": "any", "action": "allow", "methods": ["a.B/Any"]},
+        ]));
+        let mut id = user(&[]);
+        id.tenant = Some("north".into());
+        // The input: the first entry matches the claim, the backend may read the second.
+        for headers in [
+            &[("x-tenant-id", "north"), ("x-tenant-id", "south")][..],
+            &[("x-tenant-id", "south"), ("x-tenant-id", "north")][..],
+            &[("x-tenant-id", "north"), ("x-tenant-id", "north")][..],
+            &[("x-tenant-id", "north,south")][..],
+            &[("x-tenant-id", "north, south")][..],
+            &[("x-tenant-id", ",north")][..],
+        ] {
+            for m in ["a.B/H", "a.B/Any"] {
+                let e = eval(&p, FE, Some(&id), m, headers);
+                assert_eq!(
+                    (e.verdict, e.reason, e.rule),
+                    (Verdict::Deny, Reason::RepeatedHeader, None),
+                    "{m} {headers:?}"
+                );
+            }
+        }
+        // Headers the policy does not read may repeat (the shell never passes them on).
+        let headers = p.select_headers([
+            ("X-Tenant-Id", "north"),
+            ("accept", "a"),
+            ("accept", "b"),
+            ("x-other", "1,2"),
+        ]);
+        assert_eq!(headers, [("x-tenant-id".to_string(), "north".to_string())]);
+        let peer = Peer::from_attributes(Some(&[1]), Some(FE), None);
+        let m = method("a.B/H");
+        let req = Request {
+            peer: &peer,
+            identity: Some(&id),
+            method: Some(&m),
+            headers: &headers,
+        };
+        assert_eq!(evaluate(&p, &req).verdict, Verdict::Allow);
+        // select_headers keeps every entry, so the repetition reaches evaluate.
+        let both = p.select_headers([("x-tenant-id", "north"), ("X-TENANT-ID", "south")]);
+        assert_eq!(both.len(), 2);
+    }
+
+    #[test]
     fn purpose_of_use_and_headers() {
         let p = policy(json!([{
             "name": "p", "action": "allow", "purpose_of_use": ["TREAT", "ETREAT"],
@@ -514,6 +688,101 @@ mod tests {
         assert_eq!(
             eval(&p, FE, Some(&id), "a.B/C", &[("x-client-app", "ehr-web")]).verdict,
             Verdict::Deny
+        );
+    }
+
+    #[test]
+    fn break_glass_needs_btg_and_a_listed_reason() {
+        let p = policy(json!([
+            {"name": "research-never-deletes", "action": "deny",
+             "principals": ["spiffe://td/ns/research/sa/analytics"]},
+            {"name": "nurse-reads", "action": "allow", "roles": ["nurse"], "methods": ["a.B/Get"]},
+            {"name": "emergency-reads", "action": "allow", "roles": ["physician"], "methods": ["a.B/Get"],
+             "break_glass": {"reasons": ["patient-unconscious", "life-threat"]}, "role": "nurse"},
+        ]));
+        let doctor = |purpose: Option<&str>, reason: Option<&str>| Identity {
+            roles: vec!["physician".into(), "admin".into()],
+            purpose_of_use: purpose.map(str::to_string),
+            break_glass_reason: reason.map(str::to_string),
+            ..Default::default()
+        };
+        let bg = |e: &Evaluation| {
+            (
+                e.verdict,
+                e.reason,
+                e.break_glass,
+                e.break_glass_reason.clone(),
+            )
+        };
+        // Allowed with a listed reason; the role is the rule's, whatever the token says.
+        let e = eval(
+            &p,
+            FE,
+            Some(&doctor(Some("BTG"), Some("life-threat"))),
+            "a.B/Get",
+            &[],
+        );
+        assert_eq!(
+            bg(&e),
+            (
+                Verdict::Allow,
+                Reason::BreakGlass,
+                true,
+                Some("life-threat".into())
+            )
+        );
+        assert_eq!(
+            (rule_of(&p, &e).as_deref(), e.role.as_str()),
+            (Some("emergency-reads"), "nurse")
+        );
+        // Refused without a reason, or with one the policy does not list (free text included).
+        for reason in [
+            None,
+            Some("Patient John Doe collapsed"),
+            Some("LIFE-THREAT"),
+            Some(""),
+        ] {
+            let e = eval(&p, FE, Some(&doctor(Some("BTG"), reason)), "a.B/Get", &[]);
+            assert_eq!(
+                bg(&e),
+                (Verdict::Deny, Reason::BreakGlassWithoutReason, true, None),
+                "{reason:?}"
+            );
+            assert_eq!(rule_of(&p, &e).as_deref(), Some("emergency-reads"));
+        }
+        // Without purpose BTG the rule does not match at all: default deny, no flag.
+        for purpose in [None, Some("TREAT"), Some("btg")] {
+            let e = eval(
+                &p,
+                FE,
+                Some(&doctor(purpose, Some("life-threat"))),
+                "a.B/Get",
+                &[],
+            );
+            assert_eq!(
+                bg(&e),
+                (Verdict::Deny, Reason::NoRule, false, None),
+                "{purpose:?}"
+            );
+        }
+        // Break-glass never overrides a deny rule.
+        let e = eval(
+            &p,
+            "spiffe://td/ns/research/sa/analytics",
+            Some(&doctor(Some("BTG"), Some("life-threat"))),
+            "a.B/Get",
+            &[],
+        );
+        assert_eq!((e.verdict, e.reason), (Verdict::Deny, Reason::MatchedDeny));
+        // A caller the normal rules allow is a normal access, not a break-glass one.
+        let mut nurse = user(&["nurse"]);
+        nurse.purpose_of_use = Some("BTG".into());
+        let e = eval(&p, FE, Some(&nurse), "a.B/Get", &[]);
+        assert_eq!((e.reason, e.break_glass), (Reason::MatchedAllow, false));
+        // No token at all: a token could help.
+        assert_eq!(
+            eval(&p, FE, None, "a.B/Get", &[]).verdict,
+            Verdict::Unauthenticated
         );
     }
 

@@ -9,6 +9,7 @@
 //! [`decision`] (mode and status mapping) are pure; [`shell`] talks to the host through
 //! `&dyn Host`; `wasm` holds the proxy-wasm contexts; `checker` is the native policy tool.
 
+pub mod cert;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod checker;
 pub mod decision;
@@ -23,4 +24,4 @@ mod wasm;
 pub use decision::{decide, Decision};
 pub use evaluate::{effective_role, evaluate, Evaluation, Reason, Request, Verdict};
 pub use policy::{Action, Mode, Policy};
-pub use principal::Peer;
+pub use principal::{Peer, PeerProblem};

@@ -16,6 +16,20 @@ use crate::principal::Principals;
 /// Longest rule name; names become metric names (`phi_guard.rbac.rule.<name>.matched`).
 const MAX_NAME: usize = 64;
 
+/// HL7 v3 ActReason / PurposeOfUse code "break the glass"
+/// (`http://terminology.hl7.org/CodeSystem/v3-ActReason#BTG`): emergency access beyond the
+/// caller's normal privileges. A `break_glass` rule matches only callers whose purpose of use
+/// is this code.
+pub const BREAK_GLASS_PURPOSE: &str = "BTG";
+
+/// A rule's `break_glass` block: emergency access, allowed only with one of these reasons.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakGlass {
+    /// Reason codes the policy accepts; the identity's `break_glass_reason` must be one of
+    /// them exactly. Only a code from this list is ever recorded.
+    pub reasons: Vec<String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
@@ -103,6 +117,8 @@ pub struct Rule {
     pub(crate) methods: Option<Vec<MethodMatch>>,
     /// Lower-case header name and the exact value it must carry; all must hold.
     pub(crate) headers: Vec<(String, String)>,
+    /// Emergency access: the rule matches only purpose of use `BTG`, needs a listed reason.
+    pub break_glass: Option<BreakGlass>,
 }
 
 impl Rule {
@@ -113,6 +129,7 @@ impl Rule {
             || self.scopes.is_some()
             || self.tenant.is_some()
             || self.purpose_of_use.is_some()
+            || self.break_glass.is_some()
     }
 }
 
@@ -161,6 +178,8 @@ struct RawRule {
     methods: Option<Value>,
     #[serde(default)]
     headers: Option<Value>,
+    #[serde(default)]
+    break_glass: Option<Value>,
 }
 
 impl Policy {
@@ -225,6 +244,27 @@ impl Policy {
     /// The request headers the policy reads (lower-case).
     pub fn header_names(&self) -> &[String] {
         &self.header_names
+    }
+
+    /// The entries of `headers` (a request's whole header list, in arrival order) that the
+    /// policy reads, names lower-cased, **every** entry kept: a header sent twice appears twice,
+    /// and [`crate::evaluate`] refuses it. The filter and the checker both go through here.
+    pub fn select_headers<'h>(
+        &self,
+        headers: impl IntoIterator<Item = (&'h str, &'h str)>,
+    ) -> Vec<(String, String)> {
+        if self.header_names.is_empty() {
+            return Vec::new();
+        }
+        headers
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let name = name.to_ascii_lowercase();
+                self.header_names
+                    .contains(&name)
+                    .then(|| (name, value.to_string()))
+            })
+            .collect()
     }
 }
 
@@ -306,6 +346,14 @@ fn compile_rule(v: Value, path: &str) -> Result<Rule, ConfigError> {
                     return Err(ConfigError::new(hpath, "header listed twice"));
                 }
                 let value: String = field(value, &hpath)?;
+                if value.contains(',') {
+                    // A request value with a comma is a list and always refused
+                    // (`repeated_header`), so this condition could never hold.
+                    return Err(ConfigError::new(
+                        hpath,
+                        "must not contain `,` (HTTP reads it as a list separator)",
+                    ));
+                }
                 out.push((lower, value));
             }
             out
@@ -317,10 +365,21 @@ fn compile_rule(v: Value, path: &str) -> Result<Rule, ConfigError> {
             ))
         }
     };
+    let break_glass = match raw.break_glass {
+        None => None,
+        Some(v) => Some(compile_break_glass(
+            v,
+            &at("break_glass"),
+            action,
+            role.is_some(),
+            raw.purpose_of_use.is_some(),
+        )?),
+    };
     Ok(Rule {
         name,
         action,
         role,
+        break_glass,
         principals,
         roles: raw
             .roles
@@ -338,6 +397,63 @@ fn compile_rule(v: Value, path: &str) -> Result<Rule, ConfigError> {
         methods,
         headers,
     })
+}
+
+/// `break_glass: {"reasons": [...]}`. Refused unless the rule is an `allow` rule that pins the
+/// effective `role` (the role break-glass grants is the policy's, not the token's) and has no
+/// `purpose_of_use` of its own (break-glass rules match purpose `BTG` only).
+fn compile_break_glass(
+    v: Value,
+    path: &str,
+    action: Action,
+    has_role: bool,
+    has_purpose: bool,
+) -> Result<BreakGlass, ConfigError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Raw {
+        reasons: Value,
+    }
+    if !v.is_object() {
+        return Err(ConfigError::new(path, "expected {\"reasons\": [codes]}"));
+    }
+    let raw: Raw = field(v, path)?;
+    let reasons_at = format!("{path}.reasons");
+    let reasons = string_list(raw.reasons, &reasons_at)?;
+    for (i, code) in reasons.iter().enumerate() {
+        // Codes reach audit events and logs: plain identifiers only, never free text.
+        check_role(code).map_err(|_| {
+            ConfigError::new(
+                format!("{reasons_at}[{i}]"),
+                "reason codes must be 1 to 64 letters, digits, `-`, `_` or `.`",
+            )
+        })?;
+        if reasons[..i].contains(code) {
+            return Err(ConfigError::new(
+                format!("{reasons_at}[{i}]"),
+                "listed twice",
+            ));
+        }
+    }
+    if action != Action::Allow {
+        return Err(ConfigError::new(
+            path,
+            "only an `allow` rule can break the glass",
+        ));
+    }
+    if !has_role {
+        return Err(ConfigError::new(
+            path,
+            "a break-glass rule must set `role`: the role emergency access grants is fixed by the policy",
+        ));
+    }
+    if has_purpose {
+        return Err(ConfigError::new(
+            path,
+            "a break-glass rule matches purpose of use `BTG` only; remove `purpose_of_use`",
+        ));
+    }
+    Ok(BreakGlass { reasons })
 }
 
 /// A non-empty list of non-empty strings. An empty list is refused rather than read as
@@ -546,7 +662,55 @@ mod tests {
                 with_rules(vec![rule(json!({"headers": {"X-A": "1", "x-a": "2"}}))]),
                 "rules[0].headers.x-a",
             ),
+            (
+                with_rules(vec![rule(json!({"headers": {"x-app": "a,b"}}))]),
+                "rules[0].headers.x-app",
+            ),
             (with_rules(vec![rule(json!({"role": ""}))]), "rules[0].role"),
+            (
+                with_rules(vec![rule(json!({"break_glass": {"reasons": ["a"]}}))]),
+                "rules[0].break_glass",
+            ),
+            (
+                with_rules(vec![rule(
+                    json!({"role": "nurse", "break_glass": {"reasons": ["a"]}, "purpose_of_use": ["BTG"]}),
+                )]),
+                "rules[0].break_glass",
+            ),
+            (
+                with_rules(vec![rule(
+                    json!({"role": "nurse", "break_glass": {"reasons": []}}),
+                )]),
+                "rules[0].break_glass.reasons",
+            ),
+            (
+                with_rules(vec![rule(
+                    json!({"role": "nurse", "break_glass": {"reasons": ["ok", "free text"]}}),
+                )]),
+                "rules[0].break_glass.reasons[1]",
+            ),
+            (
+                with_rules(vec![rule(
+                    json!({"role": "nurse", "break_glass": {"reasons": ["a", "a"]}}),
+                )]),
+                "rules[0].break_glass.reasons[1]",
+            ),
+            (
+                with_rules(vec![rule(
+                    json!({"role": "nurse", "break_glass": {"reason": ["a"]}}),
+                )]),
+                "rules[0].break_glass.reason",
+            ),
+            (
+                with_rules(vec![rule(json!({"role": "nurse", "break_glass": true}))]),
+                "rules[0].break_glass",
+            ),
+            (
+                with_rules(vec![
+                    json!({"name": "d", "action": "deny", "role": "x", "break_glass": {"reasons": ["a"]}}),
+                ]),
+                "rules[0].break_glass",
+            ),
         ];
         for (doc, field) in cases {
             let e = err(doc.clone());

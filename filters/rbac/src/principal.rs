@@ -20,13 +20,28 @@ const SCHEME: &str = "spiffe://";
 /// `on_configure` allocate without bound.
 const DFA_SIZE_LIMIT: usize = 1 << 20;
 
-/// What the connection says about the peer. Built from Envoy's `connection.*` attributes.
+/// What the connection says about the peer, from the client certificate Envoy validated.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Peer {
-    /// A valid SPIFFE ID from the first URI SAN of a verified client certificate.
+    /// The SPIFFE ID: the certificate's only URI SAN, when that is a well-formed SPIFFE ID.
     pub spiffe_id: Option<String>,
-    /// The first DNS SAN of a verified client certificate, lower-cased.
-    pub dns: Option<String>,
+    /// Every well-formed DNS SAN of the certificate, lower-cased, in certificate order.
+    pub dns: Vec<String>,
+    /// Set when the certificate cannot name one workload; the request is refused before any
+    /// rule is looked at.
+    pub problem: Option<PeerProblem>,
+}
+
+/// Why a peer that presented a certificate is refused outright.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerProblem {
+    /// More than one URI SAN. An X.509-SVID carries exactly one (SPIFFE X.509-SVID §2), and a
+    /// policy that matched one of several would let the others go unexamined (a deny rule on
+    /// the second ID would never fire).
+    MultipleUriSans,
+    /// mTLS is on but Envoy's `connection.peer_certificate` is missing or does not parse, so
+    /// the SANs cannot all be seen: fail closed.
+    UnreadableCertificate,
 }
 
 impl Peer {
@@ -35,31 +50,62 @@ impl Peer {
         Self::default()
     }
 
-    /// Builds the peer from raw attribute values. `mtls` is Envoy's `connection.mtls`, a CEL
-    /// bool that the Wasm ABI serialises as one byte (1 = true); anything else, including a
-    /// missing attribute, means no client certificate and so no workload identity, whatever
-    /// the SAN attributes say. A URI SAN that is not a well-formed SPIFFE ID (e.g. one with
-    /// `..` segments) is ignored rather than compared, so path tricks cannot satisfy a prefix.
+    /// A peer whose certificate could not be read (see [`PeerProblem::UnreadableCertificate`]).
+    pub fn unreadable() -> Self {
+        Peer {
+            problem: Some(PeerProblem::UnreadableCertificate),
+            ..Self::default()
+        }
+    }
+
+    /// Builds the peer from **all** the SANs of its certificate. Without `mtls` (no client
+    /// certificate) there is no workload identity, whatever the SANs say. More than one URI
+    /// SAN makes the peer [`PeerProblem::MultipleUriSans`]. A single URI SAN that is not a
+    /// well-formed SPIFFE ID (e.g. one with `..` segments) is ignored rather than compared, so
+    /// path tricks cannot satisfy a prefix; malformed DNS SANs are ignored likewise.
+    pub fn from_sans(mtls: bool, uri_sans: &[&str], dns_sans: &[&str]) -> Self {
+        if !mtls {
+            return Self::none();
+        }
+        if uri_sans.len() > 1 {
+            return Peer {
+                problem: Some(PeerProblem::MultipleUriSans),
+                ..Self::default()
+            };
+        }
+        let spiffe_id = uri_sans
+            .first()
+            .filter(|s| validate_spiffe_id(s, false).is_ok())
+            .map(|s| s.to_string());
+        let dns = dns_sans
+            .iter()
+            .filter(|s| validate_dns(s).is_ok())
+            .map(|s| s.to_ascii_lowercase())
+            .collect();
+        Self {
+            spiffe_id,
+            dns,
+            problem: None,
+        }
+    }
+
+    /// A certificate with at most one URI SAN and one DNS SAN, given as Envoy's raw
+    /// `connection.mtls` (a CEL bool the Wasm ABI serialises as one byte; only `0x01` is
+    /// true) and the two SANs. For tests and tools; the filter reads every SAN from the
+    /// certificate itself ([`crate::cert`]).
     pub fn from_attributes(
         mtls: Option<&[u8]>,
         uri_san: Option<&str>,
         dns_san: Option<&str>,
     ) -> Self {
-        if mtls != Some(&[1u8][..]) {
-            return Self::none();
-        }
-        let spiffe_id = uri_san
-            .filter(|s| validate_spiffe_id(s, false).is_ok())
-            .map(str::to_string);
-        let dns = dns_san
-            .filter(|s| validate_dns(s).is_ok())
-            .map(|s| s.to_ascii_lowercase());
-        Self { spiffe_id, dns }
+        let uris: Vec<&str> = uri_san.into_iter().collect();
+        let dns: Vec<&str> = dns_san.into_iter().collect();
+        Self::from_sans(mtls == Some(&[1u8][..]), &uris, &dns)
     }
 
-    /// A verified workload we can name: mTLS and at least one usable SAN.
+    /// A verified workload we can name: mTLS, no [`PeerProblem`], and at least one usable SAN.
     pub fn is_authenticated(&self) -> bool {
-        self.spiffe_id.is_some() || self.dns.is_some()
+        self.problem.is_none() && (self.spiffe_id.is_some() || !self.dns.is_empty())
     }
 }
 
@@ -157,10 +203,9 @@ impl Principals {
         if self.any_authenticated {
             return true;
         }
-        if let Some(dns) = &peer.dns {
-            if self.dns.iter().any(|d| d == dns) {
-                return true;
-            }
+        // Any of the certificate's DNS SANs: the CA vouched for each of them.
+        if peer.dns.iter().any(|dns| self.dns.contains(dns)) {
+            return true;
         }
         let Some(id) = peer.spiffe_id.as_deref() else {
             return false;
@@ -369,6 +414,35 @@ mod tests {
         }
         // mTLS with a certificate carrying no usable SAN is not a nameable workload either.
         assert!(!any.matches(&Peer::from_attributes(Some(&[1]), Some("https://x"), None)));
+    }
+
+    #[test]
+    fn every_san_is_seen() {
+        let admin = "spiffe://td/ns/ops/sa/admin-tool";
+        let analytics = "spiffe://td/ns/research/sa/analytics";
+        // Two SPIFFE IDs, or a SPIFFE ID beside another URI: not one workload, in any order.
+        for uris in [
+            &[admin, analytics][..],
+            &[analytics, admin][..],
+            &[admin, "https://td.example/x"][..],
+            &["https://td.example/x", admin][..],
+            &["https://a.example", "https://b.example"][..],
+        ] {
+            let p = Peer::from_sans(true, uris, &["a.example"]);
+            assert_eq!(p.problem, Some(PeerProblem::MultipleUriSans), "{uris:?}");
+            assert!(!p.is_authenticated());
+            assert!(!compile(json!([{"any_authenticated": true}])).matches(&p));
+            assert!(!compile(json!([admin])).matches(&p));
+        }
+        // Several DNS SANs are normal: each one is the peer's name.
+        let p = Peer::from_sans(true, &[], &["a.example", "Billing.Example.org", "*.bad"]);
+        assert_eq!(p.dns, ["a.example", "billing.example.org"]);
+        assert!(compile(json!([{"dns": "billing.example.org"}])).matches(&p));
+        assert!(!Peer::unreadable().is_authenticated());
+        assert_eq!(
+            Peer::from_sans(false, &[admin, analytics], &[]),
+            Peer::none()
+        );
     }
 
     #[test]

@@ -4,17 +4,24 @@
 use phi_guard_common::{state, ConfigError, Identity};
 use phi_guard_host::{Counter, Host, HostExt, LogLevel};
 
+use crate::cert;
 use crate::decision::{decide, Decision};
 use crate::evaluate::{evaluate, Request};
 use crate::policy::Policy;
 use crate::principal::Peer;
 
-/// Envoy attributes of the downstream connection. Envoy exposes only the *first* URI SAN and
-/// the first DNS SAN of the peer certificate through these (see README, "SAN limit").
+/// Envoy attributes of the downstream connection. The per-SAN attributes
+/// (`connection.uri_san_peer_certificate`, ...) carry only the *first* URI and DNS SAN, so the
+/// filter reads the validated leaf itself and takes every SAN from it (see README, "SANs").
 const MTLS: [&str; 2] = ["connection", "mtls"];
-const URI_SAN: [&str; 2] = ["connection", "uri_san_peer_certificate"];
-const DNS_SAN: [&str; 2] = ["connection", "dns_san_peer_certificate"];
+const PEER_CERT: [&str; 2] = ["connection", "peer_certificate"];
 const SUBJECT: [&str; 2] = ["connection", "subject_peer_certificate"];
+
+/// Parsed certificates kept per VM, so the requests of one connection parse its leaf once.
+/// Keyed by the attribute's exact bytes (no hash to collide); FIFO beyond this many.
+const PEER_CACHE_ENTRIES: usize = 32;
+
+type PeerCache = std::collections::VecDeque<(Vec<u8>, Option<cert::Sans>)>;
 
 /// Counters, defined once per configuration.
 #[derive(Debug, Clone, Default)]
@@ -23,6 +30,9 @@ pub struct Metrics {
     denied: Counter,
     unauthenticated: Counter,
     shadow_denied: Counter,
+    /// Break-glass accesses allowed / refused (both modes).
+    break_glass_allowed: Counter,
+    break_glass_refused: Counter,
     /// `phi_guard.rbac.rule.<name>.matched`, by rule index.
     rules: Vec<Counter>,
 }
@@ -34,6 +44,8 @@ impl Metrics {
             denied: Counter::define(host, "phi_guard.rbac.denied"),
             unauthenticated: Counter::define(host, "phi_guard.rbac.unauthenticated"),
             shadow_denied: Counter::define(host, "phi_guard.rbac.shadow_denied"),
+            break_glass_allowed: Counter::define(host, "phi_guard.rbac.break_glass_allowed"),
+            break_glass_refused: Counter::define(host, "phi_guard.rbac.break_glass_refused"),
             rules: policy
                 .rules
                 .iter()
@@ -48,6 +60,7 @@ impl Metrics {
 pub struct Filter {
     pub policy: Policy,
     metrics: Metrics,
+    peers: std::cell::RefCell<PeerCache>,
 }
 
 impl Filter {
@@ -64,24 +77,29 @@ impl Filter {
                 policy.mode.as_str()
             ),
         );
-        Ok(Filter { policy, metrics })
+        Ok(Filter {
+            policy,
+            metrics,
+            peers: Default::default(),
+        })
     }
 
     /// Handles the request headers. Returns true to continue the request, false when a gRPC
     /// error was sent and the stream must stop.
     pub fn on_request_headers(&self, host: &dyn Host) -> bool {
-        // Before anything reads headers: an incoming x-phi-guard-* header is a spoof attempt.
-        host.strip_reserved_headers();
+        // The whole header list, not `request_header` per name: that hostcall returns only the
+        // first entry of a repeated header, and a repetition must be seen to be refused.
+        let all_headers = host.request_headers();
+        // Before anything reads headers: an incoming x-phi-guard-* header is a spoof attempt
+        // (the policy cannot name one, so `select_headers` never passes one on either).
+        host.strip_reserved_headers_of(&all_headers);
 
-        let peer = read_peer(host);
+        let peer = self.read_peer(host);
         let identity = read_identity(host);
         let method = host.grpc_method();
-        let headers: Vec<(String, String)> = self
+        let headers = self
             .policy
-            .header_names()
-            .iter()
-            .filter_map(|name| host.request_header(name).map(|v| (name.clone(), v)))
-            .collect();
+            .select_headers(all_headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let eval = evaluate(
             &self.policy,
             &Request {
@@ -94,6 +112,14 @@ impl Filter {
         let decision = decide(&self.policy, &eval);
         self.count(host, eval.rule, &decision);
         host.set_filter_state(state::AUTHZ, &decision.record.to_bytes());
+        if record_break_glass(host, &decision, method.as_ref()) {
+            let m = &self.metrics;
+            if decision.record.break_glass_reason.is_some() {
+                m.break_glass_allowed.inc(host);
+            } else {
+                m.break_glass_refused.inc(host);
+            }
+        }
         let Decision { reject, record, .. } = decision;
         if record.decision != "allow"
             || record
@@ -139,6 +165,34 @@ impl Filter {
     }
 }
 
+/// Break-glass is never silent: a warning per use, with the rule, the policy's reason code and
+/// the method, never the user, the token's free-text reason or anything from the request.
+/// Returns whether a break-glass rule decided.
+fn record_break_glass(
+    host: &dyn Host,
+    decision: &Decision,
+    method: Option<&phi_guard_common::GrpcMethod>,
+) -> bool {
+    let record = &decision.record;
+    if !record.break_glass {
+        return false;
+    }
+    let method = method.map_or_else(|| "-".to_string(), |m| m.full_name());
+    let rule = record.rule.as_deref().unwrap_or("-");
+    let message = match &record.break_glass_reason {
+        Some(code) => format!(
+            "phi-guard rbac: break-glass access allowed (rule {rule}, reason {code}, method {method}, mode {}); review it",
+            record.mode
+        ),
+        None => format!(
+            "phi-guard rbac: break-glass access refused without an accepted reason (rule {rule}, method {method}, mode {})",
+            record.mode
+        ),
+    };
+    host.log(LogLevel::Warn, &message);
+    true
+}
+
 /// A missing policy (configuration refused, or a stream created before one loaded) denies.
 pub fn deny_without_policy(host: &dyn Host) -> bool {
     host.strip_reserved_headers();
@@ -147,23 +201,55 @@ pub fn deny_without_policy(host: &dyn Host) -> bool {
     false
 }
 
-fn read_peer(host: &dyn Host) -> Peer {
-    let mtls = host.property(&MTLS);
-    let uri = host.string_property(&URI_SAN);
-    let dns = host.string_property(&DNS_SAN);
-    let peer = Peer::from_attributes(mtls.as_deref(), uri.as_deref(), dns.as_deref());
-    if mtls.as_deref() == Some(&[1u8][..]) && !peer.is_authenticated() {
-        // Workload identifiers, not secrets, but still only at debug.
-        let subject = host.string_property(&SUBJECT);
-        host.log(
-            LogLevel::Debug,
-            &format!(
-                "phi-guard rbac: mTLS peer without a usable SPIFFE URI or DNS SAN (subject {})",
-                subject.as_deref().unwrap_or("-")
-            ),
-        );
+impl Filter {
+    /// The peer from every SAN of its certificate; see [`Peer::from_sans`].
+    fn read_peer(&self, host: &dyn Host) -> Peer {
+        if host.property(&MTLS).as_deref() != Some(&[1u8][..]) {
+            return Peer::none();
+        }
+        let Some(pem) = host.property(&PEER_CERT) else {
+            host.log(
+                LogLevel::Warn,
+                "phi-guard rbac: mTLS but no connection.peer_certificate attribute; refusing the peer",
+            );
+            return Peer::unreadable();
+        };
+        let sans = self.parsed(&pem);
+        let peer = match &sans {
+            Some(sans) => {
+                let uris: Vec<&str> = sans.uris.iter().map(String::as_str).collect();
+                let dns: Vec<&str> = sans.dns.iter().map(String::as_str).collect();
+                Peer::from_sans(true, &uris, &dns)
+            }
+            None => Peer::unreadable(),
+        };
+        if !peer.is_authenticated() && peer.problem.is_none() {
+            // Workload identifiers, not secrets, but still only at debug.
+            let subject = host.string_property(&SUBJECT);
+            host.log(
+                LogLevel::Debug,
+                &format!(
+                    "phi-guard rbac: mTLS peer without a usable SPIFFE URI or DNS SAN (subject {})",
+                    subject.as_deref().unwrap_or("-")
+                ),
+            );
+        }
+        peer
     }
-    peer
+
+    /// The SANs of a `connection.peer_certificate` value, parsed once per distinct value.
+    fn parsed(&self, pem: &[u8]) -> Option<cert::Sans> {
+        let mut cache = self.peers.borrow_mut();
+        if let Some((_, sans)) = cache.iter().find(|(k, _)| k.as_slice() == pem) {
+            return sans.clone();
+        }
+        let sans = cert::subject_alt_names(pem).ok();
+        if cache.len() >= PEER_CACHE_ENTRIES {
+            cache.pop_front();
+        }
+        cache.push_back((pem.to_vec(), sans.clone()));
+        sans
+    }
 }
 
 fn read_identity(host: &dyn Host) -> Option<Identity> {
@@ -186,6 +272,16 @@ mod tests {
     use phi_guard_host::FakeHost;
 
     const FE: &str = "spiffe://phi-guard.test/ns/clinic/sa/ehr-frontend";
+    /// Leaf certificates as Envoy's `connection.peer_certificate` (see testdata/README.md).
+    const FE_PEM: &str = include_str!("../testdata/ehr-frontend.pem");
+    const TWO_IDS_PEM: &str = include_str!("../testdata/two-spiffe-ids.pem");
+    const DNS_ONLY_PEM: &str = include_str!("../testdata/dns-only.pem");
+
+    /// The certificate whose only URI SAN is `san` (only the frontend's is needed here).
+    fn cert_for(san: &str) -> &'static [u8] {
+        assert_eq!(san, FE, "no fixture certificate for {san}");
+        FE_PEM.as_bytes()
+    }
 
     fn config(mode: &str) -> Vec<u8> {
         format!(
@@ -206,7 +302,7 @@ mod tests {
         ]);
         if let Some(san) = san {
             host.insert_property(&MTLS, &[1]);
-            host.insert_property(&URI_SAN, san.as_bytes());
+            host.insert_property(&PEER_CERT, cert_for(san));
         }
         if let Some(roles) = roles {
             let id = Identity {
@@ -302,7 +398,7 @@ mod tests {
             None,
             Some(&["nurse"]),
         );
-        host.insert_property(&URI_SAN, FE.as_bytes());
+        host.insert_property(&PEER_CERT, cert_for(FE));
         host.insert_property(&MTLS, &[0]);
         run("enforce", &host);
         assert_eq!(host.sent_status(), Some(GrpcStatus::PermissionDenied));
@@ -388,6 +484,8 @@ mod tests {
                 "phi_guard.rbac.denied",
                 "phi_guard.rbac.unauthenticated",
                 "phi_guard.rbac.shadow_denied",
+                "phi_guard.rbac.break_glass_allowed",
+                "phi_guard.rbac.break_glass_refused",
                 "phi_guard.rbac.rule.nurse-reads.matched",
                 "phi_guard.rbac.rule.no-delete.matched",
             ]
@@ -398,6 +496,168 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.field, "rules[0].principals[0]");
+    }
+
+    #[test]
+    fn a_repeated_policy_header_is_refused_with_its_reason() {
+        let config = br#"{"version":"v1","rules":[
+            {"name":"tenant-reads","action":"allow","tenant":{"header":"x-tenant-id"},
+             "methods":["health.v1.PatientService/GetPatient"]}]}"#;
+        let run = |headers: &[(&str, &str)]| {
+            let mut all = vec![(":path", "/health.v1.PatientService/GetPatient")];
+            all.extend_from_slice(headers);
+            let host = FakeHost::with_request_headers(&all);
+            host.insert_property(&MTLS, &[1]);
+            host.insert_property(&PEER_CERT, cert_for(FE));
+            let id = Identity {
+                tenant: Some("north".into()),
+                ..Default::default()
+            };
+            host.insert_property(&[state::IDENTITY], &id.to_bytes());
+            let filter = Filter::configure(&host, config).unwrap();
+            let proceed = filter.on_request_headers(&host);
+            (proceed, host)
+        };
+        let (proceed, host) = run(&[("x-tenant-id", "north")]);
+        assert!(proceed, "{:?}", authz(&host));
+        // Envoy hands the filter each entry of a repeated header: both reach the policy.
+        for headers in [
+            &[("x-tenant-id", "north"), ("x-tenant-id", "south")][..],
+            &[("x-tenant-id", "north,south")][..],
+        ] {
+            let (proceed, host) = run(headers);
+            assert!(!proceed);
+            assert_eq!(host.sent_status(), Some(GrpcStatus::PermissionDenied));
+            let d = authz(&host);
+            assert_eq!(
+                (d.decision.as_str(), d.reason.as_str()),
+                ("deny", "repeated_header")
+            );
+            assert!(
+                !host.log_text().contains("south"),
+                "values are never logged"
+            );
+        }
+    }
+
+    #[test]
+    fn every_san_of_the_certificate_counts() {
+        let config = br#"{"version":"v1","rules":[
+            {"name":"research-never-deletes","action":"deny",
+             "principals":["spiffe://phi-guard.test/ns/research/sa/analytics"],
+             "methods":["health.v1.PatientService/DeletePatient"]},
+            {"name":"admin-deletes","action":"allow",
+             "principals":["spiffe://phi-guard.test/ns/ops/sa/admin-tool"],
+             "methods":["health.v1.PatientService/DeletePatient"]},
+            {"name":"probes","action":"allow","principals":[{"dns":"billing.example.org"}],
+             "methods":["grpc.health.v1.Health/Check"]}]}"#;
+        let filter = Filter::configure(&FakeHost::default(), config).unwrap();
+        let call = |path: &str, cert: Option<&[u8]>| {
+            let host = FakeHost::with_request_headers(&[(":path", path)]);
+            host.insert_property(&MTLS, &[1]);
+            // What Envoy's first-SAN attribute says must not matter.
+            host.insert_property(
+                &["connection", "uri_san_peer_certificate"],
+                b"spiffe://phi-guard.test/ns/ops/sa/admin-tool",
+            );
+            if let Some(cert) = cert {
+                host.insert_property(&PEER_CERT, cert);
+            }
+            let proceed = filter.on_request_headers(&host);
+            (proceed, authz(&host).reason, host)
+        };
+        let delete = "/health.v1.PatientService/DeletePatient";
+        // The issue's input: admin-tool first, analytics second.
+        let (proceed, reason, host) = call(delete, Some(TWO_IDS_PEM.as_bytes()));
+        assert_eq!((proceed, reason.as_str()), (false, "multiple_uri_sans"));
+        assert_eq!(host.sent_status(), Some(GrpcStatus::PermissionDenied));
+        assert!(!host.log_text().contains("spiffe://"), "no SAN in the logs");
+        // The second DNS SAN names the workload as well as the first.
+        let (proceed, reason, _) = call(
+            "/grpc.health.v1.Health/Check",
+            Some(DNS_ONLY_PEM.as_bytes()),
+        );
+        assert_eq!((proceed, reason.as_str()), (true, "matched_allow"));
+        // mTLS without a readable certificate: refused, not "no SAN".
+        for cert in [None, Some(&b"not a certificate"[..])] {
+            let (proceed, reason, _) = call(delete, cert);
+            assert_eq!((proceed, reason.as_str()), (false, "bad_peer_certificate"));
+        }
+        // A certificate is parsed once, however many requests present it.
+        let before = filter.peers.borrow().len();
+        call(delete, Some(TWO_IDS_PEM.as_bytes()));
+        assert_eq!(filter.peers.borrow().len(), before);
+    }
+
+    #[test]
+    fn break_glass_is_flagged_logged_and_counted_without_its_free_text() {
+        let config = format!(
+            r#"{{"version":"v1","rules":[
+            {{"name":"emergency-reads","action":"allow","principals":["{FE}"],"roles":["physician"],
+              "methods":["health.v1.PatientService/GetPatient"],
+              "break_glass":{{"reasons":["life-threat"]}},"role":"nurse"}}]}}"#
+        );
+        let call = |reason: Option<&str>| {
+            let host = request("/health.v1.PatientService/GetPatient", Some(FE), None);
+            let filter = Filter::configure(&host, config.as_bytes()).unwrap();
+            let id = Identity {
+                subject: "secret-subject-value".into(),
+                roles: vec!["physician".into()],
+                purpose_of_use: Some("BTG".into()),
+                break_glass_reason: reason.map(str::to_string),
+                ..Default::default()
+            };
+            host.insert_property(&[state::IDENTITY], &id.to_bytes());
+            let proceed = filter.on_request_headers(&host);
+            (proceed, host)
+        };
+        let (proceed, host) = call(Some("life-threat"));
+        assert!(proceed);
+        let d = authz(&host);
+        assert_eq!(
+            (
+                d.reason.as_str(),
+                d.break_glass,
+                d.break_glass_reason.as_deref(),
+                d.role.as_str()
+            ),
+            ("break_glass", true, Some("life-threat"), "nurse")
+        );
+        let warn = host
+            .logs
+            .borrow()
+            .iter()
+            .filter(|(l, _)| *l == LogLevel::Warn)
+            .map(|(_, m)| m.clone())
+            .collect::<Vec<_>>();
+        assert_eq!(warn.len(), 1, "{warn:?}");
+        assert!(
+            warn[0].contains("break-glass access allowed") && warn[0].contains("emergency-reads")
+        );
+        assert!(!host.log_text().contains("secret-subject-value"));
+        assert_eq!(host.counter("phi_guard.rbac.break_glass_allowed"), 1);
+        assert_eq!(host.counter("phi_guard.rbac.break_glass_refused"), 0);
+
+        let (proceed, host) = call(Some("Patient John Doe, bed 4"));
+        assert_eq!(host.counter("phi_guard.rbac.break_glass_refused"), 1);
+        assert_eq!(host.counter("phi_guard.rbac.break_glass_allowed"), 0);
+        assert!(!proceed);
+        assert_eq!(host.sent_status(), Some(GrpcStatus::PermissionDenied));
+        let d = authz(&host);
+        assert_eq!(
+            (
+                d.reason.as_str(),
+                d.break_glass,
+                d.break_glass_reason.as_deref()
+            ),
+            ("break_glass_without_reason", true, None)
+        );
+        assert!(host.log_text().contains("break-glass access refused"));
+        assert!(
+            !host.log_text().contains("John Doe"),
+            "the free text is never logged"
+        );
+        assert!(!String::from_utf8_lossy(&d.to_bytes()).contains("John Doe"));
     }
 
     #[test]

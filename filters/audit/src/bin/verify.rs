@@ -1,8 +1,10 @@
-//! `phi-guard-audit-verify --key-file KEY [--partial] [--expect-count N] [--single-segment] FILE...`
+//! `phi-guard-audit-verify --key-file KEY [--partial] [--expect-count N] [--single-segment]
+//! [--break-glass] FILE...`
 //!
 //! Verifies the audit chain in collector JSON lines and/or OTLP request bodies, in the order
 //! the files are given. Exit 0 with `ok: N events, chain intact`; 1 with the first problem
-//! and where it is; 2 for usage or I/O errors.
+//! and where it is; 2 for usage or I/O errors. With `--break-glass`, once the chain verified,
+//! it also lists every break-glass decision for post-access review, one line each.
 
 #[cfg(not(target_arch = "wasm32"))]
 fn main() {
@@ -15,20 +17,22 @@ fn main() {}
 #[cfg(not(target_arch = "wasm32"))]
 mod native {
     use phi_guard_audit::chain::ChainKey;
-    use phi_guard_audit::verify::{parse_input, verify, VerifyOptions};
+    use phi_guard_audit::verify::{break_glass_accesses, parse_input, verify, VerifyOptions};
 
-    const USAGE: &str = "usage: phi-guard-audit-verify --key-file KEY [--partial] [--expect-count N] [--single-segment] FILE...";
+    const USAGE: &str = "usage: phi-guard-audit-verify --key-file KEY [--partial] [--expect-count N] [--single-segment] [--break-glass] FILE...";
 
     pub fn run(args: Vec<String>) -> i32 {
         let mut key_file = None;
         let mut opts = VerifyOptions::default();
         let mut files = Vec::new();
+        let mut review = false;
         let mut it = args.into_iter();
         while let Some(a) = it.next() {
             match a.as_str() {
                 "--key-file" => key_file = it.next(),
                 "--partial" => opts.partial = true,
                 "--single-segment" => opts.single_segment = true,
+                "--break-glass" => review = true,
                 "--expect-count" => match it.next().and_then(|n| n.parse().ok()) {
                     Some(n) => opts.expect_count = Some(n),
                     None => {
@@ -80,6 +84,13 @@ mod native {
         match verify(&records, &key, &opts) {
             Ok(report) => {
                 println!("{report}");
+                if review {
+                    let accesses = break_glass_accesses(&records);
+                    println!("break-glass decisions for review: {}", accesses.len());
+                    for access in accesses {
+                        println!("  {access}");
+                    }
+                }
                 0
             }
             Err(failure) => {
