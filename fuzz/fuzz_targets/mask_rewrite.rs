@@ -1,5 +1,7 @@
-//! The protobuf rewriter behind the stream masker, with the demo descriptor set and policy,
-//! on arbitrary message payloads, for a role that reveals nothing of the direct identifiers.
+//! The protobuf rewriter behind the stream masker, on arbitrary message payloads: with the
+//! demo descriptor set and policy, and with a FHIR-shaped set
+//! (filters/mask/tests/protos/test/v1/fhirish.proto) under a catalog of conditional entries
+//! and `Any` fields, for roles that reveal little (nurse, research, safe_harbor).
 #![no_main]
 
 use std::sync::OnceLock;
@@ -23,22 +25,59 @@ fn config() -> &'static MaskConfig {
     })
 }
 
+fn fhir_config() -> &'static MaskConfig {
+    static CONFIG: OnceLock<MaskConfig> = OnceLock::new();
+    CONFIG.get_or_init(|| {
+        let set = include_bytes!("../../filters/mask/tests/protos/fhirish.binpb");
+        let doc = serde_json::json!({
+            "descriptor_set": base64::engine::general_purpose::STANDARD.encode(set),
+            "catalog": [
+                {"field": "test.fhir.Identifier.value", "class": "OTHER_ID"},
+                {"field": "test.fhir.Identifier.value", "class": "SSN",
+                 "when": {"path": "system.value", "equals": "http://hl7.org/fhir/sid/us-ssn"}},
+                {"field": "test.fhir.Identifier.value", "class": "MRN",
+                 "when": {"path": "type.coding.code.value", "equals": "MR"}},
+                {"field": "test.fhir.ContactPoint.value", "class": "PHONE",
+                 "when": {"path": "system.value", "equals": "PHONE"}},
+                {"field": "test.fhir.Patient.birth_date", "class": "DOB"},
+                {"type": "test.fhir.Address", "class": "ADDRESS"},
+                {"field": "test.fhir.Address.postal_code", "class": "ZIP"},
+                {"field": "test.fhir.Patient.age", "class": "AGE"},
+                {"type": "test.fhir.Extension", "class": "NAME",
+                 "when": {"path": "url.value", "equals": "http://example.test/maiden-name"}}
+            ],
+            "roles": {
+                "nurse": {"SSN": {"action": "partial", "keep_last": 4}, "FREE_TEXT": "reveal",
+                          "NAME": "reveal", "DOB": "reveal", "*": "remove"},
+                "safe_harbor": "safe_harbor"
+            }
+        });
+        MaskConfig::parse(doc.to_string().as_bytes(), &|_| None).unwrap()
+    })
+}
+
+fn feed(cfg: &MaskConfig, role: &str, method: &str, data: &[u8]) {
+    let (_, block) = cfg.policy.for_role(Some(role));
+    let rewriter = cfg.rewriter(block);
+    let root = cfg.plans.method(method).unwrap();
+    let mut masker = StreamMasker::new(root, Encoding::Identity, cfg.max_message_bytes);
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    frame.extend_from_slice(data);
+    let _ = masker.feed(&rewriter, &frame);
+    let _ = masker.finish();
+}
+
 fuzz_target!(|data: &[u8]| {
-    let cfg = config();
+    for role in ["nurse", "safe_harbor"] {
+        feed(fhir_config(), role, "test.fhir.Fhir/GetPatient", data);
+    }
     for role in ["research", "nurse"] {
-        let (_, block) = cfg.policy.for_role(Some(role));
-        let rewriter = cfg.rewriter(block);
         for method in [
             "health.v1.PatientService/GetPatient",
             "health.v1.PatientService/ListEncounters",
         ] {
-            let root = cfg.plans.method(method).unwrap();
-            let mut masker = StreamMasker::new(root, Encoding::Identity, cfg.max_message_bytes);
-            let mut frame = vec![0u8];
-            frame.extend_from_slice(&(data.len() as u32).to_be_bytes());
-            frame.extend_from_slice(data);
-            let _ = masker.feed(&rewriter, &frame);
-            let _ = masker.finish();
+            feed(config(), role, method, data);
         }
     }
 });

@@ -243,3 +243,106 @@ async fn a_malformed_upstream_message_ends_the_rpc_with_internal_and_leaks_nothi
         .await
     );
 }
+
+/// Issue 11 item 1, fail closed. A method that rbac allows but the mask filter's descriptor set
+/// does not describe is refused with no byte of its response; the pass-through health check
+/// still works; fields a newer upstream added (unknown to the set) never reach a caller whose
+/// role does not reveal everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn methods_and_fields_outside_the_descriptor_set_fail_closed() {
+    use phi_guard_tools::backend::UNKNOWN_FIELD_CANARY;
+    let stack = Stack::builder("mask_drift")
+        .workload("frontend", "clinic", "ehr-frontend")
+        .workload("analytics", "research", "analytics")
+        .drifted_backend()
+        // rbac allows a method the service gained after the descriptor set was built.
+        // The first rule of the rendered rbac policy that lists ListEncounters is
+        // frontend-clinical-reads (filters/rbac/policy.demo.json); the method joins its list.
+        .patch_inbound(|yaml| {
+            let rbac = yaml
+                .find("name: phi_guard.rbac\n")
+                .expect("the rendered inbound config has the rbac filter");
+            let reads = r#""health.v1.PatientService/ListEncounters""#;
+            let at = rbac
+                + yaml[rbac..]
+                    .find(reads)
+                    .expect("the rbac policy allows ListEncounters")
+                + reads.len();
+            let mut patched = yaml.clone();
+            patched.insert_str(at, r#", "health.v1.PatientService/ExportEverything""#);
+            patched
+        })
+        .start()
+        .await
+        .expect("stack starts");
+    let request = GetPatientRequest {
+        patient_id: PATIENT_ID.into(),
+    }
+    .encode_to_vec();
+
+    let (messages, status) = raw_call(
+        &stack,
+        "frontend",
+        Some("billing"),
+        "/health.v1.PatientService/ExportEverything",
+        request.clone(),
+    )
+    .await;
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert_eq!(status.message(), "internal error");
+    assert!(messages.is_empty(), "no byte of the response: {messages:?}");
+
+    let (messages, status) = raw_call(
+        &stack,
+        "frontend",
+        None,
+        "/grpc.health.v1.Health/Check",
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(status.code(), Code::Ok, "{status:?}");
+    assert_eq!(messages, vec![vec![0x08, 0x01]], "pass-through: SERVING");
+
+    for (workload, user, sees) in [
+        ("frontend", "nurse", false),
+        ("analytics", "research", false),
+        ("frontend", "billing", true),
+    ] {
+        let (messages, status) = raw_call(
+            &stack,
+            workload,
+            Some(user),
+            "/health.v1.PatientService/GetPatient",
+            request.clone(),
+        )
+        .await;
+        assert_eq!(status.code(), Code::Ok, "{user}: {status:?}");
+        let bytes = messages.concat();
+        let text = String::from_utf8_lossy(&bytes);
+        assert_eq!(
+            text.contains(UNKNOWN_FIELD_CANARY),
+            sees,
+            "{user}: the undeclared field's canary"
+        );
+        let patient = Patient::decode(&bytes[..]).unwrap();
+        assert_eq!(
+            patient.patient_id, PATIENT_ID,
+            "{user}: declared fields kept"
+        );
+    }
+    for (stat, at_least) in [
+        ("wasmcustom.phi_guard.mask.refused_no_plan", 1),
+        ("wasmcustom.phi_guard.mask.pass_through", 1),
+        ("wasmcustom.phi_guard.mask.unknown_fields_dropped", 4),
+    ] {
+        assert!(
+            wait_until(std::time::Duration::from_secs(5), || stack
+                .inbound
+                .stat(stat)
+                .unwrap_or(0)
+                >= at_least)
+            .await,
+            "{stat}"
+        );
+    }
+}

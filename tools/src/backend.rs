@@ -154,25 +154,85 @@ pub async fn spawn() -> std::io::Result<(SocketAddr, tokio::sync::oneshot::Sende
 /// the end, with canary values inside), then `grpc-status: 0` trailers, as a buggy or
 /// compromised service might.
 pub async fn spawn_malformed() -> std::io::Result<(SocketAddr, tokio::sync::oneshot::Sender<()>)> {
+    use prost::Message;
+    spawn_raw(|_path| {
+        vec![
+            grpc_frame(&patient().encode_to_vec()),
+            grpc_frame(&malformed_patient()),
+        ]
+    })
+    .await
+}
+
+/// A canary that only the fail-closed tests' upstreams send: in a field the descriptor set
+/// does not declare, or in the response of a method the set does not describe.
+pub const UNKNOWN_FIELD_CANARY: &str = "CANARY-UNDECLARED-4242";
+
+/// An upstream whose schema moved ahead of the mask filter's descriptor set: `GetPatient`
+/// answers the demo patient plus fields the set does not declare (number 99 at the top level
+/// and inside the name, holding [`UNKNOWN_FIELD_CANARY`]); `grpc.health.v1.Health/Check`
+/// answers SERVING; every other path (a method added to the service but not to the set)
+/// answers a message full of canaries.
+pub async fn spawn_drifted() -> std::io::Result<(SocketAddr, tokio::sync::oneshot::Sender<()>)> {
+    spawn_raw(|path| match path {
+        "/health.v1.PatientService/GetPatient" => vec![grpc_frame(&drifted_patient())],
+        // grpc.health.v1.HealthCheckResponse { status: SERVING }
+        "/grpc.health.v1.Health/Check" => vec![grpc_frame(&[0x08, 0x01])],
+        _ => {
+            let mut m = Vec::new();
+            for value in [canary::SSN, canary::MRN, UNKNOWN_FIELD_CANARY] {
+                m.push((1 << 3) | 2);
+                m.push(value.len() as u8);
+                m.extend_from_slice(value.as_bytes());
+            }
+            vec![grpc_frame(&m)]
+        }
+    })
+    .await
+}
+
+/// The demo patient with undeclared fields carrying [`UNKNOWN_FIELD_CANARY`]: field 99 at the
+/// top level, and field 99 inside `name` (field 3).
+pub fn drifted_patient() -> Vec<u8> {
+    use prost::Message;
+    let mut p = patient();
+    let name = p.name.take().unwrap_or_default();
+    let undeclared = |out: &mut Vec<u8>| {
+        out.extend_from_slice(&[0x9a, 0x06]); // field 99, LEN
+        out.push(UNKNOWN_FIELD_CANARY.len() as u8);
+        out.extend_from_slice(UNKNOWN_FIELD_CANARY.as_bytes());
+    };
+    let mut inner = name.encode_to_vec();
+    undeclared(&mut inner);
+    let mut bytes = p.encode_to_vec();
+    bytes.push((3 << 3) | 2);
+    prost::encoding::encode_varint(inner.len() as u64, &mut bytes);
+    bytes.extend_from_slice(&inner);
+    undeclared(&mut bytes);
+    bytes
+}
+
+/// An HTTP/2 upstream that answers each request with `frames(path)` as DATA and then
+/// `grpc-status: 0` trailers, whatever a real service would do.
+async fn spawn_raw(
+    frames: fn(&str) -> Vec<Vec<u8>>,
+) -> std::io::Result<(SocketAddr, tokio::sync::oneshot::Sender<()>)> {
     use bytes::Bytes;
     use http_body_util::StreamBody;
     use hyper::body::Frame;
-    use prost::Message;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-    let body_frames = move || {
-        let good = grpc_frame(&patient().encode_to_vec());
-        let bad = grpc_frame(&malformed_patient());
+    let body_frames = move |path: &str| {
         let mut trailers = hyper::HeaderMap::new();
         trailers.insert("grpc-status", "0".parse().expect("static header value"));
-        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
-            Ok(Frame::data(Bytes::from(good))),
-            Ok(Frame::data(Bytes::from(bad))),
-            Ok(Frame::trailers(trailers)),
-        ];
-        StreamBody::new(tokio_stream::iter(frames))
+        let mut out: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = frames(path)
+            .into_iter()
+            .map(|f| Ok(Frame::data(Bytes::from(f))))
+            .collect();
+        out.push(Ok(Frame::trailers(trailers)));
+        StreamBody::new(tokio_stream::iter(out))
     };
     tokio::spawn(async move {
         loop {
@@ -183,13 +243,15 @@ pub async fn spawn_malformed() -> std::io::Result<(SocketAddr, tokio::sync::ones
                     Err(_) => continue,
                 },
             };
-            let service = hyper::service::service_fn(move |_request| async move {
-                let response = hyper::Response::builder()
-                    .header("content-type", "application/grpc")
-                    .body(body_frames())
-                    .expect("static response");
-                Ok::<_, std::convert::Infallible>(response)
-            });
+            let service = hyper::service::service_fn(
+                move |request: hyper::Request<hyper::body::Incoming>| async move {
+                    let response = hyper::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(body_frames(request.uri().path()))
+                        .expect("static response");
+                    Ok::<_, std::convert::Infallible>(response)
+                },
+            );
             tokio::spawn(async move {
                 let _ =
                     hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())

@@ -42,7 +42,7 @@ impl Api {
     /// Reads a binary FileDescriptorSet with the mask filter's own decoder, so `init` sees the
     /// fields and classes exactly as the filter will.
     pub fn from_descriptor_set(bytes: &[u8]) -> Result<Api, String> {
-        let catalog = phi_guard_mask::descriptor::Catalog::decode(bytes).map_err(|e| e.0)?;
+        let catalog = phi_guard_mask::descriptor::DescriptorSet::decode(bytes).map_err(|e| e.0)?;
         let mut api = Api::default();
         for method in &catalog.methods {
             let (service, name) = method

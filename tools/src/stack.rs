@@ -99,6 +99,7 @@ pub struct StackBuilder {
     bin_dir: Option<PathBuf>,
     jwks_failing: bool,
     malformed_backend: bool,
+    drifted_backend: bool,
     rs256_idp: bool,
     inbound_patch: Option<ConfigPatch>,
 }
@@ -129,6 +130,12 @@ impl StackBuilder {
     /// Put [`crate::backend::spawn_malformed`] behind Envoy instead of the demo service.
     pub fn malformed_backend(mut self) -> Self {
         self.malformed_backend = true;
+        self
+    }
+
+    /// Put [`crate::backend::spawn_drifted`] behind Envoy instead of the demo service.
+    pub fn drifted_backend(mut self) -> Self {
+        self.drifted_backend = true;
         self
     }
 
@@ -172,6 +179,8 @@ impl StackBuilder {
             None => {
                 let (addr, stop) = if self.malformed_backend {
                     crate::backend::spawn_malformed().await?
+                } else if self.drifted_backend {
+                    crate::backend::spawn_drifted().await?
                 } else {
                     crate::backend::spawn().await?
                 };
@@ -552,6 +561,7 @@ impl Stack {
             bin_dir: None,
             jwks_failing: false,
             malformed_backend: false,
+            drifted_backend: false,
             rs256_idp: false,
             inbound_patch: None,
         }

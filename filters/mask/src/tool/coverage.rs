@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{json, Value};
 
-use crate::descriptor::{Catalog, FieldKind};
+use crate::descriptor::{DescriptorSet, FieldKind};
 use crate::plan::{Node, Plans};
 use crate::policy::Action;
 
@@ -46,7 +46,7 @@ pub struct MethodCoverage {
 /// The coverage of every method in the session's descriptor set (the synthetic apply
 /// method excluded), or of those whose full name starts with one of `only`.
 pub fn coverage(session: &Session, only: &[String]) -> Result<Vec<MethodCoverage>, String> {
-    let catalog = Catalog::decode(&session.set).map_err(|e| e.0)?;
+    let catalog = DescriptorSet::decode(&session.set).map_err(|e| e.0)?;
     let roles = session.roles();
     let mut out = Vec::new();
     for m in &catalog.methods {
@@ -66,7 +66,7 @@ pub fn coverage(session: &Session, only: &[String]) -> Result<Vec<MethodCoverage
         out.push(MethodCoverage {
             method: m.full_name.clone(),
             response_type: m.output_type.clone(),
-            planned: root.is_some(),
+            planned: root.is_some_and(|r| session.config.plans.messages[r].touch),
             rows: walk.rows,
         });
     }
@@ -74,7 +74,7 @@ pub fn coverage(session: &Session, only: &[String]) -> Result<Vec<MethodCoverage
 }
 
 struct Walk<'a> {
-    catalog: &'a Catalog,
+    catalog: &'a DescriptorSet,
     plans: &'a Plans,
     session: &'a Session,
     roles: &'a [String],
@@ -117,7 +117,7 @@ impl Walk<'_> {
                 FieldKind::Message | FieldKind::Group => {
                     let child_type = f.type_name.clone().unwrap_or_default();
                     let child = match node {
-                        Some(Node::Message(j)) => Some(j),
+                        Some(Node::Message { plan: j, .. }) => Some(j),
                         _ => None,
                     };
                     let key = (child_type.clone(), child);
@@ -192,7 +192,11 @@ impl Walk<'_> {
 pub fn action_name(action: &Action, textual: bool) -> String {
     match action {
         Action::Reveal => "reveal".into(),
+        Action::Age { max } => format!("age({max})"),
         _ if !textual => "remove".into(),
+        Action::Year { max_age: None } => "year".into(),
+        Action::Year { max_age: Some(m) } => format!("year(max_age {m})"),
+        Action::Zip3 { .. } => "zip3".into(),
         Action::Redact { replacement: None } => "redact".into(),
         Action::Redact {
             replacement: Some(r),

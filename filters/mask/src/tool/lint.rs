@@ -170,7 +170,7 @@ impl SampleWalk<'_> {
                 continue;
             }
             let child = match node {
-                Some(Node::Message(j)) => Some(j),
+                Some(Node::Message { plan: j, .. }) => Some(j),
                 _ => None,
             };
             let full = field.full_name().to_string();
@@ -198,7 +198,7 @@ impl SampleWalk<'_> {
                     return;
                 }
                 let child = match value_plan {
-                    Some(Node::Message(j)) => Some(j),
+                    Some(Node::Message { plan: j, .. }) => Some(j),
                     _ => None,
                 };
                 for v in entries.values() {
