@@ -434,6 +434,21 @@ async fn client_supplied_ids_are_sanitized_before_any_event_log_or_metric() {
 
     // Nowhere: the audit trail, every Envoy log (access logs included), the metrics.
     let audit_text = std::fs::read_to_string(&stack.audit_log).unwrap();
+    // Envoy writes file access logs on a flush timer (`file_flush_interval_msec`, 1 s by
+    // default): wait for the refused calls' lines before scanning, or a loaded machine reads
+    // the log before they are in it.
+    let methods = [
+        "health.v1.PatientService/GetPatient",
+        "invalid",
+        "health.v1.PatientService/*********",
+    ];
+    wait_until(Duration::from_secs(15), || {
+        let logs = all_logs(&stack);
+        methods
+            .iter()
+            .all(|m| logs.contains(&format!("\"method\":\"{m}\"")))
+    })
+    .await;
     let envoy_logs = all_logs(&stack);
     let (_, stats) = stack.inbound.admin_get("/stats").unwrap();
     let (_, prometheus) = stack.inbound.admin_get("/stats/prometheus").unwrap();
@@ -451,11 +466,7 @@ async fn client_supplied_ids_are_sanitized_before_any_event_log_or_metric() {
         envoy_logs.contains("\"request_id\":\"***-**-****\""),
         "the access log shows the masked id"
     );
-    for method in [
-        "health.v1.PatientService/GetPatient",
-        "invalid",
-        "health.v1.PatientService/*********",
-    ] {
+    for method in methods {
         assert!(
             envoy_logs.contains(&format!("\"method\":\"{method}\"")),
             "the access log shows the sanitized method {method}"
