@@ -127,6 +127,19 @@ pub struct Mask {
     /// `"<class>/<action>"` → number of fields masked.
     pub fields: BTreeMap<String, u64>,
     pub messages: u64,
+    /// Fields unknown to the descriptor set, dropped.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unknown_fields: u64,
+    /// `Any` values of unknown types, dropped.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unknown_any: u64,
+    /// The method was passed through unmasked (mask's pass-through list).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pass_through: bool,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl AuditEvent {
@@ -342,6 +355,9 @@ pub fn build_event<H: AuditHost + ?Sized>(
                 failure: m.failure,
                 fields: m.fields,
                 messages: m.messages,
+                unknown_fields: m.unknown_fields,
+                unknown_any: m.unknown_any,
+                pass_through: m.pass_through,
             }),
             duration_ms,
             request_bytes: non_negative(

@@ -50,9 +50,24 @@ pub struct MaskSummary {
     pub messages: u64,
     /// `"<class>/<action>"` (e.g. `"SSN/partial"`) → number of fields.
     pub fields: BTreeMap<String, u64>,
-    /// Set when masking failed and the RPC was ended with INTERNAL.
+    /// Set when masking failed or the method was refused, and the RPC was ended with
+    /// INTERNAL (`no_plan`: the method is not in the descriptor set nor on the pass-through
+    /// list).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
+    /// Fields the descriptor set does not declare, dropped from the responses.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unknown_fields: u64,
+    /// `google.protobuf.Any` values of a type the descriptor set does not have, dropped.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unknown_any: u64,
+    /// The method is on the pass-through list: its responses were not masked.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pass_through: bool,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 macro_rules! json_bytes {

@@ -6,10 +6,20 @@
 //!   "descriptor_set": "<base64 FileDescriptorSet>",
 //!   "max_message_bytes": 4194304,
 //!   "token_key_env": "PHI_GUARD_MASK_TOKEN_KEY",
-//!   "free_text": { "mrn_pattern": "\\bMRN-[0-9A-Z]{4}-[0-9A-Z]+\\b" },
+//!   "pass_through": ["grpc.health.v1.Health/Check"],
+//!   "unknown_fields": "drop",
+//!   "catalog": [
+//!     {"field": "google.fhir.r4.core.Patient.birth_date", "class": "DOB"},
+//!     {"type": "google.fhir.r4.core.Address", "class": "ADDRESS"},
+//!     {"field": "google.fhir.r4.core.Identifier.value", "class": "SSN",
+//!      "when": {"path": "system.value", "equals": "http://hl7.org/fhir/sid/us-ssn"}}
+//!   ],
+//!   "free_text": { "detectors": [{"name": "phone"}, {"name": "npi", "class": "OTHER_ID",
+//!                                 "pattern": "\\bNPI[: ]*[0-9]{10}\\b"}] },
 //!   "roles": {
 //!     "billing": { "*": "reveal" },
-//!     "nurse": { "SSN": { "action": "partial", "keep_last": 4 }, "*": "redact" }
+//!     "nurse": { "SSN": { "action": "partial", "keep_last": 4 }, "*": "redact" },
+//!     "deid": "safe_harbor"
 //!   },
 //!   "default": { "*": "remove" }
 //! }
@@ -21,22 +31,57 @@ use base64::Engine;
 use phi_guard_common::ConfigError;
 use serde_json::{Map, Value};
 
-use crate::descriptor::Catalog;
+use crate::catalog::Catalog;
+use crate::descriptor::DescriptorSet;
 use crate::framing::DEFAULT_MAX_MESSAGE_BYTES;
 use crate::freetext::{Detectors, DEFAULT_MRN_PATTERN, EMAIL_PATTERN, PHONE_PATTERN, SSN_PATTERN};
 use crate::plan::{Class, Plans};
-use crate::policy::{builtin_class_name, Action, Policy, RolePolicy};
+use crate::policy::{Action, Policy, RolePolicy, BUILTIN_CLASSES, RESTRICTED_ZIP3};
 use crate::rewriter::Rewriter;
 use crate::token::{TokenKey, MIN_KEY_BYTES};
 
 /// Upper bound for `max_message_bytes`: the framer holds one message in memory per stream.
 pub const MAX_MAX_MESSAGE_BYTES: usize = 64 << 20;
 
+/// What happens to fields the descriptor set does not declare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownFields {
+    /// Dropped (and counted) for every role that does not reveal everything. The default.
+    Drop,
+    /// Copied through for every role.
+    Keep,
+}
+
+/// A `pass_through` entry: a method whose responses the filter lets through unmasked when the
+/// descriptor set does not describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MethodPattern {
+    /// `package.Service/Method`.
+    Exact(String),
+    /// `package.Service/*`: every method of the service.
+    Service(String),
+}
+
+impl MethodPattern {
+    pub fn matches(&self, method: &str) -> bool {
+        match self {
+            MethodPattern::Exact(m) => m == method,
+            MethodPattern::Service(s) => method
+                .strip_prefix(s.as_str())
+                .is_some_and(|rest| rest.starts_with('/') && rest.len() > 1),
+        }
+    }
+}
+
 /// Everything the filter needs, built once at configure time and shared by every stream.
 #[derive(Debug)]
 pub struct MaskConfig {
     pub plans: Plans,
     pub policy: Policy,
+    /// The decoded descriptor set (for tools that walk the schema: coverage, lint).
+    pub descriptor: DescriptorSet,
+    /// The resolved catalog entries.
+    pub catalog: Catalog,
     /// Class number → name, for every class the plans or the policy mention.
     pub class_names: BTreeMap<Class, String>,
     pub detectors: Detectors,
@@ -45,24 +90,32 @@ pub struct MaskConfig {
     pub free_text: Option<Class>,
     pub token_key: Option<TokenKey>,
     pub max_message_bytes: usize,
+    pub pass_through: Vec<MethodPattern>,
+    pub unknown_fields: UnknownFields,
 }
 
-const TOP_KEYS: &[&str] = &[
+/// The top-level keys this crate reads. A shell that adds keys of its own (such as a remote
+/// descriptor set) strips them before [`MaskConfig::parse_with_descriptor_set`], or lists
+/// them in `extra_keys`.
+pub const TOP_KEYS: &[&str] = &[
     "descriptor_set",
     "max_message_bytes",
     "token_key_env",
     "free_text",
     "roles",
     "default",
+    "catalog",
+    "classes",
+    "pass_through",
+    "unknown_fields",
 ];
 
 impl MaskConfig {
-    /// Parses the plugin configuration. `env` reads a VM environment variable (the HMAC key).
+    /// Parses the plugin configuration with its inline `descriptor_set` (required). `env`
+    /// reads a VM environment variable (the HMAC key).
     pub fn parse(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let doc: Value = serde_json::from_slice(json).map_err(|e| ConfigError::from_json(&e))?;
         let top = object(&doc, "")?;
-        reject_unknown(top, TOP_KEYS, "")?;
-
         let b64 = top
             .get("descriptor_set")
             .ok_or_else(|| ConfigError::new("descriptor_set", "missing"))?
@@ -71,34 +124,74 @@ impl MaskConfig {
         let set = base64::engine::general_purpose::STANDARD
             .decode(b64.trim())
             .map_err(|_| ConfigError::new("descriptor_set", "not valid base64"))?;
-        let catalog = Catalog::decode(&set).map_err(|e| ConfigError::new("descriptor_set", e.0))?;
-        let plans = Plans::build(&catalog).map_err(|e| ConfigError::new("descriptor_set", e.0))?;
-        if plans.methods.is_empty() {
+        Self::build(&doc, &set, &[], env)
+    }
+
+    /// Parses the configuration against an encoded `FileDescriptorSet` supplied separately
+    /// (fetched, or read from a file by a command-line tool); an inline `descriptor_set` in
+    /// `json` is ignored. `extra_keys` are further top-level keys the caller handles itself.
+    /// Errors name the field; problems with the set are reported under `descriptor_set`.
+    pub fn parse_with_descriptor_set(
+        json: &[u8],
+        set: &[u8],
+        extra_keys: &[&str],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let doc: Value = serde_json::from_slice(json).map_err(|e| ConfigError::from_json(&e))?;
+        Self::build(&doc, set, extra_keys, env)
+    }
+
+    fn build(
+        doc: &Value,
+        set: &[u8],
+        extra_keys: &[&str],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let top = object(doc, "")?;
+        let allowed: Vec<&str> = TOP_KEYS.iter().chain(extra_keys).copied().collect();
+        reject_unknown(top, &allowed, "")?;
+
+        let descriptor =
+            DescriptorSet::decode(set).map_err(|e| ConfigError::new("descriptor_set", e.0))?;
+
+        let custom: Vec<String> = match top.get("classes") {
+            None => Vec::new(),
+            Some(v) => v
+                .as_array()
+                .and_then(|a| {
+                    a.iter()
+                        .map(|x| {
+                            x.as_str()
+                                .filter(|s| valid_class_name(s))
+                                .map(str::to_string)
+                        })
+                        .collect::<Option<Vec<_>>>()
+                })
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "classes",
+                        "must be a list of class names (upper-case letters, digits, _)",
+                    )
+                })?,
+        };
+        let (class_by_name, class_names) = classes(&descriptor, &custom);
+        let class = |n: &str| class_by_name.get(n).copied();
+
+        let catalog = match top.get("catalog") {
+            None => Catalog::default(),
+            Some(v) => Catalog::parse(v, &descriptor, &class)?,
+        };
+        let plans = Plans::build(&descriptor, &catalog)
+            .map_err(|e| ConfigError::new("descriptor_set", e.0))?;
+        if !plans.methods.values().any(|&m| plans.messages[m].touch) {
             // Most likely the set went through prost-types (or another decoder that drops
             // unknown fields) and lost its extensions: the filter would silently mask nothing.
             return Err(ConfigError::new(
                 "descriptor_set",
-                "no method returns a field annotated with phi.v1.sensitivity (was the set \
-                 re-encoded by a tool that drops extension options, such as prost-types?)",
+                "no method returns a field with a class: none annotated with phi.v1.sensitivity \
+                 and none tagged by the catalog (was the set re-encoded by a tool that drops \
+                 extension options, such as prost-types?)",
             ));
-        }
-
-        let mut class_by_name: HashMap<String, Class> = (1..=10)
-            .filter_map(|c| builtin_class_name(c).map(|n| (n.to_string(), c)))
-            .collect();
-        for (&c, n) in &catalog.class_names {
-            class_by_name.insert(n.clone(), c);
-        }
-        let mut class_names: BTreeMap<Class, String> =
-            class_by_name.iter().map(|(n, &c)| (c, n.clone())).collect();
-        for plan in &plans.messages {
-            for f in &plan.fields {
-                if let crate::plan::Node::Leaf { class, .. } = f.node {
-                    class_names
-                        .entry(class)
-                        .or_insert_with(|| catalog.class_name(class));
-                }
-            }
         }
 
         let max_message_bytes = match top.get("max_message_bytes") {
@@ -126,37 +219,69 @@ impl MaskConfig {
                 return Err(ConfigError::new("roles", "role names must not be empty"));
             }
             let path = format!("roles.{name}");
-            roles.insert(name.clone(), role_block(block, &path, &class_by_name)?);
+            roles.insert(name.clone(), role_block(block, &path, &class)?);
         }
         let default = match top.get("default") {
             None => RolePolicy::strictest(),
-            Some(block) => role_block(block, "default", &class_by_name)?,
+            Some(block) => role_block(block, "default", &class)?,
         };
         let policy = Policy { roles, default };
 
         let token_key = token_key(top, &policy, env)?;
 
-        let (detectors, detector_classes) = detectors(top, &class_by_name)?;
-        let free_text = class_by_name.get("FREE_TEXT").copied();
+        let (detectors, detector_classes) = detectors(top, &class)?;
+        let free_text = class("FREE_TEXT");
+
+        let pass_through = match top.get("pass_through") {
+            None => Vec::new(),
+            Some(v) => pass_through(v)?,
+        };
+        let unknown_fields = match top.get("unknown_fields") {
+            None => UnknownFields::Drop,
+            Some(v) => match v.as_str() {
+                Some("drop") => UnknownFields::Drop,
+                Some("keep") => UnknownFields::Keep,
+                _ => {
+                    return Err(ConfigError::new(
+                        "unknown_fields",
+                        "must be \"drop\" or \"keep\"",
+                    ))
+                }
+            },
+        };
 
         Ok(MaskConfig {
             plans,
             policy,
+            descriptor,
+            catalog,
             class_names,
             detectors,
             detector_classes,
             free_text,
             token_key,
             max_message_bytes,
+            pass_through,
+            unknown_fields,
         })
     }
 
-    /// The rewriter for one role's block.
+    /// The rewriter for one role's block, at the current time (the `year` action's age bound
+    /// reads the current year).
     pub fn rewriter<'a>(&'a self, role: &'a RolePolicy) -> Rewriter<'a> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        self.rewriter_at(role, now)
+    }
+
+    /// The rewriter for one role's block at `now` (Unix seconds).
+    pub fn rewriter_at<'a>(&'a self, role: &'a RolePolicy, now: i64) -> Rewriter<'a> {
         let needs_scan = self
             .detector_classes
             .iter()
             .any(|&c| *role.action(c) != Action::Reveal);
+        let reveal_all = role.reveals_everything();
         Rewriter {
             plans: &self.plans,
             role,
@@ -164,8 +289,89 @@ impl MaskConfig {
             detectors: needs_scan.then_some(&self.detectors),
             free_text: self.free_text,
             names: &self.class_names,
+            drop_unknown: !reveal_all && self.unknown_fields == UnknownFields::Drop,
+            reveal_all,
+            now_year: crate::rewriter::year_of_unix(now),
         }
     }
+
+    /// Whether `method` (`package.Service/Method`) is on the pass-through list. Methods the
+    /// descriptor set describes are masked whatever the list says.
+    pub fn passes_through(&self, method: &str) -> bool {
+        self.plans.method(method).is_none() && self.pass_through.iter().any(|p| p.matches(method))
+    }
+}
+
+fn valid_class_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// Class names and numbers: the set's `phi.v1.Sensitivity` values, then the built-in names it
+/// does not define (their own numbers when free), then the config's `classes`.
+fn classes(
+    set: &DescriptorSet,
+    custom: &[String],
+) -> (HashMap<String, Class>, BTreeMap<Class, String>) {
+    let mut by_name: HashMap<String, Class> = HashMap::new();
+    let mut names: BTreeMap<Class, String> = BTreeMap::new();
+    for (&c, n) in &set.class_names {
+        by_name.insert(n.clone(), c);
+        names.insert(c, n.clone());
+    }
+    let mut fresh = 1000;
+    let mut add = |name: &str, wanted: Option<Class>| {
+        if by_name.contains_key(name) {
+            return;
+        }
+        let c = match wanted.filter(|w| !names.contains_key(w)) {
+            Some(w) => w,
+            None => {
+                while names.contains_key(&fresh) {
+                    fresh += 1;
+                }
+                fresh
+            }
+        };
+        by_name.insert(name.to_string(), c);
+        names.insert(c, name.to_string());
+    };
+    for (c, n) in BUILTIN_CLASSES {
+        add(n, Some(*c));
+    }
+    for n in custom {
+        add(n, None);
+    }
+    (by_name, names)
+}
+
+fn pass_through(v: &Value) -> Result<Vec<MethodPattern>, ConfigError> {
+    let list = v
+        .as_array()
+        .ok_or_else(|| ConfigError::new("pass_through", "must be a list of method names"))?;
+    let mut out = Vec::new();
+    for (i, m) in list.iter().enumerate() {
+        let here = format!("pass_through[{i}]");
+        let m = m
+            .as_str()
+            .ok_or_else(|| ConfigError::new(&here, "must be a string"))?;
+        let (service, method) = m.split_once('/').ok_or_else(|| {
+            ConfigError::new(&here, "must be package.Service/Method or package.Service/*")
+        })?;
+        if service.is_empty() || method.is_empty() || method.contains('/') || service == "*" {
+            return Err(ConfigError::new(
+                &here,
+                "must be package.Service/Method or package.Service/*",
+            ));
+        }
+        out.push(if method == "*" {
+            MethodPattern::Service(service.to_string())
+        } else {
+            MethodPattern::Exact(m.to_string())
+        });
+    }
+    Ok(out)
 }
 
 fn object<'a>(v: &'a Value, path: &str) -> Result<&'a Map<String, Value>, ConfigError> {
@@ -195,34 +401,63 @@ fn reject_unknown(
     }
 }
 
-/// A role block: class name (or `*`) → action. A block without `*` removes unnamed classes.
+/// Built-in role profiles a block can name (`"safe_harbor"`) or extend
+/// (`{"extends": "safe_harbor", "CLINICAL": "remove"}`).
+fn profile(
+    name: &str,
+    path: &str,
+    classes: &dyn Fn(&str) -> Option<Class>,
+) -> Result<RolePolicy, ConfigError> {
+    match name {
+        "safe_harbor" => Ok(RolePolicy::safe_harbor(classes)),
+        _ => Err(ConfigError::new(
+            path,
+            "unknown profile, expected safe_harbor",
+        )),
+    }
+}
+
+/// A role block: class name (or `*`) → action, a profile name, or a profile with overrides.
+/// A block without `*` removes unnamed classes.
 fn role_block(
     v: &Value,
     path: &str,
-    classes: &HashMap<String, Class>,
+    classes: &dyn Fn(&str) -> Option<Class>,
 ) -> Result<RolePolicy, ConfigError> {
+    if let Value::String(name) = v {
+        return profile(name, path, classes);
+    }
     let obj = object(v, path)?;
-    let mut policy = RolePolicy::strictest();
+    let mut policy = match obj.get("extends") {
+        None => RolePolicy::strictest(),
+        Some(Value::String(name)) => profile(name, &join(path, "extends"), classes)?,
+        Some(_) => return Err(ConfigError::new(join(path, "extends"), "must be a string")),
+    };
     for (key, action) in obj {
+        if key == "extends" {
+            continue;
+        }
         let here = join(path, key);
         let action = parse_action(action, &here)?;
         if key == "*" {
             policy.otherwise = action;
         } else {
-            let class = classes.get(key).ok_or_else(|| {
+            let class = classes(key).ok_or_else(|| {
                 ConfigError::new(
                     &here,
-                    "unknown sensitivity class (not in phi.v1.Sensitivity)",
+                    "unknown sensitivity class (not in phi.v1.Sensitivity, the built-in classes or `classes`)",
                 )
             })?;
-            policy.classes.insert(*class, action);
+            policy.classes.insert(class, action);
         }
     }
     Ok(policy)
 }
 
-/// `"reveal" | "redact" | "token" | "remove"`, or an object
-/// `{"action": "redact", "replacement": "..."}` / `{"action": "partial", "keep_last": N}`.
+/// `"reveal" | "redact" | "token" | "remove" | "year" | "zip3" | "age"`, or an object
+/// `{"action": "redact", "replacement": "..."}` / `{"action": "partial", "keep_last": N}` /
+/// `{"action": "year", "max_age": N}` / `{"action": "zip3", "restricted": ["036", ...]}` /
+/// `{"action": "age", "max": N}`.
 fn parse_action(v: &Value, path: &str) -> Result<Action, ConfigError> {
     let simple = |name: &str| -> Result<Action, ConfigError> {
         Ok(match name {
@@ -230,6 +465,13 @@ fn parse_action(v: &Value, path: &str) -> Result<Action, ConfigError> {
             "redact" => Action::Redact { replacement: None },
             "token" => Action::Token,
             "remove" => Action::Remove,
+            "year" => Action::Year { max_age: None },
+            "zip3" => Action::Zip3 {
+                restricted: default_restricted(),
+            },
+            "age" => Action::Age {
+                max: crate::policy::SAFE_HARBOR_MAX_AGE,
+            },
             "partial" => return Err(ConfigError::new(
                 path,
                 "partial needs an object with keep_last: {\"action\":\"partial\",\"keep_last\":4}",
@@ -237,7 +479,7 @@ fn parse_action(v: &Value, path: &str) -> Result<Action, ConfigError> {
             _ => {
                 return Err(ConfigError::new(
                     path,
-                    "unknown action, expected reveal, redact, partial, token or remove",
+                    "unknown action, expected reveal, redact, partial, token, remove, year, zip3 or age",
                 ))
             }
         })
@@ -249,19 +491,26 @@ fn parse_action(v: &Value, path: &str) -> Result<Action, ConfigError> {
                 .get("action")
                 .and_then(Value::as_str)
                 .ok_or_else(|| ConfigError::new(join(path, "action"), "missing or not a string"))?;
+            let small_int = |key: &str, max: u64| -> Result<Option<u64>, ConfigError> {
+                match obj.get(key) {
+                    None => Ok(None),
+                    Some(v) => v.as_u64().filter(|&n| n <= max).map(Some).ok_or_else(|| {
+                        ConfigError::new(
+                            join(path, key),
+                            format!("must be an integer from 0 to {max}"),
+                        )
+                    }),
+                }
+            };
             match name {
                 "partial" => {
                     reject_unknown(obj, &["action", "keep_last"], path)?;
-                    let keep_last = obj
-                        .get("keep_last")
-                        .and_then(Value::as_u64)
-                        .filter(|&n| n <= 64)
-                        .ok_or_else(|| {
-                            ConfigError::new(
-                                join(path, "keep_last"),
-                                "missing or not an integer from 0 to 64",
-                            )
-                        })?;
+                    let keep_last = small_int("keep_last", 64)?.ok_or_else(|| {
+                        ConfigError::new(
+                            join(path, "keep_last"),
+                            "missing or not an integer from 0 to 64",
+                        )
+                    })?;
                     Ok(Action::Partial {
                         keep_last: keep_last as usize,
                     })
@@ -280,6 +529,43 @@ fn parse_action(v: &Value, path: &str) -> Result<Action, ConfigError> {
                     };
                     Ok(Action::Redact { replacement })
                 }
+                "year" => {
+                    reject_unknown(obj, &["action", "max_age"], path)?;
+                    Ok(Action::Year {
+                        max_age: small_int("max_age", 200)?.map(|n| n as u32),
+                    })
+                }
+                "age" => {
+                    reject_unknown(obj, &["action", "max"], path)?;
+                    Ok(Action::Age {
+                        max: small_int("max", 200)?
+                            .map_or(crate::policy::SAFE_HARBOR_MAX_AGE, |n| n as u32),
+                    })
+                }
+                "zip3" => {
+                    reject_unknown(obj, &["action", "restricted"], path)?;
+                    let restricted = match obj.get("restricted") {
+                        None => default_restricted(),
+                        Some(v) => v
+                            .as_array()
+                            .and_then(|a| {
+                                a.iter()
+                                    .map(|z| {
+                                        let z = z.as_str()?.as_bytes();
+                                        (z.len() == 3 && z.iter().all(u8::is_ascii_digit))
+                                            .then(|| [z[0], z[1], z[2]])
+                                    })
+                                    .collect::<Option<Vec<_>>>()
+                            })
+                            .ok_or_else(|| {
+                                ConfigError::new(
+                                    join(path, "restricted"),
+                                    "must be a list of three-digit strings",
+                                )
+                            })?,
+                    };
+                    Ok(Action::Zip3 { restricted })
+                }
                 other => {
                     reject_unknown(obj, &["action"], path)?;
                     simple(other).map_err(|e| ConfigError::new(join(path, "action"), e.reason))
@@ -291,6 +577,16 @@ fn parse_action(v: &Value, path: &str) -> Result<Action, ConfigError> {
             "must be an action name or an object",
         )),
     }
+}
+
+fn default_restricted() -> Vec<[u8; 3]> {
+    RESTRICTED_ZIP3
+        .iter()
+        .map(|z| {
+            let b = z.as_bytes();
+            [b[0], b[1], b[2]]
+        })
+        .collect()
 }
 
 fn token_key(
@@ -328,43 +624,123 @@ fn token_key(
     }
 }
 
+/// The built-in detectors: name, class name, pattern. Their order is the tie order.
+const BUILTIN_DETECTORS: &[(&str, &str, &str)] = &[
+    ("email", "EMAIL", EMAIL_PATTERN),
+    ("ssn", "SSN", SSN_PATTERN),
+    ("phone", "PHONE", PHONE_PATTERN),
+    ("mrn", "MRN", DEFAULT_MRN_PATTERN),
+];
+
+/// `free_text`: `mrn_pattern` (the built-in `mrn` detector's pattern) and `detectors`, a list
+/// of `{"name", "class", "pattern"}` (a built-in name may leave out class and pattern; a list
+/// without a built-in turns it off). Without `detectors`, the four built-ins run.
 fn detectors(
     top: &Map<String, Value>,
-    classes: &HashMap<String, Class>,
+    classes: &dyn Fn(&str) -> Option<Class>,
 ) -> Result<(Detectors, Vec<Class>), ConfigError> {
-    let mut mrn = DEFAULT_MRN_PATTERN.to_string();
+    let mut mrn = None;
+    let mut list: Option<&Vec<Value>> = None;
     if let Some(ft) = top.get("free_text") {
         let obj = object(ft, "free_text")?;
-        reject_unknown(obj, &["mrn_pattern"], "free_text")?;
+        reject_unknown(obj, &["mrn_pattern", "detectors"], "free_text")?;
         if let Some(p) = obj.get("mrn_pattern") {
-            mrn = p
-                .as_str()
-                .filter(|s| !s.is_empty())
-                .ok_or_else(|| {
-                    ConfigError::new("free_text.mrn_pattern", "must be a non-empty string")
-                })?
-                .to_string();
+            mrn = Some(
+                p.as_str()
+                    .filter(|s| !s.is_empty())
+                    .ok_or_else(|| {
+                        ConfigError::new("free_text.mrn_pattern", "must be a non-empty string")
+                    })?
+                    .to_string(),
+            );
+        }
+        if let Some(d) = obj.get("detectors") {
+            list = Some(d.as_array().ok_or_else(|| {
+                ConfigError::new("free_text.detectors", "must be a list of detectors")
+            })?);
         }
     }
-    // Order matters on ties at one position: an e-mail's digits are not a phone number.
-    let mut patterns = Vec::new();
-    for (name, pattern) in [
-        ("EMAIL", EMAIL_PATTERN.to_string()),
-        ("SSN", SSN_PATTERN.to_string()),
-        ("PHONE", PHONE_PATTERN.to_string()),
-        ("MRN", mrn),
-    ] {
-        if let Some(&c) = classes.get(name) {
-            patterns.push((c, pattern));
-        }
-    }
-    let classes = patterns.iter().map(|(c, _)| *c).collect();
-    let detectors = Detectors::new(&patterns).map_err(|(i, reason)| {
-        let field = if i == patterns.len() - 1 {
-            "free_text.mrn_pattern"
+    // (config path of the pattern, class, pattern)
+    let mut patterns: Vec<(String, Class, String)> = Vec::new();
+    let builtin_pattern = |name: &str, default: &str| -> String {
+        if name == "mrn" {
+            mrn.clone().unwrap_or_else(|| default.to_string())
         } else {
-            "free_text"
-        };
+            default.to_string()
+        }
+    };
+    match list {
+        None => {
+            for (name, class, pattern) in BUILTIN_DETECTORS {
+                if let Some(c) = classes(class) {
+                    let at = if *name == "mrn" && mrn.is_some() {
+                        "free_text.mrn_pattern".to_string()
+                    } else {
+                        "free_text".to_string()
+                    };
+                    patterns.push((at, c, builtin_pattern(name, pattern)));
+                }
+            }
+        }
+        Some(list) => {
+            let mut seen = Vec::new();
+            for (i, d) in list.iter().enumerate() {
+                let here = format!("free_text.detectors[{i}]");
+                let obj = object(d, &here)?;
+                reject_unknown(obj, &["name", "class", "pattern"], &here)?;
+                let name = obj
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty())
+                    .ok_or_else(|| {
+                        ConfigError::new(join(&here, "name"), "missing or not a string")
+                    })?;
+                if seen.contains(&name) {
+                    return Err(ConfigError::new(join(&here, "name"), "duplicate detector"));
+                }
+                seen.push(name);
+                let builtin = BUILTIN_DETECTORS.iter().find(|(n, _, _)| *n == name);
+                let class_name = match (obj.get("class"), builtin) {
+                    (Some(v), _) => v.as_str().ok_or_else(|| {
+                        ConfigError::new(join(&here, "class"), "must be a string")
+                    })?,
+                    (None, Some((_, c, _))) => c,
+                    (None, None) => {
+                        return Err(ConfigError::new(
+                            join(&here, "class"),
+                            "missing (needed for a detector that is not built in)",
+                        ))
+                    }
+                };
+                let class = classes(class_name).ok_or_else(|| {
+                    ConfigError::new(join(&here, "class"), "unknown sensitivity class")
+                })?;
+                let pattern = match (obj.get("pattern"), builtin) {
+                    (Some(v), _) => v
+                        .as_str()
+                        .filter(|s| !s.is_empty())
+                        .ok_or_else(|| {
+                            ConfigError::new(join(&here, "pattern"), "must be a non-empty string")
+                        })?
+                        .to_string(),
+                    (None, Some((n, _, p))) => builtin_pattern(n, p),
+                    (None, None) => {
+                        return Err(ConfigError::new(
+                            join(&here, "pattern"),
+                            "missing (needed for a detector that is not built in)",
+                        ))
+                    }
+                };
+                patterns.push((join(&here, "pattern"), class, pattern));
+            }
+        }
+    }
+    let pairs: Vec<(Class, String)> = patterns.iter().map(|(_, c, p)| (*c, p.clone())).collect();
+    let classes = pairs.iter().map(|(c, _)| *c).collect();
+    let detectors = Detectors::new(&pairs).map_err(|(i, reason)| {
+        let field = patterns
+            .get(i)
+            .map_or("free_text", |(at, _, _)| at.as_str());
         ConfigError::new(field, format!("pattern does not compile: {reason}"))
     })?;
     Ok((detectors, classes))

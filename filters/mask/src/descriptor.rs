@@ -51,7 +51,9 @@ pub struct FieldDesc {
     pub number: u32,
     pub repeated: bool,
     pub kind: FieldKind,
-    /// Fully qualified message type (no leading dot) for message and group fields.
+    /// `FieldDescriptorProto.Type` as declared (9 string, 11 message, 14 enum, 17 sint32, ...).
+    pub ty: u8,
+    /// Fully qualified message or enum type (no leading dot) for message, group and enum fields.
     pub type_name: Option<String>,
     /// The `phi.v1.sensitivity` value, when annotated with a non-zero class.
     pub sensitivity: Option<i32>,
@@ -72,10 +74,13 @@ pub struct MethodDesc {
     pub output_type: String,
 }
 
-/// Every message and method of a descriptor set, plus the class names.
+/// Every message, enum and method of a descriptor set, plus the class names.
 #[derive(Debug, Clone, Default)]
-pub struct Catalog {
+pub struct DescriptorSet {
+    /// Fully qualified name (no leading dot) → message.
     pub messages: HashMap<String, MessageDesc>,
+    /// Fully qualified name (no leading dot) → `(value name, number)` in declaration order.
+    pub enums: HashMap<String, Vec<(String, i32)>>,
     pub methods: Vec<MethodDesc>,
     /// Class number → name, from `phi.v1.Sensitivity` in the set when present.
     pub class_names: BTreeMap<i32, String>,
@@ -129,10 +134,10 @@ fn utf8(bytes: &[u8], what: &str) -> Result<String> {
     String::from_utf8(bytes.to_vec()).map_err(|_| malformed(what))
 }
 
-impl Catalog {
+impl DescriptorSet {
     /// Decodes an encoded `FileDescriptorSet`.
     pub fn decode(set: &[u8]) -> Result<Self> {
-        let mut catalog = Catalog::default();
+        let mut catalog = DescriptorSet::default();
         each_field(set, "FileDescriptorSet", |number, value| {
             match (number, value) {
                 (1, Value::Bytes(file)) => catalog.add_file(file),
@@ -228,9 +233,8 @@ impl Catalog {
             }
             Ok(())
         })?;
-        if qualify(scope, &name) != SENSITIVITY_ENUM {
-            return Ok(());
-        }
+        let full = qualify(scope, &name);
+        let mut decoded = Vec::with_capacity(values.len());
         for v in values {
             let mut vname = String::new();
             let mut vnum = 0i32;
@@ -242,10 +246,16 @@ impl Catalog {
                 }
                 Ok(())
             })?;
-            if vnum != 0 {
-                self.class_names.insert(vnum, vname);
+            decoded.push((vname, vnum));
+        }
+        if full == SENSITIVITY_ENUM {
+            for (vname, vnum) in &decoded {
+                if *vnum != 0 {
+                    self.class_names.insert(*vnum, vname.clone());
+                }
             }
         }
+        self.enums.insert(full, decoded);
         Ok(())
     }
 
@@ -342,7 +352,12 @@ fn decode_field(message: &str, f: &[u8]) -> Result<FieldDesc> {
             here()
         ))
     })?;
+    let is_enum = ty == Some(14);
     let type_name = match kind {
+        _ if is_enum => type_name
+            .as_deref()
+            .and_then(|t| t.strip_prefix('.'))
+            .map(str::to_string),
         FieldKind::Message | FieldKind::Group => Some(
             type_name
                 .as_deref()
@@ -362,6 +377,7 @@ fn decode_field(message: &str, f: &[u8]) -> Result<FieldDesc> {
         number: number as u32,
         repeated: label == 3,
         kind,
+        ty: ty.unwrap_or_default() as u8,
         type_name,
         sensitivity: sensitivity.filter(|&s| s != 0),
     })
@@ -373,7 +389,7 @@ mod tests {
 
     #[test]
     fn decodes_the_demo_api() {
-        let cat = Catalog::decode(crate::testdata::demo_descriptor_set()).unwrap();
+        let cat = DescriptorSet::decode(crate::testdata::demo_descriptor_set()).unwrap();
         let patient = &cat.messages["health.v1.Patient"];
         let ssn = patient.fields.iter().find(|f| f.name == "ssn").unwrap();
         assert_eq!(
@@ -407,12 +423,12 @@ mod tests {
 
     #[test]
     fn refuses_garbage_without_panicking() {
-        assert!(Catalog::decode(b"").is_err());
-        assert!(Catalog::decode(&[0x0a, 0x05, 0x01]).is_err());
-        assert!(Catalog::decode(&[0xff; 16]).is_err());
+        assert!(DescriptorSet::decode(b"").is_err());
+        assert!(DescriptorSet::decode(&[0x0a, 0x05, 0x01]).is_err());
+        assert!(DescriptorSet::decode(&[0xff; 16]).is_err());
         let set = crate::testdata::demo_descriptor_set();
         for cut in (0..set.len()).step_by(97) {
-            let _ = Catalog::decode(&set[..cut]);
+            let _ = DescriptorSet::decode(&set[..cut]);
         }
     }
 }

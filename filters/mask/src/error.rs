@@ -27,8 +27,11 @@ pub enum MaskError {
     Compress,
     /// The free-text scanner could not complete a search.
     Scan,
-    /// The response of a masked method is not gRPC (content-type), so it cannot be parsed.
+    /// The response of a masked method is not gRPC (content-type), so it cannot be parsed;
+    /// or the request was not a gRPC call.
     NotGrpc,
+    /// The method is neither in the descriptor set nor on the pass-through list.
+    NoPlan,
 }
 
 impl MaskError {
@@ -47,6 +50,7 @@ impl MaskError {
             MaskError::Compress => "compress_failed",
             MaskError::Scan => "scan_failed",
             MaskError::NotGrpc => "not_grpc",
+            MaskError::NoPlan => "no_plan",
         }
     }
 }

@@ -17,11 +17,24 @@ use crate::plan::Class;
 
 /// US social security number.
 pub const SSN_PATTERN: &str = r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b";
-/// US phone numbers with separators: `555-123-4567`, `555.123.4567`, `555 123 4567`,
-/// `(555) 123-4567`, optionally preceded by `+1`/`1` and a separator. Bare ten-digit runs are
-/// not matched: they collide with account and record numbers.
-pub const PHONE_PATTERN: &str =
-    r"(?:\+1[-. ]?|\b1[-. ])?(?:\([0-9]{3}\) ?|\b[0-9]{3}[-. ])[0-9]{3}[-. ][0-9]{4}\b";
+/// Phone and fax numbers, national and international:
+/// - with a `+` country code, E.164 and grouped (`+14155552671`, `+44 20 7946 0958`,
+///   `+49 (0)30 1234567`, `+33 1 23 45 67 89`);
+/// - national numbers of three or more digit groups joined by single `-`, `.` or space, the
+///   first group 2–3 or 5 digits, parenthesised, or 4 digits followed by at least 3
+///   (`555-013-4477`, `(555) 019-8822`, `555-0199-212`, `020 7946 0958`, `0207 946 0958`),
+///   optionally after `1` and a separator;
+/// - US local numbers `555-0199`.
+///
+/// Bare digit runs without `+` are not matched (they collide with record numbers and codes),
+/// nor ISO dates (`2026-01-05`: 4 digits then 2). Dotted dates (`05.01.2026`) and dotted IPv4
+/// addresses do match: in free text a false positive masks a little more, never less.
+pub const PHONE_PATTERN: &str = concat!(
+    r"(?:\+[1-9][0-9]{0,2}[-. ]?(?:\([0-9]{1,4}\)[-. ]?)?[0-9]{1,5}(?:[-. ]?[0-9]{2,5}){2,5}",
+    r"|(?:\b1[-. ])?(?:\([0-9]{2,5}\)[-. ]?[0-9]{2,4}|\b[0-9]{2,3}[-. ][0-9]{2,4}",
+    r"|\b[0-9]{5}[-. ][0-9]{2,6}|\b[0-9]{4}[-. ][0-9]{3,4})(?:[-. ][0-9]{2,4}){1,3}",
+    r"|\b[0-9]{3}[-. ][0-9]{4})\b"
+);
 /// E-mail addresses (pragmatic, not RFC 5322).
 pub const EMAIL_PATTERN: &str =
     r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b";
@@ -161,11 +174,39 @@ mod tests {
     }
 
     #[test]
+    fn finds_international_and_odd_grouped_phone_numbers() {
+        let d = demo();
+        // The issue's failing input: a 3-4-3 number beside an SSN in a comment.
+        assert_eq!(
+            found(&d, "call 555-0199-212 re SSN 900-55-1234"),
+            vec![("555-0199-212".into(), 6), ("900-55-1234".into(), 1)]
+        );
+        for phone in [
+            "+14155552671",
+            "+44 20 7946 0958",
+            "+49 (0)30 1234567",
+            "+33 1 23 45 67 89",
+            "+1 555.123.4567",
+            "020 7946 0958",
+            "0207 946 0958",
+            "07700 900 123",
+            "555-0199",
+            "1-800-555-0199",
+        ] {
+            assert_eq!(
+                found(&d, &format!("tel {phone}.")),
+                vec![(phone.to_string(), 6)],
+                "{phone}"
+            );
+        }
+    }
+
+    #[test]
     fn leaves_ordinary_numbers_alone() {
         let d = demo();
         assert!(found(
             &d,
-            "BP 118/76, HR 72, code 300916003, 2026-01-05, 1234567890"
+            "BP 118/76, HR 72, code 300916003, 2026-01-05, 1234567890, +10 mmHg, v1.2.3, 118.76"
         )
         .is_empty());
         assert!(found(&d, "x900-55-12345").is_empty());

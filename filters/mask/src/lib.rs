@@ -7,6 +7,7 @@
 //! [`framing`] cuts gRPC frames out of body chunks. [`config`] parses the JSON config.
 //! [`shell`] is the per-stream logic behind narrow host traits; `wasm` wires it to proxy-wasm.
 
+pub mod catalog;
 pub mod config;
 pub mod descriptor;
 pub mod error;

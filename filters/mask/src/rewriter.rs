@@ -11,18 +11,22 @@ use std::collections::BTreeMap;
 
 use crate::error::MaskError;
 use crate::freetext::Detectors;
-use crate::plan::{Class, LeafKind, MessagePlan, Node, Plans};
-use crate::policy::{Action, ActionKind, RolePolicy};
+use crate::plan::{Class, DateShape, LeafKind, MessagePlan, Node, Num, Plans};
+use crate::policy::{clamp_year, Action, ActionKind, Context, RolePolicy};
 use crate::token::TokenKey;
 use crate::wire::{self, read_len_value, read_tag, skip_value, varint_len, write_varint, Tag};
 
 /// Deepest nesting followed, as in protobuf's own default recursion limit.
 pub const MAX_DEPTH: usize = 100;
 
-/// Fields touched, per class and action.
+/// Fields touched, per class and action, and unknown content dropped.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counts {
     entries: Vec<(Class, ActionKind, u64)>,
+    /// Fields the descriptor set does not declare, dropped.
+    pub unknown_fields: u64,
+    /// `google.protobuf.Any` values whose type the descriptor set does not have, dropped.
+    pub unknown_any: u64,
 }
 
 impl Counts {
@@ -50,6 +54,8 @@ impl Counts {
                 None => self.entries.push((c, k, n)),
             }
         }
+        self.unknown_fields += other.unknown_fields;
+        self.unknown_any += other.unknown_any;
     }
 
     pub fn get(&self, class: Class, kind: ActionKind) -> u64 {
@@ -69,7 +75,7 @@ impl Counts {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.is_empty() && self.unknown_fields == 0 && self.unknown_any == 0
     }
 
     /// `"CLASS/action"` → count, the shape of `MaskSummary.fields`.
@@ -96,6 +102,12 @@ pub struct Rewriter<'a> {
     /// The FREE_TEXT class, whose `reveal` means "scan for identifiers".
     pub free_text: Option<Class>,
     pub names: &'a BTreeMap<Class, String>,
+    /// Drop fields the descriptor set does not declare (and count them).
+    pub drop_unknown: bool,
+    /// The role reveals every class: `Any` values of unknown types are kept.
+    pub reveal_all: bool,
+    /// The current year (proleptic Gregorian, UTC), for the `year` action's age bound.
+    pub now_year: i64,
 }
 
 impl Rewriter<'_> {
@@ -107,46 +119,131 @@ impl Rewriter<'_> {
         out: &mut Vec<u8>,
         counts: &mut Counts,
     ) -> Result<(), MaskError> {
-        let plan = self.plans.messages.get(root).ok_or(MaskError::Malformed)?;
-        self.message(plan, input, out, counts, 0)
+        if root >= self.plans.messages.len() {
+            return Err(MaskError::Malformed);
+        }
+        self.message(root, input, out, counts, 0)
+    }
+
+    fn ctx(&self) -> Context<'_> {
+        Context {
+            key: self.key,
+            now_year: self.now_year,
+        }
     }
 
     fn message(
         &self,
-        plan: &MessagePlan,
+        idx: usize,
         buf: &[u8],
         out: &mut Vec<u8>,
         counts: &mut Counts,
         depth: usize,
     ) -> Result<(), MaskError> {
+        let mut plan: &MessagePlan = &self.plans.messages[idx];
+        // Conditional catalog entries decide on the whole message before any of it is written,
+        // so their field may sit anywhere on the wire.
+        if !plan.rules.is_empty() {
+            for &(cond, variant) in &plan.rules {
+                if self.plans.conditions[cond].holds(buf)? {
+                    plan = &self.plans.messages[variant];
+                    break;
+                }
+            }
+        }
+        let too_deep = |depth: usize| {
+            if depth >= MAX_DEPTH {
+                MaskError::TooDeep
+            } else {
+                MaskError::Malformed
+            }
+        };
         let mut pos = 0;
         // Start of the run of untouched bytes not yet copied.
         let mut pending = 0;
         while pos < buf.len() {
             let record = pos;
             let tag = read_tag(buf, &mut pos).ok_or(MaskError::Malformed)?;
-            match plan.field(tag.number) {
-                None => {
-                    skip_value(buf, &mut pos, tag, MAX_DEPTH.saturating_sub(depth)).ok_or(
-                        if depth >= MAX_DEPTH {
-                            MaskError::TooDeep
-                        } else {
-                            MaskError::Malformed
-                        },
-                    )?;
+            let node = plan.field(tag.number).map(|f| f.node);
+            match node {
+                Some(Node::Keep { wire, packable })
+                    if tag.wire_type == wire || (packable && tag.wire_type == wire::LEN) =>
+                {
+                    skip_value(buf, &mut pos, tag, MAX_DEPTH.saturating_sub(depth))
+                        .ok_or_else(|| too_deep(depth))?;
                 }
-                Some(field) => {
+                Some(Node::Message {
+                    plan: child,
+                    touch: false,
+                    ..
+                }) if tag.wire_type == wire::LEN => {
+                    let tag_end = pos;
+                    let (s, e) = read_len_value(buf, &mut pos).ok_or(MaskError::Malformed)?;
+                    if !self.drop_unknown {
+                        continue;
+                    }
+                    if depth + 1 >= MAX_DEPTH {
+                        return Err(MaskError::TooDeep);
+                    }
+                    if self.clean(child, &buf[s..e], depth + 1)? {
+                        continue;
+                    }
+                    out.extend_from_slice(&buf[pending..tag_end]);
+                    let guess = s - tag_end;
+                    let at = begin_len(out, guess);
+                    self.message(child, &buf[s..e], out, counts, depth + 1)?;
+                    end_len(out, at, guess);
+                    pending = pos;
+                }
+                None | Some(Node::Keep { .. }) | Some(Node::Message { touch: false, .. }) => {
+                    // Unknown to the descriptor set (or a wire type its declaration cannot
+                    // have, which parsers treat as unknown).
+                    skip_value(buf, &mut pos, tag, MAX_DEPTH.saturating_sub(depth))
+                        .ok_or_else(|| too_deep(depth))?;
+                    if self.drop_unknown {
+                        out.extend_from_slice(&buf[pending..record]);
+                        pending = pos;
+                        counts.unknown_fields += 1;
+                    }
+                }
+                Some(node) => {
                     out.extend_from_slice(&buf[pending..record]);
                     let tag_bytes = &buf[record..pos];
-                    self.field(
-                        field.node, tag, tag_bytes, buf, &mut pos, out, counts, depth,
-                    )?;
+                    self.field(node, tag, tag_bytes, buf, &mut pos, out, counts, depth)?;
                     pending = pos;
                 }
             }
         }
         out.extend_from_slice(&buf[pending..]);
         Ok(())
+    }
+
+    /// Whether a message of an untouched plan holds only declared fields, at every depth.
+    fn clean(&self, idx: usize, buf: &[u8], depth: usize) -> Result<bool, MaskError> {
+        let plan = &self.plans.messages[idx];
+        let mut pos = 0;
+        while pos < buf.len() {
+            let tag = read_tag(buf, &mut pos).ok_or(MaskError::Malformed)?;
+            match plan.field(tag.number).map(|f| f.node) {
+                Some(Node::Keep { wire, packable })
+                    if tag.wire_type == wire || (packable && tag.wire_type == wire::LEN) =>
+                {
+                    skip_value(buf, &mut pos, tag, MAX_DEPTH.saturating_sub(depth))
+                        .ok_or(MaskError::Malformed)?;
+                }
+                Some(Node::Message { plan: child, .. }) if tag.wire_type == wire::LEN => {
+                    if depth + 1 >= MAX_DEPTH {
+                        return Err(MaskError::TooDeep);
+                    }
+                    let (s, e) = read_len_value(buf, &mut pos).ok_or(MaskError::Malformed)?;
+                    if !self.clean(child, &buf[s..e], depth + 1)? {
+                        return Ok(false);
+                    }
+                }
+                _ => return Ok(false),
+            }
+        }
+        Ok(true)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -164,7 +261,10 @@ impl Rewriter<'_> {
     ) -> Result<(), MaskError> {
         let mismatch = MaskError::WireType { field: tag.number };
         match node {
-            Node::Message(child) => {
+            Node::Keep { .. } => unreachable!("kept fields are copied by the caller"),
+            Node::Message {
+                plan: child, class, ..
+            } => {
                 if tag.wire_type != wire::LEN {
                     return Err(mismatch);
                 }
@@ -173,11 +273,54 @@ impl Rewriter<'_> {
                 }
                 let len_start = *pos;
                 let (s, e) = read_len_value(buf, pos).ok_or(MaskError::Malformed)?;
-                let plan = self.plans.messages.get(child).ok_or(MaskError::Malformed)?;
                 out.extend_from_slice(tag_bytes);
                 let guess = s - len_start;
                 let at = begin_len(out, guess);
-                self.message(plan, &buf[s..e], out, counts, depth + 1)?;
+                match (class, self.plans.messages[child].date) {
+                    (Some(c), Some(shape))
+                        if matches!(self.role.action(c), Action::Year { .. }) =>
+                    {
+                        let Action::Year { max_age } = self.role.action(c) else {
+                            unreachable!()
+                        };
+                        counts.add(c, ActionKind::Year);
+                        self.year_message(shape, &buf[s..e], *max_age, out)?;
+                    }
+                    _ => self.message(child, &buf[s..e], out, counts, depth + 1)?,
+                }
+                end_len(out, at, guess);
+            }
+            Node::Any { class } => {
+                if tag.wire_type != wire::LEN {
+                    return Err(mismatch);
+                }
+                if depth + 2 >= MAX_DEPTH {
+                    return Err(MaskError::TooDeep);
+                }
+                let len_start = *pos;
+                let (s, e) = read_len_value(buf, pos).ok_or(MaskError::Malformed)?;
+                let any = &buf[s..e];
+                let content = type_url(any)?
+                    .map(|u| {
+                        u.iter()
+                            .rposition(|&b| b == b'/')
+                            .map_or(u, |i| &u[i + 1..])
+                    })
+                    .and_then(|name| std::str::from_utf8(name).ok())
+                    .and_then(|name| self.plans.any(class, name));
+                let Some(content) = content else {
+                    if self.reveal_all {
+                        out.extend_from_slice(tag_bytes);
+                        out.extend_from_slice(&buf[len_start..e]);
+                    } else {
+                        counts.unknown_any += 1;
+                    }
+                    return Ok(());
+                };
+                out.extend_from_slice(tag_bytes);
+                let guess = s - len_start;
+                let at = begin_len(out, guess);
+                self.any(content, any, out, counts, depth + 1)?;
                 end_len(out, at, guess);
             }
             Node::Leaf { class, kind } => {
@@ -190,9 +333,9 @@ impl Rewriter<'_> {
                         let record_end_len = *pos;
                         let (s, e) = read_len_value(buf, pos).ok_or(MaskError::Malformed)?;
                         let value = &buf[s..e];
-                        counts.add(class, action.kind());
                         match action {
                             Action::Reveal if Some(class) == self.free_text => {
+                                counts.add(class, ActionKind::Reveal);
                                 out.extend_from_slice(tag_bytes);
                                 match self.detectors {
                                     Some(d) => {
@@ -204,33 +347,48 @@ impl Rewriter<'_> {
                                 }
                             }
                             Action::Reveal => {
+                                counts.add(class, ActionKind::Reveal);
                                 out.extend_from_slice(tag_bytes);
                                 out.extend_from_slice(&buf[record_end_len..e]);
                             }
-                            Action::Remove => {}
+                            Action::Remove => counts.add(class, ActionKind::Remove),
                             other => {
+                                let start = out.len();
                                 out.extend_from_slice(tag_bytes);
                                 let guess = s - record_end_len;
                                 let at = begin_len(out, guess);
-                                other.transform(self.class_name(class), value, self.key, out);
-                                end_len(out, at, guess);
+                                if other.apply(self.class_name(class), value, &self.ctx(), out) {
+                                    end_len(out, at, guess);
+                                    counts.add(class, other.kind());
+                                } else {
+                                    // The action cannot express this value: the field goes.
+                                    out.truncate(start);
+                                    counts.add(class, ActionKind::Remove);
+                                }
                             }
                         }
                     }
-                    LeafKind::Scalar(expected) => {
+                    LeafKind::Scalar(expected, num) => {
                         // Packed repeated scalars arrive as one LEN record.
                         if tag.wire_type != expected && tag.wire_type != wire::LEN {
                             return Err(mismatch);
                         }
                         let value_start = *pos;
                         skip_value(buf, pos, tag, 0).ok_or(MaskError::Malformed)?;
-                        // Numbers have no characters to mask: anything but reveal drops them.
-                        if *action == Action::Reveal {
-                            counts.add(class, ActionKind::Reveal);
-                            out.extend_from_slice(tag_bytes);
-                            out.extend_from_slice(&buf[value_start..*pos]);
-                        } else {
-                            counts.add(class, ActionKind::Remove);
+                        let value = &buf[value_start..*pos];
+                        match action {
+                            Action::Reveal => {
+                                counts.add(class, ActionKind::Reveal);
+                                out.extend_from_slice(tag_bytes);
+                                out.extend_from_slice(value);
+                            }
+                            Action::Age { max } if num != Num::NotANumber => {
+                                counts.add(class, ActionKind::Age);
+                                out.extend_from_slice(tag_bytes);
+                                age_scalar(value, tag.wire_type, expected, num, *max, out)?;
+                            }
+                            // Numbers have no characters to mask: anything else drops them.
+                            _ => counts.add(class, ActionKind::Remove),
                         }
                     }
                 }
@@ -239,8 +397,111 @@ impl Rewriter<'_> {
         Ok(())
     }
 
+    /// The records of an `Any` whose content plan is `content`: the type URL is copied, the
+    /// value rewritten as that type, anything else treated as unknown.
+    fn any(
+        &self,
+        content: usize,
+        buf: &[u8],
+        out: &mut Vec<u8>,
+        counts: &mut Counts,
+        depth: usize,
+    ) -> Result<(), MaskError> {
+        let mut pos = 0;
+        while pos < buf.len() {
+            let record = pos;
+            let tag = read_tag(buf, &mut pos).ok_or(MaskError::Malformed)?;
+            match (tag.number, tag.wire_type) {
+                (1, wire::LEN) => {
+                    read_len_value(buf, &mut pos).ok_or(MaskError::Malformed)?;
+                    out.extend_from_slice(&buf[record..pos]);
+                }
+                (2, wire::LEN) => {
+                    let len_start = pos;
+                    let (s, e) = read_len_value(buf, &mut pos).ok_or(MaskError::Malformed)?;
+                    out.extend_from_slice(&buf[record..len_start]);
+                    let guess = s - len_start;
+                    let at = begin_len(out, guess);
+                    self.message(content, &buf[s..e], out, counts, depth + 1)?;
+                    end_len(out, at, guess);
+                }
+                (1 | 2, _) => return Err(MaskError::WireType { field: tag.number }),
+                _ => {
+                    skip_value(buf, &mut pos, tag, MAX_DEPTH.saturating_sub(depth))
+                        .ok_or(MaskError::Malformed)?;
+                    if self.drop_unknown {
+                        counts.unknown_fields += 1;
+                    } else {
+                        out.extend_from_slice(&buf[record..pos]);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A date message under `year`: rebuilt from scratch with the instant at January 1 of its
+    /// (local) year, UTC, and (FHIR) precision `YEAR`; every other field of it is dropped.
+    fn year_message(
+        &self,
+        shape: DateShape,
+        buf: &[u8],
+        max_age: Option<u32>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), MaskError> {
+        let (value_field, tz_field) = match shape {
+            DateShape::Fhir {
+                value_us, timezone, ..
+            } => (value_us, Some(timezone)),
+            DateShape::Timestamp => (1, None),
+        };
+        let mut value: i64 = 0;
+        let mut tz: &[u8] = b"";
+        let mut pos = 0;
+        while pos < buf.len() {
+            let tag = read_tag(buf, &mut pos).ok_or(MaskError::Malformed)?;
+            if tag.number == value_field && tag.wire_type == wire::VARINT {
+                value = wire::read_varint(buf, &mut pos).ok_or(MaskError::Malformed)? as i64;
+            } else if Some(tag.number) == tz_field && tag.wire_type == wire::LEN {
+                let (s, e) = read_len_value(buf, &mut pos).ok_or(MaskError::Malformed)?;
+                tz = &buf[s..e];
+            } else {
+                skip_value(buf, &mut pos, tag, MAX_DEPTH).ok_or(MaskError::Malformed)?;
+            }
+        }
+        let secs = match shape {
+            DateShape::Fhir { .. } => value.div_euclid(1_000_000),
+            DateShape::Timestamp => value,
+        };
+        let local = secs.saturating_add(utc_offset_seconds(tz));
+        let year = clamp_year(year_of_unix(local), max_age, self.now_year);
+        let jan1 = days_from_civil(year, 1, 1) * 86_400;
+        match shape {
+            DateShape::Fhir {
+                value_us,
+                timezone,
+                precision,
+                year: year_value,
+            } => {
+                write_varint(out, u64::from(value_us) << 3);
+                write_varint(out, jan1.saturating_mul(1_000_000) as u64);
+                write_varint(out, (u64::from(timezone) << 3) | u64::from(wire::LEN));
+                write_varint(out, 1);
+                out.push(b'Z');
+                write_varint(out, u64::from(precision) << 3);
+                write_varint(out, year_value);
+            }
+            DateShape::Timestamp => {
+                write_varint(out, 1 << 3);
+                write_varint(out, jan1 as u64);
+            }
+        }
+        Ok(())
+    }
+
     /// Free text the role may read: identifiers found in it are transformed in place by the
-    /// role's action for their class (`remove` deletes them).
+    /// role's action for their class (`remove`, or an action that cannot express the match,
+    /// deletes them).
     fn scan(
         &self,
         detectors: &Detectors,
@@ -249,16 +510,24 @@ impl Rewriter<'_> {
         counts: &mut Counts,
     ) -> Result<(), MaskError> {
         let mut last = 0;
+        let ctx = self.ctx();
         detectors
             .each(text, |found| {
                 let action = self.role.action(found.class);
-                counts.add(found.class, action.kind());
                 out.extend_from_slice(&text[last..found.start]);
-                action.transform(
+                let kept = action.apply(
                     self.class_name(found.class),
                     &text[found.start..found.end],
-                    self.key,
+                    &ctx,
                     out,
+                );
+                counts.add(
+                    found.class,
+                    if kept || *action == Action::Reveal {
+                        action.kind()
+                    } else {
+                        ActionKind::Remove
+                    },
                 );
                 last = found.end;
             })
@@ -270,6 +539,156 @@ impl Rewriter<'_> {
     #[inline]
     fn class_name(&self, class: Class) -> &str {
         self.names.get(&class).map_or("", String::as_str)
+    }
+}
+
+/// The last type URL of an encoded `Any` (a parser keeps the last), if any.
+fn type_url(any: &[u8]) -> Result<Option<&[u8]>, MaskError> {
+    let mut pos = 0;
+    let mut url = None;
+    while pos < any.len() {
+        let tag = read_tag(any, &mut pos).ok_or(MaskError::Malformed)?;
+        if tag.number == 1 && tag.wire_type == wire::LEN {
+            let (s, e) = read_len_value(any, &mut pos).ok_or(MaskError::Malformed)?;
+            url = Some(&any[s..e]);
+        } else {
+            skip_value(any, &mut pos, tag, MAX_DEPTH).ok_or(MaskError::Malformed)?;
+        }
+    }
+    Ok(url.filter(|u| !u.is_empty()))
+}
+
+/// `age` on a number leaf (one value, or a packed list): values above `max` become `max + 1`.
+fn age_scalar(
+    value: &[u8],
+    wire_type: u8,
+    expected: u8,
+    num: Num,
+    max: u32,
+    out: &mut Vec<u8>,
+) -> Result<(), MaskError> {
+    let cap = f64::from(max);
+    let one = |v: &[u8], p: &mut usize, out: &mut Vec<u8>| -> Result<(), MaskError> {
+        match expected {
+            wire::VARINT => {
+                let x = wire::read_varint(v, p).ok_or(MaskError::Malformed)?;
+                let n = match num {
+                    Num::Signed => x as i64 as f64,
+                    Num::ZigZag => ((x >> 1) as i64 ^ -((x & 1) as i64)) as f64,
+                    _ => x as f64,
+                };
+                let y = if n > cap {
+                    let m = u64::from(max) + 1;
+                    if num == Num::ZigZag {
+                        m << 1
+                    } else {
+                        m
+                    }
+                } else {
+                    x
+                };
+                write_varint(out, y);
+            }
+            wire::I32 => {
+                let b: [u8; 4] = v
+                    .get(*p..*p + 4)
+                    .ok_or(MaskError::Malformed)?
+                    .try_into()
+                    .unwrap();
+                *p += 4;
+                let n = f32::from_le_bytes(b);
+                if f64::from(n) > cap {
+                    out.extend_from_slice(&((max + 1) as f32).to_le_bytes());
+                } else {
+                    out.extend_from_slice(&b);
+                }
+            }
+            _ => {
+                let b: [u8; 8] = v
+                    .get(*p..*p + 8)
+                    .ok_or(MaskError::Malformed)?
+                    .try_into()
+                    .unwrap();
+                *p += 8;
+                let n = f64::from_le_bytes(b);
+                if n > cap {
+                    out.extend_from_slice(&f64::from(max + 1).to_le_bytes());
+                } else {
+                    out.extend_from_slice(&b);
+                }
+            }
+        }
+        Ok(())
+    };
+    if wire_type == wire::LEN {
+        let mut p = 0;
+        let (s, e) = read_len_value(value, &mut p).ok_or(MaskError::Malformed)?;
+        let guess = s;
+        let at = begin_len(out, guess);
+        let body = &value[..e];
+        let mut q = s;
+        while q < e {
+            one(body, &mut q, out)?;
+        }
+        end_len(out, at, guess);
+    } else {
+        let mut p = 0;
+        one(value, &mut p, out)?;
+    }
+    Ok(())
+}
+
+/// The offset east of UTC, in seconds, of a timezone written `Z`, `UTC`, `+hh:mm`, `-hh:mm`,
+/// `+hhmm` or `+hh`; 0 for anything else (a named zone such as `America/New_York`: the year
+/// is then computed in UTC, which can differ from the local year within hours of New Year).
+pub fn utc_offset_seconds(tz: &[u8]) -> i64 {
+    let (sign, rest) = match tz.first() {
+        Some(b'+') => (1, &tz[1..]),
+        Some(b'-') => (-1, &tz[1..]),
+        _ => return 0,
+    };
+    let digits: Vec<u8> = rest.iter().copied().filter(|b| *b != b':').collect();
+    if !(digits.len() == 2 || digits.len() == 4) || !digits.iter().all(u8::is_ascii_digit) {
+        return 0;
+    }
+    let n = |b: &[u8]| i64::from(b[0] - b'0') * 10 + i64::from(b[1] - b'0');
+    let h = n(&digits[..2]);
+    let m = if digits.len() == 4 {
+        n(&digits[2..])
+    } else {
+        0
+    };
+    if h > 14 || m > 59 {
+        return 0;
+    }
+    sign * (h * 3600 + m * 60)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
+pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The proleptic Gregorian year of a Unix time in seconds (H. Hinnant's `civil_from_days`).
+pub fn year_of_unix(secs: i64) -> i64 {
+    let z = secs.div_euclid(86_400) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400;
+    if m <= 2 {
+        y + 1
+    } else {
+        y
     }
 }
 
@@ -302,6 +721,24 @@ fn end_len(out: &mut Vec<u8>, at: usize, guess: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(year_of_unix(0), 1970);
+        assert_eq!(year_of_unix(-1), 1969);
+        for y in [1600i64, 1899, 1931, 2000, 2024, 2026, 2100] {
+            let d = days_from_civil(y, 1, 1) * 86_400;
+            assert_eq!(year_of_unix(d), y);
+            assert_eq!(year_of_unix(d - 1), y - 1);
+            assert_eq!(year_of_unix(days_from_civil(y, 12, 31) * 86_400), y);
+        }
+        assert_eq!(utc_offset_seconds(b"+05:30"), 19_800);
+        assert_eq!(utc_offset_seconds(b"-0800"), -28_800);
+        assert_eq!(utc_offset_seconds(b"Z"), 0);
+        assert_eq!(utc_offset_seconds(b"America/New_York"), 0);
+        assert_eq!(utc_offset_seconds(b"+99:00"), 0);
+    }
 
     #[test]
     fn length_patch_grows_and_shrinks() {

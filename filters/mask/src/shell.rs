@@ -55,12 +55,18 @@ impl Metric {
     }
 }
 
-/// `phi_guard.mask.messages`, `phi_guard.mask.fields_<action>`, `phi_guard.mask.failures`.
+/// `phi_guard.mask.messages`, `phi_guard.mask.fields_<action>`, `phi_guard.mask.failures`,
+/// `phi_guard.mask.unknown_fields_dropped`, `phi_guard.mask.unknown_any_dropped`,
+/// `phi_guard.mask.refused_no_plan`, `phi_guard.mask.pass_through`.
 #[derive(Debug, Default, Clone)]
 pub struct Metrics {
     pub messages: Metric,
-    pub fields: [Metric; 5],
+    pub fields: [Metric; ActionKind::ALL.len()],
     pub failures: Metric,
+    pub unknown_fields: Metric,
+    pub unknown_any: Metric,
+    pub refused: Metric,
+    pub pass_through: Metric,
 }
 
 impl Metrics {
@@ -70,8 +76,21 @@ impl Metrics {
             fields: ActionKind::ALL
                 .map(|k| Metric::define(host, &format!("phi_guard.mask.fields_{}", k.name()))),
             failures: Metric::define(host, "phi_guard.mask.failures"),
+            unknown_fields: Metric::define(host, "phi_guard.mask.unknown_fields_dropped"),
+            unknown_any: Metric::define(host, "phi_guard.mask.unknown_any_dropped"),
+            refused: Metric::define(host, "phi_guard.mask.refused_no_plan"),
+            pass_through: Metric::define(host, "phi_guard.mask.pass_through"),
         }
     }
+}
+
+/// Counts already added to the metrics: per action, messages, unknown fields, unknown Anys.
+#[derive(Debug, Default, Clone, Copy)]
+struct Reported {
+    fields: [u64; ActionKind::ALL.len()],
+    messages: u64,
+    unknown_fields: u64,
+    unknown_any: u64,
 }
 
 #[derive(Debug)]
@@ -87,15 +106,17 @@ enum Mode {
 pub struct MaskStream {
     config: Rc<MaskConfig>,
     metrics: Rc<Metrics>,
-    /// Root plan of the request's method, when it has anything to mask.
+    /// Root plan of the request's method, when the descriptor set describes it.
     root: Option<usize>,
+    /// The method is on the pass-through list (not in the set): responses go through as is.
+    pass_through: bool,
     method: String,
     /// The caller's role as rbac wrote it, read once at response headers.
     role: Option<String>,
     mode: Mode,
     failure: Option<MaskError>,
-    /// Counts and messages already added to the metrics.
-    reported: ([u64; 5], u64),
+    /// Counts already added to the metrics.
+    reported: Reported,
     summary_written: bool,
 }
 
@@ -105,21 +126,44 @@ impl MaskStream {
             config,
             metrics,
             root: None,
+            pass_through: false,
             method: String::new(),
             role: None,
             mode: Mode::Idle,
             failure: None,
-            reported: ([0; 5], 0),
+            reported: Reported::default(),
             summary_written: false,
         }
     }
 
+    /// Fail closed: a call whose method the descriptor set does not describe (or that is not
+    /// gRPC at all) is refused here, before it reaches the service, unless the method is on
+    /// the pass-through list. Nothing of a response the filter cannot mask is ever sent.
     pub fn on_request_headers(&mut self, host: &dyn Host) -> Flow {
-        if let Some(m) = host.grpc_method() {
-            self.method = m.full_name();
-            self.root = self.config.plans.method(&self.method);
+        let Some(m) = host.grpc_method() else {
+            self.refuse(host, MaskError::NotGrpc);
+            return Flow::Pause;
+        };
+        self.method = m.full_name();
+        self.root = self.config.plans.method(&self.method);
+        if self.root.is_none() {
+            if self.config.passes_through(&self.method) {
+                self.pass_through = true;
+                self.metrics.pass_through.add(host, 1);
+                return Flow::Continue;
+            }
+            self.refuse(host, MaskError::NoPlan);
+            return Flow::Pause;
         }
         Flow::Continue
+    }
+
+    fn refuse(&mut self, host: &dyn Host, err: MaskError) {
+        self.role = Self::read_role(host);
+        self.metrics.refused.add(host, 1);
+        self.fail(host, err);
+        self.write_summary(host);
+        host.send_grpc_error(GrpcStatus::Internal, &[]);
     }
 
     /// The caller's effective role from rbac's decision; `None` (the default block) when the
@@ -133,7 +177,9 @@ impl MaskStream {
     }
 
     pub fn on_response_headers(&mut self, host: &dyn Host, end_of_stream: bool) -> Flow {
-        let Some(root) = self.root else {
+        // Pass-through, a call refused at its request (this is the local reply), or a reply
+        // an earlier filter sent before this one saw the request.
+        let (Some(root), None) = (self.root, self.failure) else {
             return Flow::Continue;
         };
         self.role = Self::read_role(host);
@@ -183,7 +229,7 @@ impl MaskStream {
             };
             let config = Rc::clone(&self.config);
             let (_, block) = config.policy.for_role(self.role.as_deref());
-            let rw = config.rewriter(block);
+            let rw = config.rewriter_at(block, i64::try_from(host.now()).unwrap_or(i64::MAX));
             let result = match chunk {
                 // The host announced a body and then gave none: nothing to vouch for.
                 None => Err(MaskError::Malformed),
@@ -270,21 +316,33 @@ impl MaskStream {
         let Mode::Masking(masker) = &self.mode else {
             return;
         };
+        let r = &mut self.reported;
         let messages = masker.messages;
         self.metrics
             .messages
-            .add(host, messages.saturating_sub(self.reported.1));
-        self.reported.1 = messages;
+            .add(host, messages.saturating_sub(r.messages));
+        r.messages = messages;
         for (i, kind) in ActionKind::ALL.into_iter().enumerate() {
             let n = masker.counts.per_action(kind);
-            self.metrics.fields[i].add(host, n.saturating_sub(self.reported.0[i]));
-            self.reported.0[i] = n;
+            self.metrics.fields[i].add(host, n.saturating_sub(r.fields[i]));
+            r.fields[i] = n;
         }
+        let (u, a) = (masker.counts.unknown_fields, masker.counts.unknown_any);
+        self.metrics
+            .unknown_fields
+            .add(host, u.saturating_sub(r.unknown_fields));
+        self.metrics
+            .unknown_any
+            .add(host, a.saturating_sub(r.unknown_any));
+        r.unknown_fields = u;
+        r.unknown_any = a;
     }
 
     /// Writes the [`MaskSummary`] to filter state once, for the audit event.
     fn write_summary(&mut self, host: &dyn Host) {
-        if self.summary_written || self.root.is_none() {
+        let refused = matches!(self.failure, Some(MaskError::NoPlan | MaskError::NotGrpc))
+            && self.root.is_none();
+        if self.summary_written || (self.root.is_none() && !self.pass_through && !refused) {
             return;
         }
         self.summary_written = true;
@@ -292,11 +350,14 @@ impl MaskStream {
         let mut summary = MaskSummary {
             role: label.to_string(),
             failure: self.failure.map(|e| e.code().to_string()),
+            pass_through: self.pass_through,
             ..Default::default()
         };
         if let Mode::Masking(masker) = &self.mode {
             summary.messages = masker.messages;
             summary.fields = masker.counts.by_name(&self.config.class_names);
+            summary.unknown_fields = masker.counts.unknown_fields;
+            summary.unknown_any = masker.counts.unknown_any;
         }
         host.set_filter_state(state::MASK, &summary.to_bytes());
     }

@@ -181,6 +181,48 @@ fn config() -> &'static MaskConfig {
     CFG.get_or_init(demo_config)
 }
 
+/// The demo config with `"unknown_fields": "keep"`.
+fn config_keeping_unknown() -> &'static MaskConfig {
+    static CFG: std::sync::OnceLock<MaskConfig> = std::sync::OnceLock::new();
+    CFG.get_or_init(|| {
+        let mut doc: serde_json::Value = serde_json::from_slice(&demo_config_json()).unwrap();
+        doc["unknown_fields"] = "keep".into();
+        MaskConfig::parse(doc.to_string().as_bytes(), &env).unwrap()
+    })
+}
+
+/// Unknown fields are dropped, and counted, for every role that does not reveal everything;
+/// with `unknown_fields: keep` (or for billing) they pass byte for byte.
+fn check_unknown(
+    method: &str,
+    role: Option<&str>,
+    with_unknown: &[u8],
+    without: &[u8],
+    unknown: &[&[u8]],
+) -> Result<Vec<u8>, TestCaseError> {
+    let (out, counts) = mask(config(), method, role, with_unknown).unwrap();
+    let (clean, _) = mask(config(), method, role, without).unwrap();
+    if role == Some("billing") {
+        prop_assert_eq!(&out, with_unknown, "billing sees every byte unchanged");
+        prop_assert_eq!(counts.unknown_fields, 0);
+    } else {
+        prop_assert_eq!(&out, &clean, "unknown fields dropped");
+        prop_assert_eq!(
+            counts.unknown_fields > 0,
+            unknown.iter().any(|u| !u.is_empty())
+        );
+    }
+    let (kept, counts) = mask(config_keeping_unknown(), method, role, with_unknown).unwrap();
+    prop_assert_eq!(counts.unknown_fields, 0);
+    for u in unknown {
+        prop_assert!(
+            find(&kept, u),
+            "kept byte for byte under unknown_fields: keep"
+        );
+    }
+    Ok(out)
+}
+
 const ROLES: [Option<&str>; 5] = [
     Some("billing"),
     Some("nurse"),
@@ -376,17 +418,18 @@ proptest! {
             bytes.extend_from_slice(&inner);
         }
         bytes.extend_from_slice(&unknown);
+        let mut plain = without_name.encode_to_vec();
+        if let Some(n) = &name {
+            let inner = n.encode_to_vec();
+            put_varint(&mut plain, 3 << 3 | 2);
+            put_varint(&mut plain, inner.len() as u64);
+            plain.extend_from_slice(&inner);
+        }
+        let nested: &[u8] = if name.is_some() { &nested_unknown } else { &[] };
 
-        let (out, _) = mask(cfg, GET_PATIENT, role, &bytes).unwrap();
+        let out = check_unknown(GET_PATIENT, role, &bytes, &plain, &[&unknown, nested])?;
         let got = Patient::decode(&out[..]).unwrap();
         prop_assert_eq!(got, Model::new(cfg, role).patient(&p));
-        prop_assert!(out.ends_with(&unknown), "top-level unknown fields kept byte for byte");
-        if name.is_some() {
-            prop_assert!(find(&out, &nested_unknown), "nested unknown fields kept");
-        }
-        if role == Some("billing") {
-            prop_assert_eq!(out, bytes, "billing sees every byte unchanged");
-        }
     }
 
     #[test]
@@ -396,12 +439,12 @@ proptest! {
         role in prop::sample::select(ROLES.to_vec()),
     ) {
         let cfg = config();
-        let mut bytes = e.encode_to_vec();
+        let plain = e.encode_to_vec();
+        let mut bytes = plain.clone();
         bytes.extend_from_slice(&unknown);
-        let (out, _) = mask(cfg, LIST_ENCOUNTERS, role, &bytes).unwrap();
+        let out = check_unknown(LIST_ENCOUNTERS, role, &bytes, &plain, &[&unknown])?;
         let got = Encounter::decode(&out[..]).unwrap();
         prop_assert_eq!(got, Model::new(cfg, role).encounter(&e));
-        prop_assert!(out.ends_with(&unknown));
     }
 
     #[test]
@@ -525,8 +568,11 @@ fn deep_nesting_is_bounded() {
         matches!(err, MaskError::TooDeep | MaskError::Malformed),
         "{err:?}"
     );
-    // 50 deep is fine and passes through unchanged.
+    // 50 deep is fine: an unknown field, dropped for the nurse, kept for billing.
     let mut ok = vec![15 << 3 | 3; 50];
     ok.extend(vec![15 << 3 | 4; 50]);
-    assert_eq!(mask(cfg, GET_PATIENT, Some("nurse"), &ok).unwrap().0, ok);
+    let (out, counts) = mask(cfg, GET_PATIENT, Some("nurse"), &ok).unwrap();
+    assert!(out.is_empty());
+    assert_eq!(counts.unknown_fields, 1);
+    assert_eq!(mask(cfg, GET_PATIENT, Some("billing"), &ok).unwrap().0, ok);
 }

@@ -268,22 +268,72 @@ fn non_grpc_response_of_a_masked_method_is_replaced() {
 }
 
 #[test]
-fn methods_without_a_plan_pass_through() {
-    let method = "health.v1.PatientService/DeletePatient";
-    let mut h = harness(method, Some("nurse"), "application/grpc");
+fn methods_outside_the_descriptor_set_are_refused_before_the_service_sees_them() {
+    for path in [
+        "health.v1.PatientService/ExportEverything",
+        "grpc.health.v1.Health/Watch",
+    ] {
+        let mut h = harness(path, Some("billing"), "application/grpc");
+        assert_eq!(
+            h.stream.on_request_headers(&h.host),
+            Action::Pause,
+            "{path}"
+        );
+        assert_eq!(h.host.sent_status(), Some(GrpcStatus::Internal));
+        let s = h.summary().unwrap();
+        assert_eq!(s.failure.as_deref(), Some("no_plan"));
+        assert_eq!(s.role, "billing");
+        assert_eq!(h.host.counter("phi_guard.mask.refused_no_plan"), 1);
+        // Whatever comes back (the local reply, or a response racing it) carries no byte.
+        h.stream.on_response_headers(&h.host, false);
+        assert!(h.body(&[&patient_frames(1)], false).is_empty());
+        h.trailers();
+        assert_eq!(h.body.trailer("grpc-status").as_deref(), Some("13"));
+    }
+    // A path that is not a gRPC method at all.
+    let mut h = harness("not a method", Some("nurse"), "text/plain");
+    assert_eq!(h.stream.on_request_headers(&h.host), Action::Pause);
+    assert_eq!(h.host.sent_status(), Some(GrpcStatus::Internal));
+    assert!(h.body(&[b"hello"], true).is_empty());
+}
+
+#[test]
+fn pass_through_methods_are_untouched_and_say_so() {
+    let method = "grpc.health.v1.Health/Check";
+    let mut h = harness(method, None, "application/grpc");
     assert_eq!(h.headers(), Action::Continue);
+    assert_eq!(h.host.sent_status(), None);
     assert_eq!(
         h.host.response_header("content-length").as_deref(),
         Some("1234")
     );
-    let stream = patient_frames(1);
+    let stream = frame(&[0x08, 0x01]);
     assert_eq!(h.body(&[&stream], false), stream);
     h.trailers();
-    assert!(h.summary().is_none());
-    // And a path that is not a gRPC method at all.
-    let mut h = harness("not a method", Some("nurse"), "text/plain");
+    let s = h.summary().unwrap();
+    assert!(s.pass_through);
+    assert_eq!((s.failure, s.messages), (None, 0));
+    assert_eq!(h.host.counter("phi_guard.mask.pass_through"), 1);
+}
+
+#[test]
+fn methods_without_sensitive_fields_still_lose_unknown_fields() {
+    let method = "health.v1.PatientService/DeletePatient";
+    let mut h = harness(method, Some("nurse"), "application/grpc");
     assert_eq!(h.headers(), Action::Continue);
-    assert_eq!(h.body(&[b"hello"], true), b"hello");
+    // deleted = true, then unknown field 9 holding a canary.
+    let mut msg = vec![0x08, 0x01, 9 << 3 | 2, CANARY_SSN.len() as u8];
+    msg.extend_from_slice(CANARY_SSN.as_bytes());
+    let sent = h.body(&[&frame(&msg)], false);
+    assert_eq!(sent, frame(&[0x08, 0x01]));
+    h.trailers();
+    let s = h.summary().unwrap();
+    assert_eq!((s.unknown_fields, s.messages), (1, 1));
+    assert_eq!(h.host.counter("phi_guard.mask.unknown_fields_dropped"), 1);
+    // Billing reveals everything: unknown fields reach it.
+    let mut h = harness(method, Some("billing"), "application/grpc");
+    h.headers();
+    assert_eq!(h.body(&[&frame(&msg)], false), frame(&msg));
 }
 
 #[test]
