@@ -91,7 +91,10 @@ pub fn by_name(report: &[MethodCoverage], allow: &[String]) -> Vec<Finding> {
     let mut out = Vec::new();
     for m in report {
         for r in &m.rows {
-            if r.class.is_some() || r.see.is_some() || matches!(r.kind, "message" | "group") {
+            if r.class.is_some()
+                || r.see.is_some()
+                || matches!(r.kind, "message" | "group" | "any" | "condition")
+            {
                 continue;
             }
             if allowed(&r.field, allow) {
@@ -156,6 +159,22 @@ impl SampleWalk<'_> {
         if depth > crate::rewriter::MAX_DEPTH {
             return;
         }
+        // The first conditional catalog entry that holds on this value picks its plan, as in
+        // the rewriter.
+        let plans = &self.session.config.plans;
+        let plan = plan.map(|p| {
+            plans.messages.get(p).map_or(p, |mp| {
+                mp.rules
+                    .iter()
+                    .find(|(rule, _)| {
+                        plans
+                            .conditions
+                            .get(*rule)
+                            .is_some_and(|c| holds(msg, &c.path, &c.test))
+                    })
+                    .map_or(p, |(_, alt)| *alt)
+            })
+        });
         for (field, value) in msg.fields() {
             let path = if prefix.is_empty() {
                 field.name().to_string()
@@ -166,11 +185,11 @@ impl SampleWalk<'_> {
                 .and_then(|i| self.session.config.plans.messages.get(i))
                 .and_then(|p| p.field(field.number()))
                 .map(|f| f.node);
-            if matches!(node, Some(Node::Leaf { .. })) {
-                continue;
-            }
             let child = match node {
-                Some(Node::Message(j)) => Some(j),
+                // Tagged, or an Any (its content is planned by type URL): the filter masks it.
+                Some(Node::Leaf { .. } | Node::Any { .. }) => continue,
+                Some(Node::Message { class: Some(_), .. }) => continue,
+                Some(Node::Message { plan, .. }) => Some(plan),
                 _ => None,
             };
             let full = field.full_name().to_string();
@@ -194,11 +213,10 @@ impl SampleWalk<'_> {
                     .and_then(|i| self.session.config.plans.messages.get(i))
                     .and_then(|p| p.field(2))
                     .map(|f| f.node);
-                if matches!(value_plan, Some(Node::Leaf { .. })) {
-                    return;
-                }
                 let child = match value_plan {
-                    Some(Node::Message(j)) => Some(j),
+                    Some(Node::Leaf { .. } | Node::Any { .. }) => return,
+                    Some(Node::Message { class: Some(_), .. }) => return,
+                    Some(Node::Message { plan, .. }) => Some(plan),
                     _ => None,
                 };
                 for v in entries.values() {
@@ -232,6 +250,41 @@ impl SampleWalk<'_> {
                 source: "sample",
             });
         }
+    }
+}
+
+/// Whether the leaf at `path` (field numbers; a repeated field holds when any element does)
+/// of `msg` passes `test`.
+fn holds(msg: &DynamicMessage, path: &[u32], test: &crate::catalog::Test) -> bool {
+    use crate::catalog::Test;
+    let Some((&first, rest)) = path.split_first() else {
+        return false;
+    };
+    let Some(field) = msg.descriptor().get_field(first) else {
+        return false;
+    };
+    if !msg.has_field(&field) {
+        return false;
+    }
+    let value = msg.get_field(&field);
+    let check = |v: &Value| -> bool {
+        match (v, test) {
+            (Value::Message(m), _) => holds(m, rest, test),
+            (_, _) if !rest.is_empty() => false,
+            (Value::String(s), Test::Bytes(ok)) => ok.iter().any(|o| o == s.as_bytes()),
+            (Value::Bytes(b), Test::Bytes(ok)) => ok.iter().any(|o| o == b.as_ref()),
+            (Value::EnumNumber(n), Test::Varint(ok)) => ok.contains(&(*n as i64 as u64)),
+            (Value::I32(n), Test::Varint(ok)) => ok.contains(&(*n as i64 as u64)),
+            (Value::I64(n), Test::Varint(ok)) => ok.contains(&(*n as u64)),
+            (Value::U32(n), Test::Varint(ok)) => ok.contains(&u64::from(*n)),
+            (Value::U64(n), Test::Varint(ok)) => ok.contains(n),
+            (Value::Bool(b), Test::Varint(ok)) => ok.contains(&u64::from(*b)),
+            _ => false,
+        }
+    };
+    match value.as_ref() {
+        Value::List(items) => items.iter().any(check),
+        v => check(v),
     }
 }
 
