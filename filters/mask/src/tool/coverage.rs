@@ -1,12 +1,14 @@
 //! `coverage`: every method's response field paths with the class the filter's plan gives
 //! them and each role's action, or `untagged`.
 //!
-//! The walk follows the descriptor and the filter's own plan side by side. A message type
-//! reached again in the same planning context (same plan node) is not expanded twice: its row
-//! says where it was first expanded (`see …`), which keeps recursive types (FHIR's
-//! `Extension.extension`, `Identifier.assigner`) finite.
+//! The walk follows the descriptor and the filter's own plan side by side, breadth first. A
+//! message type reached again in the same planning context (same plan node) is not expanded
+//! twice: its row says where it was first expanded (`see …`, its shortest path), which keeps
+//! recursive types (FHIR's `Extension.extension`, `Identifier.assigner`) finite. A
+//! conditional catalog entry on a type adds a `condition` row, `path<field if catalog[i]>`,
+//! under which the type's fields are listed as they are when the condition holds.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde_json::{json, Value};
 
@@ -61,8 +63,14 @@ pub fn coverage(session: &Session, only: &[String]) -> Result<Vec<MethodCoverage
             roles: &roles,
             seen: HashMap::new(),
             rows: Vec::new(),
+            queue: VecDeque::new(),
         };
-        walk.message(&m.output_type, root, "", 0)?;
+        // Breadth first: a type is listed at its shortest path, later ones refer to it.
+        walk.queue
+            .push_back((m.output_type.clone(), root, String::new(), 0));
+        while let Some((t, plan, prefix, depth)) = walk.queue.pop_front() {
+            walk.message(&t, plan, &prefix, depth)?;
+        }
         out.push(MethodCoverage {
             method: m.full_name.clone(),
             response_type: m.output_type.clone(),
@@ -82,6 +90,7 @@ struct Walk<'a> {
     roles: &'a [String],
     seen: HashMap<(String, Option<usize>), String>,
     rows: Vec<Row>,
+    queue: VecDeque<(String, Option<usize>, String, usize)>,
 }
 
 impl Walk<'_> {
@@ -158,7 +167,7 @@ impl Walk<'_> {
                             ));
                         }
                         self.seen.insert(key, path.clone());
-                        self.message(&child_type, child, &path, depth + 1)?;
+                        self.queue.push_back((child_type, child, path, depth + 1));
                     }
                 }
                 kind => {
@@ -211,7 +220,8 @@ impl Walk<'_> {
             });
             if see.is_none() {
                 self.seen.insert(key, path.clone());
-                self.message(type_name, Some(alternative), &path, depth + 1)?;
+                self.queue
+                    .push_back((type_name.to_string(), Some(alternative), path, depth + 1));
             }
         }
         Ok(())

@@ -84,24 +84,40 @@ pub fn looks_like(field_name: &str) -> Option<&'static str> {
     })
 }
 
-/// Untagged leaves whose name, or the name of the field holding them (FHIR wraps every
-/// primitive: `family.value`), looks like an identifier. Fields whose full name (or a prefix
+/// Untagged leaves whose name, or the name of one of the two fields holding them (FHIR wraps
+/// every primitive: `family.value`, `identifier[].value.value`), looks like an identifier. Fields whose full name (or a prefix
 /// of it, ending in `.`) is in `allow` are not reported.
 pub fn by_name(report: &[MethodCoverage], allow: &[String]) -> Vec<Finding> {
     let mut out = Vec::new();
     for m in report {
         for r in &m.rows {
-            if r.class.is_some()
-                || r.see.is_some()
-                || matches!(r.kind, "message" | "group" | "any" | "condition")
-            {
+            if r.class.is_some() || matches!(r.kind, "any" | "condition") {
                 continue;
+            }
+            // A message listed elsewhere (`see`): its own name counts here too, when the
+            // listing has an untagged leaf directly inside.
+            let untagged_inside = |target: &str| {
+                m.rows.iter().any(|x| {
+                    x.class.is_none()
+                        && !matches!(x.kind, "message" | "group" | "any" | "condition")
+                        && x.path
+                            .strip_prefix(target)
+                            .is_some_and(|rest| rest.starts_with('.') && !rest[1..].contains('.'))
+                })
+            };
+            match (&r.see, r.kind) {
+                (Some(target), "message") if untagged_inside(target) => {}
+                (_, "message" | "group") => continue,
+                _ => {}
             }
             if allowed(&r.field, allow) {
                 continue;
             }
             let segments: Vec<&str> = r.path.split('.').collect();
-            let tail = &segments[segments.len().saturating_sub(2)..];
+            // A leaf: its name and the two fields holding it; a message listed elsewhere: its
+            // own name and its holder's (its leaves add the level below).
+            let keep = if r.see.is_some() { 2 } else { 3 };
+            let tail = &segments[segments.len().saturating_sub(keep)..];
             if let Some(kind) = tail
                 .iter()
                 .rev()
