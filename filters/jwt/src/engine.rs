@@ -124,6 +124,87 @@ fn extract(
     Some(Ok(token.to_string()))
 }
 
+/// What a method's requirement comes to for the tokens a request presents, before replay
+/// protection. `S` is what one satisfied provider yields (a verified token in the engine).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision<S> {
+    /// The requirement holds: every provider that satisfied it (the first gives the identity).
+    Satisfied(Vec<S>),
+    /// The rule allows a missing token and none came.
+    Skipped,
+    /// UNAUTHENTICATED (or UNAVAILABLE, see [`Reason::status`]).
+    Denied(Reason),
+    /// A token verifies but no rule names the method: PERMISSION_DENIED (`no_rule`).
+    Forbidden(S, Reason),
+}
+
+/// The jwt filter's decision for one method, pure: `requirement` is
+/// [`Config::requirement_for`] of the method (`None`: no rule names it), `providers` the
+/// number of configured providers, and `try_provider(i)` reads and verifies provider `i`'s
+/// token (`Err(Reason::Missing)` when the request has none). The engine passes real token
+/// verification; `phi-guard-policy test` passes the providers a test case says it has tokens
+/// from, so both decide with this one function.
+pub fn decide<S>(
+    requirement: Option<&Requirement>,
+    providers: usize,
+    try_provider: &mut dyn FnMut(usize) -> Result<S, Reason>,
+) -> Decision<S> {
+    let all_providers = || Requirement::AnyOf((0..providers).map(Requirement::Provider).collect());
+    let Some(requirement) = requirement else {
+        // No rule names the method. A caller without a valid token is still told it is
+        // unauthenticated; a caller whose token verifies is known, so PERMISSION_DENIED.
+        return match satisfy(&all_providers(), try_provider) {
+            Ok(successes) => match successes.into_iter().next() {
+                Some(first) => Decision::Forbidden(first, Reason::NoRule),
+                None => Decision::Denied(Reason::NoRule),
+            },
+            Err(reason) => Decision::Denied(reason),
+        };
+    };
+    let (requirement, allow_missing) = match requirement {
+        Requirement::AllowMissing => (all_providers(), true),
+        other => (other.clone(), false),
+    };
+    match satisfy(&requirement, try_provider) {
+        // A satisfied requirement has at least one token (the config refuses empty lists).
+        Ok(successes) if successes.is_empty() => Decision::Denied(Reason::Missing),
+        Ok(successes) => Decision::Satisfied(successes),
+        Err(Reason::Missing) if allow_missing => Decision::Skipped,
+        Err(reason) => Decision::Denied(reason),
+    }
+}
+
+/// Evaluates a requirement: every provider that satisfied it (the first gives the identity),
+/// or why it failed.
+fn satisfy<S>(
+    requirement: &Requirement,
+    try_provider: &mut dyn FnMut(usize) -> Result<S, Reason>,
+) -> Result<Vec<S>, Reason> {
+    match requirement {
+        Requirement::Provider(index) => try_provider(*index).map(|s| vec![s]),
+        Requirement::AnyOf(list) => {
+            let mut best = Reason::Missing;
+            for child in list {
+                match satisfy(child, try_provider) {
+                    Ok(successes) => return Ok(successes),
+                    Err(reason) if rank(reason) > rank(best) => best = reason,
+                    Err(_) => {}
+                }
+            }
+            Err(best)
+        }
+        Requirement::AllOf(list) => {
+            let mut all = Vec::new();
+            for child in list {
+                all.extend(satisfy(child, try_provider)?);
+            }
+            Ok(all)
+        }
+        // The config allows it only at the top, where `decide` unwraps it.
+        Requirement::AllowMissing => Err(Reason::Missing),
+    }
+}
+
 impl Engine {
     pub fn new(config: Config) -> Self {
         let keys = config
@@ -184,35 +265,27 @@ impl Engine {
         let peer = request
             .peer_cert_sha256_hex
             .and_then(binding::thumbprint_from_hex);
-        let all_providers = || {
-            Requirement::AnyOf(
-                (0..self.config.providers.len())
-                    .map(Requirement::Provider)
-                    .collect(),
-            )
-        };
-        let Some(requirement) = self.config.requirement_for(method).cloned() else {
-            // No rule names the method. A caller without a valid token is still told it is
-            // unauthenticated; a caller whose token verifies is known, so PERMISSION_DENIED.
-            return match self.evaluate(&all_providers(), request, now, peer.as_deref()) {
-                Ok(successes) => match successes.into_iter().next() {
-                    Some(first) => Outcome::Forbidden {
-                        identity: Box::new(first.identity),
-                        reason: Reason::NoRule,
-                    },
-                    None => Outcome::Denied(Reason::NoRule),
-                },
-                Err(reason) => Outcome::Denied(reason),
+        let requirement = self.config.requirement_for(method).cloned();
+        let providers = self.config.providers.len();
+        let header = request.header;
+        let decision = decide(requirement.as_ref(), providers, &mut |index| {
+            let token = match extract(&self.config.providers[index].token_source, header) {
+                None => return Err(Reason::Missing),
+                Some(Err(reason)) => return Err(reason),
+                Some(Ok(token)) => token,
             };
-        };
-        let (requirement, allow_missing) = match requirement {
-            Requirement::AllowMissing => (all_providers(), true),
-            other => (other, false),
-        };
-        let successes = match self.evaluate(&requirement, request, now, peer.as_deref()) {
-            Ok(successes) => successes,
-            Err(Reason::Missing) if allow_missing => return Outcome::Skipped,
-            Err(reason) => return Outcome::Denied(reason),
+            self.attempt(index, &token, now, peer.as_deref())
+        });
+        let successes = match decision {
+            Decision::Satisfied(successes) => successes,
+            Decision::Skipped => return Outcome::Skipped,
+            Decision::Denied(reason) => return Outcome::Denied(reason),
+            Decision::Forbidden(first, reason) => {
+                return Outcome::Forbidden {
+                    identity: Box::new(first.identity),
+                    reason,
+                }
+            }
         };
         let rule_replay = self.config.rule_replay_protection(method);
         for success in &successes {
@@ -247,48 +320,6 @@ impl Engine {
             identity: Box::new(first.identity),
             strip_headers,
             cache_hit,
-        }
-    }
-
-    /// Evaluates a requirement: every token that satisfied it (the first gives the identity),
-    /// or why it failed.
-    fn evaluate(
-        &mut self,
-        requirement: &Requirement,
-        request: &Request<'_>,
-        now: UnixSeconds,
-        peer: Option<&str>,
-    ) -> Result<Vec<Success>, Reason> {
-        match requirement {
-            Requirement::Provider(index) => {
-                let source = &self.config.providers[*index].token_source;
-                let token = match extract(source, request.header) {
-                    None => return Err(Reason::Missing),
-                    Some(Err(reason)) => return Err(reason),
-                    Some(Ok(token)) => token,
-                };
-                self.attempt(*index, &token, now, peer).map(|s| vec![s])
-            }
-            Requirement::AnyOf(list) => {
-                let mut best = Reason::Missing;
-                for child in list {
-                    match self.evaluate(child, request, now, peer) {
-                        Ok(successes) => return Ok(successes),
-                        Err(reason) if rank(reason) > rank(best) => best = reason,
-                        Err(_) => {}
-                    }
-                }
-                Err(best)
-            }
-            Requirement::AllOf(list) => {
-                let mut all = Vec::new();
-                for child in list {
-                    all.extend(self.evaluate(child, request, now, peer)?);
-                }
-                Ok(all)
-            }
-            // The config allows it only at the top, where `authenticate_with` unwraps it.
-            Requirement::AllowMissing => Err(Reason::Missing),
         }
     }
 
@@ -460,5 +491,50 @@ mod tests {
         let x = |name: &str| (name == "x-token").then(|| " t ".to_string());
         assert_eq!(extract(&custom, &x), Some(Ok("t".into())));
         assert_eq!(extract(&custom, &h("Bearer abc")), None);
+    }
+
+    #[test]
+    fn decide_is_pure_over_which_providers_verify() {
+        use Requirement::{AllOf, AllowMissing, AnyOf, Provider};
+        // Providers 0 and 1 share a header; the request has a valid token from provider 0.
+        let mut only_0 = |i: usize| match i {
+            0 => Ok(i),
+            1 => Err(Reason::WrongIssuer),
+            _ => Err(Reason::Missing),
+        };
+        assert_eq!(
+            decide(Some(&Provider(0)), 3, &mut only_0),
+            Decision::Satisfied(vec![0])
+        );
+        // any_of reports the most telling failure; all_of needs every one.
+        assert_eq!(
+            decide(Some(&AnyOf(vec![Provider(2), Provider(1)])), 3, &mut only_0),
+            Decision::Denied(Reason::WrongIssuer)
+        );
+        assert_eq!(
+            decide(Some(&AllOf(vec![Provider(0), Provider(2)])), 3, &mut only_0),
+            Decision::Denied(Reason::Missing)
+        );
+        // No rule: a verified token is PERMISSION_DENIED, no token UNAUTHENTICATED.
+        assert_eq!(
+            decide(None, 3, &mut only_0),
+            Decision::Forbidden(0, Reason::NoRule)
+        );
+        let mut none = |_: usize| Err::<usize, _>(Reason::Missing);
+        assert_eq!(
+            decide(None, 3, &mut none),
+            Decision::Denied(Reason::Missing)
+        );
+        // allow_missing: no token skips, a present token must verify.
+        assert_eq!(decide(Some(&AllowMissing), 3, &mut none), Decision::Skipped);
+        assert_eq!(
+            decide(Some(&AllowMissing), 3, &mut only_0),
+            Decision::Satisfied(vec![0])
+        );
+        let mut bad = |_: usize| Err::<usize, _>(Reason::BadSignature);
+        assert_eq!(
+            decide(Some(&AllowMissing), 3, &mut bad),
+            Decision::Denied(Reason::BadSignature)
+        );
     }
 }

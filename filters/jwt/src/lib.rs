@@ -32,5 +32,5 @@ mod test_support;
 mod testkit;
 
 pub use config::Config;
-pub use engine::{Engine, FetchRequest, Outcome, Request};
+pub use engine::{decide, Decision, Engine, FetchRequest, Outcome, Request};
 pub use reason::Reason;

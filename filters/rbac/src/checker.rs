@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use phi_guard_common::{ConfigError, GrpcMethod, Identity};
+use phi_guard_jwt::{Decision, Reason as JwtReason};
 
 use crate::evaluate::{evaluate, Evaluation, Request, Verdict};
 use crate::policy::Policy;
@@ -25,7 +26,8 @@ usage:
         [--claims CLAIMS.json | --role R ... --scope S ... --tenant T --purpose P
          --break-glass-reason CODE]
         [--header name=value ...] [--json]
-  phi-guard-policy test CASES.json [--policy POLICY.json]   (or \"policy\" in CASES.json)
+  phi-guard-policy test CASES.json [--policy POLICY.json] [--jwt-config JWT.json]
+        (or \"policy\", \"jwt_config\", \"listener\" in CASES.json)
 exit: 0 allow / valid / all passed, 1 deny / invalid / failures, 2 error";
 
 /// The end-user claims a check or a test case supplies: the parts of an [`Identity`] that
@@ -102,6 +104,20 @@ pub struct Case {
     /// Whether a break-glass rule is expected to decide.
     #[serde(default)]
     pub break_glass: Option<bool>,
+    /// With a jwt config: the providers (by name) the request has a valid token from; `[]`
+    /// or `null` for none. Absent: the one provider when `claims` are given and the config
+    /// has exactly one, else none.
+    #[serde(default, deserialize_with = "present")]
+    pub token: Option<Option<OneOrMany>>,
+}
+
+/// Keeps a member given as `null` apart from an absent one (serde folds both into `None`).
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 /// `"v"` or `["v1", "v2"]`: a case's header (sent once per value) or SANs.
@@ -121,25 +137,137 @@ impl OneOrMany {
     }
 }
 
+/// A case's expected outcome: rbac's verdict, or a refusal before rbac sees the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Expect {
     Allow,
     Deny,
     Unauthenticated,
+    /// The inbound listener closes the connection (TLS SAN matchers or the one-SPIFFE-ID
+    /// network RBAC of envoy/inbound.yaml); needs a `listener` in the test file.
+    RefusedByListener,
+    /// The jwt filter answers UNAUTHENTICATED or PERMISSION_DENIED (`no_rule`); needs a jwt
+    /// config.
+    RefusedByJwt,
 }
 
 impl Expect {
-    fn verdict(self) -> Verdict {
+    fn as_str(self) -> &'static str {
         match self {
-            Expect::Allow => Verdict::Allow,
-            Expect::Deny => Verdict::Deny,
-            Expect::Unauthenticated => Verdict::Unauthenticated,
+            Expect::Allow => "allow",
+            Expect::Deny => "deny",
+            Expect::Unauthenticated => "unauthenticated",
+            Expect::RefusedByListener => "refused_by_listener",
+            Expect::RefusedByJwt => "refused_by_jwt",
         }
     }
 }
 
-/// The test file: `{"policy": "path"?, "cases": [...]}` or a bare list of cases.
+/// The listener in front of the filters, as envoy/inbound.yaml renders it (`[trust] domain`
+/// of the project file): mTLS required, the client's certificate carries exactly one URI SAN,
+/// a SPIFFE ID (X.509-SVID §2) in `trust_domain`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub trust_domain: String,
+}
+
+impl Listener {
+    /// Why the listener refuses the peer, or `None` when it lets it through.
+    pub fn refuses(&self, input: &Input) -> Option<&'static str> {
+        if !input.mtls {
+            return Some("no client certificate (mTLS required)");
+        }
+        let [uri] = input.san.as_slice() else {
+            return Some("not exactly one URI SAN (one SPIFFE ID)");
+        };
+        // inbound.yaml's network RBAC: `^spiffe://[a-z0-9._-]+/[^,]+$`.
+        let shaped = uri.strip_prefix("spiffe://").and_then(|rest| {
+            let (domain, path) = rest.split_once('/')?;
+            let ok = !domain.is_empty()
+                && domain
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+                && !path.is_empty()
+                && !path.contains(',');
+            ok.then_some(domain)
+        });
+        match shaped {
+            None => Some("the URI SAN is not a SPIFFE ID"),
+            // The TLS context's SAN matcher: the trust domain's prefix.
+            Some(domain) if domain != self.trust_domain => {
+                Some("SPIFFE ID outside the trust domain")
+            }
+            Some(_) => None,
+        }
+    }
+}
+
+/// What stands before rbac in the chain: the listener and the jwt filter, each optional
+/// (absent: the case is checked against rbac alone).
+#[derive(Debug, Clone, Default)]
+pub struct Chain {
+    pub listener: Option<Listener>,
+    pub jwt: Option<phi_guard_jwt::Config>,
+}
+
+/// Where a case ended.
+#[derive(Debug, Clone)]
+enum Outcome {
+    Listener(&'static str),
+    Jwt {
+        status: &'static str,
+        reason: JwtReason,
+    },
+    Rbac(Evaluation),
+}
+
+/// The jwt filter's decision for `method` when the request carries valid tokens from the
+/// providers `presented` (indices), through the filter's own [`phi_guard_jwt::decide`].
+/// `Ok(true)`: verified (rbac gets an identity), `Ok(false)`: skipped (`allow_missing`, no
+/// token).
+fn jwt_decides(
+    config: &phi_guard_jwt::Config,
+    method: &str,
+    presented: &[usize],
+) -> Result<bool, (&'static str, JwtReason)> {
+    let path = if method.starts_with('/') {
+        method.to_string()
+    } else {
+        format!("/{method}")
+    };
+    let Some(method) = GrpcMethod::from_path(&path) else {
+        return Err(("UNAUTHENTICATED", JwtReason::BadPath));
+    };
+    // A presented token is valid for its provider; another provider reading the same header
+    // sees a token that names another issuer; the rest see none.
+    let mut try_provider = |i: usize| {
+        if presented.contains(&i) {
+            Ok(())
+        } else if presented
+            .iter()
+            .any(|&p| config.providers[p].token_source == config.providers[i].token_source)
+        {
+            Err(JwtReason::WrongIssuer)
+        } else {
+            Err(JwtReason::Missing)
+        }
+    };
+    match phi_guard_jwt::decide(
+        config.requirement_for(&method),
+        config.providers.len(),
+        &mut try_provider,
+    ) {
+        Decision::Satisfied(_) => Ok(true),
+        Decision::Skipped => Ok(false),
+        Decision::Denied(reason) => Err(("UNAUTHENTICATED", reason)),
+        Decision::Forbidden(_, reason) => Err(("PERMISSION_DENIED", reason)),
+    }
+}
+
+/// The test file: `{"policy": "path"?, "jwt_config": "path"?, "listener": {...}?,
+/// "cases": [...]}` or a bare list of cases.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 enum CaseFile {
@@ -147,8 +275,21 @@ enum CaseFile {
     Suite {
         #[serde(default)]
         policy: Option<String>,
+        #[serde(default)]
+        jwt_config: Option<String>,
+        #[serde(default)]
+        listener: Option<Listener>,
         cases: Vec<Case>,
     },
+}
+
+/// A parsed test file; relative paths already resolved against its folder.
+#[derive(Debug, Clone, Default)]
+pub struct Suite {
+    pub policy: Option<String>,
+    pub jwt_config: Option<String>,
+    pub listener: Option<Listener>,
+    pub cases: Vec<Case>,
 }
 
 /// Facts of one check, the checker-side twin of what the shell reads from Envoy.
@@ -192,6 +333,66 @@ impl Input {
 }
 
 impl Case {
+    /// The providers (indices) this case has a valid token from.
+    fn presented(&self, config: &phi_guard_jwt::Config) -> Result<Vec<usize>, String> {
+        let names =
+            match &self.token {
+                Some(Some(names)) => names.entries(),
+                Some(None) => Vec::new(),
+                None => match (&self.claims, config.providers.as_slice()) {
+                    (None | Some(Value::Null), _) => Vec::new(),
+                    (Some(_), [only]) => vec![only.name.clone()],
+                    (Some(_), _) => return Err(
+                        "`claims` with several jwt providers: name the token's provider in `token`"
+                            .into(),
+                    ),
+                },
+            };
+        names
+            .iter()
+            .map(|n| {
+                config
+                    .providers
+                    .iter()
+                    .position(|p| p.name == *n)
+                    .ok_or_else(|| format!("token: no jwt provider named {n:?}"))
+            })
+            .collect()
+    }
+
+    /// Runs the case through the chain: listener, jwt, rbac.
+    fn outcome(&self, policy: &Policy, chain: &Chain) -> Result<Outcome, String> {
+        let mut input = self.input()?;
+        if self.expect == Expect::RefusedByListener && chain.listener.is_none() {
+            return Err("`refused_by_listener` needs a `listener` in the test file".into());
+        }
+        if self.expect == Expect::RefusedByJwt && chain.jwt.is_none() {
+            return Err(
+                "`refused_by_jwt` needs a jwt config (`jwt_config` or --jwt-config)".into(),
+            );
+        }
+        if let Some(listener) = &chain.listener {
+            if let Some(why) = listener.refuses(&input) {
+                return Ok(Outcome::Listener(why));
+            }
+        }
+        if let Some(config) = &chain.jwt {
+            let presented = self.presented(config)?;
+            match jwt_decides(config, &self.method, &presented) {
+                Err((status, reason)) => return Ok(Outcome::Jwt { status, reason }),
+                // A verified token without listed claims: an identity with none.
+                Ok(true) if input.identity.is_none() => {
+                    input.identity = Some(Claims::default().into_identity());
+                }
+                Ok(true) => {}
+                Ok(false) => input.identity = None,
+            }
+        } else if self.token.is_some() {
+            return Err("`token` needs a jwt config (`jwt_config` or --jwt-config)".into());
+        }
+        Ok(Outcome::Rbac(input.evaluate(policy)))
+    }
+
     fn input(&self) -> Result<Input, String> {
         let identity = match &self.claims {
             None | Some(Value::Null) => None,
@@ -230,16 +431,39 @@ pub struct Report {
     pub failures: Vec<String>,
 }
 
-/// Runs every case against `policy`.
-pub fn run_cases(policy: &Policy, cases: &[Case]) -> Report {
+/// Runs every case through `chain` (listener, jwt, as configured) and `policy`.
+pub fn run_cases(policy: &Policy, chain: &Chain, cases: &[Case]) -> Report {
     let mut report = Report::default();
     for (i, case) in cases.iter().enumerate() {
         let label = match &case.name {
             Some(n) => format!("cases[{i}] {n}"),
             None => format!("cases[{i}]"),
         };
-        let eval = match case.input() {
-            Ok(input) => input.evaluate(policy),
+        let eval = match case.outcome(policy, chain) {
+            Ok(Outcome::Rbac(eval)) => eval,
+            Ok(Outcome::Listener(why)) => {
+                if case.expect == Expect::RefusedByListener {
+                    report.passed += 1;
+                } else {
+                    report.failures.push(format!(
+                        "{label}: expected {}, got refused_by_listener ({why})",
+                        case.expect.as_str()
+                    ));
+                }
+                continue;
+            }
+            Ok(Outcome::Jwt { status, reason }) => {
+                if case.expect == Expect::RefusedByJwt {
+                    report.passed += 1;
+                } else {
+                    report.failures.push(format!(
+                        "{label}: expected {}, got refused_by_jwt ({status} {})",
+                        case.expect.as_str(),
+                        reason.code()
+                    ));
+                }
+                continue;
+            }
             Err(e) => {
                 report.failures.push(format!("{label}: {e}"));
                 continue;
@@ -247,10 +471,10 @@ pub fn run_cases(policy: &Policy, cases: &[Case]) -> Report {
         };
         let rule = rule_name(policy, &eval);
         let mut problems = Vec::new();
-        if eval.verdict != case.expect.verdict() {
+        if case.expect.as_str() != eval.verdict.as_str() {
             problems.push(format!(
                 "expected {}, got {}",
-                case.expect.verdict().as_str(),
+                case.expect.as_str(),
                 eval.verdict.as_str()
             ));
         }
@@ -299,21 +523,42 @@ pub fn load_policy(path: &str) -> Result<Policy, String> {
     Policy::parse(&bytes).map_err(|e: ConfigError| format!("{path}: {e}"))
 }
 
-/// Parses a case file; a relative `policy` inside it is resolved against the file's folder.
-pub fn load_cases(path: &str) -> Result<(Option<String>, Vec<Case>), String> {
+/// Loads and parses a jwt filter config (the JSON Envoy's `configuration` holds, e.g.
+/// envoy/demo/jwt.json) with the jwt filter's own parser. HS256 secrets are not needed to
+/// decide requirements, so `*_env` variables read as unset.
+pub fn load_jwt_config(path: &str) -> Result<phi_guard_jwt::Config, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
-    let file: CaseFile = serde_json::from_slice(&bytes)
-        .map_err(|e| format!("{path}: not a list of cases or {{\"policy\", \"cases\"}} ({e})"))?;
+    phi_guard_jwt::Config::parse(&bytes, &|_| None).map_err(|e| format!("{path}: {e}"))
+}
+
+/// Parses a case file; relative `policy` and `jwt_config` paths inside it are resolved
+/// against the file's folder.
+pub fn load_cases(path: &str) -> Result<Suite, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+    let file: CaseFile = serde_json::from_slice(&bytes).map_err(|e| {
+        format!("{path}: not a list of cases or {{\"policy\", \"cases\", ...}} ({e})")
+    })?;
     Ok(match file {
-        CaseFile::Cases(cases) => (None, cases),
-        CaseFile::Suite { policy, cases } => {
-            let policy = policy.map(|p| {
-                let base = std::path::Path::new(path)
-                    .parent()
-                    .unwrap_or(std::path::Path::new(""));
-                base.join(p).to_string_lossy().into_owned()
-            });
-            (policy, cases)
+        CaseFile::Cases(cases) => Suite {
+            cases,
+            ..Suite::default()
+        },
+        CaseFile::Suite {
+            policy,
+            jwt_config,
+            listener,
+            cases,
+        } => {
+            let base = std::path::Path::new(path)
+                .parent()
+                .unwrap_or(std::path::Path::new(""));
+            let resolve = |p: String| base.join(p).to_string_lossy().into_owned();
+            Suite {
+                policy: policy.map(resolve),
+                jwt_config: jwt_config.map(resolve),
+                listener,
+                cases,
+            }
         }
     })
 }
@@ -467,11 +712,15 @@ fn check(args: &[String], out: &mut dyn Write) -> Result<i32, String> {
 fn test(args: &[String], out: &mut dyn Write) -> Result<i32, String> {
     let mut cases_path = None;
     let mut policy_path = None;
+    let mut jwt_path = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--policy" => {
                 policy_path = Some(it.next().cloned().ok_or("--policy needs a value")?);
+            }
+            "--jwt-config" => {
+                jwt_path = Some(it.next().cloned().ok_or("--jwt-config needs a value")?);
             }
             s if s.starts_with("--") => return Err(format!("unknown option {s}\n{USAGE}")),
             s if cases_path.is_none() => cases_path = Some(s.to_string()),
@@ -479,12 +728,19 @@ fn test(args: &[String], out: &mut dyn Write) -> Result<i32, String> {
         }
     }
     let cases_path = cases_path.ok_or_else(|| format!("test needs CASES.json\n{USAGE}"))?;
-    let (file_policy, cases) = load_cases(&cases_path)?;
+    let suite = load_cases(&cases_path)?;
     let policy_path = policy_path
-        .or(file_policy)
+        .or(suite.policy)
         .ok_or("no policy: pass --policy POLICY.json or set \"policy\" in the case file")?;
     let policy = load_policy(&policy_path)?;
-    let report = run_cases(&policy, &cases);
+    let chain = Chain {
+        listener: suite.listener,
+        jwt: jwt_path
+            .or(suite.jwt_config)
+            .map(|p| load_jwt_config(&p))
+            .transpose()?,
+    };
+    let report = run_cases(&policy, &chain, &suite.cases);
     for line in &report.failures {
         let _ = writeln!(out, "FAIL {line}");
     }
@@ -518,11 +774,208 @@ mod tests {
         format!("{DIR}/policy.demo.json")
     }
 
+    /// The demo's chain: envoy/demo/jwt.json and the demo project's trust domain.
+    fn demo_chain() -> Chain {
+        Chain {
+            listener: Some(Listener {
+                trust_domain: "phi-guard.test".into(),
+            }),
+            jwt: Some(load_jwt_config(&format!("{DIR}/../../envoy/demo/jwt.json")).unwrap()),
+        }
+    }
+
+    fn cases(json: &str) -> Vec<Case> {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn a_method_rbac_allows_but_no_jwt_rule_names_is_refused_by_jwt() {
+        let policy = load_policy(&demo()).unwrap();
+        // The issue's case: rbac alone allows Health/Watch to any workload...
+        let watch = r#"[{"san": "spiffe://phi-guard.test/ns/clinic/sa/ehr-frontend",
+            "claims": {"roles": ["nurse"]}, "method": "grpc.health.v1.Health/Watch",
+            "expect": "allow"}]"#;
+        let alone = run_cases(&policy, &Chain::default(), &cases(watch));
+        assert_eq!((alone.passed, alone.failures.len()), (1, 0));
+        // ...the jwt filter refuses it: a valid token, no rule: PERMISSION_DENIED no_rule.
+        let chained = run_cases(&policy, &demo_chain(), &cases(watch));
+        assert_eq!(chained.passed, 0);
+        assert!(
+            chained.failures[0]
+                .ends_with("expected allow, got refused_by_jwt (PERMISSION_DENIED no_rule)"),
+            "{:?}",
+            chained.failures
+        );
+        // Without a token: UNAUTHENTICATED.
+        let report = run_cases(
+            &policy,
+            &demo_chain(),
+            &cases(
+                r#"[{"san": "spiffe://phi-guard.test/ns/clinic/sa/ehr-frontend",
+                "token": null, "claims": {"roles": ["nurse"]},
+                "method": "grpc.health.v1.Health/Watch", "expect": "allow"}]"#,
+            ),
+        );
+        assert!(
+            report.failures[0].ends_with("got refused_by_jwt (UNAUTHENTICATED missing)"),
+            "{:?}",
+            report.failures
+        );
+        let report = run_cases(
+            &policy,
+            &demo_chain(),
+            &cases(&watch.replace(r#""expect": "allow""#, r#""expect": "refused_by_jwt""#)),
+        );
+        assert_eq!((report.passed, report.failures.len()), (1, 0));
+    }
+
+    #[test]
+    fn jwt_requirements_decide_with_the_filters_matcher() {
+        let policy = load_policy(&demo()).unwrap();
+        let fe = "spiffe://phi-guard.test/ns/clinic/sa/ehr-frontend";
+        let run = |case: &str| {
+            let case = format!(r#"[{{"san": "{fe}", {case}}}]"#);
+            let r = run_cases(&policy, &demo_chain(), &cases(&case));
+            (r.passed, r.failures)
+        };
+        // The provider named explicitly, or implied by claims (one provider).
+        let get =
+            r#""method": "health.v1.PatientService/GetPatient", "claims": {"roles": ["nurse"]}"#;
+        assert_eq!(
+            run(&format!(
+                r#"{get}, "token": "phi-guard-idp", "expect": "allow""#
+            ))
+            .0,
+            1
+        );
+        assert_eq!(
+            run(&format!(r#"{get}, "expect": "allow", "role": "nurse""#)).0,
+            1
+        );
+        // Claims without a token: the jwt filter refuses before rbac.
+        assert_eq!(
+            run(&format!(
+                r#"{get}, "token": [], "expect": "refused_by_jwt""#
+            ))
+            .0,
+            1
+        );
+        // allow_missing (Health/Check): no token passes jwt; rbac decides.
+        let (passed, failures) = run(
+            r#""method": "grpc.health.v1.Health/Check", "expect": "allow", "rule": "health-checks""#,
+        );
+        assert_eq!((passed, failures), (1, vec![]));
+        // A token from a provider the config does not have is a case error.
+        let (_, failures) = run(&format!(
+            r#"{get}, "token": "other-idp", "expect": "allow""#
+        ));
+        assert!(
+            failures[0].contains(r#"no jwt provider named "other-idp""#),
+            "{failures:?}"
+        );
+    }
+
+    #[test]
+    fn a_dns_only_workload_is_refused_by_the_listener() {
+        let policy = load_policy(&demo()).unwrap();
+        // The issue's case: rbac alone lets a DNS-named workload run health checks...
+        let probe = r#"[{"dns": "probe.phi-guard.test", "method": "grpc.health.v1.Health/Check",
+            "expect": "allow"}]"#;
+        let alone = run_cases(&policy, &Chain::default(), &cases(probe));
+        assert_eq!((alone.passed, alone.failures.len()), (1, 0));
+        // ...the listener requires exactly one URI SAN, a SPIFFE ID.
+        let chained = run_cases(&policy, &demo_chain(), &cases(probe));
+        assert!(
+            chained.failures[0].contains("expected allow, got refused_by_listener"),
+            "{:?}",
+            chained.failures
+        );
+        let fe = "spiffe://phi-guard.test/ns/clinic/sa/ehr-frontend";
+        let listener = demo_chain().listener.unwrap();
+        let peer = |mtls: bool, san: &[&str], dns: &[&str]| Input {
+            mtls,
+            san: san.iter().map(|s| s.to_string()).collect(),
+            dns: dns.iter().map(|s| s.to_string()).collect(),
+            ..Input::default()
+        };
+        assert_eq!(
+            listener.refuses(&peer(true, &[fe], &["probe.phi-guard.test"])),
+            None
+        );
+        for refused in [
+            peer(true, &[], &["probe.phi-guard.test"]),
+            peer(false, &[fe], &[]),
+            peer(
+                true,
+                &[fe, "spiffe://phi-guard.test/ns/research/sa/analytics"],
+                &[],
+            ),
+            peer(true, &["spiffe://evil.test/ns/clinic/sa/ehr-frontend"], &[]),
+            peer(true, &["spiffe://phi-guard.test"], &[]),
+            peer(true, &["https://phi-guard.test/ns/clinic"], &[]),
+        ] {
+            assert!(listener.refuses(&refused).is_some(), "{refused:?}");
+        }
+        // A refusal expectation without the stage that refuses is a case error.
+        let report = run_cases(
+            &policy,
+            &Chain::default(),
+            &cases(
+                r#"[{"dns": "probe.phi-guard.test", "method": "grpc.health.v1.Health/Check",
+                "expect": "refused_by_listener"},
+                {"san": "spiffe://phi-guard.test/ns/clinic/sa/ehr-frontend",
+                "method": "grpc.health.v1.Health/Watch", "expect": "refused_by_jwt"}]"#,
+            ),
+        );
+        assert!(
+            report.failures[0].contains("needs a `listener`"),
+            "{:?}",
+            report.failures
+        );
+        assert!(
+            report.failures[1].contains("needs a jwt config"),
+            "{:?}",
+            report.failures
+        );
+    }
+
+    #[test]
+    fn test_takes_the_jwt_config_on_the_command_line() {
+        let dir =
+            std::env::temp_dir().join(format!("phi-guard-rbac-jwtcli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cases = dir.join("cases.json");
+        std::fs::write(
+            &cases,
+            format!(
+                r#"{{"policy": "{}", "cases": [{{"san": "spiffe://phi-guard.test/ns/clinic/sa/ehr-frontend",
+                "claims": {{"roles": ["nurse"]}}, "method": "grpc.health.v1.Health/Watch",
+                "expect": "allow"}}]}}"#,
+                demo()
+            ),
+        )
+        .unwrap();
+        let cases = cases.to_str().unwrap();
+        let (code, out, _) = run_args(&["test", cases]);
+        assert_eq!((code, out.trim()), (0, "1 passed, 0 failed"));
+        let jwt = format!("{DIR}/../../envoy/demo/jwt.json");
+        let (code, out, _) = run_args(&["test", cases, "--jwt-config", &jwt]);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(code, 1, "{out}");
+        assert!(
+            out.contains("got refused_by_jwt (PERMISSION_DENIED no_rule)"),
+            "{out}"
+        );
+    }
+
     #[test]
     fn demo_cases_all_pass() {
-        let (policy_path, cases) = load_cases(&format!("{DIR}/policy.demo.test.json")).unwrap();
-        let policy = load_policy(&policy_path.expect("case file names its policy")).unwrap();
-        let report = run_cases(&policy, &cases);
+        let suite = load_cases(&format!("{DIR}/policy.demo.test.json")).unwrap();
+        let policy = load_policy(&suite.policy.expect("case file names its policy")).unwrap();
+        let chain = demo_chain();
+        assert_eq!(chain.listener, suite.listener);
+        let cases = suite.cases;
+        let report = run_cases(&policy, &chain, &cases);
         assert!(report.failures.is_empty(), "{:#?}", report.failures);
         assert_eq!(report.passed, cases.len());
         assert!(cases.len() >= 20);
@@ -541,7 +994,7 @@ mod tests {
                 {"method":"health.v1.PatientService/GetPatient","expect":"deny"}]"#,
         )
         .unwrap();
-        let report = run_cases(&policy, &cases);
+        let report = run_cases(&policy, &Chain::default(), &cases);
         assert_eq!(report.passed, 1);
         assert_eq!(report.failures.len(), 1);
         assert!(

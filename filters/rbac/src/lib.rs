@@ -10,7 +10,8 @@
 //! `&dyn Host`; `wasm` holds the proxy-wasm contexts; `checker` is the native policy tool.
 
 pub mod cert;
-#[cfg(not(target_arch = "wasm32"))]
+// The checker needs the jwt crate (its requirement matcher), which only `cli` pulls in.
+#[cfg(all(feature = "cli", not(target_arch = "wasm32")))]
 pub mod checker;
 pub mod decision;
 pub mod evaluate;
