@@ -1,12 +1,14 @@
 //! `coverage`: every method's response field paths with the class the filter's plan gives
 //! them and each role's action, or `untagged`.
 //!
-//! The walk follows the descriptor and the filter's own plan side by side. A message type
-//! reached again in the same planning context (same plan node) is not expanded twice: its row
-//! says where it was first expanded (`see …`), which keeps recursive types (FHIR's
-//! `Extension.extension`, `Identifier.assigner`) finite.
+//! The walk follows the descriptor and the filter's own plan side by side, breadth first. A
+//! message type reached again in the same planning context (same plan node) is not expanded
+//! twice: its row says where it was first expanded (`see …`, its shortest path), which keeps
+//! recursive types (FHIR's `Extension.extension`, `Identifier.assigner`) finite. A
+//! conditional catalog entry on a type adds a `condition` row, `path<field if catalog[i]>`,
+//! under which the type's fields are listed as they are when the condition holds.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde_json::{json, Value};
 
@@ -46,7 +48,7 @@ pub struct MethodCoverage {
 /// The coverage of every method in the session's descriptor set (the synthetic apply
 /// method excluded), or of those whose full name starts with one of `only`.
 pub fn coverage(session: &Session, only: &[String]) -> Result<Vec<MethodCoverage>, String> {
-    let catalog = DescriptorSet::decode(&session.set).map_err(|e| e.0)?;
+    let catalog = &session.config.descriptor;
     let roles = session.roles();
     let mut out = Vec::new();
     for m in &catalog.methods {
@@ -55,18 +57,26 @@ pub fn coverage(session: &Session, only: &[String]) -> Result<Vec<MethodCoverage
         }
         let root = session.config.plans.method(&m.full_name);
         let mut walk = Walk {
-            catalog: &catalog,
+            catalog,
             plans: &session.config.plans,
             session,
             roles: &roles,
             seen: HashMap::new(),
             rows: Vec::new(),
+            queue: VecDeque::new(),
         };
-        walk.message(&m.output_type, root, "", 0)?;
+        // Breadth first: a type is listed at its shortest path, later ones refer to it.
+        walk.queue
+            .push_back((m.output_type.clone(), root, String::new(), 0));
+        while let Some((t, plan, prefix, depth)) = walk.queue.pop_front() {
+            walk.message(&t, plan, &prefix, depth)?;
+        }
         out.push(MethodCoverage {
             method: m.full_name.clone(),
             response_type: m.output_type.clone(),
-            planned: root.is_some_and(|r| session.config.plans.messages[r].touch),
+            planned: root
+                .and_then(|r| session.config.plans.messages.get(r))
+                .is_some_and(|p| p.touch),
             rows: walk.rows,
         });
     }
@@ -80,6 +90,7 @@ struct Walk<'a> {
     roles: &'a [String],
     seen: HashMap<(String, Option<usize>), String>,
     rows: Vec<Row>,
+    queue: VecDeque<(String, Option<usize>, String, usize)>,
 }
 
 impl Walk<'_> {
@@ -116,12 +127,26 @@ impl Walk<'_> {
             match f.kind {
                 FieldKind::Message | FieldKind::Group => {
                     let child_type = f.type_name.clone().unwrap_or_default();
-                    let child = match node {
-                        Some(Node::Message { plan: j, .. }) => Some(j),
-                        _ => None,
+                    let (child, class) = match node {
+                        Some(Node::Message { plan, class, .. }) => (Some(plan), class),
+                        Some(Node::Any { class }) => {
+                            // Planned at run time by the type URL: every type's plan applies.
+                            let (class, actions) = self.class_and_actions(class, true);
+                            self.rows.push(Row {
+                                path,
+                                field: full,
+                                kind: "any",
+                                class,
+                                actions,
+                                see: None,
+                            });
+                            continue;
+                        }
+                        _ => (None, None),
                     };
                     let key = (child_type.clone(), child);
                     let see = self.seen.get(&key).cloned();
+                    let (class, actions) = self.class_and_actions(class, true);
                     self.rows.push(Row {
                         path: path.clone(),
                         field: full,
@@ -130,8 +155,8 @@ impl Walk<'_> {
                         } else {
                             "message"
                         },
-                        class: None,
-                        actions: BTreeMap::new(),
+                        class,
+                        actions,
                         see: see.clone(),
                     });
                     if see.is_none() {
@@ -142,29 +167,14 @@ impl Walk<'_> {
                             ));
                         }
                         self.seen.insert(key, path.clone());
-                        self.message(&child_type, child, &path, depth + 1)?;
+                        self.queue.push_back((child_type, child, path, depth + 1));
                     }
                 }
                 kind => {
                     let textual = matches!(kind, FieldKind::String | FieldKind::Bytes);
                     let (class, actions) = match node {
                         Some(Node::Leaf { class, .. }) => {
-                            let name = self
-                                .session
-                                .config
-                                .class_names
-                                .get(&class)
-                                .cloned()
-                                .unwrap_or_else(|| self.catalog.class_name(class));
-                            let actions = self
-                                .roles
-                                .iter()
-                                .map(|r| {
-                                    let (_, block) = self.session.config.policy.for_role(Some(r));
-                                    (r.clone(), action_name(block.action(class), textual))
-                                })
-                                .collect();
-                            (Some(name), actions)
+                            self.class_and_actions(Some(class), textual)
                         }
                         _ => (None, BTreeMap::new()),
                     };
@@ -183,7 +193,64 @@ impl Walk<'_> {
                 }
             }
         }
+        // Conditional catalog entries on this type: each has its own plan, used when it holds.
+        let rules = plan
+            .and_then(|i| self.plans.messages.get(i))
+            .map(|p| p.rules.clone())
+            .unwrap_or_default();
+        for (rule, alternative) in rules {
+            let Some(r) = self.session.config.catalog.rules.get(rule) else {
+                continue;
+            };
+            let what = match &r.field {
+                Some(field) => format!("{field} if {}", r.origin),
+                None => format!("if {}", r.origin),
+            };
+            let path = format!("{prefix}<{what}>");
+            let key = (type_name.to_string(), Some(alternative));
+            let see = self.seen.get(&key).cloned();
+            let (class, actions) = self.class_and_actions(Some(r.class), true);
+            self.rows.push(Row {
+                path: path.clone(),
+                field: type_name.to_string(),
+                kind: "condition",
+                class,
+                actions,
+                see: see.clone(),
+            });
+            if see.is_none() {
+                self.seen.insert(key, path.clone());
+                self.queue
+                    .push_back((type_name.to_string(), Some(alternative), path, depth + 1));
+            }
+        }
         Ok(())
+    }
+
+    fn class_and_actions(
+        &self,
+        class: Option<crate::plan::Class>,
+        textual: bool,
+    ) -> (Option<String>, BTreeMap<String, String>) {
+        let Some(class) = class else {
+            return (None, BTreeMap::new());
+        };
+        let name = self
+            .session
+            .config
+            .class_names
+            .get(&class)
+            .cloned()
+            .unwrap_or_else(|| self.catalog.class_name(class));
+        let actions = self
+            .roles
+            .iter()
+            .map(|r| {
+                let (_, block) = self.session.config.policy.for_role(Some(r));
+                (r.clone(), action_name(block.action(class), textual))
+            })
+            .collect();
+        (Some(name), actions)
     }
 }
 
@@ -192,11 +259,7 @@ impl Walk<'_> {
 pub fn action_name(action: &Action, textual: bool) -> String {
     match action {
         Action::Reveal => "reveal".into(),
-        Action::Age { max } => format!("age({max})"),
         _ if !textual => "remove".into(),
-        Action::Year { max_age: None } => "year".into(),
-        Action::Year { max_age: Some(m) } => format!("year(max_age {m})"),
-        Action::Zip3 { .. } => "zip3".into(),
         Action::Redact { replacement: None } => "redact".into(),
         Action::Redact {
             replacement: Some(r),
@@ -204,6 +267,10 @@ pub fn action_name(action: &Action, textual: bool) -> String {
         Action::Partial { keep_last } => format!("partial({keep_last})"),
         Action::Token => "token".into(),
         Action::Remove => "remove".into(),
+        Action::Year { max_age: None } => "year".into(),
+        Action::Year { max_age: Some(n) } => format!("year(max_age {n})"),
+        Action::Zip3 { .. } => "zip3".into(),
+        Action::Age { max } => format!("age(max {max})"),
     }
 }
 
@@ -225,6 +292,7 @@ pub fn to_text(report: &[MethodCoverage]) -> String {
             let what = match (&r.class, &r.see, r.kind) {
                 (_, Some(see), _) => format!("see {see}"),
                 (None, None, "message" | "group") => continue,
+                (None, None, "any") => "by type URL".to_string(),
                 (None, None, _) => "untagged".to_string(),
                 (Some(c), None, _) => {
                     let acts: Vec<String> =

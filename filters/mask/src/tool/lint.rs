@@ -84,21 +84,40 @@ pub fn looks_like(field_name: &str) -> Option<&'static str> {
     })
 }
 
-/// Untagged leaves whose name, or the name of the field holding them (FHIR wraps every
-/// primitive: `family.value`), looks like an identifier. Fields whose full name (or a prefix
+/// Untagged leaves whose name, or the name of one of the two fields holding them (FHIR wraps
+/// every primitive: `family.value`, `identifier[].value.value`), looks like an identifier. Fields whose full name (or a prefix
 /// of it, ending in `.`) is in `allow` are not reported.
 pub fn by_name(report: &[MethodCoverage], allow: &[String]) -> Vec<Finding> {
     let mut out = Vec::new();
     for m in report {
         for r in &m.rows {
-            if r.class.is_some() || r.see.is_some() || matches!(r.kind, "message" | "group") {
+            if r.class.is_some() || matches!(r.kind, "any" | "condition") {
                 continue;
+            }
+            // A message listed elsewhere (`see`): its own name counts here too, when the
+            // listing has an untagged leaf directly inside.
+            let untagged_inside = |target: &str| {
+                m.rows.iter().any(|x| {
+                    x.class.is_none()
+                        && !matches!(x.kind, "message" | "group" | "any" | "condition")
+                        && x.path
+                            .strip_prefix(target)
+                            .is_some_and(|rest| rest.starts_with('.') && !rest[1..].contains('.'))
+                })
+            };
+            match (&r.see, r.kind) {
+                (Some(target), "message") if untagged_inside(target) => {}
+                (_, "message" | "group") => continue,
+                _ => {}
             }
             if allowed(&r.field, allow) {
                 continue;
             }
             let segments: Vec<&str> = r.path.split('.').collect();
-            let tail = &segments[segments.len().saturating_sub(2)..];
+            // A leaf: its name and the two fields holding it; a message listed elsewhere: its
+            // own name and its holder's (its leaves add the level below).
+            let keep = if r.see.is_some() { 2 } else { 3 };
+            let tail = &segments[segments.len().saturating_sub(keep)..];
             if let Some(kind) = tail
                 .iter()
                 .rev()
@@ -156,6 +175,22 @@ impl SampleWalk<'_> {
         if depth > crate::rewriter::MAX_DEPTH {
             return;
         }
+        // The first conditional catalog entry that holds on this value picks its plan, as in
+        // the rewriter.
+        let plans = &self.session.config.plans;
+        let plan = plan.map(|p| {
+            plans.messages.get(p).map_or(p, |mp| {
+                mp.rules
+                    .iter()
+                    .find(|(rule, _)| {
+                        plans
+                            .conditions
+                            .get(*rule)
+                            .is_some_and(|c| holds(msg, &c.path, &c.test))
+                    })
+                    .map_or(p, |(_, alt)| *alt)
+            })
+        });
         for (field, value) in msg.fields() {
             let path = if prefix.is_empty() {
                 field.name().to_string()
@@ -166,11 +201,11 @@ impl SampleWalk<'_> {
                 .and_then(|i| self.session.config.plans.messages.get(i))
                 .and_then(|p| p.field(field.number()))
                 .map(|f| f.node);
-            if matches!(node, Some(Node::Leaf { .. })) {
-                continue;
-            }
             let child = match node {
-                Some(Node::Message { plan: j, .. }) => Some(j),
+                // Tagged, or an Any (its content is planned by type URL): the filter masks it.
+                Some(Node::Leaf { .. } | Node::Any { .. }) => continue,
+                Some(Node::Message { class: Some(_), .. }) => continue,
+                Some(Node::Message { plan, .. }) => Some(plan),
                 _ => None,
             };
             let full = field.full_name().to_string();
@@ -194,11 +229,10 @@ impl SampleWalk<'_> {
                     .and_then(|i| self.session.config.plans.messages.get(i))
                     .and_then(|p| p.field(2))
                     .map(|f| f.node);
-                if matches!(value_plan, Some(Node::Leaf { .. })) {
-                    return;
-                }
                 let child = match value_plan {
-                    Some(Node::Message { plan: j, .. }) => Some(j),
+                    Some(Node::Leaf { .. } | Node::Any { .. }) => return,
+                    Some(Node::Message { class: Some(_), .. }) => return,
+                    Some(Node::Message { plan, .. }) => Some(plan),
                     _ => None,
                 };
                 for v in entries.values() {
@@ -232,6 +266,41 @@ impl SampleWalk<'_> {
                 source: "sample",
             });
         }
+    }
+}
+
+/// Whether the leaf at `path` (field numbers; a repeated field holds when any element does)
+/// of `msg` passes `test`.
+fn holds(msg: &DynamicMessage, path: &[u32], test: &crate::catalog::Test) -> bool {
+    use crate::catalog::Test;
+    let Some((&first, rest)) = path.split_first() else {
+        return false;
+    };
+    let Some(field) = msg.descriptor().get_field(first) else {
+        return false;
+    };
+    if !msg.has_field(&field) {
+        return false;
+    }
+    let value = msg.get_field(&field);
+    let check = |v: &Value| -> bool {
+        match (v, test) {
+            (Value::Message(m), _) => holds(m, rest, test),
+            (_, _) if !rest.is_empty() => false,
+            (Value::String(s), Test::Bytes(ok)) => ok.iter().any(|o| o == s.as_bytes()),
+            (Value::Bytes(b), Test::Bytes(ok)) => ok.iter().any(|o| o == b.as_ref()),
+            (Value::EnumNumber(n), Test::Varint(ok)) => ok.contains(&(*n as i64 as u64)),
+            (Value::I32(n), Test::Varint(ok)) => ok.contains(&(*n as i64 as u64)),
+            (Value::I64(n), Test::Varint(ok)) => ok.contains(&(*n as u64)),
+            (Value::U32(n), Test::Varint(ok)) => ok.contains(&u64::from(*n)),
+            (Value::U64(n), Test::Varint(ok)) => ok.contains(n),
+            (Value::Bool(b), Test::Varint(ok)) => ok.contains(&u64::from(*b)),
+            _ => false,
+        }
+    };
+    match value.as_ref() {
+        Value::List(items) => items.iter().any(check),
+        v => check(v),
     }
 }
 
