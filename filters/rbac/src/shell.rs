@@ -15,7 +15,6 @@ use crate::principal::Peer;
 /// filter reads the validated leaf itself and takes every SAN from it (see README, "SANs").
 const MTLS: [&str; 2] = ["connection", "mtls"];
 const PEER_CERT: [&str; 2] = ["connection", "peer_certificate"];
-const SUBJECT: [&str; 2] = ["connection", "subject_peer_certificate"];
 
 /// Parsed certificates kept per VM, so the requests of one connection parse its leaf once.
 /// Keyed by the attribute's exact bytes (no hash to collide); FIFO beyond this many.
@@ -224,14 +223,10 @@ impl Filter {
             None => Peer::unreadable(),
         };
         if !peer.is_authenticated() && peer.problem.is_none() {
-            // Workload identifiers, not secrets, but still only at debug.
-            let subject = host.string_property(&SUBJECT);
+            // No certificate contents in logs: a client certificate's subject can name a person.
             host.log(
                 LogLevel::Debug,
-                &format!(
-                    "phi-guard rbac: mTLS peer without a usable SPIFFE URI or DNS SAN (subject {})",
-                    subject.as_deref().unwrap_or("-")
-                ),
+                "phi-guard rbac: mTLS peer without a usable SPIFFE URI or DNS SAN",
             );
         }
         peer
