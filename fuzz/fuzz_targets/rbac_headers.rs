@@ -42,7 +42,11 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     let ambiguous = tenant_entries.len() > 1 || tenant_entries.iter().any(|v| v.contains(','));
 
-    let peer = Peer::from_sans(true, &["spiffe://phi-guard.test/ns/clinic/sa/ehr-frontend"], &[]);
+    let peer = Peer::from_sans(
+        true,
+        &["spiffe://phi-guard.test/ns/clinic/sa/ehr-frontend"],
+        &[],
+    );
     let identity = Identity {
         provider: "idp".into(),
         issuer: "https://idp.test".into(),
