@@ -77,7 +77,7 @@ pub fn refuse_no_set(host: &dyn Host, metrics: &FetchMetrics) -> Flow {
         .and_then(|b| AuthzDecision::from_bytes(&b))
         .filter(|d| d.decision == "allow")
         .map(|d| d.role)
-        .unwrap_or_default();
+        .unwrap_or_else(|| "default".into());
     let summary = MaskSummary {
         role,
         failure: Some(NO_DESCRIPTOR_SET.into()),
