@@ -244,6 +244,12 @@ pub struct MaskSection {
     /// CA bundle for an https `descriptor_set_url` (default: the system bundle).
     #[serde(default)]
     pub descriptor_set_ca_file: Option<String>,
+    /// Seconds between fetches of a good set (the filter's `refresh_interval_s`, default 300).
+    #[serde(default)]
+    pub descriptor_set_refresh_interval_s: Option<u64>,
+    /// Seconds before fetching again after a failed fetch (`retry_interval_s`, default 10).
+    #[serde(default)]
+    pub descriptor_set_retry_interval_s: Option<u64>,
 }
 
 /// A string or a list of strings.
@@ -432,6 +438,9 @@ pub struct RemoteDescriptorSet {
     pub upstream: Upstream,
     /// Accepted SHA-256 digests (hex); empty: no pin.
     pub sha256: Vec<String>,
+    /// `refresh_interval_s` and `retry_interval_s` of the filter's block (`None`: its default).
+    pub refresh_interval_s: Option<u64>,
+    pub retry_interval_s: Option<u64>,
 }
 
 /// Names of the environment variables holding the secrets.
@@ -546,11 +555,28 @@ impl Inbound {
         };
         let descriptor_set_remote = match &file.mask.descriptor_set_url {
             None => {
-                if file.mask.descriptor_set_sha256.is_some() {
-                    return Err(FieldError::new(
+                let m = &file.mask;
+                for (field, set) in [
+                    (
                         "mask.descriptor_set_sha256",
-                        "set only with descriptor_set_url",
-                    ));
+                        m.descriptor_set_sha256.is_some(),
+                    ),
+                    (
+                        "mask.descriptor_set_ca_file",
+                        m.descriptor_set_ca_file.is_some(),
+                    ),
+                    (
+                        "mask.descriptor_set_refresh_interval_s",
+                        m.descriptor_set_refresh_interval_s.is_some(),
+                    ),
+                    (
+                        "mask.descriptor_set_retry_interval_s",
+                        m.descriptor_set_retry_interval_s.is_some(),
+                    ),
+                ] {
+                    if set {
+                        return Err(FieldError::new(field, "set only with descriptor_set_url"));
+                    }
                 }
                 None
             }
@@ -573,6 +599,8 @@ impl Inbound {
                     .clone()
                     .map(OneOrMany::into_vec)
                     .unwrap_or_default(),
+                refresh_interval_s: file.mask.descriptor_set_refresh_interval_s,
+                retry_interval_s: file.mask.descriptor_set_retry_interval_s,
             }),
         };
         let wasm_dir = match &file.paths.wasm {
@@ -782,6 +810,12 @@ impl Inbound {
                 });
                 if !remote.sha256.is_empty() {
                     block["sha256"] = json!(remote.sha256);
+                }
+                if let Some(s) = remote.refresh_interval_s {
+                    block["refresh_interval_s"] = s.into();
+                }
+                if let Some(s) = remote.retry_interval_s {
+                    block["retry_interval_s"] = s.into();
                 }
                 top.insert("descriptor_set".into(), json!({ "remote": block }));
             }
@@ -1390,6 +1424,8 @@ mod tests {
             )
             .unwrap(),
             sha256: vec!["ab".repeat(32)],
+            refresh_interval_s: Some(2),
+            retry_interval_s: None,
         });
         let yaml = inbound.render().unwrap().envoy;
         assert!(yaml.contains("- name: mask_descriptor_set"));
@@ -1400,6 +1436,11 @@ mod tests {
         assert_eq!(remote["path"], "/v1/api.binpb");
         assert_eq!(remote["authority"], "schemas.labs.example");
         assert_eq!(remote["sha256"], json!(["ab".repeat(32)]));
+        assert_eq!(remote["refresh_interval_s"], 2);
+        assert!(
+            remote.get("retry_interval_s").is_none(),
+            "the filter's default"
+        );
         assert_eq!(mask["roles"], demo().mask["roles"]);
 
         // Both sources, a pin that is not a digest, a config pointing at a missing cluster.
@@ -1465,6 +1506,25 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(list.descriptor_set_remote.unwrap().sha256.len(), 2);
+        let mut timed =
+            load("descriptor_set_url = \"http://h/x\"\ndescriptor_set_refresh_interval_s = 0")
+                .unwrap();
+        assert_eq!(
+            timed.render().unwrap_err().field,
+            "mask.config: descriptor_set.remote.refresh_interval_s"
+        );
+        timed
+            .descriptor_set_remote
+            .as_mut()
+            .unwrap()
+            .refresh_interval_s = Some(60);
+        timed.render().unwrap();
+        assert_eq!(
+            load("descriptor_set_retry_interval_s = 5")
+                .unwrap_err()
+                .field,
+            "mask.descriptor_set_retry_interval_s"
+        );
         assert_eq!(
             load(&format!("descriptor_set_sha256 = \"{pin}\""))
                 .unwrap_err()
