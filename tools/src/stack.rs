@@ -57,6 +57,9 @@ pub struct Idp {
     pub signing_key_file: PathBuf,
 }
 
+/// How long a started Envoy may take to report ready (`/ready` on its admin port).
+pub const ENVOY_READY_TIMEOUT: Duration = Duration::from_secs(90);
+
 /// A running Envoy.
 pub struct Envoy {
     child: Option<Child>,
@@ -791,7 +794,9 @@ impl Envoy {
             log,
             config,
         };
-        envoy.wait_ready(Duration::from_secs(30))?;
+        // V8 compiles every wasm module before the listener opens: seconds on an idle machine,
+        // far longer on a loaded 2-core one with several tests starting Envoys at once.
+        envoy.wait_ready(ENVOY_READY_TIMEOUT)?;
         Ok(envoy)
     }
 
