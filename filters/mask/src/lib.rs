@@ -4,7 +4,8 @@
 //! Pure core (no host calls): [`descriptor`] decodes the FileDescriptorSet, [`plan`] builds
 //! per-method rewrite plans, [`policy`] and [`token`] decide and transform values,
 //! [`freetext`] finds identifiers in free text, [`rewriter`] rewrites one message,
-//! [`framing`] cuts gRPC frames out of body chunks. [`config`] parses the JSON config.
+//! [`framing`] cuts gRPC frames out of body chunks; [`resource`] reads the resource id from
+//! the first request message. [`config`] parses the JSON config.
 //! [`shell`] is the per-stream logic behind narrow host traits; `wasm` wires it to proxy-wasm.
 
 pub mod catalog;
@@ -15,6 +16,7 @@ pub mod framing;
 pub mod freetext;
 pub mod plan;
 pub mod policy;
+pub mod resource;
 pub mod rewriter;
 pub mod shell;
 pub mod token;
