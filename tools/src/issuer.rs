@@ -5,13 +5,13 @@
 //! that jwt keeps working on its last good key set.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jwt_simple::prelude::*;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::docserver::{Answer, DocumentServer};
 
 pub const ISSUER: &str = "https://idp.phi-guard.test";
 pub const AUDIENCE: &str = "patient-service";
@@ -216,17 +216,11 @@ pub enum JwksMode {
     Failing,
 }
 
-struct JwksState {
-    body: String,
-    mode: JwksMode,
-    requests: u64,
-}
-
-/// A JWKS endpoint on loopback.
+/// A JWKS endpoint on loopback (a [`DocumentServer`] at [`JWKS_PATH`]).
 #[derive(Clone)]
 pub struct JwksServer {
     pub addr: SocketAddr,
-    state: Arc<Mutex<JwksState>>,
+    server: DocumentServer,
 }
 
 impl JwksServer {
@@ -236,63 +230,33 @@ impl JwksServer {
     }
 
     pub async fn bind(addr: SocketAddr, jwks: &Value) -> std::io::Result<JwksServer> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
-        let state = Arc::new(Mutex::new(JwksState {
-            body: jwks.to_string(),
-            mode: JwksMode::Serving,
-            requests: 0,
-        }));
-        let server_state = state.clone();
-        tokio::spawn(async move {
-            while let Ok((mut conn, _)) = listener.accept().await {
-                let state = server_state.clone();
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 8192];
-                    let mut read = 0;
-                    // Read the request head; the JWKS fetch has no body.
-                    while read < buf.len() {
-                        match conn.read(&mut buf[read..]).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => read += n,
-                        }
-                        if buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
-                            break;
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&buf[..read]).to_string();
-                    let (status, body) = {
-                        let mut s = state.lock().unwrap();
-                        s.requests += 1;
-                        match (s.mode, head.starts_with(&format!("GET {JWKS_PATH} "))) {
-                            (JwksMode::Failing, _) => ("503 Service Unavailable", String::new()),
-                            (JwksMode::Serving, true) => ("200 OK", s.body.clone()),
-                            (JwksMode::Serving, false) => ("404 Not Found", String::new()),
-                        }
-                    };
-                    let response = format!(
-                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = conn.write_all(response.as_bytes()).await;
-                    let _ = conn.shutdown().await;
-                });
-            }
-        });
-        Ok(JwksServer { addr, state })
+        let server = DocumentServer::bind(
+            addr,
+            JWKS_PATH,
+            "application/json",
+            jwks.to_string().into_bytes(),
+        )
+        .await?;
+        Ok(JwksServer {
+            addr: server.addr,
+            server,
+        })
     }
 
     pub fn set_jwks(&self, jwks: &Value) {
-        self.state.lock().unwrap().body = jwks.to_string();
+        self.server.set_document(jwks.to_string().into_bytes());
     }
 
     pub fn set_mode(&self, mode: JwksMode) {
-        self.state.lock().unwrap().mode = mode;
+        self.server.set_answer(match mode {
+            JwksMode::Serving => Answer::Document,
+            JwksMode::Failing => Answer::Status(503),
+        });
     }
 
     /// How many requests the server has answered, any status.
     pub fn requests(&self) -> u64 {
-        self.state.lock().unwrap().requests
+        self.server.requests()
     }
 }
 

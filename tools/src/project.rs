@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use phi_guard_mask::tool::lint::suggested_class;
 use serde_json::{json, Value};
 
 /// A gRPC method found in a descriptor set: `pkg.Service/Method`.
@@ -140,17 +141,32 @@ pub fn starter(api: &Api, service_name: &str, trust_domain: &str) -> Vec<Starter
         })
         .collect();
     let tests = json!({"policy": "policy.json", "cases": cases});
+    // Untagged fields whose name says what they hold get a catalog entry with that class, for
+    // the user to confirm: tagging too much only removes data, tagging too little leaks it.
+    let catalog: Vec<Value> = api
+        .fields
+        .iter()
+        .filter(|f| f.class.is_none())
+        .filter_map(|f| {
+            let name = f.path.rsplit_once('.').map_or(f.path.as_str(), |(_, n)| n);
+            suggested_class(name).map(|class| json!({"field": f.path, "class": class}))
+        })
+        .collect();
     // Every role that is not listed gets `default`: every class removed.
     let mask = json!({
         "max_message_bytes": 4194304,
+        "catalog": catalog,
         "roles": {},
         "default": {"*": "remove"}
     });
     let mut fields = String::from(
         "# Fields of the API and their phi.v1.sensitivity class, as phi-guard init found them.\n\
          # An untagged field passes through mask unchanged for every role: tag each one that\n\
-         # can carry PHI in the .proto ([(phi.v1.sensitivity) = SSN], see docs/ADOPTING.md),\n\
-         # rebuild the descriptor set and run phi-guard init --fields-only again.\n",
+         # can carry PHI, in the .proto ([(phi.v1.sensitivity) = SSN], see docs/ADOPTING.md)\n\
+         # or, for a proto you cannot edit, as a mask.json catalog entry\n\
+         # ({\"field\": \"pkg.Message.field\", \"class\": \"SSN\"}). `catalog: CLASS?` marks an\n\
+         # untagged field whose name suggests CLASS: init wrote that entry into mask.json's\n\
+         # catalog; confirm or change it.\n",
     );
     let mut by_message: BTreeMap<&str, Vec<&Field>> = BTreeMap::new();
     for f in &api.fields {
@@ -161,7 +177,11 @@ pub fn starter(api: &Api, service_name: &str, trust_domain: &str) -> Vec<Starter
         fields.push_str(&format!("\n{message}\n"));
         for f in list {
             let name = f.path.rsplit_once('.').map_or("", |(_, n)| n);
-            let state = f.class.as_deref().unwrap_or("UNTAGGED");
+            let state = match (&f.class, suggested_class(name)) {
+                (Some(class), _) => class.clone(),
+                (None, Some(suggested)) => format!("UNTAGGED  catalog: {suggested}?"),
+                (None, None) => "UNTAGGED".to_string(),
+            };
             fields.push_str(&format!("  {name:<24} {:<28} {state}\n", f.kind));
         }
     }
@@ -401,6 +421,61 @@ mod tests {
             .any(|l| l.trim_start().starts_with("ssn ") && l.ends_with(" SSN")));
         let project: crate::render::ProjectFile = toml::from_str(&file("phi-guard.toml")).unwrap();
         assert_eq!(project.trust.domain, "example.test");
+    }
+
+    #[test]
+    fn the_starter_catalog_tags_untagged_fields_by_name_and_builds_against_the_set() {
+        // Google's FHIR protos carry no phi.v1 annotation: every field starts untagged.
+        let set = phi_guard_proto::fhir::DESCRIPTOR_SET;
+        let api = Api::from_descriptor_set(set).unwrap();
+        let files = starter(&api, "fhir", "example.test");
+        let file = |n: &str| files.iter().find(|f| f.name == n).unwrap().text.clone();
+        let mask: Value = serde_json::from_str(&file("mask.json")).unwrap();
+        let entry = |field: &str| {
+            mask["catalog"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["field"] == field)
+                .map(|e| e["class"].as_str().unwrap().to_string())
+        };
+        assert_eq!(
+            entry("google.fhir.r4.core.Patient.birth_date").as_deref(),
+            Some("DOB")
+        );
+        assert_eq!(
+            entry("google.fhir.r4.core.HumanName.family").as_deref(),
+            Some("NAME")
+        );
+        assert_eq!(
+            entry("google.fhir.r4.core.Address.postal_code").as_deref(),
+            Some("ZIP")
+        );
+        assert_eq!(entry("google.fhir.r4.core.Patient.gender"), None);
+        // The skeleton is a config the filter accepts against the same set.
+        let config = phi_guard_mask::config::MaskConfig::parse_with_descriptor_set(
+            file("mask.json").as_bytes(),
+            set,
+            &[],
+            &|_| None,
+        )
+        .unwrap();
+        let dob = config
+            .catalog
+            .field_class("google.fhir.r4.core.Patient", "birth_date")
+            .unwrap();
+        assert_eq!(config.class_names[&dob], "DOB");
+        let fields = file("mask.fields.txt");
+        assert!(
+            fields
+                .lines()
+                .any(|l| l.trim_start().starts_with("birth_date ")
+                    && l.ends_with("UNTAGGED  catalog: DOB?")),
+            "{fields}"
+        );
+        assert!(fields
+            .lines()
+            .any(|l| l.trim_start().starts_with("gender ") && l.ends_with("UNTAGGED")));
     }
 
     #[test]

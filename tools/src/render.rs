@@ -22,6 +22,9 @@ use serde_json::{json, Value};
 
 /// The cluster a remote JWKS is fetched through (`envoy/fragments/idp_jwks_cluster.yaml`).
 pub const JWKS_CLUSTER: &str = "idp_jwks";
+/// The cluster the mask filter fetches a remote descriptor set through
+/// (`envoy/fragments/mask_descriptor_set_cluster.yaml`).
+pub const MASK_DESCRIPTOR_SET_CLUSTER: &str = "mask_descriptor_set";
 /// The cluster the audit service ships OTLP/HTTP logs to (`envoy/inbound.yaml`).
 pub const COLLECTOR_CLUSTER: &str = "audit_collector";
 /// Default names of the secrets' environment variables (Envoy's process environment, passed to
@@ -231,6 +234,39 @@ pub struct MaskSection {
     /// --descriptor_set_out`), with the `phi.v1.sensitivity` options kept.
     #[serde(default)]
     pub descriptor_set: Option<String>,
+    /// Where the mask filter fetches the binary FileDescriptorSet instead (`http://` or
+    /// `https://`), through the `mask_descriptor_set` cluster; refreshed, last good kept.
+    #[serde(default)]
+    pub descriptor_set_url: Option<String>,
+    /// SHA-256 (hex) of the set at `descriptor_set_url`, or a list of accepted digests.
+    #[serde(default)]
+    pub descriptor_set_sha256: Option<OneOrMany>,
+    /// CA bundle for an https `descriptor_set_url` (default: the system bundle).
+    #[serde(default)]
+    pub descriptor_set_ca_file: Option<String>,
+    /// Seconds between fetches of a good set (the filter's `refresh_interval_s`, default 300).
+    #[serde(default)]
+    pub descriptor_set_refresh_interval_s: Option<u64>,
+    /// Seconds before fetching again after a failed fetch (`retry_interval_s`, default 10).
+    #[serde(default)]
+    pub descriptor_set_retry_interval_s: Option<u64>,
+}
+
+/// A string or a list of strings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -396,6 +432,17 @@ pub enum Jwks {
     Remote(Upstream),
 }
 
+/// A descriptor set the mask filter fetches (`[mask] descriptor_set_url`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteDescriptorSet {
+    pub upstream: Upstream,
+    /// Accepted SHA-256 digests (hex); empty: no pin.
+    pub sha256: Vec<String>,
+    /// `refresh_interval_s` and `retry_interval_s` of the filter's block (`None`: its default).
+    pub refresh_interval_s: Option<u64>,
+    pub retry_interval_s: Option<u64>,
+}
+
 /// Names of the environment variables holding the secrets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyEnv {
@@ -429,6 +476,8 @@ pub struct Inbound {
     pub jwks: Jwks,
     /// The API's FileDescriptorSet, put into the mask config as `descriptor_set` (base64).
     pub descriptor_set: Option<Vec<u8>>,
+    /// Or where the mask filter fetches it (`descriptor_set.remote`, and its cluster).
+    pub descriptor_set_remote: Option<RemoteDescriptorSet>,
     pub collector: Upstream,
     pub keys: KeyEnv,
 }
@@ -504,6 +553,56 @@ impl Inbound {
                 )
             })?),
         };
+        let descriptor_set_remote = match &file.mask.descriptor_set_url {
+            None => {
+                let m = &file.mask;
+                for (field, set) in [
+                    (
+                        "mask.descriptor_set_sha256",
+                        m.descriptor_set_sha256.is_some(),
+                    ),
+                    (
+                        "mask.descriptor_set_ca_file",
+                        m.descriptor_set_ca_file.is_some(),
+                    ),
+                    (
+                        "mask.descriptor_set_refresh_interval_s",
+                        m.descriptor_set_refresh_interval_s.is_some(),
+                    ),
+                    (
+                        "mask.descriptor_set_retry_interval_s",
+                        m.descriptor_set_retry_interval_s.is_some(),
+                    ),
+                ] {
+                    if set {
+                        return Err(FieldError::new(field, "set only with descriptor_set_url"));
+                    }
+                }
+                None
+            }
+            Some(_) if descriptor_set.is_some() => {
+                return Err(FieldError::new(
+                    "mask.descriptor_set_url",
+                    "set `descriptor_set` (inline) or `descriptor_set_url` (fetched), not both",
+                ))
+            }
+            Some(url) => Some(RemoteDescriptorSet {
+                upstream: Upstream::parse(
+                    url,
+                    "mask.descriptor_set_url",
+                    "/",
+                    file.mask.descriptor_set_ca_file.as_deref().map(at),
+                )?,
+                sha256: file
+                    .mask
+                    .descriptor_set_sha256
+                    .clone()
+                    .map(OneOrMany::into_vec)
+                    .unwrap_or_default(),
+                refresh_interval_s: file.mask.descriptor_set_refresh_interval_s,
+                retry_interval_s: file.mask.descriptor_set_retry_interval_s,
+            }),
+        };
         let wasm_dir = match &file.paths.wasm {
             Some(p) => at(p),
             None => default_wasm_dir(),
@@ -537,6 +636,7 @@ impl Inbound {
             },
             jwks,
             descriptor_set,
+            descriptor_set_remote,
             collector: Upstream::parse(
                 &file.audit.collector,
                 "audit.collector",
@@ -667,17 +767,59 @@ impl Inbound {
         out
     }
 
-    /// The mask config with the descriptor set and the token key's variable filled in.
+    /// The mask config with the descriptor set (inline, or where to fetch it) and the token
+    /// key's variable filled in.
     pub fn mask_config(&self) -> Result<Value, FieldError> {
         let mut mask = self.mask.clone();
         let top = mask
             .as_object_mut()
             .ok_or_else(|| FieldError::new("mask.config", "must be a JSON object"))?;
-        if let Some(set) = &self.descriptor_set {
-            top.insert(
-                "descriptor_set".into(),
-                base64::engine::general_purpose::STANDARD.encode(set).into(),
-            );
+        let uses_cluster = top
+            .get("descriptor_set")
+            .and_then(|d| d.get("remote"))
+            .and_then(|r| r.get("cluster"))
+            .and_then(Value::as_str)
+            == Some(MASK_DESCRIPTOR_SET_CLUSTER);
+        if uses_cluster && self.descriptor_set_remote.is_none() {
+            return Err(FieldError::new(
+                "mask.descriptor_set_url",
+                format!(
+                    "mask.config fetches its descriptor set through `{MASK_DESCRIPTOR_SET_CLUSTER}`: \
+                     set [mask] descriptor_set_url"
+                ),
+            ));
+        }
+        match (&self.descriptor_set, &self.descriptor_set_remote) {
+            (Some(_), Some(_)) => {
+                return Err(FieldError::new(
+                    "mask.descriptor_set_url",
+                    "set `descriptor_set` (inline) or `descriptor_set_url` (fetched), not both",
+                ))
+            }
+            (Some(set), None) => {
+                top.insert(
+                    "descriptor_set".into(),
+                    base64::engine::general_purpose::STANDARD.encode(set).into(),
+                );
+            }
+            (None, Some(remote)) => {
+                let mut block = json!({
+                    "cluster": MASK_DESCRIPTOR_SET_CLUSTER,
+                    "path": remote.upstream.path,
+                    "authority": remote.upstream.addr.host,
+                });
+                if !remote.sha256.is_empty() {
+                    block["sha256"] = json!(remote.sha256);
+                }
+                if let Some(s) = remote.refresh_interval_s {
+                    block["refresh_interval_s"] = s.into();
+                }
+                if let Some(s) = remote.retry_interval_s {
+                    block["retry_interval_s"] = s.into();
+                }
+                top.insert("descriptor_set".into(), json!({ "remote": block }));
+            }
+            (None, None) => {}
         }
         top.insert("token_key_env".into(), self.keys.mask_token.clone().into());
         Ok(mask)
@@ -720,7 +862,9 @@ impl Inbound {
             .map_err(|e| stage("jwt.config", e))?;
         phi_guard_rbac::policy::Policy::parse(&bytes(&self.rbac))
             .map_err(|e| stage("rbac.policy", e))?;
-        phi_guard_mask::config::MaskConfig::parse(&bytes(&mask), &env)
+        // A fetched set's config is checked as far as it can be without the set (the remote
+        // block, the top-level keys); the filter checks the rest against each set.
+        phi_guard_mask::remote::MaskSource::parse(&bytes(&mask), &env)
             .map_err(|e| stage("mask.config", e))?;
         phi_guard_audit::config::FilterConfig::parse(&bytes(&self.audit))
             .map_err(|e| stage("audit.config", e))?;
@@ -827,6 +971,25 @@ impl Inbound {
             _ => String::new(),
         };
         vars.push(("JWKS_CLUSTER", cluster));
+        let cluster = match &self.descriptor_set_remote {
+            Some(remote) => {
+                let up = &remote.upstream;
+                let field = "mask.descriptor_set_url";
+                let tls = upstream_tls(up).map_err(|e| FieldError::new(field, e))?;
+                fill(
+                    &template("fragments/mask_descriptor_set_cluster.yaml")?,
+                    &[
+                        ("DESCRIPTOR_SET_CLUSTER_TYPE", up.addr.cluster_type().into()),
+                        ("DESCRIPTOR_SET_TRANSPORT_SOCKET", tls),
+                        ("DESCRIPTOR_SET_ADDRESS", up.addr.host.clone()),
+                        ("DESCRIPTOR_SET_PORT", up.addr.port.to_string()),
+                    ],
+                )
+                .map_err(|e| FieldError::new(field, e))?
+            }
+            None => String::new(),
+        };
+        vars.push(("MASK_DESCRIPTOR_SET_CLUSTER", cluster));
         for (name, config) in self.stage_configs()? {
             let text = serde_json::to_string_pretty(&config).expect("a JSON value serialises");
             vars.push((name, text));
@@ -1241,6 +1404,145 @@ mod tests {
         let jwks = &embedded(&yaml, "jwt")["providers"][0]["jwks"]["remote"];
         assert_eq!(jwks["path"], "/jwks");
         assert_eq!(jwks["authority"], "idp.labs.example");
+    }
+
+    #[test]
+    fn a_fetched_descriptor_set_gets_its_cluster_and_remote_block() {
+        let inline = demo().render().unwrap().envoy;
+        assert!(
+            !inline.contains("- name: mask_descriptor_set"),
+            "inline: no cluster"
+        );
+        let mut inbound = demo();
+        inbound.descriptor_set = None;
+        inbound.descriptor_set_remote = Some(RemoteDescriptorSet {
+            upstream: Upstream::parse(
+                "https://schemas.labs.example/v1/api.binpb",
+                "mask.descriptor_set_url",
+                "/",
+                None,
+            )
+            .unwrap(),
+            sha256: vec!["ab".repeat(32)],
+            refresh_interval_s: Some(2),
+            retry_interval_s: None,
+        });
+        let yaml = inbound.render().unwrap().envoy;
+        assert!(yaml.contains("- name: mask_descriptor_set"));
+        assert!(yaml.contains(r#"sni: "schemas.labs.example""#));
+        let mask = embedded(&yaml, "mask");
+        let remote = &mask["descriptor_set"]["remote"];
+        assert_eq!(remote["cluster"], MASK_DESCRIPTOR_SET_CLUSTER);
+        assert_eq!(remote["path"], "/v1/api.binpb");
+        assert_eq!(remote["authority"], "schemas.labs.example");
+        assert_eq!(remote["sha256"], json!(["ab".repeat(32)]));
+        assert_eq!(remote["refresh_interval_s"], 2);
+        assert!(
+            remote.get("retry_interval_s").is_none(),
+            "the filter's default"
+        );
+        assert_eq!(mask["roles"], demo().mask["roles"]);
+
+        // Both sources, a pin that is not a digest, a config pointing at a missing cluster.
+        let mut both = inbound.clone();
+        both.descriptor_set = Some(phi_guard_proto::DESCRIPTOR_SET.to_vec());
+        assert_eq!(both.render().unwrap_err().field, "mask.descriptor_set_url");
+        let mut bad = inbound.clone();
+        bad.descriptor_set_remote.as_mut().unwrap().sha256 = vec!["xyz".into()];
+        assert_eq!(
+            bad.render().unwrap_err().field,
+            "mask.config: descriptor_set.remote.sha256[0]"
+        );
+        let mut pointing = demo();
+        pointing.descriptor_set = None;
+        pointing.mask["descriptor_set"] = json!({"remote": {
+            "cluster": MASK_DESCRIPTOR_SET_CLUSTER, "path": "/x", "authority": "x"}});
+        assert_eq!(
+            pointing.render().unwrap_err().field,
+            "mask.descriptor_set_url"
+        );
+    }
+
+    #[test]
+    fn the_project_file_names_the_descriptor_set_url() {
+        let dir = std::env::temp_dir().join(format!("phi-guard-render-ds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let demo = std::fs::read_to_string(crate::repo_root().join("envoy/demo/phi-guard.toml"))
+            .unwrap()
+            .replace("../../", &format!("{}/", crate::repo_root().display()))
+            .replace("= \"jwt.json\"", "= \"ENVOY_DEMO/jwt.json\"")
+            .replace("= \"audit.json\"", "= \"ENVOY_DEMO/audit.json\"")
+            .replace(
+                "= \"audit_service.json\"",
+                "= \"ENVOY_DEMO/audit_service.json\"",
+            )
+            .replace(
+                "ENVOY_DEMO",
+                &crate::repo_root().join("envoy/demo").display().to_string(),
+            );
+        let project = dir.join("phi-guard.toml");
+        let load = |extra: &str| {
+            std::fs::write(
+                &project,
+                demo.replace("[mask]\n", &format!("[mask]\n{extra}\n")),
+            )
+            .unwrap();
+            Inbound::from_project(&project)
+        };
+        let pin = "cd".repeat(32);
+        let inbound = load(&format!(
+            "descriptor_set_url = \"http://127.0.0.1:8082/api.binpb\"\ndescriptor_set_sha256 = \"{pin}\""
+        ))
+        .unwrap();
+        let remote = inbound.descriptor_set_remote.clone().unwrap();
+        assert_eq!(remote.upstream.addr.port, 8082);
+        assert_eq!(remote.upstream.path, "/api.binpb");
+        assert_eq!(remote.sha256, vec![pin.clone()]);
+        let yaml = inbound.render().unwrap().envoy;
+        assert!(yaml.contains("socket_address: {address: 127.0.0.1, port_value: 8082}"));
+        let list = load(&format!(
+            "descriptor_set_url = \"http://127.0.0.1:8082/api.binpb\"\ndescriptor_set_sha256 = [\"{pin}\", \"{}\"]",
+            "ef".repeat(32)
+        ))
+        .unwrap();
+        assert_eq!(list.descriptor_set_remote.unwrap().sha256.len(), 2);
+        let mut timed =
+            load("descriptor_set_url = \"http://h/x\"\ndescriptor_set_refresh_interval_s = 0")
+                .unwrap();
+        assert_eq!(
+            timed.render().unwrap_err().field,
+            "mask.config: descriptor_set.remote.refresh_interval_s"
+        );
+        timed
+            .descriptor_set_remote
+            .as_mut()
+            .unwrap()
+            .refresh_interval_s = Some(60);
+        timed.render().unwrap();
+        assert_eq!(
+            load("descriptor_set_retry_interval_s = 5")
+                .unwrap_err()
+                .field,
+            "mask.descriptor_set_retry_interval_s"
+        );
+        assert_eq!(
+            load(&format!("descriptor_set_sha256 = \"{pin}\""))
+                .unwrap_err()
+                .field,
+            "mask.descriptor_set_sha256"
+        );
+        assert_eq!(
+            load("descriptor_set_url = \"ftp://x/\"").unwrap_err().field,
+            "mask.descriptor_set_url"
+        );
+        std::fs::write(dir.join("api.binpb"), phi_guard_proto::DESCRIPTOR_SET).unwrap();
+        assert_eq!(
+            load("descriptor_set = \"api.binpb\"\ndescriptor_set_url = \"http://h/x\"")
+                .unwrap_err()
+                .field,
+            "mask.descriptor_set_url"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -102,6 +102,7 @@ pub struct StackBuilder {
     drifted_backend: bool,
     rs256_idp: bool,
     inbound_patch: Option<ConfigPatch>,
+    descriptor_set: Option<render::RemoteDescriptorSet>,
 }
 
 /// A change to the rendered inbound config, for tests of what a bad config does.
@@ -142,6 +143,13 @@ impl StackBuilder {
     /// The IdP signs with an RSA-2048 key (RS256) instead of the demo's ES256 key.
     pub fn rs256_idp(mut self) -> Self {
         self.rs256_idp = true;
+        self
+    }
+
+    /// The mask filter fetches its descriptor set from `remote` (as `[mask]
+    /// descriptor_set_url` renders it) instead of carrying the demo set inline.
+    pub fn mask_descriptor_set_remote(mut self, remote: render::RemoteDescriptorSet) -> Self {
+        self.descriptor_set = Some(remote);
         self
     }
 
@@ -236,6 +244,7 @@ impl StackBuilder {
             backend: backend_addr.port(),
             jwks: idp.addr.port(),
             collector: collector_addr.port(),
+            descriptor_set: self.descriptor_set,
         };
         let env = keys.envoy_env()?;
         let patch = self.inbound_patch;
@@ -380,7 +389,13 @@ pub fn demo_inbound(
     inbound.log_dir = dir.join("logs");
     inbound.wasm_dir = wasm_dir()?;
     inbound.keys_dir = dir.join("keys");
-    inbound.descriptor_set = Some(phi_guard_proto::DESCRIPTOR_SET.to_vec());
+    match &ports.descriptor_set {
+        None => inbound.descriptor_set = Some(phi_guard_proto::DESCRIPTOR_SET.to_vec()),
+        Some(remote) => {
+            inbound.descriptor_set = None;
+            inbound.descriptor_set_remote = Some(remote.clone());
+        }
+    }
     Ok(inbound)
 }
 
@@ -419,6 +434,8 @@ pub struct UpstreamPorts {
     pub backend: u16,
     pub jwks: u16,
     pub collector: u16,
+    /// Where the mask filter fetches its descriptor set; `None`: the demo set inline.
+    pub descriptor_set: Option<render::RemoteDescriptorSet>,
 }
 
 /// The secrets Envoy gets through its environment, one file each (fresh random per stack).
@@ -564,6 +581,7 @@ impl Stack {
             drifted_backend: false,
             rs256_idp: false,
             inbound_patch: None,
+            descriptor_set: None,
         }
     }
 
@@ -639,6 +657,8 @@ impl Stack {
             backend: self.backend_addr.port(),
             jwks: self.idp.addr.port(),
             collector: self.collector_addr.port(),
+            // Variants carry the demo set inline.
+            descriptor_set: None,
         };
         start_inbound(
             instance,

@@ -2,12 +2,14 @@
 //!
 //! Filters run in separate wasm VMs (or separate root contexts of one VM) and talk to each other
 //! only through Envoy filter state. This crate fixes the keys and byte formats of that channel,
-//! the gRPC status mapping every filter answers with, the one config parser and config error every filter uses, the strict JSON parser,
+//! the gRPC status mapping every filter answers with, the one config parser and config error every filter uses, the strict JSON parser, the
+//! schedule of documents fetched from a cluster ([`fetch`]),
 //! and the clock abstraction the pure cores take time from. It has no proxy-wasm dependency so
 //! every core can be tested natively.
 
 pub mod clock;
 pub mod config;
+pub mod fetch;
 pub mod grpc;
 pub mod identity;
 pub mod json;

@@ -7,6 +7,7 @@
 //! Error reasons never echo a value (serde's "invalid type" messages quote it, and a secret
 //! pasted into the wrong field must not reach Envoy's log).
 
+use phi_guard_common::fetch::{RemoteDefaults, RemoteSource};
 use phi_guard_common::{ConfigError, GrpcMethod};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -104,16 +105,17 @@ pub enum JwksSource {
     Remote(RemoteJwks),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemoteJwks {
-    pub cluster: String,
-    pub path: String,
-    pub authority: String,
-    pub refresh_interval_s: u64,
-    pub timeout_ms: u64,
-    pub min_refetch_interval_s: u64,
-    pub retry_interval_s: u64,
-}
+/// A remote JWKS: the shared remote-source block (`phi_guard_common::fetch`), with jwt's
+/// defaults.
+pub type RemoteJwks = RemoteSource;
+
+/// jwt's defaults for the optional members of `jwks.remote`.
+pub const REMOTE_DEFAULTS: RemoteDefaults = RemoteDefaults {
+    refresh_interval_s: DEFAULT_REFRESH_INTERVAL_S,
+    timeout_ms: DEFAULT_TIMEOUT_MS,
+    min_refetch_interval_s: Some(DEFAULT_MIN_REFETCH_INTERVAL_S),
+    retry_interval_s: DEFAULT_RETRY_INTERVAL_S,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenSource {
@@ -442,18 +444,6 @@ struct RawJwks {
     remote: Option<Value>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRemote {
-    cluster: String,
-    path: String,
-    authority: String,
-    refresh_interval_s: Option<u64>,
-    timeout_ms: Option<u64>,
-    min_refetch_interval_s: Option<u64>,
-    retry_interval_s: Option<u64>,
-}
-
 /// Deserialises `value` as `T`, naming `path` (plus the member at fault) on failure.
 fn from_value_at<T: DeserializeOwned>(value: Value, path: &str) -> Result<T, ConfigError> {
     phi_guard_common::config::from_json_value(&value).map_err(|err| {
@@ -734,46 +724,7 @@ fn parse_jwks_source(
             Ok(JwksSource::Inline(set))
         }
         (None, Some(remote)) => {
-            let remote_path = format!("{path}.remote");
-            let raw: RawRemote = from_value_at(remote, &remote_path)?;
-            let field = |name: &str| format!("{remote_path}.{name}");
-            non_empty(&raw.cluster, field("cluster"))?;
-            non_empty(&raw.authority, field("authority"))?;
-            if !raw.path.starts_with('/') {
-                return Err(ConfigError::new(field("path"), "must start with '/'"));
-            }
-            let remote = RemoteJwks {
-                cluster: raw.cluster,
-                path: raw.path,
-                authority: raw.authority,
-                refresh_interval_s: raw.refresh_interval_s.unwrap_or(DEFAULT_REFRESH_INTERVAL_S),
-                timeout_ms: raw.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
-                min_refetch_interval_s: raw
-                    .min_refetch_interval_s
-                    .unwrap_or(DEFAULT_MIN_REFETCH_INTERVAL_S),
-                retry_interval_s: raw.retry_interval_s.unwrap_or(DEFAULT_RETRY_INTERVAL_S),
-            };
-            if !(1..=86_400).contains(&remote.refresh_interval_s) {
-                return Err(ConfigError::new(
-                    field("refresh_interval_s"),
-                    "must be 1..=86400",
-                ));
-            }
-            if !(1..=60_000).contains(&remote.timeout_ms) {
-                return Err(ConfigError::new(field("timeout_ms"), "must be 1..=60000"));
-            }
-            if !(1..=3600).contains(&remote.min_refetch_interval_s) {
-                return Err(ConfigError::new(
-                    field("min_refetch_interval_s"),
-                    "must be 1..=3600",
-                ));
-            }
-            if !(1..=3600).contains(&remote.retry_interval_s) {
-                return Err(ConfigError::new(
-                    field("retry_interval_s"),
-                    "must be 1..=3600",
-                ));
-            }
+            let remote = RemoteSource::parse(&remote, &format!("{path}.remote"), &REMOTE_DEFAULTS)?;
             Ok(JwksSource::Remote(remote))
         }
         _ => Err(ConfigError::new(

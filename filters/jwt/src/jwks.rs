@@ -1,4 +1,6 @@
-//! The state machine of one remote JWKS: when to fetch, what to keep.
+//! The state machine of one remote JWKS: what to keep. When to fetch is the shared
+//! [`FetchSchedule`] (`phi_guard_common::fetch`, which the mask filter's descriptor set uses
+//! too).
 //!
 //! The shell owns the I/O (dispatch_http_call from the root context, driven by on_tick) and
 //! reports back here. Rules:
@@ -9,6 +11,7 @@
 //!   (a stream of forged kids must not turn into a stream of fetches);
 //! - one fetch in flight at a time; a fetch that never answers is given up after its timeout.
 
+use phi_guard_common::fetch::FetchSchedule;
 use phi_guard_common::UnixSeconds;
 
 use crate::config::RemoteJwks;
@@ -17,16 +20,10 @@ use crate::keys::{Alg, JwksError, KeySet};
 #[derive(Debug, Clone)]
 pub struct JwksCache {
     algorithms: Vec<Alg>,
-    refresh_interval_s: u64,
-    min_refetch_interval_s: u64,
-    retry_interval_s: u64,
-    timeout_s: u64,
+    schedule: FetchSchedule,
     keys: Option<KeySet>,
     /// SHA-256 of the document behind `keys`, to tell a rotation from a plain refresh.
     digest: Option<[u8; 32]>,
-    next_fetch_at: UnixSeconds,
-    in_flight_since: Option<UnixSeconds>,
-    last_fetch_started: Option<UnixSeconds>,
 }
 
 /// What a successful fetch changed.
@@ -42,16 +39,9 @@ impl JwksCache {
     pub fn new(remote: &RemoteJwks, algorithms: &[Alg]) -> Self {
         JwksCache {
             algorithms: algorithms.to_vec(),
-            refresh_interval_s: remote.refresh_interval_s,
-            min_refetch_interval_s: remote.min_refetch_interval_s,
-            retry_interval_s: remote.retry_interval_s,
-            // Envoy answers a timed-out call itself; this is only the backstop.
-            timeout_s: remote.timeout_ms.div_ceil(1000) + 1,
+            schedule: FetchSchedule::new(remote),
             keys: None,
             digest: None,
-            next_fetch_at: 0,
-            in_flight_since: None,
-            last_fetch_started: None,
         }
     }
 
@@ -62,19 +52,11 @@ impl JwksCache {
 
     /// True when the shell should dispatch a fetch now.
     pub fn should_fetch(&mut self, now: UnixSeconds) -> bool {
-        if let Some(since) = self.in_flight_since {
-            if now < since.saturating_add(self.timeout_s) {
-                return false;
-            }
-            // The answer never came: count it as a failure and carry on.
-            self.on_fetch_failed(now);
-        }
-        now >= self.next_fetch_at
+        self.schedule.should_fetch(now)
     }
 
     pub fn on_fetch_started(&mut self, now: UnixSeconds) {
-        self.in_flight_since = Some(now);
-        self.last_fetch_started = Some(now);
+        self.schedule.on_started(now);
     }
 
     /// A fetch answered 200 with `body`. A body that is not a usable JWKS counts as a failure.
@@ -86,12 +68,11 @@ impl JwksCache {
                 let keys = set.len();
                 self.keys = Some(set);
                 self.digest = Some(digest);
-                self.in_flight_since = None;
-                self.next_fetch_at = now.saturating_add(self.refresh_interval_s);
+                self.schedule.on_succeeded(now);
                 Ok(Fetched { keys, changed })
             }
             Err(e) => {
-                self.on_fetch_failed(now);
+                self.schedule.on_failed(now);
                 Err(e)
             }
         }
@@ -99,24 +80,13 @@ impl JwksCache {
 
     /// A fetch failed (no answer, non-200, dispatch refused). The old keys stay.
     pub fn on_fetch_failed(&mut self, now: UnixSeconds) {
-        self.in_flight_since = None;
-        self.next_fetch_at = now.saturating_add(self.retry_interval_s);
+        self.schedule.on_failed(now);
     }
 
     /// A token named a `kid` the set lacks: fetch early if the rate limit allows. Returns
     /// whether a fetch was scheduled.
     pub fn request_refetch(&mut self, now: UnixSeconds) -> bool {
-        if self.in_flight_since.is_some() {
-            return false;
-        }
-        let allowed = self
-            .last_fetch_started
-            .is_none_or(|t| now >= t.saturating_add(self.min_refetch_interval_s));
-        if allowed && self.next_fetch_at > now {
-            self.next_fetch_at = now;
-            return true;
-        }
-        false
+        self.schedule.request_refetch(now)
     }
 }
 

@@ -24,6 +24,22 @@
 //!   "default": { "*": "remove" }
 //! }
 //! ```
+//!
+//! `descriptor_set` may instead name a set fetched from an Envoy cluster (see [`crate::remote`]
+//! and [`crate::remote::MaskSource::parse`]):
+//!
+//! ```json
+//! "descriptor_set": {"remote": {
+//!   "cluster": "mask_descriptor_set", "path": "/api.binpb", "authority": "schemas.internal",
+//!   "sha256": ["<64 hex digits>"], "refresh_interval_s": 300, "timeout_ms": 5000,
+//!   "retry_interval_s": 10
+//! }}
+//! ```
+//!
+//! The remote block is checked at configure time (errors name the field and the filter does
+//! not start); everything else in the document is checked against each set that arrives, and
+//! a set it does not build with is refused like a set that does not decode (the last good
+//! config stays; until a first good one, every request is refused with UNAVAILABLE).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -123,7 +139,12 @@ impl MaskConfig {
             .get("descriptor_set")
             .ok_or_else(|| ConfigError::new("descriptor_set", "missing"))?
             .as_str()
-            .ok_or_else(|| ConfigError::new("descriptor_set", "must be a base64 string"))?;
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "descriptor_set",
+                    "must be a base64 string (or {\"remote\": {...}}, read with MaskSource::parse)",
+                )
+            })?;
         let set = base64::engine::general_purpose::STANDARD
             .decode(b64.trim())
             .map_err(|_| ConfigError::new("descriptor_set", "not valid base64"))?;
@@ -142,6 +163,16 @@ impl MaskConfig {
     ) -> Result<Self, ConfigError> {
         let doc: Value = serde_json::from_slice(json).map_err(|e| ConfigError::from_json(&e))?;
         Self::build(&doc, set, extra_keys, env)
+    }
+
+    /// Builds the configuration document `doc` (already read by the strict parser) against a
+    /// fetched set: what [`crate::remote::RemoteMask`] does with each set that arrives.
+    pub(crate) fn build_with_set(
+        doc: &Value,
+        set: &[u8],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        Self::build(doc, set, &[], env)
     }
 
     fn build(

@@ -5,8 +5,10 @@
 //! per-method rewrite plans, [`policy`] and [`token`] decide and transform values,
 //! [`freetext`] finds identifiers in free text, [`rewriter`] rewrites one message,
 //! [`framing`] cuts gRPC frames out of body chunks; [`resource`] reads the resource id from
-//! the first request message. [`config`] parses the JSON config.
-//! [`shell`] is the per-stream logic behind narrow host traits; `wasm` wires it to proxy-wasm.
+//! the first request message. [`config`] parses the JSON config;
+//! [`remote`] keeps the config of a descriptor set fetched from a cluster.
+//! [`shell`] is the per-stream logic behind narrow host traits ([`remote_shell`]: the fetches'
+//! metrics and logs, and the refusal before the first set); `wasm` wires it to proxy-wasm.
 
 pub mod catalog;
 pub mod config;
@@ -16,6 +18,8 @@ pub mod framing;
 pub mod freetext;
 pub mod plan;
 pub mod policy;
+pub mod remote;
+pub mod remote_shell;
 pub mod resource;
 pub mod rewriter;
 pub mod shell;
@@ -33,4 +37,5 @@ mod wasm;
 pub use config::MaskConfig;
 pub use error::MaskError;
 pub use framing::{Encoding, Framer, StreamMasker};
+pub use remote::{MaskSource, RemoteMask};
 pub use shell::{BodyHost, MaskStream, Metrics};

@@ -1,22 +1,41 @@
-//! proxy-wasm entry points: a root context that parses the config once per VM and an HTTP
-//! context per stream that forwards every callback to [`MaskStream`].
+//! proxy-wasm entry points: a root context that parses the config once per VM (and, for a
+//! fetched descriptor set, dispatches the fetches on a tick and hands the answers to
+//! [`remote_shell`]), and an HTTP context per stream that forwards every callback to
+//! [`MaskStream`] (or, before the first set, refuses the call through [`remote_shell`]).
 
 use std::rc::Rc;
+use std::time::Duration;
 
-use phi_guard_host::{Host, LogLevel, ProxyHost};
+use phi_guard_host::{Host, ProxyHost};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, MapType};
 
 use crate::config::MaskConfig;
+use crate::remote::{MaskSource, RemoteMask, READ_LIMIT};
+use crate::remote_shell::{self, FetchMetrics};
 use crate::shell::{BodyHost, MaskStream, Metrics};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(MaskRoot { config: None, metrics: Rc::new(Metrics::default()) })
+        Box::new(MaskRoot {
+            config: None,
+            remote: None,
+            pending: None,
+            metrics: Rc::new(Metrics::default()),
+            fetch_metrics: Rc::new(FetchMetrics::default()),
+        })
     });
 }}
+
+/// Due descriptor-set fetches are checked every second; the intervals are in the config.
+const TICK: Duration = Duration::from_secs(1);
+
+/// Istio passes secrets as VM environment variables (vmConfig.env), which WASI exposes.
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
 
 /// [`BodyHost`] over the proxy-wasm buffer and trailer host calls.
 struct ProxyBody;
@@ -48,51 +67,141 @@ impl BodyHost for ProxyBody {
 }
 
 struct MaskRoot {
+    /// The inline set's config; `None` with a fetched set (see `remote`).
     config: Option<Rc<MaskConfig>>,
+    remote: Option<RemoteMask>,
+    /// Token of the descriptor-set fetch in flight.
+    pending: Option<u32>,
     metrics: Rc<Metrics>,
+    fetch_metrics: Rc<FetchMetrics>,
 }
 
-impl Context for MaskRoot {}
+impl MaskRoot {
+    fn dispatch_due(&mut self) {
+        let host = ProxyHost;
+        let Some(remote) = self.remote.as_mut() else {
+            return;
+        };
+        if !remote.start_due_fetch(host.now()) {
+            return;
+        }
+        let source = remote.source();
+        let headers = vec![
+            (":method", "GET"),
+            (":path", source.path.as_str()),
+            (":authority", source.authority.as_str()),
+            ("accept", "application/octet-stream"),
+        ];
+        let timeout = Duration::from_millis(source.timeout_ms);
+        match hostcalls::dispatch_http_call(&source.cluster, headers, None, vec![], timeout) {
+            Ok(token) => self.pending = Some(token),
+            Err(_) => remote_shell::on_dispatch_failed(&host, remote, &self.fetch_metrics),
+        }
+    }
+}
+
+impl Context for MaskRoot {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        if self.pending != Some(token_id) {
+            return;
+        }
+        self.pending = None;
+        let Some(remote) = self.remote.as_mut() else {
+            return;
+        };
+        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten();
+        let body = hostcalls::get_buffer(
+            BufferType::HttpCallResponseBody,
+            0,
+            body_size.min(READ_LIMIT),
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+        remote_shell::on_response(
+            &ProxyHost,
+            remote,
+            &self.fetch_metrics,
+            status.as_deref(),
+            &body,
+            &env,
+        );
+    }
+}
 
 impl RootContext for MaskRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         let host = ProxyHost;
         // An absent configuration is an empty one: the common parser refuses both by name.
         let json = self.get_plugin_configuration().unwrap_or_default();
-        // Istio passes secrets as VM environment variables (vmConfig.env), which WASI exposes.
-        match MaskConfig::parse(&json, &|name| std::env::var(name).ok()) {
-            Ok(config) => {
-                // Metrics are defined once per VM; a reconfigure keeps the same ids.
-                if self.config.is_none() {
-                    self.metrics = Rc::new(Metrics::define(&host));
-                }
-                host.log(
-                    LogLevel::Info,
-                    &format!(
-                        "phi-guard mask: configured, {} method(s) with a plan, {} role(s)",
-                        config.plans.methods.len(),
-                        config.policy.roles.len()
-                    ),
-                );
-                self.config = Some(Rc::new(config));
-                true
+        let Some(source) = remote_shell::configure(&host, &json, &env) else {
+            return false;
+        };
+        // Metrics are defined once per VM; a reconfigure keeps the same ids.
+        if self.config.is_none() && self.remote.is_none() {
+            self.metrics = Rc::new(Metrics::define(&host));
+            self.fetch_metrics = Rc::new(FetchMetrics::define(&host));
+        }
+        // A reconfiguration starts over: the answer to the old source's fetch is dropped.
+        self.pending = None;
+        match source {
+            MaskSource::Inline(config) => {
+                self.config = Some(Rc::new(*config));
+                self.remote = None;
             }
-            Err(err) => {
-                host.log(LogLevel::Error, &format!("phi-guard mask: {err}"));
-                false
+            MaskSource::Remote(remote) => {
+                self.config = None;
+                self.remote = Some(*remote);
+                let _ = hostcalls::set_tick_period(TICK);
+                self.dispatch_due();
             }
         }
+        true
+    }
+
+    fn on_tick(&mut self) {
+        self.dispatch_due();
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let config = self.config.clone()?;
-        Some(Box::new(MaskHttp {
-            stream: MaskStream::new(config, Rc::clone(&self.metrics)),
-        }))
+        let config = match (&self.config, &self.remote) {
+            (Some(config), _) => Some(Rc::clone(config)),
+            (None, Some(remote)) => remote.config(),
+            (None, None) => return None,
+        };
+        Some(match config {
+            Some(config) => Box::new(MaskHttp {
+                stream: MaskStream::new(config, Rc::clone(&self.metrics)),
+            }),
+            None => Box::new(NoSetHttp {
+                metrics: Rc::clone(&self.fetch_metrics),
+            }),
+        })
     }
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
+    }
+}
+
+/// A stream that began before the first descriptor set arrived: refused at its headers.
+struct NoSetHttp {
+    metrics: Rc<FetchMetrics>,
+}
+
+impl Context for NoSetHttp {}
+
+impl HttpContext for NoSetHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        remote_shell::refuse_no_set(&ProxyHost, &self.metrics).into()
     }
 }
 

@@ -11,54 +11,54 @@ use super::coverage::MethodCoverage;
 use super::Session;
 
 /// Words (lower case, whole `_`-separated parts of a field name) that name an identifier, with
-/// the identifier kind reported.
-pub const IDENTIFIER_WORDS: &[(&str, &str)] = &[
-    ("name", "name"),
-    ("names", "name"),
-    ("given", "name"),
-    ("family", "name"),
-    ("surname", "name"),
-    ("firstname", "name"),
-    ("lastname", "name"),
-    ("address", "address"),
-    ("street", "address"),
-    ("city", "address"),
-    ("county", "address"),
-    ("district", "address"),
-    ("zip", "address"),
-    ("zipcode", "address"),
-    ("postal", "address"),
-    ("postcode", "address"),
-    ("birth", "date"),
-    ("birthdate", "date"),
-    ("dob", "date"),
-    ("deceased", "date"),
-    ("death", "date"),
-    ("phone", "phone"),
-    ("telephone", "phone"),
-    ("mobile", "phone"),
-    ("telecom", "phone"),
-    ("fax", "fax"),
-    ("email", "email"),
-    ("ssn", "ssn"),
-    ("social", "ssn"),
-    ("mrn", "mrn"),
-    ("identifier", "identifier"),
-    ("beneficiary", "health plan number"),
-    ("member", "health plan number"),
-    ("insurance", "health plan number"),
-    ("account", "account number"),
-    ("license", "license number"),
-    ("licence", "license number"),
-    ("certificate", "certificate number"),
-    ("vin", "vehicle identifier"),
-    ("plate", "vehicle identifier"),
-    ("serial", "device identifier"),
-    ("udi", "device identifier"),
-    ("ip", "IP address"),
-    ("photo", "photo"),
-    ("fingerprint", "biometric"),
-    ("biometric", "biometric"),
+/// the identifier kind reported and the class `phi-guard init` suggests for such a field.
+pub const IDENTIFIER_WORDS: &[(&str, &str, &str)] = &[
+    ("name", "name", "NAME"),
+    ("names", "name", "NAME"),
+    ("given", "name", "NAME"),
+    ("family", "name", "NAME"),
+    ("surname", "name", "NAME"),
+    ("firstname", "name", "NAME"),
+    ("lastname", "name", "NAME"),
+    ("address", "address", "ADDRESS"),
+    ("street", "address", "ADDRESS"),
+    ("city", "address", "ADDRESS"),
+    ("county", "address", "ADDRESS"),
+    ("district", "address", "ADDRESS"),
+    ("zip", "address", "ZIP"),
+    ("zipcode", "address", "ZIP"),
+    ("postal", "address", "ZIP"),
+    ("postcode", "address", "ZIP"),
+    ("birth", "date", "DOB"),
+    ("birthdate", "date", "DOB"),
+    ("dob", "date", "DOB"),
+    ("deceased", "date", "DATE"),
+    ("death", "date", "DATE"),
+    ("phone", "phone", "PHONE"),
+    ("telephone", "phone", "PHONE"),
+    ("mobile", "phone", "PHONE"),
+    ("telecom", "phone", "PHONE"),
+    ("fax", "fax", "FAX"),
+    ("email", "email", "EMAIL"),
+    ("ssn", "ssn", "SSN"),
+    ("social", "ssn", "SSN"),
+    ("mrn", "mrn", "MRN"),
+    ("identifier", "identifier", "OTHER_ID"),
+    ("beneficiary", "health plan number", "INSURANCE_ID"),
+    ("member", "health plan number", "INSURANCE_ID"),
+    ("insurance", "health plan number", "INSURANCE_ID"),
+    ("account", "account number", "ACCOUNT"),
+    ("license", "license number", "LICENSE"),
+    ("licence", "license number", "LICENSE"),
+    ("certificate", "certificate number", "LICENSE"),
+    ("vin", "vehicle identifier", "VEHICLE_ID"),
+    ("plate", "vehicle identifier", "VEHICLE_ID"),
+    ("serial", "device identifier", "DEVICE_ID"),
+    ("udi", "device identifier", "DEVICE_ID"),
+    ("ip", "IP address", "IP_ADDRESS"),
+    ("photo", "photo", "PHOTO"),
+    ("fingerprint", "biometric", "BIOMETRIC"),
+    ("biometric", "biometric", "BIOMETRIC"),
 ];
 
 /// One lint finding: where, and which identifier kind it looks like.
@@ -75,12 +75,22 @@ pub struct Finding {
 
 /// The identifier kind a field name looks like, if any.
 pub fn looks_like(field_name: &str) -> Option<&'static str> {
+    word_entry(field_name).map(|(_, kind, _)| kind)
+}
+
+/// The class a field named `field_name` most likely needs (`SSN`, `NAME`, `DOB`, …), from the
+/// same words as [`looks_like`]; a suggestion for a human to confirm, not a classification.
+pub fn suggested_class(field_name: &str) -> Option<&'static str> {
+    word_entry(field_name).map(|(_, _, class)| class)
+}
+
+fn word_entry(field_name: &str) -> Option<(&'static str, &'static str, &'static str)> {
     let lower = field_name.to_ascii_lowercase();
     lower.split(['_', '.', '-']).find_map(|word| {
         IDENTIFIER_WORDS
             .iter()
-            .find(|(w, _)| *w == word)
-            .map(|(_, k)| *k)
+            .find(|(w, _, _)| *w == word)
+            .copied()
     })
 }
 
