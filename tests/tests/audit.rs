@@ -68,7 +68,8 @@ async fn one_chained_event_per_rpc_with_no_phi() {
         now - 3600,
     );
 
-    // A correlated call with a resource id.
+    // A correlated call for p-0001 whose header claims another patient: the event records
+    // what the request message asked for, the header only as the claim.
     let mut client = stack.client_as("frontend", Some("nurse")).await.unwrap();
     let mut request = tonic::Request::new(GetPatientRequest {
         patient_id: PATIENT_ID.into(),
@@ -78,7 +79,7 @@ async fn one_chained_event_per_rpc_with_no_phi() {
         .insert("x-request-id", "audit-e2e-0001".parse().unwrap());
     request
         .metadata_mut()
-        .insert("x-patient-id", PATIENT_ID.parse().unwrap());
+        .insert("x-patient-id", "p-0002".parse().unwrap());
     client.get_patient(request).await.unwrap();
     let mut stream = stack
         .client_as("frontend", Some("billing"))
@@ -129,6 +130,32 @@ async fn one_chained_event_per_rpc_with_no_phi() {
     assert_eq!(first["what"]["service"], "health.v1.PatientService");
     assert_eq!(first["what"]["method"], "GetPatient");
     assert_eq!(first["what"]["resource_id"], PATIENT_ID);
+    assert_eq!(first["what"]["claimed_resource_id"], "p-0002");
+    // Without the header (the research analytics call, and the stream): the resource id
+    // still, no claimed id.
+    let research = events
+        .iter()
+        .find(|e| e["who"]["role"] == "research" && e["outcome"]["grpc_status"] == 0)
+        .expect("the analytics call");
+    assert_eq!(research["what"]["method"], "GetPatient");
+    assert_eq!(research["what"]["resource_id"], PATIENT_ID);
+    assert!(
+        research["what"].get("claimed_resource_id").is_none(),
+        "{research}"
+    );
+    let listed = events
+        .iter()
+        .find(|e| e["what"]["method"] == "ListEncounters")
+        .expect("the stream");
+    assert_eq!(listed["what"]["resource_id"], PATIENT_ID);
+    assert!(
+        listed["what"].get("claimed_resource_id").is_none(),
+        "{listed}"
+    );
+    // Refused before mask (rbac, jwt): nothing read the request message.
+    for e in events.iter().filter(|e| e["outcome"]["grpc_status"] != 0) {
+        assert!(e["what"].get("resource_id").is_none(), "{e}");
+    }
     assert_eq!(
         first["who"]["peer"],
         "spiffe://phi-guard.test/ns/clinic/sa/ehr-frontend"
@@ -430,7 +457,8 @@ async fn client_supplied_ids_are_sanitized_before_any_event_log_or_metric() {
         .iter()
         .find(|e| e["correlation"]["request_id"] == "req-ok-0001")
         .unwrap();
-    assert_eq!(phone_event["what"]["resource_id"], "***.***.****");
+    assert_eq!(phone_event["what"]["claimed_resource_id"], "***.***.****");
+    assert_eq!(phone_event["what"]["resource_id"], PATIENT_ID);
 
     // Nowhere: the audit trail, every Envoy log (access logs included), the metrics.
     let audit_text = std::fs::read_to_string(&stack.audit_log).unwrap();

@@ -30,6 +30,7 @@ fn sample_event() -> Vec<u8> {
             service: Some("health.v1.PatientService".into()),
             method: Some("GetPatient".into()),
             resource_id: Some("p-0001".into()),
+            claimed_resource_id: Some("p-0001".into()),
         },
         outcome: Outcome {
             authn: Some(Authn {

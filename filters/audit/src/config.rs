@@ -35,19 +35,33 @@ pub struct FilterConfig {
     pub service_vm_id: String,
     #[serde(default = "default_queue")]
     pub queue: String,
-    /// Request header carrying the resource id (e.g. `x-patient-id`); none by default.
+    /// Request header carrying the resource id the client *claims* (e.g. `x-patient-id`),
+    /// recorded as `what.claimed_resource_id` beside the one read from the request message
+    /// (`what.resource_id`, filter state `phi_guard.resource`); none by default.
     #[serde(default)]
-    pub resource_id_header: Option<String>,
+    pub claimed_resource_id_header: Option<String>,
 }
+
+/// The option's name before the resource id came from the request message.
+const OLD_RESOURCE_ID_HEADER: &str = "resource_id_header";
 
 impl FilterConfig {
     /// Parses through the one config parser: an empty document is refused (`{}` takes every
     /// default), as are repeated members.
     pub fn parse(bytes: &[u8]) -> Result<Self, ConfigError> {
-        let cfg: Self = phi_guard_common::config::parse_config(bytes, "audit")?;
+        let doc = phi_guard_common::config::parse_document(bytes, "audit")?;
+        if doc.get(OLD_RESOURCE_ID_HEADER).is_some() {
+            return Err(ConfigError::new(
+                OLD_RESOURCE_ID_HEADER,
+                "renamed to claimed_resource_id_header: the event's resource_id now comes from \
+                 the request message (phi.v1.resource_id, read by the mask filter), a header \
+                 only gives what the client claims (claimed_resource_id)",
+            ));
+        }
+        let cfg: Self = phi_guard_common::config::from_json_value(&doc)?;
         non_empty("service_vm_id", &cfg.service_vm_id)?;
         non_empty("queue", &cfg.queue)?;
-        if let Some(h) = &cfg.resource_id_header {
+        if let Some(h) = &cfg.claimed_resource_id_header {
             let valid = !h.is_empty()
                 && !h.starts_with(':')
                 && h.bytes().all(|b| {
@@ -55,7 +69,7 @@ impl FilterConfig {
                 });
             if !valid {
                 return Err(ConfigError::new(
-                    "resource_id_header",
+                    "claimed_resource_id_header",
                     "must be a lower-case header name",
                 ));
             }
@@ -64,7 +78,7 @@ impl FilterConfig {
                 "authorization" | "cookie" | "proxy-authorization"
             ) {
                 return Err(ConfigError::new(
-                    "resource_id_header",
+                    "claimed_resource_id_header",
                     "must not name a credential header",
                 ));
             }
@@ -218,15 +232,30 @@ mod tests {
         let cfg = FilterConfig::parse(b"{}").unwrap();
         assert_eq!(cfg.service_vm_id, "phi_guard_audit");
         assert_eq!(cfg.queue, "phi_guard_audit_events");
-        assert_eq!(cfg.resource_id_header, None);
-        let cfg = FilterConfig::parse(br#"{"resource_id_header":"x-patient-id"}"#).unwrap();
-        assert_eq!(cfg.resource_id_header.as_deref(), Some("x-patient-id"));
-        let err = FilterConfig::parse(br#"{"resource_id_header":"Authorization"}"#).unwrap_err();
-        assert_eq!(err.field, "resource_id_header");
-        let err = FilterConfig::parse(br#"{"resource_id_header":"authorization"}"#).unwrap_err();
-        assert_eq!(err.field, "resource_id_header");
+        assert_eq!(cfg.claimed_resource_id_header, None);
+        let cfg = FilterConfig::parse(br#"{"claimed_resource_id_header":"x-patient-id"}"#).unwrap();
+        assert_eq!(
+            cfg.claimed_resource_id_header.as_deref(),
+            Some("x-patient-id")
+        );
+        for bad in ["Authorization", "authorization", ":path", "", "x patient"] {
+            let doc = format!(r#"{{"claimed_resource_id_header":"{bad}"}}"#);
+            let err = FilterConfig::parse(doc.as_bytes()).unwrap_err();
+            assert_eq!(err.field, "claimed_resource_id_header", "{bad}");
+        }
         let err = FilterConfig::parse(br#"{"queu":"x"}"#).unwrap_err();
         assert_eq!(err.field, "queu");
+    }
+
+    #[test]
+    fn the_old_header_option_is_refused_with_its_new_name() {
+        let err = FilterConfig::parse(br#"{"resource_id_header":"x-patient-id"}"#).unwrap_err();
+        assert_eq!(err.field, "resource_id_header");
+        assert!(
+            err.reason.contains("renamed to claimed_resource_id_header"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("x-patient-id"), "no value echoed");
     }
 
     #[test]

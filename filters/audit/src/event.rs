@@ -69,9 +69,16 @@ pub struct Who {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct What {
+    /// What the client claims it asks for: the request header named by
+    /// `claimed_resource_id_header`, sanitized. Evidence of intent only; `resource_id` is
+    /// what the request asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_resource_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
-    /// From the configured request header only (never a body field).
+    /// The resource the request message asks for: the field annotated `phi.v1.resource_id`
+    /// (or named by the mask catalog), read by the mask filter from the first request message
+    /// into filter state `phi_guard.resource` (sanitized there and again here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -166,8 +173,8 @@ impl AuditEvent {
 /// What the filter's config says about building events.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EventOptions {
-    /// Request header holding the resource id (e.g. `x-patient-id`), if any.
-    pub resource_id_header: Option<String>,
+    /// Request header holding the resource id the client claims (e.g. `x-patient-id`).
+    pub claimed_resource_id_header: Option<String>,
 }
 
 /// A client-chosen identifier (request id, resource id): validated and pattern-masked by the
@@ -335,8 +342,12 @@ pub fn build_event<H: AuditHost + ?Sized>(
             // The client chose `:path` too: a method named like an SSN is masked.
             service: method.as_ref().and_then(|m| id_like(&m.service)),
             method: method.as_ref().and_then(|m| id_like(&m.method)),
-            resource_id: opts
-                .resource_id_header
+            resource_id: host
+                .filter_state(state::RESOURCE)
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|v| id_like(&v)),
+            claimed_resource_id: opts
+                .claimed_resource_id_header
                 .as_deref()
                 .and_then(|h| host.request_header(h))
                 .and_then(|v| id_like(&v)),

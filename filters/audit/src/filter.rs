@@ -38,7 +38,7 @@ impl FilterRuntime {
     pub fn new<H: AuditHost>(host: &H, config: FilterConfig) -> Self {
         Self {
             options: EventOptions {
-                resource_id_header: config.resource_id_header.clone(),
+                claimed_resource_id_header: config.claimed_resource_id_header.clone(),
             },
             flag_key: backlog_flag_key(&config.queue),
             config,

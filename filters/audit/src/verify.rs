@@ -336,8 +336,8 @@ pub struct BreakGlassAccess {
 }
 
 impl fmt::Display for BreakGlassAccess {
-    /// One line: `seq time decision reason rule subject peer method resource status`, `-` for
-    /// what the event does not have. Identifiers only: events carry no PHI.
+    /// One line: `seq time decision reason rule subject peer method resource claimed_resource
+    /// status`, `-` for what the event does not have. Identifiers only: events carry no PHI.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let e = &self.event;
         let authz = e.outcome.authz.as_ref();
@@ -348,7 +348,7 @@ impl fmt::Display for BreakGlassAccess {
         };
         write!(
             f,
-            "seq={} time={} decision={} reason={} rule={} subject={} peer={} method={} resource={} grpc_status={}",
+            "seq={} time={} decision={} reason={} rule={} subject={} peer={} method={} resource={} claimed_resource={} grpc_status={}",
             self.seq,
             e.time,
             dash(authz.map(|a| a.decision.as_str())),
@@ -358,6 +358,7 @@ impl fmt::Display for BreakGlassAccess {
             dash(e.who.peer.as_deref()),
             method,
             dash(e.what.resource_id.as_deref()),
+            dash(e.what.claimed_resource_id.as_deref()),
             e.outcome
                 .grpc_status
                 .map_or_else(|| "-".to_string(), |s| s.to_string()),

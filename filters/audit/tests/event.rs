@@ -13,7 +13,7 @@ const T0: u64 = 1_764_180_184_512; // 2025-11-26T18:03:04.512Z
 
 fn opts() -> EventOptions {
     EventOptions {
-        resource_id_header: Some("x-patient-id".into()),
+        claimed_resource_id_header: Some("x-patient-id".into()),
     }
 }
 
@@ -54,7 +54,8 @@ fn full_host() -> FakeAuditHost {
             "traceparent",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         ),
-        ("x-patient-id", "p-0001"),
+        // The client claims another patient than its request message asks for.
+        ("x-patient-id", "p-0002"),
         (
             "authorization",
             "Bearer eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ1In0.sig",
@@ -78,6 +79,7 @@ fn full_host() -> FakeAuditHost {
     );
     host.base
         .insert_property(&[state::AUTHZ], &authz().to_bytes());
+    host.base.insert_property(&[state::RESOURCE], b"p-0001");
     let mut mask = MaskSummary {
         role: "nurse".into(),
         messages: 2,
@@ -119,6 +121,7 @@ fn builds_a_complete_event() {
     assert_eq!(e.what.service.as_deref(), Some("health.v1.PatientService"));
     assert_eq!(e.what.method.as_deref(), Some("GetPatient"));
     assert_eq!(e.what.resource_id.as_deref(), Some("p-0001"));
+    assert_eq!(e.what.claimed_resource_id.as_deref(), Some("p-0002"));
     let o = &e.outcome;
     assert_eq!(o.authn.as_ref().unwrap().result, "ok");
     let z = o.authz.as_ref().unwrap();
@@ -263,7 +266,7 @@ fn canonical_encoding_is_sorted_compact_and_stable() {
             r#""outcome":{"authn":{"result":"ok"},"authz":{"decision":"allow","mode":"shadow","policy_version":"2026-11-01","reason":"matched_allow","rule":"nurses-read","shadow_decision":"deny"},"#,
             r#""duration_ms":7,"grpc_status":0,"mask":{"fields":{"DOB/redact":1,"SSN/partial":2},"messages":2},"request_bytes":412,"response_bytes":1890},"#,
             r#""schema":"phi_guard.audit.v1","time":"2025-11-26T18:03:04.512Z","#,
-            r#""what":{"method":"GetPatient","resource_id":"p-0001","service":"health.v1.PatientService"},"#,
+            r#""what":{"claimed_resource_id":"p-0002","method":"GetPatient","resource_id":"p-0001","service":"health.v1.PatientService"},"#,
             r#""who":{"issuer":"https://idp.phi-guard.test","peer":"spiffe://phi-guard.test/ns/ehr/sa/frontend","provider":"hospital-idp","role":"nurse","subject":"u-12345","tenant":"north"}}"#
         )
     );
@@ -315,4 +318,35 @@ fn phi_canaries_never_reach_the_event() {
     assert!(text.contains("u-12345") && text.contains("p-0001"));
     // Nothing was logged while building either.
     assert!(host.base.log_text().is_empty());
+}
+
+#[test]
+fn the_resource_id_comes_from_filter_state_and_the_header_is_only_claimed() {
+    let host = full_host();
+    // Without the claimed-id option the header is not read at all.
+    let e = build_event(&host, &EventOptions::default(), None);
+    assert_eq!(e.what.resource_id.as_deref(), Some("p-0001"));
+    assert_eq!(e.what.claimed_resource_id, None);
+    // Without mask's state there is no resource id, whatever the header says.
+    let host = FakeAuditHost::new(bus(), "phi_guard_audit").with_request_headers(&[
+        (":path", "/health.v1.PatientService/GetPatient"),
+        ("x-patient-id", "p-0002"),
+    ]);
+    let e = build_event(&host, &opts(), None);
+    assert_eq!(e.what.resource_id, None);
+    assert_eq!(e.what.claimed_resource_id.as_deref(), Some("p-0002"));
+    // Both are sanitized here too (the state is mask's, but nothing is trusted blindly).
+    let host = FakeAuditHost::new(bus(), "phi_guard_audit").with_request_headers(&[
+        (":path", "/health.v1.PatientService/GetPatient"),
+        ("x-patient-id", "078-05-1120"),
+    ]);
+    host.base
+        .insert_property(&[state::RESOURCE], b"555.867.5309");
+    let e = build_event(&host, &opts(), None);
+    assert_eq!(e.what.resource_id.as_deref(), Some("***.***.****"));
+    assert_eq!(e.what.claimed_resource_id.as_deref(), Some("***-**-****"));
+    for bad in [&b"jane@example.org"[..], b"has space", b"\xff\xfe", b""] {
+        host.base.insert_property(&[state::RESOURCE], bad);
+        assert_eq!(build_event(&host, &opts(), None).what.resource_id, None);
+    }
 }

@@ -14,7 +14,7 @@ use phi_guard_audit::service::{
 };
 use phi_guard_audit::testing::{bus, Bus, FakeAuditHost, FakeServiceHost};
 use phi_guard_audit::verify::{verify, Located, VerifyOptions};
-use phi_guard_common::GrpcStatus;
+use phi_guard_common::{state, GrpcStatus};
 
 const VM: &str = "phi_guard_audit";
 const KEY: &[u8] = b"shell-key-0123456789abcdef-0123456789";
@@ -38,7 +38,7 @@ fn filter(bus: &Bus) -> (FilterRuntime, FakeAuditHost) {
     let host = FakeAuditHost::new(bus.clone(), VM);
     let rt = FilterRuntime::new(
         &host,
-        FilterConfig::parse(br#"{"resource_id_header":"x-patient-id"}"#).unwrap(),
+        FilterConfig::parse(br#"{"claimed_resource_id_header":"x-patient-id"}"#).unwrap(),
     );
     (rt, host)
 }
@@ -51,8 +51,11 @@ fn rpc(rt: &FilterRuntime, host: &FakeAuditHost, n: u32) -> (Admission, Option<G
             ":path".into(),
             "/health.v1.PatientService/GetPatient".into(),
         ),
-        ("x-patient-id".into(), format!("p-{n:04}")),
+        ("x-patient-id".into(), format!("c-{n:04}")),
     ];
+    // What mask read from the request message.
+    host.base
+        .insert_property(&[state::RESOURCE], format!("p-{n:04}").as_bytes());
     *host.base.sent.borrow_mut() = None;
     host.set_response_trailers(&[("grpc-status", "0")]);
     let mut s = AuditStream::default();
@@ -153,6 +156,7 @@ fn events_flow_to_the_collector_call_chained() {
     assert_eq!(report.events, 3);
     let first = recs[0].record.as_ref().unwrap();
     assert!(first.event.contains(r#""resource_id":"p-0000""#));
+    assert!(first.event.contains(r#""claimed_resource_id":"c-0000""#));
     assert_eq!(shost.metric(METRIC_CHAINED), 3);
     assert_eq!(shost.metric(METRIC_SHIPPED), 3);
     assert_eq!(shost.metric(METRIC_BACKLOG), 0);

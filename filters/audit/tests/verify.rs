@@ -306,6 +306,7 @@ fn lists_break_glass_decisions_once_each() {
             service: Some("health.v1.PatientService".into()),
             method: Some("GetPatient".into()),
             resource_id: Some("p-0001".into()),
+            claimed_resource_id: None,
         },
         outcome: Outcome {
             authz: Some(Authz {
@@ -349,8 +350,8 @@ fn lists_break_glass_decisions_once_each() {
     assert_eq!(
         listed,
         [
-            "seq=1 time=2026-12-02T05:00:00.000Z decision=allow reason=life-threat rule=emergency-reads subject=dr-house peer=spiffe://phi-guard.test/ns/clinic/sa/ehr-frontend method=health.v1.PatientService/GetPatient resource=p-0001 grpc_status=0",
-            "seq=2 time=2026-12-02T05:00:00.000Z decision=deny reason=- rule=emergency-reads subject=dr-house peer=spiffe://phi-guard.test/ns/clinic/sa/ehr-frontend method=health.v1.PatientService/GetPatient resource=p-0001 grpc_status=0",
+            "seq=1 time=2026-12-02T05:00:00.000Z decision=allow reason=life-threat rule=emergency-reads subject=dr-house peer=spiffe://phi-guard.test/ns/clinic/sa/ehr-frontend method=health.v1.PatientService/GetPatient resource=p-0001 claimed_resource=- grpc_status=0",
+            "seq=2 time=2026-12-02T05:00:00.000Z decision=deny reason=- rule=emergency-reads subject=dr-house peer=spiffe://phi-guard.test/ns/clinic/sa/ehr-frontend method=health.v1.PatientService/GetPatient resource=p-0001 claimed_resource=- grpc_status=0",
         ]
     );
 }

@@ -13,6 +13,11 @@ pub const AUTHN: &str = "phi_guard.authn";
 pub const AUTHZ: &str = "phi_guard.authz";
 /// JSON mask summary from mask (counts per class and action, never values).
 pub const MASK: &str = "phi_guard.mask";
+/// Plain text, the id of the resource the request asks for, read by mask from the first
+/// request message (the field annotated `phi.v1.resource_id` or named by the catalog) after
+/// [`crate::sanitize::client_id`]; absent when the method has no such field, the field is
+/// absent or refused, or the message could not be read. The audit event's `what.resource_id`.
+pub const RESOURCE: &str = "phi_guard.resource";
 /// Plain text, the form access logs print instead of `:path`: see
 /// [`crate::grpc::method_label`]. Written by jwt, the first phi-guard filter, on every request.
 pub const METHOD: &str = "phi_guard.method";
@@ -42,7 +47,7 @@ mod tests {
 
     #[test]
     fn keys_share_the_namespace() {
-        for key in [IDENTITY, AUTHN, AUTHZ, MASK, METHOD, REQUEST_ID] {
+        for key in [IDENTITY, AUTHN, AUTHZ, MASK, RESOURCE, METHOD, REQUEST_ID] {
             assert!(key.starts_with("phi_guard."), "{key}");
         }
         assert_eq!(property_path(IDENTITY), vec!["phi_guard.identity"]);

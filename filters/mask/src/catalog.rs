@@ -30,6 +30,11 @@
 //!
 //! Inside a classified message value every field without a class of its own (1–3) takes the
 //! value's class.
+//!
+//! A fourth kind names the field of a **request** message that holds the id of the resource
+//! asked for, for the audit event (`phi.v1.resource_id` in protos you can edit):
+//! `{"field": "phi.fhir.v1.GetPatientRequest.id", "resource_id": true}`. It takes no class and
+//! no condition; see [`crate::resource`].
 
 use std::collections::HashMap;
 
@@ -82,6 +87,8 @@ pub struct Catalog {
     pub types: HashMap<String, Class>,
     /// Conditional entries, in catalog order.
     pub rules: Vec<Rule>,
+    /// `resource_id` entries: request message full name → (field name, `catalog[i]`).
+    pub resource_ids: HashMap<String, (String, String)>,
 }
 
 impl Catalog {
@@ -121,12 +128,23 @@ impl Catalog {
                 .ok_or_else(|| ConfigError::new(&here, "must be an object"))?;
             if let Some(k) = obj
                 .keys()
-                .find(|k| !["field", "type", "class", "when"].contains(&k.as_str()))
+                .find(|k| !["field", "type", "class", "when", "resource_id"].contains(&k.as_str()))
             {
                 return Err(ConfigError::new(
                     format!("{here}.{k}"),
-                    "unknown field, expected one of: field, type, class, when",
+                    "unknown field, expected one of: field, type, class, when, resource_id",
                 ));
+            }
+            if let Some(flag) = obj.get("resource_id") {
+                let (message, field) = resource_id_entry(obj, flag, &here, set)?;
+                if let Some((other, origin)) = catalog.resource_ids.get(&message) {
+                    return Err(ConfigError::new(
+                        format!("{here}.field"),
+                        format!("{origin} already names {message}.{other} as its resource id (one per message)"),
+                    ));
+                }
+                catalog.resource_ids.insert(message, (field, here));
+                continue;
             }
             let cls_name = obj.get("class").and_then(Value::as_str).ok_or_else(|| {
                 ConfigError::new(format!("{here}.class"), "missing or not a string")
@@ -199,6 +217,63 @@ impl Catalog {
         }
         Ok(catalog)
     }
+}
+
+/// A `{"field": ..., "resource_id": true}` entry: the field must be a singular string or
+/// integer field of a message some method of the set takes as its request.
+fn resource_id_entry(
+    obj: &serde_json::Map<String, Value>,
+    flag: &Value,
+    here: &str,
+    set: &DescriptorSet,
+) -> Result<(String, String), ConfigError> {
+    let at = format!("{here}.resource_id");
+    if flag != &Value::Bool(true) {
+        return Err(ConfigError::new(
+            &at,
+            "must be true (leave it out for a class entry)",
+        ));
+    }
+    if let Some(k) = ["class", "type", "when"]
+        .iter()
+        .find(|k| obj.contains_key(**k))
+    {
+        return Err(ConfigError::new(
+            &at,
+            format!("a resource_id entry names a field only, without {k}"),
+        ));
+    }
+    let at = format!("{here}.field");
+    let full = obj
+        .get("field")
+        .ok_or_else(|| ConfigError::new(&at, "missing: a resource_id entry names a field"))?
+        .as_str()
+        .ok_or_else(|| ConfigError::new(&at, "must be a string"))?;
+    let (m, name) = full
+        .rsplit_once('.')
+        .ok_or_else(|| ConfigError::new(&at, "must be <message full name>.<field name>"))?;
+    let desc = set
+        .messages
+        .get(m)
+        .ok_or_else(|| ConfigError::new(&at, "message type is not in the descriptor set"))?;
+    let f = desc
+        .fields
+        .iter()
+        .find(|d| d.name == name)
+        .ok_or_else(|| ConfigError::new(&at, "the message has no such field"))?;
+    if !set.methods.iter().any(|x| x.input_type == m) {
+        return Err(ConfigError::new(
+            &at,
+            "a resource_id field must belong to a request message: no method of the set takes this message",
+        ));
+    }
+    if crate::resource::IdKind::of(f).is_none() {
+        return Err(ConfigError::new(
+            &at,
+            "a resource_id field must be a singular string or integer field",
+        ));
+    }
+    Ok((m.to_string(), name.to_string()))
 }
 
 fn parse_when(

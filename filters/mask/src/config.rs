@@ -53,6 +53,7 @@ use crate::framing::DEFAULT_MAX_MESSAGE_BYTES;
 use crate::freetext::{Detectors, DEFAULT_MRN_PATTERN, EMAIL_PATTERN, PHONE_PATTERN, SSN_PATTERN};
 use crate::plan::{Class, Plans};
 use crate::policy::{Action, Policy, RolePolicy, BUILTIN_CLASSES, RESTRICTED_ZIP3};
+use crate::resource::ResourceIds;
 use crate::rewriter::Rewriter;
 use crate::token::{TokenKey, MIN_KEY_BYTES};
 
@@ -98,6 +99,8 @@ pub struct MaskConfig {
     pub descriptor: DescriptorSet,
     /// The resolved catalog entries.
     pub catalog: Catalog,
+    /// Method → the request field holding the resource id (annotations and catalog).
+    pub resource_ids: ResourceIds,
     /// Class number → name, for every class the plans or the policy mention.
     pub class_names: BTreeMap<Class, String>,
     pub detectors: Detectors,
@@ -212,6 +215,7 @@ impl MaskConfig {
             None => Catalog::default(),
             Some(v) => Catalog::parse(v, &descriptor, &class)?,
         };
+        let resource_ids = ResourceIds::build(&descriptor, &catalog)?;
         let plans = Plans::build(&descriptor, &catalog)
             .map_err(|e| ConfigError::new("descriptor_set", e.0))?;
         if !plans.methods.values().any(|&m| plans.messages[m].touch) {
@@ -286,6 +290,7 @@ impl MaskConfig {
             policy,
             descriptor,
             catalog,
+            resource_ids,
             class_names,
             detectors,
             detector_classes,

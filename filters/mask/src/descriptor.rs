@@ -12,6 +12,9 @@ use crate::wire::{self, read_len_value, read_tag, read_varint, skip_value};
 
 /// Field number of the `phi.v1.sensitivity` extension of `google.protobuf.FieldOptions`.
 pub const SENSITIVITY_EXTENSION: u32 = 51234;
+/// Field number of the `phi.v1.resource_id` extension of `google.protobuf.FieldOptions` (bool):
+/// the field of a request message that holds the id of the resource asked for.
+pub const RESOURCE_ID_EXTENSION: u32 = 51235;
 /// The enum whose value names become class names, when the set carries it.
 pub const SENSITIVITY_ENUM: &str = "phi.v1.Sensitivity";
 
@@ -57,6 +60,8 @@ pub struct FieldDesc {
     pub type_name: Option<String>,
     /// The `phi.v1.sensitivity` value, when annotated with a non-zero class.
     pub sensitivity: Option<i32>,
+    /// Annotated `(phi.v1.resource_id) = true`.
+    pub resource_id: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -70,6 +75,8 @@ pub struct MessageDesc {
 pub struct MethodDesc {
     /// `package.Service/Method`, as [`phi_guard_common::GrpcMethod::full_name`] spells it.
     pub full_name: String,
+    /// Fully qualified request message type, no leading dot.
+    pub input_type: String,
     /// Fully qualified response message type, no leading dot.
     pub output_type: String,
 }
@@ -273,25 +280,29 @@ impl DescriptorSet {
         let service = qualify(package, &name);
         for m in methods {
             let mut mname = String::new();
+            let mut input = String::new();
             let mut output = String::new();
             each_field(m, "MethodDescriptorProto", |number, value| {
                 match (number, value) {
                     (1, Value::Bytes(b)) => mname = utf8(b, "method name")?,
+                    (2, Value::Bytes(b)) => input = utf8(b, "method input_type")?,
                     (3, Value::Bytes(b)) => output = utf8(b, "method output_type")?,
                     _ => {}
                 }
                 Ok(())
             })?;
-            let output_type = output
-                .strip_prefix('.')
-                .ok_or_else(|| {
+            let qualified = |t: &str, which: &str| {
+                t.strip_prefix('.').map(str::to_string).ok_or_else(|| {
                     DescriptorError(format!(
-                        "method {service}/{mname}: output type is not fully qualified (descriptor set not linked)"
+                        "method {service}/{mname}: {which} type is not fully qualified (descriptor set not linked)"
                     ))
-                })?
-                .to_string();
+                })
+            };
+            let output_type = qualified(&output, "output")?;
+            let input_type = qualified(&input, "input")?;
             self.methods.push(MethodDesc {
                 full_name: format!("{service}/{mname}"),
+                input_type,
                 output_type,
             });
         }
@@ -324,6 +335,7 @@ fn decode_field(message: &str, f: &[u8]) -> Result<FieldDesc> {
     let mut ty = None;
     let mut type_name = None;
     let mut sensitivity = None;
+    let mut resource_id = false;
     each_field(f, "FieldDescriptorProto", |n, value| {
         match (n, value) {
             (1, Value::Bytes(b)) => name = utf8(b, "field name")?,
@@ -333,8 +345,12 @@ fn decode_field(message: &str, f: &[u8]) -> Result<FieldDesc> {
             (6, Value::Bytes(b)) => type_name = Some(utf8(b, "field type_name")?),
             (8, Value::Bytes(opts)) => each_field(opts, "FieldOptions", |on, ov| {
                 // An enum extension is a varint; int32 enums travel sign-extended to 64 bits.
-                if let (SENSITIVITY_EXTENSION, Value::Varint(x)) = (on, ov) {
-                    sensitivity = Some(x as i64 as i32);
+                match (on, ov) {
+                    (SENSITIVITY_EXTENSION, Value::Varint(x)) => {
+                        sensitivity = Some(x as i64 as i32)
+                    }
+                    (RESOURCE_ID_EXTENSION, Value::Varint(x)) => resource_id = x != 0,
+                    _ => {}
                 }
                 Ok(())
             })?,
@@ -380,6 +396,7 @@ fn decode_field(message: &str, f: &[u8]) -> Result<FieldDesc> {
         ty: ty.unwrap_or_default() as u8,
         type_name,
         sensitivity: sensitivity.filter(|&s| s != 0),
+        resource_id,
     })
 }
 
@@ -413,7 +430,11 @@ mod tests {
             .methods
             .iter()
             .any(|m| m.full_name == "health.v1.PatientService/ListEncounters"
+                && m.input_type == "health.v1.ListEncountersRequest"
                 && m.output_type == "health.v1.Encounter"));
+        let request = &cat.messages["health.v1.GetPatientRequest"];
+        assert!(request.fields[0].resource_id, "phi.v1.resource_id is read");
+        assert!(!ssn.resource_id);
         assert_eq!(cat.class_name(8), "FREE_TEXT");
         assert_eq!(
             cat.class_names.get(&9).map(String::as_str),

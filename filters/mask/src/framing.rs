@@ -250,7 +250,7 @@ fn mask_frame(
 }
 
 /// Decompresses one gzip payload, refusing more than `max` bytes of output.
-fn gunzip(payload: &[u8], max: usize) -> Result<Vec<u8>, MaskError> {
+pub(crate) fn gunzip(payload: &[u8], max: usize) -> Result<Vec<u8>, MaskError> {
     let mut plain = Vec::new();
     GzDecoder::new(payload)
         .take(max as u64 + 1)

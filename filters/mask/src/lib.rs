@@ -4,7 +4,8 @@
 //! Pure core (no host calls): [`descriptor`] decodes the FileDescriptorSet, [`plan`] builds
 //! per-method rewrite plans, [`policy`] and [`token`] decide and transform values,
 //! [`freetext`] finds identifiers in free text, [`rewriter`] rewrites one message,
-//! [`framing`] cuts gRPC frames out of body chunks. [`config`] parses the JSON config;
+//! [`framing`] cuts gRPC frames out of body chunks; [`resource`] reads the resource id from
+//! the first request message. [`config`] parses the JSON config;
 //! [`remote`] keeps the config of a descriptor set fetched from a cluster.
 //! [`shell`] is the per-stream logic behind narrow host traits ([`remote_shell`]: the fetches'
 //! metrics and logs, and the refusal before the first set); `wasm` wires it to proxy-wasm.
@@ -19,6 +20,7 @@ pub mod plan;
 pub mod policy;
 pub mod remote;
 pub mod remote_shell;
+pub mod resource;
 pub mod rewriter;
 pub mod shell;
 pub mod token;

@@ -25,10 +25,13 @@ use crate::config::MaskConfig;
 use crate::error::MaskError;
 use crate::framing::{Encoding, StreamMasker};
 use crate::policy::ActionKind;
+use crate::resource::{Read, RequestReader};
 
-/// What the shell needs beyond [`Host`]: the response body buffer of the current callback,
-/// the response trailers, and a stream reset.
+/// What the shell needs beyond [`Host`]: the request and response body buffers of the current
+/// callback, the response trailers, and a stream reset.
 pub trait BodyHost {
+    /// `size` bytes of the current request body chunk from `start`; `None` if the host has none.
+    fn request_body(&self, start: usize, size: usize) -> Option<Vec<u8>>;
     /// `size` bytes of the current body chunk from `start`; `None` if the host has none.
     fn response_body(&self, start: usize, size: usize) -> Option<Vec<u8>>;
     /// Replaces `size` bytes from `start` of the current chunk with `value`.
@@ -113,6 +116,8 @@ pub struct MaskStream {
     method: String,
     /// The caller's role as rbac wrote it, read once at response headers.
     role: Option<String>,
+    /// Reads the resource id from the first request message, until it has.
+    request: Option<RequestReader>,
     mode: Mode,
     failure: Option<MaskError>,
     /// Counts already added to the metrics.
@@ -129,6 +134,7 @@ impl MaskStream {
             pass_through: false,
             method: String::new(),
             role: None,
+            request: None,
             mode: Mode::Idle,
             failure: None,
             reported: Reported::default(),
@@ -154,6 +160,51 @@ impl MaskStream {
             }
             self.refuse(host, MaskError::NoPlan);
             return Flow::Pause;
+        }
+        if let Some(field) = self.config.resource_ids.for_method(&self.method) {
+            let encoding = Encoding::from_header(host.request_header("grpc-encoding").as_deref());
+            self.request = Some(RequestReader::new(
+                field.clone(),
+                encoding,
+                self.config.max_message_bytes,
+            ));
+        }
+        Flow::Continue
+    }
+
+    /// Copies request body chunks through the [`RequestReader`] until the first message is
+    /// read, then writes its resource id to filter state `phi_guard.resource` for the audit
+    /// event. The request is never held or changed, and never refused here: a first message
+    /// that cannot be read just leaves no id.
+    pub fn on_request_body(
+        &mut self,
+        host: &dyn Host,
+        body: &dyn BodyHost,
+        body_size: usize,
+    ) -> Flow {
+        let Some(reader) = &mut self.request else {
+            return Flow::Continue;
+        };
+        if body_size == 0 {
+            return Flow::Continue;
+        }
+        let read = match body.request_body(0, body_size) {
+            Some(chunk) => reader.feed(&chunk),
+            None => Read::Done(None),
+        };
+        if let Read::Done(id) = read {
+            self.request = None;
+            match id {
+                Some(id) => host.set_filter_state(state::RESOURCE, id.as_bytes()),
+                // The method only: never a byte of the message.
+                None => host.log(
+                    LogLevel::Debug,
+                    &format!(
+                        "phi-guard mask: no resource id recorded for {} (field absent or refused, or the first message unreadable)",
+                        self.method
+                    ),
+                ),
+            }
         }
         Flow::Continue
     }

@@ -41,6 +41,12 @@ fn env(name: &str) -> Option<String> {
 struct ProxyBody;
 
 impl BodyHost for ProxyBody {
+    fn request_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
+        hostcalls::get_buffer(BufferType::HttpRequestBody, start, size)
+            .ok()
+            .flatten()
+    }
+
     fn response_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
         hostcalls::get_buffer(BufferType::HttpResponseBody, start, size)
             .ok()
@@ -208,6 +214,12 @@ impl Context for MaskHttp {}
 impl HttpContext for MaskHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         self.stream.on_request_headers(&ProxyHost).into()
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+        self.stream
+            .on_request_body(&ProxyHost, &ProxyBody, body_size)
+            .into()
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {

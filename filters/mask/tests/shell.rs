@@ -10,18 +10,27 @@ use phi_guard_common::{state, AuthzDecision, GrpcStatus, MaskSummary};
 use phi_guard_host::Flow as Action;
 use phi_guard_host::{FakeHost, Host, HostExt};
 use phi_guard_mask::{BodyHost, MaskStream, Metrics};
-use phi_guard_proto::health::v1::Patient;
+use phi_guard_proto::health::v1::{GetPatientRequest, ListEncountersRequest, Patient};
 use prost::Message;
 use support::*;
 
 #[derive(Default)]
 struct FakeBody {
+    /// The request body chunk of the current callback (the trait cannot change it).
+    request: RefCell<Vec<u8>>,
     chunk: RefCell<Vec<u8>>,
     trailers: RefCell<Vec<(String, String)>>,
     reset: Cell<bool>,
 }
 
 impl BodyHost for FakeBody {
+    fn request_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
+        self.request
+            .borrow()
+            .get(start..start + size)
+            .map(<[u8]>::to_vec)
+    }
+
     fn response_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
         self.chunk
             .borrow()
@@ -360,4 +369,86 @@ fn summary_is_left_at_on_log_when_the_stream_was_cut() {
         h.summary().unwrap().failure.as_deref(),
         Some("truncated_frame")
     );
+}
+
+impl Harness {
+    /// Sends each chunk through the request body callback; every call must go on.
+    fn request_body(&mut self, chunks: &[&[u8]]) {
+        for c in chunks {
+            *self.body.request.borrow_mut() = c.to_vec();
+            let action = self.stream.on_request_body(&self.host, &self.body, c.len());
+            assert_eq!(action, Action::Continue);
+        }
+    }
+
+    fn resource(&self) -> Option<String> {
+        self.host
+            .filter_state(state::RESOURCE)
+            .map(|b| String::from_utf8(b).unwrap())
+    }
+}
+
+#[test]
+fn the_resource_id_comes_from_the_first_request_message() {
+    let first = GetPatientRequest {
+        patient_id: "p-0001".into(),
+    }
+    .encode_to_vec();
+    let second = GetPatientRequest {
+        patient_id: "p-0002".into(),
+    }
+    .encode_to_vec();
+    let body = [frame(&first), frame(&second)].concat();
+    for split in [1, 3, 5, 7, body.len() - 1] {
+        let mut h = harness(GET_PATIENT, Some("nurse"), "application/grpc");
+        // A client header claiming another patient changes nothing here.
+        h.host
+            .request_headers
+            .borrow_mut()
+            .push(("x-patient-id".into(), "p-0002".into()));
+        assert_eq!(h.stream.on_request_headers(&h.host), Action::Continue);
+        h.request_body(&[&body[..split]]);
+        if split < frame(&first).len() {
+            assert_eq!(h.resource(), None, "not complete at {split}");
+        }
+        h.request_body(&[&body[split..]]);
+        assert_eq!(h.resource().as_deref(), Some("p-0001"), "split {split}");
+    }
+    // Streaming methods too; an SSN-shaped id is masked as any client id.
+    let mut h = harness(LIST_ENCOUNTERS, Some("billing"), "application/grpc");
+    h.stream.on_request_headers(&h.host);
+    let req = ListEncountersRequest {
+        patient_id: "078-05-1120".into(),
+        limit: 3,
+        note_bytes: 0,
+    };
+    h.request_body(&[&frame(&req.encode_to_vec())]);
+    assert_eq!(h.resource().as_deref(), Some("***-**-****"));
+}
+
+#[test]
+fn no_resource_id_when_the_field_is_absent_or_the_message_unreadable() {
+    let id = GetPatientRequest {
+        patient_id: "p-0001".into(),
+    }
+    .encode_to_vec();
+    let mut oversized = frame(&id);
+    oversized[1..5].copy_from_slice(&(64u32 << 20).to_be_bytes());
+    for body in [
+        frame(&[]),                 // the field is absent
+        frame(&id[..id.len() - 2]), // cut inside the field
+        frame_with_flag(1, &id),    // compressed without grpc-encoding
+        oversized,                  // over max_message_bytes
+    ] {
+        let mut h = harness(GET_PATIENT, Some("nurse"), "application/grpc");
+        h.stream.on_request_headers(&h.host);
+        h.request_body(&[&body]);
+        assert_eq!(h.resource(), None);
+        // The call goes on: the response is masked as usual.
+        assert_eq!(h.headers(), Action::Continue);
+        let sent = h.body(&[&patient_frames(1)], false);
+        h.trailers();
+        assert_eq!(unframe(&sent).len(), 1);
+        assert_eq!(h.summary().unwrap().failure, None);
+    }
 }

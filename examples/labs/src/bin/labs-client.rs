@@ -60,10 +60,11 @@ async fn main() -> std::process::ExitCode {
     );
     let outcome: Result<Value, tonic::Status> = match args.method.as_str() {
         "GetResult" => {
-            let mut request = tonic::Request::new(GetResultRequest {
+            // The audit trail reads the result id from the request message itself
+            // (`phi.v1.resource_id` on `result_id`): no header to send.
+            let request = tonic::Request::new(GetResultRequest {
                 result_id: args.result_id.clone(),
             });
-            add_resource_id(&mut request, &args.result_id);
             client.get_result(request).await.map(|r| {
                 let r = r.into_inner();
                 json!({
@@ -74,10 +75,9 @@ async fn main() -> std::process::ExitCode {
             })
         }
         "DeleteResult" => {
-            let mut request = tonic::Request::new(DeleteResultRequest {
+            let request = tonic::Request::new(DeleteResultRequest {
                 result_id: args.result_id.clone(),
             });
-            add_resource_id(&mut request, &args.result_id);
             client
                 .delete_result(request)
                 .await
@@ -94,13 +94,6 @@ async fn main() -> std::process::ExitCode {
     };
     println!("{line}");
     std::process::ExitCode::SUCCESS
-}
-
-/// The audit filter reads the resource id from `x-result-id` (audit.json).
-fn add_resource_id<T>(request: &mut tonic::Request<T>, id: &str) {
-    if let Ok(value) = id.parse() {
-        request.metadata_mut().insert("x-result-id", value);
-    }
 }
 
 /// The gRPC status name (grpc/doc/statuscodes.md).
