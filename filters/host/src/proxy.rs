@@ -9,7 +9,7 @@ use std::time::UNIX_EPOCH;
 
 use phi_guard_common::{GrpcStatus, UnixSeconds};
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{GrpcStatusCode, MapType, MetricType};
+use proxy_wasm::types::{BufferType, GrpcStatusCode, MapType, MetricType};
 
 use crate::{Host, LogLevel};
 
@@ -37,6 +37,23 @@ fn grpc_code(status: GrpcStatus) -> GrpcStatusCode {
         GrpcStatus::Internal => GrpcStatusCode::Internal,
         GrpcStatus::Unavailable => GrpcStatusCode::Unavailable,
         GrpcStatus::Unauthenticated => GrpcStatusCode::Unauthenticated,
+    }
+}
+
+impl ProxyHost {
+    /// The answer to a `dispatch_http_call`, read in `on_http_call_response`: the `:status`
+    /// header (absent when the host has none) and at most `limit` bytes of the body (empty
+    /// when there is none or the host refused), so a caller can tell an oversized body by
+    /// asking for one byte more than it accepts.
+    pub fn http_call_response(&self, body_size: usize, limit: usize) -> (Option<String>, Vec<u8>) {
+        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten();
+        let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size.min(limit))
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        (status, body)
     }
 }
 

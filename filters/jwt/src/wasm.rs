@@ -13,7 +13,7 @@ use std::time::Duration;
 use phi_guard_host::ProxyHost;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel};
 
 use crate::engine::Engine;
 use crate::shell::{self, Metrics, JWKS_READ_LIMIT};
@@ -81,17 +81,7 @@ impl Context for JwtRoot {
         let Some(shared) = self.shared.clone() else {
             return;
         };
-        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
-            .ok()
-            .flatten();
-        let body = hostcalls::get_buffer(
-            BufferType::HttpCallResponseBody,
-            0,
-            body_size.min(JWKS_READ_LIMIT),
-        )
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+        let (status, body) = ProxyHost.http_call_response(body_size, JWKS_READ_LIMIT);
         shell::on_jwks_response(
             &ProxyHost,
             &shared.engine,

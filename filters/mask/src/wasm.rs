@@ -115,17 +115,7 @@ impl Context for MaskRoot {
         let Some(remote) = self.remote.as_mut() else {
             return;
         };
-        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
-            .ok()
-            .flatten();
-        let body = hostcalls::get_buffer(
-            BufferType::HttpCallResponseBody,
-            0,
-            body_size.min(READ_LIMIT),
-        )
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+        let (status, body) = ProxyHost.http_call_response(body_size, READ_LIMIT);
         remote_shell::on_response(
             &ProxyHost,
             remote,
