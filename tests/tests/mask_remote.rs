@@ -79,6 +79,27 @@ async fn assert_refused_before_the_service(stack: &Stack) {
     );
 }
 
+/// Envoy runs one VM per worker thread (and one on the main thread), each fetching its own
+/// set: the stats count every VM's install, so the first `fetch_ok` does not mean the worker
+/// serving the next call has its set yet. Until it has, its calls must be refused cleanly;
+/// waits (bounded) for the first call that is served.
+async fn wait_until_served(stack: &Stack) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (bytes, status) = get_patient(stack, "frontend", "nurse").await;
+        if status.code() == Code::Ok {
+            return;
+        }
+        assert_eq!(status.code(), Code::Unavailable, "refused cleanly: {status:?}");
+        assert!(bytes.is_empty(), "no byte of a response while refused");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the installed set never served a call"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Nurse and research see the patient masked as with the inline set.
 async fn assert_masked(stack: &Stack) {
     let (bytes, status) = get_patient(stack, "frontend", "nurse").await;
@@ -123,6 +144,7 @@ async fn fetched_set_fails_closed_until_served_then_masks_and_outlives_an_outage
         wait_until(Duration::from_secs(15), || stat(&stack, FETCH_OK) >= 1).await,
         "the set was never installed"
     );
+    wait_until_served(&stack).await;
     assert_masked(&stack).await;
 
     // (c) The schema server fails, then answers garbage: the last good set keeps masking.
@@ -190,6 +212,7 @@ async fn a_set_matching_one_of_its_pins_is_installed() {
         wait_until(Duration::from_secs(10), || stat(&stack, FETCH_OK) >= 1).await,
         "the pinned set was never installed"
     );
+    wait_until_served(&stack).await;
     assert_masked(&stack).await;
     assert_eq!(stat(&stack, PIN_MISMATCH), 0);
 }
