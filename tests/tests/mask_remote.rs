@@ -21,9 +21,9 @@ const PIN_MISMATCH: &str = "wasmcustom.phi_guard.mask.descriptor_set_pin_mismatc
 const REFUSED: &str = "wasmcustom.phi_guard.mask.refused_no_descriptor_set";
 const BACKEND_REQUESTS: &str = "cluster.backend.upstream_rq_total";
 
-/// The demo API's descriptor set, as the stack otherwise carries it inline.
+/// The demo APIs' descriptor set, as the stack otherwise carries it inline.
 fn demo_set() -> Vec<u8> {
-    phi_guard_proto::DESCRIPTOR_SET.to_vec()
+    phi_guard_tools::demo_api::descriptor_set().expect("the demo descriptor set builds")
 }
 
 /// A stack whose mask filter fetches its set from `server` (pinned to `pin` when given),
@@ -171,6 +171,11 @@ async fn fetched_set_fails_closed_until_served_then_masks_and_outlives_an_outage
     );
     assert_masked(&stack).await;
     assert_eq!(stat(&stack, PIN_MISMATCH), 0, "no pin configured");
+    // Envoy writes its log to disk every 200 ms: the counters can be ahead of it.
+    wait_until(Duration::from_secs(5), || {
+        stack.inbound.log_text().contains("field `descriptor_set`")
+    })
+    .await;
     let log = stack.inbound.log_text();
     assert!(
         log.contains("failed: HTTP 500; keeping the last good set"),
@@ -199,10 +204,15 @@ async fn a_set_outside_the_pins_is_never_installed() {
     assert_refused_before_the_service(&stack).await;
     assert_eq!(stat(&stack, FETCH_OK), 0, "never installed");
     assert!(stat(&stack, FETCH_FAILED) >= stat(&stack, PIN_MISMATCH));
-    assert!(stack
-        .inbound
-        .log_text()
-        .contains("descriptor_set.remote.sha256"));
+    // Envoy writes its log to disk every 200 ms: the counters can be ahead of it.
+    assert!(
+        wait_until(Duration::from_secs(5), || stack
+            .inbound
+            .log_text()
+            .contains("descriptor_set.remote.sha256"))
+        .await,
+        "the refused set's field is logged"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
