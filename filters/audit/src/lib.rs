@@ -6,7 +6,8 @@
 //! - [`otlp`]: OTLP/HTTP JSON logs encoding and reading;
 //! - [`verify`]: chain verification for the verifier command and tests;
 //! - [`filter`], [`service`]: the two shells, generic over the host traits in [`hostx`];
-//! - `wasm` (wasm32 only): the proxy-wasm entry points;
+//! - [`proxy`] (wasm32 only): the host traits over proxy-wasm; `wasm` (wasm32, feature
+//!   `module`): the module's entry points;
 //! - [`collector`] (native only): the stand-in OTLP collector.
 
 pub mod chain;
@@ -25,4 +26,6 @@ pub mod collector;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 #[cfg(target_os = "wasi")]
+pub mod proxy;
+#[cfg(all(target_os = "wasi", feature = "module"))]
 mod wasm;
