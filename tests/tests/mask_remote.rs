@@ -90,7 +90,11 @@ async fn wait_until_served(stack: &Stack) {
         if status.code() == Code::Ok {
             return;
         }
-        assert_eq!(status.code(), Code::Unavailable, "refused cleanly: {status:?}");
+        assert_eq!(
+            status.code(),
+            Code::Unavailable,
+            "refused cleanly: {status:?}"
+        );
         assert!(bytes.is_empty(), "no byte of a response while refused");
         assert!(
             std::time::Instant::now() < deadline,
