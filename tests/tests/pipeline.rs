@@ -49,21 +49,39 @@ fn events(stack: &Stack) -> Vec<Value> {
 }
 
 fn last_four(value: &str, original: &str) -> bool {
-    value.len() == original.len() && value.ends_with(&original[original.len() - 4..]) && value != original
+    value.len() == original.len()
+        && value.ends_with(&original[original.len() - 4..])
+        && value != original
 }
 
 /// The calls of the smoke run and what they show; returns the patient each role saw.
 async fn smoke(stack: &Stack) -> (Patient, Patient, Patient) {
     let billing = patient_as(stack, "frontend", "billing").await;
-    assert_eq!(billing, phi_guard_tools::backend::patient(), "billing sees everything");
+    assert_eq!(
+        billing,
+        phi_guard_tools::backend::patient(),
+        "billing sees everything"
+    );
     let nurse = patient_as(stack, "frontend", "nurse").await;
-    assert!(last_four(&nurse.ssn, canary::SSN), "nurse SSN: {}", nurse.ssn);
+    assert!(
+        last_four(&nurse.ssn, canary::SSN),
+        "nurse SSN: {}",
+        nurse.ssn
+    );
     assert_eq!(nurse.contacts[0].email, "[redacted]");
     assert_eq!(nurse.mrn, canary::MRN);
     let research = patient_as(stack, "analytics", "research").await;
     assert!(research.ssn.is_empty(), "research sees no SSN");
-    assert!(research.mrn.starts_with("tok_"), "research MRN: {}", research.mrn);
-    assert!(research.name.is_none());
+    assert!(
+        research.mrn.starts_with("tok_"),
+        "research MRN: {}",
+        research.mrn
+    );
+    let bytes = prost::Message::encode_to_vec(&research);
+    let text = String::from_utf8_lossy(&bytes);
+    for value in canary::ALL {
+        assert!(!text.contains(value), "research saw {value}");
+    }
 
     // research through the EHR frontend: rbac denies; no token: jwt refuses.
     assert_eq!(
@@ -81,7 +99,10 @@ async fn smoke(stack: &Stack) -> (Patient, Patient, Patient) {
 async fn the_pipeline_masks_denies_refuses_and_audits() {
     let stack = stack("pipeline_smoke", Layout::Pipeline).await;
     let config = std::fs::read_to_string(&stack.inbound.config).unwrap();
-    assert!(config.contains("phi_guard.wasm"), "the pipeline module runs");
+    assert!(
+        config.contains("phi_guard.wasm"),
+        "the pipeline module runs"
+    );
     assert!(!config.contains("phi_guard_jwt.wasm"));
     smoke(&stack).await;
 
@@ -129,15 +150,25 @@ async fn the_pipeline_masks_denies_refuses_and_audits() {
         logged_reasons(&stack, "authn").contains(&"missing".to_string())
     })
     .await;
-    assert!(flushed, "authn reasons: {:?}", logged_reasons(&stack, "authn"));
+    assert!(
+        flushed,
+        "authn reasons: {:?}",
+        logged_reasons(&stack, "authn")
+    );
     assert!(logged_reasons(&stack, "authz").contains(&"matched_allow".to_string()));
     // No PHI and no token in any log.
     let logs = all_logs(&stack);
     for canary in [canary::SSN, canary::PHONE, canary::FAMILY] {
         assert!(!logs.contains(canary), "a canary reached a log");
     }
-    assert!(!logs.contains(stack.token("nurse")), "a token reached a log");
-    assert_eq!(stack.inbound.stat("wasmcustom.phi_guard.jwt.verified"), Some(4));
+    assert!(
+        !logs.contains(stack.token("nurse")),
+        "a token reached a log"
+    );
+    assert_eq!(
+        stack.inbound.stat("wasmcustom.phi_guard.jwt.verified"),
+        Some(4)
+    );
     assert!(stack
         .inbound
         .stat("wasmcustom.phi_guard.audit.enqueued")
@@ -148,7 +179,10 @@ async fn the_pipeline_masks_denies_refuses_and_audits() {
 async fn both_layouts_answer_the_same() {
     let single = stack("pipeline_vs_single", Layout::Single).await;
     let config = std::fs::read_to_string(&single.inbound.config).unwrap();
-    assert!(config.contains("phi_guard_jwt.wasm"), "the single-stage modules run");
+    assert!(
+        config.contains("phi_guard_jwt.wasm"),
+        "the single-stage modules run"
+    );
     let from_single = smoke(&single).await;
     drop(single);
     let piped = stack("pipeline_vs_pipeline", Layout::Pipeline).await;

@@ -134,10 +134,9 @@ fn the_project_file_names_the_layout() {
         .join("target/e2e")
         .join(format!("render-layout-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let demo = std::fs::read_to_string(
-        phi_guard_tools::repo_root().join("envoy/demo/phi-guard.toml"),
-    )
-    .unwrap();
+    let demo =
+        std::fs::read_to_string(phi_guard_tools::repo_root().join("envoy/demo/phi-guard.toml"))
+            .unwrap();
     let base = phi_guard_tools::repo_root().join("envoy/demo");
     for (line, want) in [
         ("layout = \"pipeline\"\n", Some(Layout::Pipeline)),

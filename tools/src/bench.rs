@@ -654,7 +654,10 @@ mod tests {
         let yaml = inbound();
         let full = variants().into_iter().find(|v| v.id == "q").unwrap();
         let rendered = full.render(&yaml).unwrap();
-        assert_eq!(filter_names(&rendered), ["phi_guard", "envoy.filters.http.router"]);
+        assert_eq!(
+            filter_names(&rendered),
+            ["phi_guard", "envoy.filters.http.router"]
+        );
         assert!(rendered.contains("/phi_guard.wasm\""));
         assert!(rendered.contains("host_env_keys: [PHI_GUARD_MASK_TOKEN_KEY]"));
         assert!(rendered.contains("bootstrap_extensions"));
@@ -681,7 +684,10 @@ mod tests {
         let (_, ours, _) = split_http_filters(&rendered).unwrap();
         assert_eq!(strip(ours[0].1), strip(blocks[0].1));
         let jwt_rbac = variants().into_iter().find(|v| v.id == "p").unwrap();
-        assert!(!jwt_rbac.render(&yaml).unwrap().contains("bootstrap_extensions"));
+        assert!(!jwt_rbac
+            .render(&yaml)
+            .unwrap()
+            .contains("bootstrap_extensions"));
     }
 
     fn filter_names(yaml: &str) -> Vec<String> {

@@ -114,7 +114,10 @@ impl std::str::FromStr for Layout {
         match s {
             "single" | "stages" => Ok(Layout::Single),
             "pipeline" => Ok(Layout::Pipeline),
-            _ => Err(FieldError::new("layout", "must be \"single\" or \"pipeline\"")),
+            _ => Err(FieldError::new(
+                "layout",
+                "must be \"single\" or \"pipeline\"",
+            )),
         }
     }
 }

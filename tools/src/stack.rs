@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use crate::client::{self, ClientCert, MtlsTarget};
 use crate::issuer::{self, JwksServer, SigningKey, UserClaims};
 use crate::pki::{self, Kind, Leaf, Pki};
-use crate::render::{self, HostPort, Inbound, Jwks};
 pub use crate::render::Layout;
+use crate::render::{self, HostPort, Inbound, Jwks};
 use phi_guard_audit::collector::{Collector, FailMode};
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;

@@ -23,9 +23,9 @@ pub mod verify;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod collector;
-#[cfg(not(target_arch = "wasm32"))]
-pub mod testing;
 #[cfg(target_os = "wasi")]
 pub mod proxy;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
 #[cfg(all(target_os = "wasi", feature = "module"))]
 mod wasm;

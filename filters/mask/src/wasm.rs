@@ -12,9 +12,9 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 
 use crate::config::MaskConfig;
+use crate::proxy::ProxyBody;
 use crate::remote::{MaskSource, RemoteMask, READ_LIMIT};
 use crate::remote_shell::{self, FetchMetrics};
-use crate::proxy::ProxyBody;
 use crate::shell::{MaskStream, Metrics};
 
 proxy_wasm::main! {{

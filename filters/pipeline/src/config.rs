@@ -172,7 +172,10 @@ mod tests {
         assert_eq!(err(r#"{"stages":{}}"#).field, "stages");
         assert_eq!(err(r#"{"stages":[], "extra": 1}"#).field, "extra");
         assert_eq!(err(r#"{"stages":[{"authz":{}}]}"#).field, "stages[0]");
-        assert_eq!(err(r#"{"stages":[{"jwt":{}, "rbac":{}}]}"#).field, "stages[0]");
+        assert_eq!(
+            err(r#"{"stages":[{"jwt":{}, "rbac":{}}]}"#).field,
+            "stages[0]"
+        );
         assert_eq!(err(r#"{"stages":[{}]}"#).field, "stages[0]");
         assert_eq!(err(r#"{"stages":["jwt"]}"#).field, "stages[0]");
         assert_eq!(err(r#"{"stages":[{"jwt":"x"}]}"#).field, "stages[0].jwt");

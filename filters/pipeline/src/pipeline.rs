@@ -390,7 +390,9 @@ impl Stream {
         body: &dyn BodyHost,
         body_size: usize,
     ) -> Flow {
-        self.callback(host, |s, host| s.mask(|m| m.on_request_body(host, body, body_size)))
+        self.callback(host, |s, host| {
+            s.mask(|m| m.on_request_body(host, body, body_size))
+        })
     }
 
     pub fn on_response_headers<H: StageHost>(&mut self, host: &H, end_of_stream: bool) -> Flow {
@@ -412,7 +414,9 @@ impl Stream {
     }
 
     pub fn on_response_trailers<H: StageHost>(&mut self, host: &H, body: &dyn BodyHost) -> Flow {
-        self.callback(host, |s, host| s.mask(|m| m.on_response_trailers(host, body)))
+        self.callback(host, |s, host| {
+            s.mask(|m| m.on_response_trailers(host, body))
+        })
     }
 
     /// Stream end: mask leaves its summary, then audit builds and queues the event from what

@@ -126,7 +126,10 @@ impl Recorder {
     fn new(bus: Bus, role: Option<&str>) -> Self {
         let mut headers = vec![
             (":method".to_string(), "POST".to_string()),
-            (":path".into(), "/health.v1.PatientService/GetPatient".into()),
+            (
+                ":path".into(),
+                "/health.v1.PatientService/GetPatient".into(),
+            ),
             (":authority".into(), "patient-service".into()),
             ("content-type".into(), "application/grpc".into()),
             ("te".into(), "trailers".into()),
@@ -291,11 +294,17 @@ impl AuditHost for Recorder {
 impl BodyHost for Recorder {
     fn request_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
         self.count("get_body");
-        self.request_body.borrow().get(start..start + size).map(<[u8]>::to_vec)
+        self.request_body
+            .borrow()
+            .get(start..start + size)
+            .map(<[u8]>::to_vec)
     }
     fn response_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
         self.count("get_body");
-        self.response_body.borrow().get(start..start + size).map(<[u8]>::to_vec)
+        self.response_body
+            .borrow()
+            .get(start..start + size)
+            .map(<[u8]>::to_vec)
     }
     fn set_response_body(&self, start: usize, size: usize, value: &[u8]) {
         self.count("set_body");
@@ -322,7 +331,10 @@ fn audit_bus() -> Bus {
         b.names.insert((VM_ID.into(), QUEUE.into()), 1);
         b.queues.insert(1, Default::default());
         b.shared.insert(
-            (VM_ID.into(), phi_guard_audit::config::backlog_flag_key(QUEUE)),
+            (
+                VM_ID.into(),
+                phi_guard_audit::config::backlog_flag_key(QUEUE),
+            ),
             b"0".to_vec(),
         );
     }
@@ -363,8 +375,8 @@ fn run_single(h: &Recorder) -> Flow {
     let jwt_doc = jwt_config().to_string().into_bytes();
     let (engine, jwt_metrics) = phi_guard_jwt::shell::configure(h, Some(&jwt_doc), &env).unwrap();
     let engine = RefCell::new(engine);
-    let rbac = phi_guard_rbac::shell::Filter::configure(h, rbac_config().to_string().as_bytes())
-        .unwrap();
+    let rbac =
+        phi_guard_rbac::shell::Filter::configure(h, rbac_config().to_string().as_bytes()).unwrap();
     let Some(MaskSource::Inline(mask_cfg)) =
         phi_guard_mask::remote_shell::configure(h, mask_config().to_string().as_bytes(), &env)
     else {
@@ -433,7 +445,10 @@ fn an_allowed_call_is_masked_by_role_and_audited() {
     // The nurse sees the last four digits of the SSN, never the whole number.
     let body = host.response_body.borrow().clone();
     let text = String::from_utf8_lossy(&body);
-    assert!(!text.contains(phi_guard_proto::demo::canary::SSN), "SSN leaked");
+    assert!(
+        !text.contains(phi_guard_proto::demo::canary::SSN),
+        "SSN leaked"
+    );
     assert!(text.contains("***-**-1234"), "SSN not partially masked");
     assert_eq!(host.base.response_header("content-length"), None);
     // Every key the access log and a later filter read is written to the host.
@@ -446,10 +461,16 @@ fn an_allowed_call_is_masked_by_role_and_audited() {
         state::METHOD,
         state::REQUEST_ID,
     ] {
-        assert!(host.base.base.property(&[key]).is_some(), "{key} not written");
+        assert!(
+            host.base.base.property(&[key]).is_some(),
+            "{key} not written"
+        );
     }
     let decision = authz(&host);
-    assert_eq!((decision.decision.as_str(), decision.role.as_str()), ("allow", "nurse"));
+    assert_eq!(
+        (decision.decision.as_str(), decision.role.as_str()),
+        ("allow", "nurse")
+    );
     let events = host.events();
     assert_eq!(events.len(), 1, "{events:?}");
     let e = &events[0];
@@ -544,7 +565,10 @@ fn host_calls_per_allowed_unary_rpc_single_and_pipeline() {
     let piped = Rc::new(Recorder::new(audit_bus(), Some("nurse")));
     assert_eq!(run_pipeline(&piped), Flow::Continue);
     // Both layouts answer the same: same body, same event (but for the time fields).
-    assert_eq!(*single.response_body.borrow(), *piped.response_body.borrow());
+    assert_eq!(
+        *single.response_body.borrow(),
+        *piped.response_body.borrow()
+    );
     let strip = |mut e: serde_json::Value| {
         e["time"] = serde_json::Value::Null;
         e
@@ -553,7 +577,13 @@ fn host_calls_per_allowed_unary_rpc_single_and_pipeline() {
         strip(single.events()[0].clone()),
         strip(piped.events()[0].clone())
     );
-    for key in [state::IDENTITY, state::AUTHN, state::AUTHZ, state::MASK, state::RESOURCE] {
+    for key in [
+        state::IDENTITY,
+        state::AUTHN,
+        state::AUTHZ,
+        state::MASK,
+        state::RESOURCE,
+    ] {
         assert_eq!(
             single.base.base.property(&[key]),
             piped.base.base.property(&[key]),
