@@ -2,9 +2,10 @@
 //! `phi-guard` command share, for the demo project and for the shapes a user's project takes
 //! (inline JWKS without a cluster, an https IdP and collector, named SPIFFE IDs, names
 //! resolved by DNS), each accepted by `envoy --mode validate`; and a config Envoy must refuse
-//! is refused, so the check is not vacuous.
+//! is refused, so the check is not vacuous. Every shape in both layouts: `single` (four
+//! modules, envoy/inbound.yaml) and `pipeline` (one module, envoy/inbound.pipeline.yaml).
 
-use phi_guard_tools::render::{self, HostPort, Inbound, Jwks, Upstream};
+use phi_guard_tools::render::{self, HostPort, Inbound, Jwks, Layout, Upstream};
 use serde_json::json;
 
 fn demo() -> Inbound {
@@ -16,8 +17,18 @@ fn demo() -> Inbound {
     inbound
 }
 
-/// Renders into a fresh directory and runs `envoy --mode validate` on it.
+/// Renders into a fresh directory and runs `envoy --mode validate` on it, in each layout.
 fn validate(name: &str, inbound: &mut Inbound) -> Result<String, String> {
+    let mut out = String::new();
+    for layout in Layout::ALL {
+        inbound.layout = layout;
+        out += &validate_layout(&format!("{name}-{}", layout.name()), inbound)?;
+    }
+    Ok(out)
+}
+
+fn validate_layout(name: &str, inbound: &mut Inbound) -> Result<String, String> {
+    inbound.check_wasm().map_err(|e| e.to_string())?;
     let dir = phi_guard_tools::repo_root()
         .join("target/e2e")
         .join(format!("render-{name}-{}", std::process::id()));
@@ -95,6 +106,54 @@ fn a_users_project_shapes_validate() {
     )
     .unwrap();
     validate("remote", &mut remote).expect("envoy accepts an https IdP and collector");
+}
+
+#[test]
+fn the_pipeline_layout_carries_each_stage_config_unchanged() {
+    let mut inbound = demo();
+    inbound.layout = Layout::Single;
+    let single = inbound.render().unwrap().envoy;
+    inbound.layout = Layout::Pipeline;
+    let pipeline = inbound.render().unwrap().envoy;
+    assert!(pipeline.contains("phi_guard.wasm"));
+    assert!(!pipeline.contains("phi_guard_jwt.wasm"));
+    // The audit service stays its own module.
+    assert!(pipeline.contains("phi_guard_audit.wasm"));
+    for stage in ["jwt", "rbac", "mask", "audit"] {
+        let embedded = |yaml: &str| {
+            phi_guard_tools::stack::embedded_filter_config(yaml, stage)
+                .unwrap_or_else(|| panic!("no {stage} config"))
+        };
+        assert_eq!(embedded(&single), embedded(&pipeline), "{stage}");
+    }
+}
+
+#[test]
+fn the_project_file_names_the_layout() {
+    let dir = phi_guard_tools::repo_root()
+        .join("target/e2e")
+        .join(format!("render-layout-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let demo =
+        std::fs::read_to_string(phi_guard_tools::repo_root().join("envoy/demo/phi-guard.toml"))
+            .unwrap();
+    let base = phi_guard_tools::repo_root().join("envoy/demo");
+    for (line, want) in [
+        ("layout = \"pipeline\"\n", Some(Layout::Pipeline)),
+        ("layout = \"single\"\n", Some(Layout::Single)),
+        ("", Some(Layout::Single)),
+        ("layout = \"chain\"\n", None),
+    ] {
+        let path = base.join(format!(".layout-test-{}.toml", std::process::id()));
+        std::fs::write(&path, format!("{line}{demo}")).unwrap();
+        let got = Inbound::from_project(&path);
+        let _ = std::fs::remove_file(&path);
+        match want {
+            Some(layout) => assert_eq!(got.unwrap().layout, layout, "{line}"),
+            None => assert_eq!(got.unwrap_err().field, "layout", "{line}"),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -24,6 +24,9 @@ pub enum Filter {
         cache: bool,
     },
     NativeRbac,
+    /// `phi_guard` (filters/pipeline, one module) running these stages, each with the config
+    /// its single-stage filter has in `envoy/inbound.yaml`.
+    Pipeline(&'static [&'static str]),
 }
 
 /// An Envoy configuration under test.
@@ -37,7 +40,11 @@ pub struct Variant {
 impl Variant {
     /// Whether the config needs the audit service (bootstrap extension).
     fn audits(&self) -> bool {
-        self.filters.contains(&Filter::PhiGuard("audit"))
+        self.filters.iter().any(|f| match f {
+            Filter::PhiGuard(name) => *name == "audit",
+            Filter::Pipeline(stages) => stages.contains(&"audit"),
+            _ => false,
+        })
     }
 
     /// `inbound` (the rendered `envoy/inbound.yaml`) with this variant's HTTP filters.
@@ -64,6 +71,7 @@ impl Variant {
                     out.push_str(&without);
                 }
                 Filter::NativeRbac => out.push_str(NATIVE_RBAC),
+                Filter::Pipeline(stages) => out.push_str(&pipeline_block(&blocks, stages)?),
             }
         }
         let router = blocks
@@ -77,6 +85,74 @@ impl Variant {
         }
         Ok(out)
     }
+}
+
+/// The `phi_guard` pipeline filter running `stages`, from the single-stage blocks of a rendered
+/// `envoy/inbound.yaml`: each stage's JSON, the wasm directory and the secrets' variables as
+/// they are there (what `envoy/inbound.pipeline.yaml` renders to for the same project).
+fn pipeline_block(blocks: &[(&str, &str)], stages: &[&str]) -> Result<String, String> {
+    let block = |stage: &str| {
+        let name = format!("phi_guard.{stage}");
+        blocks
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, b)| *b)
+            .ok_or_else(|| format!("envoy/inbound.yaml has no filter {name}"))
+    };
+    let mut configs = Vec::new();
+    let mut env_keys: Vec<String> = Vec::new();
+    for stage in stages {
+        let text = block(stage)?;
+        let config = crate::stack::embedded_filter_config(text, stage)
+            .ok_or_else(|| format!("phi_guard.{stage}: no JSON configuration (render it first)"))?;
+        configs.push(serde_json::json!({ *stage: config }));
+        if *stage != "audit" {
+            for line in text.lines() {
+                if let Some(list) = line.trim().strip_prefix("host_env_keys: [") {
+                    for key in list.trim_end_matches(']').split(',') {
+                        let key = key.trim().to_string();
+                        if !key.is_empty() && !env_keys.contains(&key) {
+                            env_keys.push(key);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let jwt = block("jwt")?;
+    let wasm_dir = jwt
+        .split("filename: \"")
+        .nth(1)
+        .and_then(|rest| rest.split("/phi_guard_jwt.wasm").next())
+        .ok_or("phi_guard.jwt: no module file name")?;
+    let config = serde_json::to_string_pretty(&serde_json::json!({ "stages": configs }))
+        .map_err(|e| e.to_string())?;
+    let mut out = format!(
+        "          - name: phi_guard
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: phi_guard
+                root_id: phi_guard
+                failure_policy: FAIL_CLOSED
+                vm_config:
+                  vm_id: phi_guard_audit
+                  runtime: envoy.wasm.runtime.v8
+                  environment_variables:
+                    host_env_keys: [{}]
+                  code: {{local: {{filename: \"{wasm_dir}/phi_guard.wasm\"}}}}
+                configuration:
+                  \"@type\": type.googleapis.com/google.protobuf.StringValue
+                  value: |
+",
+        env_keys.join(", ")
+    );
+    for line in config.lines() {
+        out.push_str("                    ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    Ok(out)
 }
 
 /// The configurations `scripts/bench` compares (the letters are the issue's).
@@ -128,6 +204,16 @@ pub fn variants() -> Vec<Variant> {
             label: "phi-guard jwt + rbac + audit",
             filters: vec![PhiGuard("jwt"), PhiGuard("rbac"), PhiGuard("audit")],
         },
+        Variant {
+            id: "p",
+            label: "phi-guard pipeline: jwt + rbac (one module)",
+            filters: vec![Pipeline(&["jwt", "rbac"])],
+        },
+        Variant {
+            id: "q",
+            label: "phi-guard pipeline: full chain (one module)",
+            filters: vec![Pipeline(&["jwt", "rbac", "mask", "audit"])],
+        },
     ]
 }
 
@@ -156,7 +242,7 @@ pub struct Run {
 
 /// The runs of one round, in the order they run; rounds repeat them (rotated) so that slow
 /// drift of the machine spreads over every config.
-pub const RUNS: [Run; 11] = [
+pub const RUNS: [Run; 13] = [
     Run {
         id: "a",
         variant: "a",
@@ -180,6 +266,18 @@ pub const RUNS: [Run; 11] = [
         variant: "d",
         workload: Workload::Get,
         label: "phi-guard full chain",
+    },
+    Run {
+        id: "pc",
+        variant: "p",
+        workload: Workload::Get,
+        label: "phi-guard pipeline jwt + rbac (one module)",
+    },
+    Run {
+        id: "pd",
+        variant: "q",
+        workload: Workload::Get,
+        label: "phi-guard pipeline full chain (one module)",
     },
     Run {
         id: "m",
@@ -541,8 +639,55 @@ pub fn markdown_table(runs: &[(Run, &Summary)], baseline: f64) -> String {
 mod tests {
     use super::*;
 
+    /// `envoy/inbound.yaml` rendered for the demo project, as the bench starts it.
     fn inbound() -> String {
-        std::fs::read_to_string(crate::repo_root().join("envoy/inbound.yaml")).unwrap()
+        let mut inbound = crate::render::Inbound::from_project(
+            &crate::repo_root().join("envoy/demo/phi-guard.toml"),
+        )
+        .unwrap();
+        inbound.descriptor_set = Some(crate::demo_api::descriptor_set().unwrap());
+        inbound.render().unwrap().envoy
+    }
+
+    #[test]
+    fn the_pipeline_variant_carries_the_single_stage_configs() {
+        let yaml = inbound();
+        let full = variants().into_iter().find(|v| v.id == "q").unwrap();
+        let rendered = full.render(&yaml).unwrap();
+        assert_eq!(
+            filter_names(&rendered),
+            ["phi_guard", "envoy.filters.http.router"]
+        );
+        assert!(rendered.contains("/phi_guard.wasm\""));
+        assert!(rendered.contains("host_env_keys: [PHI_GUARD_MASK_TOKEN_KEY]"));
+        assert!(rendered.contains("bootstrap_extensions"));
+        for stage in ["jwt", "rbac", "mask", "audit"] {
+            let single = crate::stack::embedded_filter_config(&yaml, stage).unwrap();
+            let piped = crate::stack::embedded_filter_config(&rendered, stage).unwrap();
+            assert_eq!(single, piped, "{stage}");
+        }
+        // The same block the renderer's pipeline layout makes, but for its comments.
+        let mut project = crate::render::Inbound::from_project(
+            &crate::repo_root().join("envoy/demo/phi-guard.toml"),
+        )
+        .unwrap();
+        project.descriptor_set = Some(crate::demo_api::descriptor_set().unwrap());
+        project.layout = crate::render::Layout::Pipeline;
+        let from_template = project.render().unwrap().envoy;
+        let (_, blocks, _) = split_http_filters(&from_template).unwrap();
+        let strip = |b: &str| -> String {
+            b.lines()
+                .filter(|l| !l.trim_start().starts_with('#'))
+                .map(|l| format!("{l}\n"))
+                .collect()
+        };
+        let (_, ours, _) = split_http_filters(&rendered).unwrap();
+        assert_eq!(strip(ours[0].1), strip(blocks[0].1));
+        let jwt_rbac = variants().into_iter().find(|v| v.id == "p").unwrap();
+        assert!(!jwt_rbac
+            .render(&yaml)
+            .unwrap()
+            .contains("bootstrap_extensions"));
     }
 
     fn filter_names(yaml: &str) -> Vec<String> {

@@ -58,32 +58,66 @@ impl fmt::Display for FieldError {
 
 impl std::error::Error for FieldError {}
 
-/// Which Envoy config shape is rendered.
+/// Which Envoy config shape is rendered (`layout = "single"` or `"pipeline"` in the project
+/// file).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Layout {
-    /// `envoy/inbound.yaml`: four wasm filters (jwt, rbac, mask, audit), one config each.
+    /// `envoy/inbound.yaml`: four wasm filters (jwt, rbac, mask, audit), one module and one
+    /// config each (`stages` is its former name).
     #[default]
-    Stages,
+    #[serde(alias = "stages")]
+    Single,
+    /// `envoy/inbound.pipeline.yaml`: one wasm filter, `phi_guard.wasm` (filters/pipeline),
+    /// running the four stages with one set of callbacks; its config nests each stage's JSON.
+    Pipeline,
 }
 
 impl Layout {
+    pub const ALL: [Layout; 2] = [Layout::Single, Layout::Pipeline];
+
+    /// The name a project file and `phi-guard render --layout` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Single => "single",
+            Layout::Pipeline => "pipeline",
+        }
+    }
+
     /// The template, relative to the repository's `envoy/` directory.
     pub fn template(self) -> &'static str {
         match self {
-            Layout::Stages => "inbound.yaml",
+            Layout::Single => "inbound.yaml",
+            Layout::Pipeline => "inbound.pipeline.yaml",
         }
     }
 
     /// The wasm modules the layout loads (file stems in the wasm directory).
     pub fn modules(self) -> &'static [&'static str] {
         match self {
-            Layout::Stages => &[
+            Layout::Single => &[
                 "phi_guard_jwt",
                 "phi_guard_rbac",
                 "phi_guard_mask",
                 "phi_guard_audit",
             ],
+            // The audit service stays its own module (bootstrap_extensions).
+            Layout::Pipeline => &["phi_guard", "phi_guard_audit"],
+        }
+    }
+}
+
+impl std::str::FromStr for Layout {
+    type Err = FieldError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "single" | "stages" => Ok(Layout::Single),
+            "pipeline" => Ok(Layout::Pipeline),
+            _ => Err(FieldError::new(
+                "layout",
+                "must be \"single\" or \"pipeline\"",
+            )),
         }
     }
 }
@@ -870,12 +904,18 @@ impl Inbound {
             .map_err(|e| stage("audit.config", e))?;
         phi_guard_audit::config::ServiceConfig::parse(&bytes(&service))
             .map_err(|e| stage("audit.service", e))?;
+        // The pipeline layout's one config: each stage's JSON nested unchanged, in stage order.
+        let pipeline = json!({"stages": [
+            {"jwt": jwt}, {"rbac": self.rbac}, {"mask": mask}, {"audit": self.audit}
+        ]});
+        phi_guard::PipelineConfig::parse(&bytes(&pipeline)).map_err(|e| stage("pipeline", e))?;
         Ok(vec![
             ("JWT_CONFIG", jwt),
             ("RBAC_CONFIG", self.rbac.clone()),
             ("MASK_CONFIG", mask),
             ("AUDIT_CONFIG", self.audit.clone()),
             ("AUDIT_SERVICE_CONFIG", service),
+            ("PIPELINE_CONFIG", pipeline),
         ])
     }
 
@@ -899,6 +939,20 @@ impl Inbound {
             "environment_variables:\n  host_env_keys: [{}]",
             names.join(", ")
         ))
+    }
+
+    /// The pipeline VM's `host_env_keys`: the mask token key and whatever secrets the jwt
+    /// stage's config names (the audit chain key stays with the audit service).
+    fn pipeline_env_keys(&self) -> Result<String, FieldError> {
+        // Checks the jwt names as the single layout does.
+        self.jwt_vm_env()?;
+        let mut names = vec![self.keys.mask_token.clone()];
+        for name in self.jwt_secret_envs() {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        Ok(names.join(", "))
     }
 
     /// The client-certificate SAN matchers: exactly the allowed IDs, or the trust domain.
@@ -944,6 +998,7 @@ impl Inbound {
             ("AUDIT_KEY_ENV", self.keys.audit.clone()),
             ("MASK_TOKEN_KEY_ENV", self.keys.mask_token.clone()),
             ("JWT_VM_ENV", self.jwt_vm_env()?),
+            ("PIPELINE_ENV_KEYS", self.pipeline_env_keys()?),
         ];
         for (name, p) in [
             ("paths.sds", &self.sds_dir),
@@ -1129,7 +1184,16 @@ fn load_source(source: &Source, base: &Path, field: &str) -> Result<Value, Field
 /// it (``missing field `port` ``), else from the line the error points at, within the last
 /// table header before it.
 fn toml_error(e: &toml::de::Error, text: &str) -> FieldError {
-    let message = e.message().to_string();
+    let mut message = e.message().to_string();
+    // "unknown variant `<value>`, expected ...": the quoted word is the value, not a field.
+    let unknown_value = message.starts_with("unknown variant");
+    if unknown_value {
+        let expected = message
+            .split_once(", ")
+            .map(|(_, rest)| rest.to_string())
+            .unwrap_or_default();
+        message = format!("unknown value, {expected}");
+    }
     let at = e.span().map_or(0, |s| s.start).min(text.len());
     let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
     let line = text[line_start..].lines().next().unwrap_or_default().trim();
@@ -1143,7 +1207,7 @@ fn toml_error(e: &toml::de::Error, text: &str) -> FieldError {
                 .and_then(|r| r.split(']').next())
                 .map(|s| s.trim_matches('[').trim().to_string())
         });
-    let key = match message.split('`').nth(1) {
+    let key = match message.split('`').nth(1).filter(|_| !unknown_value) {
         Some(quoted) => quoted.to_string(),
         None => line
             .split_once('=')

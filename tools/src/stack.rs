@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use crate::client::{self, ClientCert, MtlsTarget};
 use crate::issuer::{self, JwksServer, SigningKey, UserClaims};
 use crate::pki::{self, Kind, Leaf, Pki};
+pub use crate::render::Layout;
 use crate::render::{self, HostPort, Inbound, Jwks};
 use phi_guard_audit::collector::{Collector, FailMode};
 
@@ -87,6 +88,8 @@ pub struct Stack {
     pub audit_key: PathBuf,
     /// The mask filter's keyed-token key (the bytes of PHI_GUARD_MASK_TOKEN_KEY).
     pub mask_key: PathBuf,
+    /// The inbound layout this stack rendered (its variants render the same).
+    pub layout: Layout,
     services: Vec<Service>,
     /// `false` leaves processes and files behind on drop (the demo's `up`).
     teardown: bool,
@@ -106,6 +109,7 @@ pub struct StackBuilder {
     rs256_idp: bool,
     inbound_patch: Option<ConfigPatch>,
     descriptor_set: Option<render::RemoteDescriptorSet>,
+    layout: Layout,
 }
 
 /// A change to the rendered inbound config, for tests of what a bad config does.
@@ -153,6 +157,13 @@ impl StackBuilder {
     /// descriptor_set_url` renders it) instead of carrying the demo set inline.
     pub fn mask_descriptor_set_remote(mut self, remote: render::RemoteDescriptorSet) -> Self {
         self.descriptor_set = Some(remote);
+        self
+    }
+
+    /// Which inbound layout to render: [`Layout::Single`] (four modules) or
+    /// [`Layout::Pipeline`] (one module); the default is [`default_layout`].
+    pub fn layout(mut self, layout: Layout) -> Self {
+        self.layout = layout;
         self
     }
 
@@ -248,6 +259,7 @@ impl StackBuilder {
             jwks: idp.addr.port(),
             collector: collector_addr.port(),
             descriptor_set: self.descriptor_set,
+            layout: self.layout,
         };
         let env = keys.envoy_env()?;
         let patch = self.inbound_patch;
@@ -268,6 +280,7 @@ impl StackBuilder {
             audit_log,
             audit_key: keys.audit,
             mask_key: keys.mask,
+            layout: self.layout,
             services,
             teardown: true,
         })
@@ -388,10 +401,12 @@ pub fn demo_inbound(
             return Err("envoy/demo/phi-guard.toml: the demo fetches its JWKS ([jwks] url)".into())
         }
     }
+    inbound.layout = ports.layout;
     inbound.out_dir = dir.to_path_buf();
     inbound.sds_dir = dir.join("sds/inbound");
     inbound.log_dir = dir.join("logs");
     inbound.wasm_dir = wasm_dir()?;
+    inbound.check_wasm()?;
     inbound.keys_dir = dir.join("keys");
     match &ports.descriptor_set {
         // Both demo APIs (PatientService and FhirService) in one set.
@@ -441,6 +456,18 @@ pub struct UpstreamPorts {
     pub collector: u16,
     /// Where the mask filter fetches its descriptor set; `None`: the demo set inline.
     pub descriptor_set: Option<render::RemoteDescriptorSet>,
+    /// The inbound layout to render.
+    pub layout: Layout,
+}
+
+/// The layout stacks render unless told otherwise: [`Layout::Single`], or what
+/// `PHI_GUARD_E2E_LAYOUT` names (`single`, `pipeline`), so the whole e2e suite can run against
+/// either (`PHI_GUARD_E2E_LAYOUT=pipeline cargo test -p phi-guard-e2e`).
+pub fn default_layout() -> Layout {
+    std::env::var("PHI_GUARD_E2E_LAYOUT")
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or_default()
 }
 
 /// The secrets Envoy gets through its environment, one file each (fresh random per stack).
@@ -587,6 +614,7 @@ impl Stack {
             rs256_idp: false,
             inbound_patch: None,
             descriptor_set: None,
+            layout: default_layout(),
         }
     }
 
@@ -664,6 +692,7 @@ impl Stack {
             collector: self.collector_addr.port(),
             // Variants carry the demo set inline.
             descriptor_set: None,
+            layout: self.layout,
         };
         start_inbound(
             instance,
@@ -890,9 +919,22 @@ impl Drop for Service {
 }
 
 /// The JSON configuration a phi-guard wasm filter (`phi_guard.<filter>`) carries in an Envoy
-/// YAML file: the block scalar after its `value: |`.
+/// YAML file: the block scalar after its `value: |`. In the pipeline layout (one `phi_guard`
+/// filter) it is the stage's configuration nested in the pipeline's (`stages[i].<filter>`).
 pub fn embedded_filter_config(yaml: &str, filter: &str) -> Option<serde_json::Value> {
-    let start = yaml.find(&format!("name: phi_guard.{filter}\n"))?;
+    if let Some(config) = embedded_config(yaml, &format!("phi_guard.{filter}")) {
+        return Some(config);
+    }
+    embedded_config(yaml, "phi_guard")?
+        .get("stages")?
+        .as_array()?
+        .iter()
+        .find_map(|stage| stage.get(filter).cloned())
+}
+
+/// The block scalar after `value: |` of the filter named `name`.
+fn embedded_config(yaml: &str, name: &str) -> Option<serde_json::Value> {
+    let start = yaml.find(&format!("name: {name}\n"))?;
     let rest = &yaml[start..];
     let value_at = rest.find("value: |\n")? + "value: |\n".len();
     let mut lines = rest[value_at..].lines();

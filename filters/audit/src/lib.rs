@@ -6,7 +6,8 @@
 //! - [`otlp`]: OTLP/HTTP JSON logs encoding and reading;
 //! - [`verify`]: chain verification for the verifier command and tests;
 //! - [`filter`], [`service`]: the two shells, generic over the host traits in [`hostx`];
-//! - `wasm` (wasm32 only): the proxy-wasm entry points;
+//! - [`proxy`] (wasm32 only): the host traits over proxy-wasm; `wasm` (wasm32, feature
+//!   `module`): the module's entry points;
 //! - [`collector`] (native only): the stand-in OTLP collector.
 
 pub mod chain;
@@ -22,7 +23,9 @@ pub mod verify;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod collector;
+#[cfg(target_os = "wasi")]
+pub mod proxy;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
-#[cfg(target_os = "wasi")]
+#[cfg(all(target_os = "wasi", feature = "module"))]
 mod wasm;

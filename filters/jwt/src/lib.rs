@@ -19,7 +19,7 @@ pub mod shell;
 pub mod token;
 pub mod verify;
 
-#[cfg(target_os = "wasi")]
+#[cfg(all(target_os = "wasi", feature = "module"))]
 mod wasm;
 
 #[cfg(test)]

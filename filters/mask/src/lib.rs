@@ -32,6 +32,8 @@ pub mod wire;
 pub(crate) mod testdata;
 
 #[cfg(target_os = "wasi")]
+pub mod proxy;
+#[cfg(all(target_os = "wasi", feature = "module"))]
 mod wasm;
 
 pub use config::MaskConfig;

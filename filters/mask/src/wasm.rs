@@ -9,12 +9,13 @@ use std::time::Duration;
 use phi_guard_host::{Host, ProxyHost};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, MapType};
+use proxy_wasm::types::{Action, ContextType};
 
 use crate::config::MaskConfig;
+use crate::proxy::ProxyBody;
 use crate::remote::{MaskSource, RemoteMask, READ_LIMIT};
 use crate::remote_shell::{self, FetchMetrics};
-use crate::shell::{BodyHost, MaskStream, Metrics};
+use crate::shell::{MaskStream, Metrics};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
@@ -35,35 +36,6 @@ const TICK: Duration = Duration::from_secs(1);
 /// Istio passes secrets as VM environment variables (vmConfig.env), which WASI exposes.
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok()
-}
-
-/// [`BodyHost`] over the proxy-wasm buffer and trailer host calls.
-struct ProxyBody;
-
-impl BodyHost for ProxyBody {
-    fn request_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
-        hostcalls::get_buffer(BufferType::HttpRequestBody, start, size)
-            .ok()
-            .flatten()
-    }
-
-    fn response_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
-        hostcalls::get_buffer(BufferType::HttpResponseBody, start, size)
-            .ok()
-            .flatten()
-    }
-
-    fn set_response_body(&self, start: usize, size: usize, value: &[u8]) {
-        let _ = hostcalls::set_buffer(BufferType::HttpResponseBody, start, size, value);
-    }
-
-    fn set_response_trailer(&self, name: &str, value: &str) {
-        let _ = hostcalls::set_map_value(MapType::HttpResponseTrailers, name, Some(value));
-    }
-
-    fn reset_response(&self) {
-        let _ = hostcalls::reset_http_response();
-    }
 }
 
 struct MaskRoot {

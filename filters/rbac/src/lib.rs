@@ -19,7 +19,7 @@ mod json;
 pub mod policy;
 pub mod principal;
 pub mod shell;
-#[cfg(target_os = "wasi")]
+#[cfg(all(target_os = "wasi", feature = "module"))]
 mod wasm;
 
 pub use decision::{decide, Decision};

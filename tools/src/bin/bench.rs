@@ -120,7 +120,9 @@ async fn run() -> Result<(), Error> {
     );
     let wasm_sizes = wasm_sizes()?;
 
+    // Variants are cut from the single-stage layout's rendered config (bench::variants).
     let stack = Stack::builder("bench")
+        .layout(stack::Layout::Single)
         .rs256_idp()
         .workload(WORKLOAD.0, WORKLOAD.1, WORKLOAD.2)
         .start()
@@ -229,6 +231,17 @@ async fn run() -> Result<(), Error> {
     println!("\nWhat each filter adds (Envoy CPU µs per GetPatient RPC, medians):\n");
     for (filter, us) in bench::per_filter_cpu(&summaries) {
         println!("- {filter}: {us:.1}");
+    }
+    println!("\nThe two layouts (Envoy CPU µs per GetPatient RPC, medians; added over a):\n");
+    for (what, single, one) in [("jwt + rbac", "c", "pc"), ("full chain", "d", "pd")] {
+        if let (Some(s), Some(p)) = (summaries.get(single), summaries.get(one)) {
+            let (s, p) = (s.cpu_us_per_rpc.median, p.cpu_us_per_rpc.median);
+            println!(
+                "- {what}: four modules {s:.1} ({:.1}), one module {p:.1} ({:.1})",
+                s - baseline,
+                p - baseline
+            );
+        }
     }
     println!(
         "\n- Envoy RSS, full chain: {:.0} MiB with 1 worker; {:+.1} MiB for each further worker ({:.0} MiB with 2); passthrough {:.0} MiB",

@@ -3,7 +3,7 @@
 //!   phi-guard protoset -I proto -I . labs/v1/labs.proto -o api.binpb
 //!   phi-guard init --descriptor-set api.binpb --service labs --trust-domain labs.example
 //!   phi-guard keys [--project phi-guard.toml]
-//!   phi-guard render [phi-guard.toml]
+//!   phi-guard render [phi-guard.toml] [--layout single|pipeline]
 //!
 //! docs/ADOPTING.md walks through them. Exit status: 0 done, 1 refused (a field named on
 //! stderr), 2 usage.
@@ -37,6 +37,10 @@ enum Command {
         /// Skip `envoy --mode validate`.
         #[arg(long)]
         no_validate: bool,
+        /// `single` (four modules) or `pipeline` (one module, phi_guard.wasm); overrides the
+        /// project file's `layout`.
+        #[arg(long)]
+        layout: Option<String>,
     },
     /// Make the keys the stages need (random, right length, mode 0600) and print how to pass
     /// them to the VMs (Envoy and Istio).
@@ -92,7 +96,8 @@ fn main() -> ExitCode {
         Command::Render {
             project,
             no_validate,
-        } => render_cmd(&project, !no_validate),
+            layout,
+        } => render_cmd(&project, !no_validate, layout.as_deref()),
         Command::Keys {
             project,
             dir,
@@ -120,9 +125,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn render_cmd(project: &Path, validate: bool) -> Result<(), String> {
+fn render_cmd(project: &Path, validate: bool, layout: Option<&str>) -> Result<(), String> {
     let at = |e: render::FieldError| format!("{}: {e}", project.display());
-    let inbound = Inbound::from_project(project).map_err(at)?;
+    let mut inbound = Inbound::from_project(project).map_err(at)?;
+    if let Some(layout) = layout {
+        inbound.layout = layout
+            .parse()
+            .map_err(|e: render::FieldError| format!("--layout: {}", e.reason))?;
+    }
     inbound.check_wasm().map_err(at)?;
     let rendered = inbound.render().map_err(at)?;
     let config = rendered

@@ -1,0 +1,200 @@
+//! The pipeline's configuration: `{"stages": [{"jwt": {…}}, {"rbac": {…}}, {"mask": {…}},
+//! {"audit": {…}}]}`. Each stage nests that filter's own configuration, unchanged (what the
+//! single-stage module of the filter takes as its whole configuration), and is checked by
+//! that filter's own parser when the pipeline configures it.
+//!
+//! Read through the one config parser (`phi_guard_common::config::parse_document`): an empty
+//! document, a repeated member at any depth and unknown top-level fields are refused. A stage
+//! list that is empty, names an unknown stage, names one twice or puts them out of order is
+//! refused, the error naming the field (`stages[2]`). Errors never carry a value.
+
+use phi_guard_common::ConfigError;
+use serde_json::Value;
+
+/// A stage of the pipeline, in the order stages run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum StageName {
+    Jwt,
+    Rbac,
+    Mask,
+    Audit,
+}
+
+impl StageName {
+    /// Every stage, in pipeline order.
+    pub const ALL: [StageName; 4] = [
+        StageName::Jwt,
+        StageName::Rbac,
+        StageName::Mask,
+        StageName::Audit,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            StageName::Jwt => "jwt",
+            StageName::Rbac => "rbac",
+            StageName::Mask => "mask",
+            StageName::Audit => "audit",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        StageName::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+/// The parsed envelope: each configured stage with its own configuration document (the bytes
+/// its filter's parser reads).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipelineConfig {
+    pub stages: Vec<(StageName, Vec<u8>)>,
+}
+
+impl PipelineConfig {
+    pub fn parse(bytes: &[u8]) -> Result<Self, ConfigError> {
+        let doc = phi_guard_common::config::parse_document(bytes, "pipeline")?;
+        let Value::Object(top) = doc else {
+            return Err(ConfigError::new("", "must be a JSON object"));
+        };
+        if let Some(other) = top.keys().find(|k| k.as_str() != "stages") {
+            // The member name is a key of the envelope, not a value; still shown only if plain.
+            let field = if plain(other) { other.as_str() } else { "" };
+            return Err(ConfigError::new(
+                field,
+                "unknown field: the pipeline configuration has only `stages`",
+            ));
+        }
+        let Some(Value::Array(list)) = top.get("stages") else {
+            return Err(ConfigError::new(
+                "stages",
+                "required: a list of stages, e.g. [{\"jwt\": {…}}, {\"rbac\": {…}}]",
+            ));
+        };
+        if list.is_empty() {
+            return Err(ConfigError::new("stages", "must name at least one stage"));
+        }
+        let mut stages: Vec<(StageName, Vec<u8>)> = Vec::with_capacity(list.len());
+        for (i, entry) in list.iter().enumerate() {
+            let field = format!("stages[{i}]");
+            let Value::Object(one) = entry else {
+                return Err(ConfigError::new(
+                    field,
+                    "must be an object with one member, the stage name",
+                ));
+            };
+            let mut members = one.iter();
+            let (Some((name, config)), None) = (members.next(), members.next()) else {
+                return Err(ConfigError::new(
+                    field,
+                    "must have exactly one member, the stage name (jwt, rbac, mask, audit)",
+                ));
+            };
+            let Some(stage) = StageName::from_name(name) else {
+                return Err(ConfigError::new(
+                    field,
+                    "unknown stage (the stages are jwt, rbac, mask, audit)",
+                ));
+            };
+            let field = format!("stages[{i}].{}", stage.name());
+            if stages.iter().any(|(s, _)| *s == stage) {
+                return Err(ConfigError::new(field, "the stage appears twice"));
+            }
+            if let Some((last, _)) = stages.last() {
+                if *last > stage {
+                    return Err(ConfigError::new(
+                        field,
+                        format!(
+                            "out of order: stages run jwt, rbac, mask, audit, so {} comes before {}",
+                            stage.name(),
+                            last.name()
+                        ),
+                    ));
+                }
+            }
+            if !config.is_object() {
+                return Err(ConfigError::new(
+                    field,
+                    "must be the stage's configuration, a JSON object",
+                ));
+            }
+            stages.push((stage, config.to_string().into_bytes()));
+        }
+        Ok(PipelineConfig { stages })
+    }
+
+    /// The configuration document of `stage`, if configured.
+    pub fn stage(&self, stage: StageName) -> Option<&[u8]> {
+        self.stages
+            .iter()
+            .find(|(s, _)| *s == stage)
+            .map(|(_, c)| c.as_slice())
+    }
+}
+
+fn plain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(doc: &str) -> ConfigError {
+        PipelineConfig::parse(doc.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn stages_keep_their_own_configs() {
+        let cfg = PipelineConfig::parse(
+            br#"{"stages":[{"jwt":{"providers":[]}},{"rbac":{"version":"v"}},{"audit":{}}]}"#,
+        )
+        .unwrap();
+        let names: Vec<_> = cfg.stages.iter().map(|(s, _)| *s).collect();
+        assert_eq!(
+            names,
+            vec![StageName::Jwt, StageName::Rbac, StageName::Audit]
+        );
+        assert_eq!(cfg.stage(StageName::Audit), Some(&b"{}"[..]));
+        assert_eq!(cfg.stage(StageName::Mask), None);
+        let jwt: Value = serde_json::from_slice(cfg.stage(StageName::Jwt).unwrap()).unwrap();
+        assert_eq!(jwt, serde_json::json!({"providers": []}));
+    }
+
+    #[test]
+    fn bad_envelopes_are_refused_naming_the_field() {
+        assert_eq!(err("").field, "");
+        assert_eq!(err("{}").field, "stages");
+        assert_eq!(err(r#"{"stages":[]}"#).field, "stages");
+        assert_eq!(err(r#"{"stages":{}}"#).field, "stages");
+        assert_eq!(err(r#"{"stages":[], "extra": 1}"#).field, "extra");
+        assert_eq!(err(r#"{"stages":[{"authz":{}}]}"#).field, "stages[0]");
+        assert_eq!(
+            err(r#"{"stages":[{"jwt":{}, "rbac":{}}]}"#).field,
+            "stages[0]"
+        );
+        assert_eq!(err(r#"{"stages":[{}]}"#).field, "stages[0]");
+        assert_eq!(err(r#"{"stages":["jwt"]}"#).field, "stages[0]");
+        assert_eq!(err(r#"{"stages":[{"jwt":"x"}]}"#).field, "stages[0].jwt");
+        let dup = err(r#"{"stages":[{"jwt":{}},{"jwt":{}}]}"#);
+        assert_eq!(dup.field, "stages[1].jwt");
+        assert!(dup.reason.contains("twice"), "{}", dup.reason);
+        let order = err(r#"{"stages":[{"mask":{}},{"rbac":{}}]}"#);
+        assert_eq!(order.field, "stages[1].rbac");
+        assert!(order.reason.contains("out of order"), "{}", order.reason);
+        // A member repeated inside a stage's config is refused by the one parser.
+        let repeated = err(r#"{"stages":[{"rbac":{"mode":"enforce","mode":"shadow"}}]}"#);
+        assert_eq!(repeated.field, "mode");
+    }
+
+    #[test]
+    fn errors_carry_no_value() {
+        let e = err(r#"{"stages":[{"SECRET-VALUE-123":{}}]}"#);
+        assert!(!e.to_string().contains("SECRET"), "{e}");
+        let e = err(r#"{"SECRET-VALUE-123/x":1,"stages":[{"jwt":{}}]}"#);
+        assert!(!e.to_string().contains("SECRET"), "{e}");
+    }
+}

@@ -1,0 +1,201 @@
+//! What the stages see of the host inside the pipeline: the real host, with the hand-off
+//! between stages kept in memory.
+//!
+//! In the single-stage layout each filter writes its result to Envoy filter state and the next
+//! filter reads it back through a host call (`phi_guard.identity` from jwt to rbac,
+//! `phi_guard.authz` from rbac to mask and audit, ...), and each filter reads the request
+//! headers and the clock through host calls of its own. [`Cached`] wraps the host for one
+//! stream: a filter-state write still goes to the host (Envoy's access log and any filter
+//! after the pipeline read it there) and is kept; a later read of that key in the same stream
+//! is answered from memory. Keys this stream did not write are read from the host, so a
+//! phi-guard single-stage module placed before the pipeline still hands its results over.
+//!
+//! Within one callback the request header map is read once (one `get_map`) and the clock once;
+//! header writes go to the host and to the copy, so every stage sees what the host would show.
+//! Both are dropped when the callback ends ([`StreamCache::end_callback`]): between callbacks
+//! other Envoy filters may change the headers, and time moves.
+
+use std::cell::RefCell;
+
+use phi_guard_audit::hostx::AuditHost;
+use phi_guard_audit::time::UnixMillis;
+use phi_guard_common::{GrpcStatus, UnixSeconds};
+use phi_guard_host::{Host, LogLevel, SharedData, SharedDataError};
+
+/// Everything a stage may ask of the host: the base surface, shared data (jwt's replay
+/// cache) and audit's additions (millisecond time, trailers, the queue).
+pub trait StageHost: Host + SharedData + AuditHost {}
+
+impl<H: Host + SharedData + AuditHost> StageHost for H {}
+
+/// A stream's in-memory copies.
+#[derive(Debug, Default)]
+pub struct StreamCache {
+    /// phi-guard filter-state keys this stream wrote, with what it wrote.
+    state: Vec<(String, Vec<u8>)>,
+    /// The request header map as the host has it, for the current callback.
+    headers: Option<Vec<(String, String)>>,
+    /// The host clock, for the current callback.
+    now_ms: Option<UnixMillis>,
+}
+
+impl StreamCache {
+    /// Drops what holds only for one callback.
+    pub fn end_callback(&mut self) {
+        self.headers = None;
+        self.now_ms = None;
+    }
+}
+
+/// The host for one callback of one stream.
+pub struct Cached<'a, H> {
+    pub inner: &'a H,
+    pub cache: &'a RefCell<StreamCache>,
+}
+
+impl<'a, H> Cached<'a, H> {
+    pub fn new(inner: &'a H, cache: &'a RefCell<StreamCache>) -> Self {
+        Cached { inner, cache }
+    }
+}
+
+/// A filter-state key (one path element, `phi_guard.*`), as opposed to an Envoy attribute.
+fn state_key<'p>(path: &[&'p str]) -> Option<&'p str> {
+    match path {
+        [key] if key.starts_with("phi_guard.") => Some(key),
+        _ => None,
+    }
+}
+
+impl<H: StageHost> Cached<'_, H> {
+    fn with_headers<T>(&self, f: impl FnOnce(&[(String, String)]) -> T) -> T {
+        let mut cache = self.cache.borrow_mut();
+        let headers = cache
+            .headers
+            .get_or_insert_with(|| self.inner.request_headers());
+        f(headers)
+    }
+
+    fn clock_ms(&self) -> UnixMillis {
+        let mut cache = self.cache.borrow_mut();
+        *cache.now_ms.get_or_insert_with(|| self.inner.now_ms())
+    }
+}
+
+impl<H: StageHost> Host for Cached<'_, H> {
+    fn request_header(&self, name: &str) -> Option<String> {
+        // Envoy's get_map_value answers the first value of a repeated header, as this does.
+        self.with_headers(|headers| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+        })
+    }
+
+    fn request_headers(&self) -> Vec<(String, String)> {
+        self.with_headers(<[(String, String)]>::to_vec)
+    }
+
+    fn set_request_header(&self, name: &str, value: &str) {
+        self.inner.set_request_header(name, value);
+        // Envoy replaces every value of the header with this one (`setCopy`).
+        if let Some(headers) = self.cache.borrow_mut().headers.as_mut() {
+            headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+            headers.push((name.to_ascii_lowercase(), value.to_string()));
+        }
+    }
+
+    fn remove_request_header(&self, name: &str) {
+        self.inner.remove_request_header(name);
+        if let Some(headers) = self.cache.borrow_mut().headers.as_mut() {
+            headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        }
+    }
+
+    fn response_header(&self, name: &str) -> Option<String> {
+        self.inner.response_header(name)
+    }
+
+    fn remove_response_header(&self, name: &str) {
+        self.inner.remove_response_header(name)
+    }
+
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        if let Some(key) = state_key(path) {
+            let cache = self.cache.borrow();
+            if let Some((_, value)) = cache.state.iter().find(|(k, _)| k == key) {
+                return Some(value.clone());
+            }
+        }
+        self.inner.property(path)
+    }
+
+    fn set_property(&self, path: &[&str], value: &[u8]) {
+        self.inner.set_property(path, value);
+        if let Some(key) = state_key(path) {
+            let mut cache = self.cache.borrow_mut();
+            match cache.state.iter_mut().find(|(k, _)| k == key) {
+                Some((_, v)) => *v = value.to_vec(),
+                None => cache.state.push((key.to_string(), value.to_vec())),
+            }
+        }
+    }
+
+    fn send_grpc_error(&self, status: GrpcStatus, extra_headers: &[(&str, &str)]) {
+        self.inner.send_grpc_error(status, extra_headers)
+    }
+
+    fn now(&self) -> UnixSeconds {
+        self.clock_ms() / 1000
+    }
+
+    fn log(&self, level: LogLevel, message: &str) {
+        self.inner.log(level, message)
+    }
+
+    fn define_counter(&self, name: &str) -> Option<u32> {
+        self.inner.define_counter(name)
+    }
+
+    fn increment_counter(&self, id: u32, by: i64) {
+        self.inner.increment_counter(id, by)
+    }
+}
+
+impl<H: StageHost> SharedData for Cached<'_, H> {
+    fn get_shared_data_cas(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, SharedDataError> {
+        self.inner.get_shared_data_cas(key)
+    }
+
+    fn set_shared_data_cas(
+        &self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> Result<(), SharedDataError> {
+        self.inner.set_shared_data_cas(key, value, cas)
+    }
+}
+
+impl<H: StageHost> AuditHost for Cached<'_, H> {
+    fn now_ms(&self) -> UnixMillis {
+        self.clock_ms()
+    }
+
+    fn response_trailer(&self, name: &str) -> Option<String> {
+        self.inner.response_trailer(name)
+    }
+
+    fn resolve_queue(&self, vm_id: &str, name: &str) -> Option<u32> {
+        self.inner.resolve_queue(vm_id, name)
+    }
+
+    fn enqueue(&self, queue_id: u32, bytes: &[u8]) -> bool {
+        self.inner.enqueue(queue_id, bytes)
+    }
+
+    fn shared_data(&self, key: &str) -> Option<Vec<u8>> {
+        self.inner.shared_data(key)
+    }
+}

@@ -1,0 +1,24 @@
+//! phi-guard as one proxy-wasm module (`phi_guard.wasm`): the jwt, rbac, mask and audit
+//! stages in one root context and one HTTP context, with one set of callbacks.
+//!
+//! - [`config`]: the envelope, `{"stages": [{"jwt": {…}}, …]}`, each stage's own JSON nested
+//!   unchanged;
+//! - [`pipeline`]: the stages, their order and their callbacks, the one file a new stage
+//!   touches;
+//! - [`host`]: the host as the stages see it inside the pipeline (filter-state hand-off,
+//!   request headers and the clock kept in memory);
+//! - `wasm` (wasm32, feature `module`): the proxy-wasm entry point.
+//!
+//! The audit service (the singleton VM that owns the queue, the chain and the shipping) is
+//! not a stage: it stays `phi_guard_audit.wasm` in `bootstrap_extensions`, and the pipeline
+//! runs with its `vm_id` so the audit stage sees its queue and backlog flag.
+
+pub mod config;
+pub mod host;
+pub mod pipeline;
+
+#[cfg(all(target_os = "wasi", feature = "module"))]
+mod wasm;
+
+pub use config::{PipelineConfig, StageName};
+pub use pipeline::{Fetch, FetchOwner, Pipeline, Stream};

@@ -1,0 +1,153 @@
+//! proxy-wasm wiring: the root context owns the [`Pipeline`] (one per VM, i.e. per Envoy
+//! worker), dispatches the stages' fetches on a tick and hands each answer to the stage that
+//! asked; each HTTP context forwards every callback to its [`Stream`].
+
+use std::time::Duration;
+
+use phi_guard_audit::proxy::Proxy;
+use phi_guard_host::{Host, LogLevel, ProxyHost};
+use phi_guard_mask::proxy::ProxyBody;
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType};
+
+use crate::pipeline::{Pipeline, Stream};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { pipeline: None }) });
+}}
+
+/// Due fetches are checked every second; the intervals themselves are in the stages' configs.
+const TICK: Duration = Duration::from_secs(1);
+
+/// Envoy's vm_config.environment_variables (Istio vmConfig.env) reach the VM through WASI.
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+struct Root {
+    pipeline: Option<Pipeline>,
+}
+
+impl Root {
+    fn dispatch_due(&mut self) {
+        let Some(pipeline) = self.pipeline.as_mut() else {
+            return;
+        };
+        for fetch in pipeline.due_fetches(&ProxyHost) {
+            let headers = vec![
+                (":method", "GET"),
+                (":path", fetch.path.as_str()),
+                (":authority", fetch.authority.as_str()),
+                ("accept", fetch.accept),
+            ];
+            let timeout = Duration::from_millis(fetch.timeout_ms);
+            let token =
+                hostcalls::dispatch_http_call(&fetch.cluster, headers, None, vec![], timeout).ok();
+            pipeline.on_dispatched(&ProxyHost, fetch.owner, token);
+        }
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let Some(pipeline) = self.pipeline.as_mut() else {
+            return;
+        };
+        let Some(limit) = pipeline.response_limit(token_id) else {
+            return;
+        };
+        let (status, body) = ProxyHost.http_call_response(body_size, limit);
+        pipeline.on_http_call_response(&ProxyHost, token_id, status.as_deref(), &body, &env);
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let configuration = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        match Pipeline::configure(&Proxy::default(), &configuration, &env) {
+            Ok(pipeline) => {
+                // A reconfiguration starts over: answers to the old stages' fetches are dropped.
+                let fetches = pipeline.fetches();
+                self.pipeline = Some(pipeline);
+                if fetches {
+                    let _ = hostcalls::set_tick_period(TICK);
+                    self.dispatch_due();
+                }
+                true
+            }
+            Err(err) => {
+                // Names the field, never a value (ConfigError's contract).
+                ProxyHost.log(LogLevel::Error, &format!("phi-guard pipeline: {err}"));
+                self.pipeline = None;
+                false
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        self.dispatch_due();
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let stream = match &self.pipeline {
+            Some(pipeline) => pipeline.stream(),
+            None => Stream::refusing(),
+        };
+        Some(Box::new(Http { stream }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Http {
+    stream: Stream,
+}
+
+impl Context for Http {}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.stream.on_request_headers(&Proxy::default()).into()
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+        self.stream
+            .on_request_body(&Proxy::default(), &ProxyBody, body_size)
+            .into()
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        self.stream
+            .on_response_headers(&Proxy::default(), end_of_stream)
+            .into()
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.stream
+            .on_response_body(&Proxy::default(), &ProxyBody, body_size, end_of_stream)
+            .into()
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        self.stream
+            .on_response_trailers(&Proxy::default(), &ProxyBody)
+            .into()
+    }
+
+    fn on_log(&mut self) {
+        self.stream.on_log(&Proxy::default());
+    }
+}

@@ -1,0 +1,620 @@
+//! The pipeline over a recording host, natively: an allowed unary GetPatient is masked by the
+//! caller's role and audited; a denied call and a call without a token are refused and still
+//! audited; every filter-state key the access log and Envoy read is still written. And the
+//! host calls each stage makes per allowed unary RPC, in the single-stage layout (each filter's
+//! shell on its own, as its module runs it) and in the pipeline, counted call by call: the
+//! table in docs/PERFORMANCE.md (`cargo test -p phi-guard-pipeline --test hostcalls --
+//! --nocapture` prints it).
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use base64::Engine as _;
+use phi_guard::{Pipeline, StageName};
+use phi_guard_audit::config::FilterConfig;
+use phi_guard_audit::filter::{Admission, AuditStream, FilterRuntime};
+use phi_guard_audit::hostx::AuditHost;
+use phi_guard_audit::testing::{bus, Bus, FakeAuditHost};
+use phi_guard_audit::time::UnixMillis;
+use phi_guard_common::{state, AuthzDecision, GrpcStatus, UnixSeconds};
+use phi_guard_host::{Flow, Host, LogLevel, SharedData, SharedDataError};
+use phi_guard_mask::remote::MaskSource;
+use phi_guard_mask::shell::{BodyHost, MaskStream, Metrics as MaskMetrics};
+use prost::Message;
+
+const FE: &str = "spiffe://phi-guard.test/ns/clinic/sa/ehr-frontend";
+const FE_PEM: &str = include_str!("../../rbac/testdata/ehr-frontend.pem");
+const SECRET_ENV: &str = "PHI_GUARD_TEST_HS256";
+const SECRET: &str = "hs256-test-secret-0123456789abcdef-0123456789";
+const MASK_KEY_ENV: &str = "PHI_GUARD_MASK_TOKEN_KEY";
+const MASK_KEY: &str = "mask-test-key-0123456789abcdef-0123456789";
+const VM_ID: &str = "phi_guard_audit";
+const QUEUE: &str = "phi_guard_audit_events";
+const NOW_MS: UnixMillis = 1_800_000_000_000;
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        SECRET_ENV => Some(SECRET.into()),
+        MASK_KEY_ENV => Some(MASK_KEY.into()),
+        _ => None,
+    }
+}
+
+fn jwt_config() -> serde_json::Value {
+    serde_json::json!({
+        "providers": [{"name": "test-idp", "issuer": "https://idp.test",
+                       "audiences": ["patient-service"], "algorithms": ["HS256"],
+                       "hs256_secret_env": SECRET_ENV}],
+        "rules": [{"match": "health.v1.PatientService/*", "requires": {"provider": "test-idp"}}]
+    })
+}
+
+fn rbac_config() -> serde_json::Value {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../rbac/policy.demo.json"
+    ))
+    .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn mask_config() -> serde_json::Value {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../mask/policy.demo.json"
+    ))
+    .unwrap();
+    let mut doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    doc["descriptor_set"] = base64::engine::general_purpose::STANDARD
+        .encode(phi_guard_proto::DESCRIPTOR_SET)
+        .into();
+    doc
+}
+
+fn audit_config() -> serde_json::Value {
+    serde_json::json!({"claimed_resource_id_header": "x-patient-id"})
+}
+
+fn pipeline_config() -> Vec<u8> {
+    serde_json::json!({"stages": [
+        {"jwt": jwt_config()}, {"rbac": rbac_config()},
+        {"mask": mask_config()}, {"audit": audit_config()}
+    ]})
+    .to_string()
+    .into_bytes()
+}
+
+fn token(role: &str) -> String {
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let now = NOW_MS / 1000;
+    let header = b64(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let claims = b64(serde_json::json!({
+        "iss": "https://idp.test", "aud": "patient-service", "sub": role,
+        "roles": [role], "tenant": "north", "iat": now - 10, "exp": now + 600
+    })
+    .to_string()
+    .as_bytes());
+    let input = format!("{header}.{claims}");
+    let mac = hmac_sha256::HMAC::mac(input.as_bytes(), SECRET.as_bytes());
+    format!("{input}.{}", b64(&mac))
+}
+
+fn frame(message: &impl Message) -> Vec<u8> {
+    let payload = message.encode_to_vec();
+    let mut out = vec![0u8];
+    out.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// The recording host: a FakeAuditHost (headers, properties, clock, the audit bus) plus body
+// buffers, counting every call by the stage it is made for.
+
+struct Recorder {
+    base: FakeAuditHost,
+    request_body: RefCell<Vec<u8>>,
+    response_body: RefCell<Vec<u8>>,
+    /// The stage calls are attributed to right now.
+    stage: Cell<Option<&'static str>>,
+    /// (stage, host call) → count.
+    calls: RefCell<BTreeMap<(&'static str, &'static str), u32>>,
+}
+
+impl Recorder {
+    fn new(bus: Bus, role: Option<&str>) -> Self {
+        let mut headers = vec![
+            (":method".to_string(), "POST".to_string()),
+            (
+                ":path".into(),
+                "/health.v1.PatientService/GetPatient".into(),
+            ),
+            (":authority".into(), "patient-service".into()),
+            ("content-type".into(), "application/grpc".into()),
+            ("te".into(), "trailers".into()),
+            ("x-request-id".into(), "req-0001".into()),
+            ("x-patient-id".into(), "p-0001".into()),
+            ("x-phi-guard-role".into(), "billing".into()),
+        ];
+        if let Some(role) = role {
+            headers.push(("authorization".into(), format!("Bearer {}", token(role))));
+        }
+        let base = FakeAuditHost::new(bus, VM_ID);
+        *base.base.request_headers.borrow_mut() = headers;
+        base.now_ms.set(NOW_MS);
+        base.base.insert_property(&["connection", "mtls"], &[1]);
+        base.base
+            .insert_property(&["connection", "peer_certificate"], FE_PEM.as_bytes());
+        base.base
+            .insert_property(&["connection", "uri_san_peer_certificate"], FE.as_bytes());
+        base.base.insert_property(&["plugin_root_id"], b"phi_guard");
+        let request = phi_guard_proto::health::v1::GetPatientRequest {
+            patient_id: phi_guard_proto::demo::PATIENT_ID.into(),
+        };
+        Recorder {
+            base,
+            request_body: RefCell::new(frame(&request)),
+            response_body: RefCell::new(frame(&phi_guard_proto::demo::patient())),
+            stage: Cell::new(None),
+            calls: RefCell::default(),
+        }
+    }
+
+    fn count(&self, call: &'static str) {
+        let stage = self.stage.get().unwrap_or("pipeline");
+        *self.calls.borrow_mut().entry((stage, call)).or_default() += 1;
+    }
+
+    fn total(&self, stage: &str) -> u32 {
+        self.calls
+            .borrow()
+            .iter()
+            .filter(|((s, _), _)| *s == stage)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    fn respond(&self) {
+        self.base.set_response_headers(&[
+            (":status", "200"),
+            ("content-type", "application/grpc"),
+            ("content-length", "999"),
+        ]);
+        self.base.set_response_trailers(&[("grpc-status", "0")]);
+    }
+
+    fn events(&self) -> Vec<serde_json::Value> {
+        let bus = self.base.bus.borrow();
+        bus.queues
+            .values()
+            .flat_map(|q| q.iter())
+            .map(|b| serde_json::from_slice(b).unwrap())
+            .collect()
+    }
+}
+
+impl Host for Recorder {
+    fn request_header(&self, name: &str) -> Option<String> {
+        self.count("get_header");
+        self.base.request_header(name)
+    }
+    fn request_headers(&self) -> Vec<(String, String)> {
+        self.count("get_headers");
+        self.base.request_headers()
+    }
+    fn set_request_header(&self, name: &str, value: &str) {
+        self.count("set_header");
+        self.base.set_request_header(name, value)
+    }
+    fn remove_request_header(&self, name: &str) {
+        self.count("remove_header");
+        self.base.remove_request_header(name)
+    }
+    fn response_header(&self, name: &str) -> Option<String> {
+        self.count("get_header");
+        self.base.response_header(name)
+    }
+    fn remove_response_header(&self, name: &str) {
+        self.count("remove_header");
+        self.base.remove_response_header(name)
+    }
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        self.count(if path.len() == 1 && path[0].starts_with("phi_guard.") {
+            "get_filter_state"
+        } else {
+            "get_property"
+        });
+        self.base.property(path)
+    }
+    fn set_property(&self, path: &[&str], value: &[u8]) {
+        self.count("set_filter_state");
+        self.base.set_property(path, value)
+    }
+    fn send_grpc_error(&self, status: GrpcStatus, extra_headers: &[(&str, &str)]) {
+        self.count("send_local_reply");
+        self.base.send_grpc_error(status, extra_headers)
+    }
+    fn now(&self) -> UnixSeconds {
+        self.count("get_time");
+        self.base.now()
+    }
+    fn log(&self, level: LogLevel, message: &str) {
+        self.count("log");
+        self.base.log(level, message)
+    }
+    fn define_counter(&self, name: &str) -> Option<u32> {
+        self.base.define_counter(name)
+    }
+    fn increment_counter(&self, id: u32, by: i64) {
+        self.count("increment_metric");
+        self.base.increment_counter(id, by)
+    }
+}
+
+impl SharedData for Recorder {
+    fn get_shared_data_cas(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, SharedDataError> {
+        self.count("get_shared_data");
+        self.base.base.get_shared_data_cas(key)
+    }
+    fn set_shared_data_cas(
+        &self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> Result<(), SharedDataError> {
+        self.count("set_shared_data");
+        self.base.base.set_shared_data_cas(key, value, cas)
+    }
+}
+
+impl AuditHost for Recorder {
+    fn now_ms(&self) -> UnixMillis {
+        self.count("get_time");
+        self.base.now_ms()
+    }
+    fn response_trailer(&self, name: &str) -> Option<String> {
+        self.count("get_header");
+        self.base.response_trailer(name)
+    }
+    fn resolve_queue(&self, vm_id: &str, name: &str) -> Option<u32> {
+        self.count("resolve_queue");
+        self.base.resolve_queue(vm_id, name)
+    }
+    fn enqueue(&self, queue_id: u32, bytes: &[u8]) -> bool {
+        self.count("enqueue");
+        self.base.enqueue(queue_id, bytes)
+    }
+    fn shared_data(&self, key: &str) -> Option<Vec<u8>> {
+        self.count("get_shared_data");
+        self.base.shared_data(key)
+    }
+}
+
+impl BodyHost for Recorder {
+    fn request_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
+        self.count("get_body");
+        self.request_body
+            .borrow()
+            .get(start..start + size)
+            .map(<[u8]>::to_vec)
+    }
+    fn response_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
+        self.count("get_body");
+        self.response_body
+            .borrow()
+            .get(start..start + size)
+            .map(<[u8]>::to_vec)
+    }
+    fn set_response_body(&self, start: usize, size: usize, value: &[u8]) {
+        self.count("set_body");
+        let mut body = self.response_body.borrow_mut();
+        body.splice(start..start + size, value.iter().copied());
+    }
+    fn set_response_trailer(&self, name: &str, value: &str) {
+        self.count("set_trailer");
+        self.base
+            .response_trailers
+            .borrow_mut()
+            .push((name.into(), value.into()));
+    }
+    fn reset_response(&self) {
+        self.count("reset");
+    }
+}
+
+/// An audit service's registration on the bus: the queue and the admitting flag.
+fn audit_bus() -> Bus {
+    let bus = bus();
+    {
+        let mut b = bus.borrow_mut();
+        b.names.insert((VM_ID.into(), QUEUE.into()), 1);
+        b.queues.insert(1, Default::default());
+        b.shared.insert(
+            (
+                VM_ID.into(),
+                phi_guard_audit::config::backlog_flag_key(QUEUE),
+            ),
+            b"0".to_vec(),
+        );
+    }
+    bus
+}
+
+// ---------------------------------------------------------------------------------------------
+// One unary RPC through each layout.
+
+/// The pipeline layout: one module, one stream. Returns the request flow.
+fn run_pipeline(host: &Rc<Recorder>) -> Flow {
+    let mut pipeline = Pipeline::configure(host.as_ref(), &pipeline_config(), &env)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _ = pipeline.due_fetches(host.as_ref());
+    host.calls.borrow_mut().clear();
+    let mut stream = pipeline.stream();
+    let observer = Rc::clone(host);
+    stream.observe(Rc::new(move |stage: Option<StageName>| {
+        observer.stage.set(stage.map(StageName::name));
+    }));
+    let h = host.as_ref();
+    let flow = stream.on_request_headers(h);
+    if flow == Flow::Continue {
+        let size = h.request_body.borrow().len();
+        stream.on_request_body(h, h, size);
+        h.respond();
+        stream.on_response_headers(h, false);
+        let size = h.response_body.borrow().len();
+        stream.on_response_body(h, h, size, false);
+        stream.on_response_trailers(h, h);
+    }
+    stream.on_log(h);
+    flow
+}
+
+/// The single-stage layout: four modules, each filter's shell as its own `wasm.rs` drives it.
+fn run_single(h: &Recorder) -> Flow {
+    let jwt_doc = jwt_config().to_string().into_bytes();
+    let (engine, jwt_metrics) = phi_guard_jwt::shell::configure(h, Some(&jwt_doc), &env).unwrap();
+    let engine = RefCell::new(engine);
+    let rbac =
+        phi_guard_rbac::shell::Filter::configure(h, rbac_config().to_string().as_bytes()).unwrap();
+    let Some(MaskSource::Inline(mask_cfg)) =
+        phi_guard_mask::remote_shell::configure(h, mask_config().to_string().as_bytes(), &env)
+    else {
+        panic!("inline mask config");
+    };
+    let mut mask = MaskStream::new(Rc::new(*mask_cfg), Rc::new(MaskMetrics::define(h)));
+    let audit_rt = FilterRuntime::new(
+        h,
+        FilterConfig::parse(audit_config().to_string().as_bytes()).unwrap(),
+    );
+    let mut audit = AuditStream::default();
+    h.calls.borrow_mut().clear();
+    let at = |stage: &'static str| h.stage.set(Some(stage));
+
+    at("jwt");
+    let mut flow = if phi_guard_jwt::shell::on_request_headers(h, &engine, &jwt_metrics) {
+        Flow::Continue
+    } else {
+        Flow::Pause
+    };
+    if flow == Flow::Continue {
+        at("rbac");
+        if !rbac.on_request_headers(h) {
+            flow = Flow::Pause;
+        }
+    }
+    if flow == Flow::Continue {
+        at("mask");
+        flow = mask.on_request_headers(h);
+    }
+    if flow == Flow::Continue {
+        at("audit");
+        if audit.on_request_headers(h, &audit_rt) == Admission::Refused {
+            flow = Flow::Pause;
+        }
+    }
+    if flow == Flow::Continue {
+        at("mask");
+        let size = h.request_body.borrow().len();
+        mask.on_request_body(h, h, size);
+        h.respond();
+        mask.on_response_headers(h, false);
+        let size = h.response_body.borrow().len();
+        mask.on_response_body(h, h, size, false);
+        mask.on_response_trailers(h, h);
+    }
+    at("mask");
+    mask.on_log(h);
+    at("audit");
+    audit.on_log(h, &audit_rt);
+    h.stage.set(None);
+    flow
+}
+
+fn authz(host: &Recorder) -> AuthzDecision {
+    AuthzDecision::from_bytes(&host.base.base.property(&[state::AUTHZ]).unwrap()).unwrap()
+}
+
+#[test]
+fn an_allowed_call_is_masked_by_role_and_audited() {
+    let host = Rc::new(Recorder::new(audit_bus(), Some("nurse")));
+    assert_eq!(run_pipeline(&host), Flow::Continue);
+    assert_eq!(host.base.base.sent_status(), None);
+    // The spoofed role header is gone before the service sees the request.
+    assert_eq!(host.base.base.request_header("x-phi-guard-role"), None);
+    // The nurse sees the last four digits of the SSN, never the whole number.
+    let body = host.response_body.borrow().clone();
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        !text.contains(phi_guard_proto::demo::canary::SSN),
+        "SSN leaked"
+    );
+    assert!(text.contains("***-**-1234"), "SSN not partially masked");
+    assert_eq!(host.base.response_header("content-length"), None);
+    // Every key the access log and a later filter read is written to the host.
+    for key in [
+        state::IDENTITY,
+        state::AUTHN,
+        state::AUTHZ,
+        state::MASK,
+        state::RESOURCE,
+        state::METHOD,
+        state::REQUEST_ID,
+    ] {
+        assert!(
+            host.base.base.property(&[key]).is_some(),
+            "{key} not written"
+        );
+    }
+    let decision = authz(&host);
+    assert_eq!(
+        (decision.decision.as_str(), decision.role.as_str()),
+        ("allow", "nurse")
+    );
+    let events = host.events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = &events[0];
+    assert_eq!(e["outcome"]["authz"]["decision"], "allow");
+    assert_eq!(e["outcome"]["authz"]["rule"], "frontend-clinical-reads");
+    assert_eq!(e["outcome"]["authn"]["result"], "ok");
+    assert_eq!(e["who"]["role"], "nurse");
+    assert_eq!(e["who"]["subject"], "nurse");
+    assert_eq!(e["who"]["peer"], FE);
+    assert_eq!(e["what"]["resource_id"], "p-0001");
+    assert_eq!(e["what"]["method"], "GetPatient");
+    assert_eq!(e["outcome"]["grpc_status"], 0);
+    assert_eq!(e["outcome"]["mask"]["messages"], 1);
+    assert_eq!(e["correlation"]["request_id"], "req-0001");
+    // No token in any log line.
+    assert!(!host.base.base.log_text().contains("eyJ"));
+}
+
+#[test]
+fn the_billing_clerk_sees_everything() {
+    let host = Rc::new(Recorder::new(audit_bus(), Some("billing")));
+    assert_eq!(run_pipeline(&host), Flow::Continue);
+    let body = host.response_body.borrow().clone();
+    assert!(String::from_utf8_lossy(&body).contains(phi_guard_proto::demo::canary::SSN));
+    assert_eq!(host.events()[0]["who"]["role"], "billing");
+}
+
+#[test]
+fn a_denied_call_is_refused_and_audited() {
+    // research may not read through the EHR frontend.
+    let host = Rc::new(Recorder::new(audit_bus(), Some("research")));
+    assert_eq!(run_pipeline(&host), Flow::Pause);
+    assert_eq!(
+        host.base.base.sent_status(),
+        Some(GrpcStatus::PermissionDenied)
+    );
+    assert_eq!(authz(&host).decision, "deny");
+    let events = host.events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["outcome"]["authz"]["decision"], "deny");
+    assert_eq!(events[0]["outcome"]["authn"]["result"], "ok");
+}
+
+#[test]
+fn a_call_without_a_token_is_refused_and_audited() {
+    let host = Rc::new(Recorder::new(audit_bus(), None));
+    assert_eq!(run_pipeline(&host), Flow::Pause);
+    assert_eq!(
+        host.base.base.sent_status(),
+        Some(GrpcStatus::Unauthenticated)
+    );
+    assert_eq!(host.base.base.property(&[state::AUTHZ]), None);
+    let events = host.events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["outcome"]["authn"]["result"], "failed");
+    assert_eq!(events[0]["outcome"]["authn"]["reason"], "missing");
+}
+
+#[test]
+fn without_the_audit_service_calls_are_refused() {
+    let host = Rc::new(Recorder::new(bus(), Some("nurse")));
+    assert_eq!(run_pipeline(&host), Flow::Pause);
+    assert_eq!(host.base.base.sent_status(), Some(GrpcStatus::Unavailable));
+    assert!(host.events().is_empty());
+}
+
+#[test]
+fn a_stage_config_error_names_the_stage_and_field() {
+    let host = Recorder::new(audit_bus(), None);
+    let doc = serde_json::json!({"stages": [{"rbac": {"version": "v", "mode": "enforce",
+        "rules": [{"name": "r", "action": "allow", "bogus": 1}]}}]});
+    let err = Pipeline::configure(&host, doc.to_string().as_bytes(), &env)
+        .err()
+        .expect("refused");
+    assert!(err.field.starts_with("stages[0].rbac"), "{err}");
+    let doc = serde_json::json!({"stages": [{"jwt": {"providers": []}}]});
+    let err = Pipeline::configure(&host, doc.to_string().as_bytes(), &env)
+        .err()
+        .expect("refused");
+    assert_eq!(err.field, "stages[0].jwt", "{err}");
+    let doc = serde_json::json!({"stages": [{"audit": {"queue": ""}}]});
+    let err = Pipeline::configure(&host, doc.to_string().as_bytes(), &env)
+        .err()
+        .expect("refused");
+    assert_eq!(err.field, "stages[0].audit.queue", "{err}");
+}
+
+#[test]
+fn host_calls_per_allowed_unary_rpc_single_and_pipeline() {
+    let single = Recorder::new(audit_bus(), Some("nurse"));
+    assert_eq!(run_single(&single), Flow::Continue);
+    let piped = Rc::new(Recorder::new(audit_bus(), Some("nurse")));
+    assert_eq!(run_pipeline(&piped), Flow::Continue);
+    // Both layouts answer the same: same body, same event (but for the time fields).
+    assert_eq!(
+        *single.response_body.borrow(),
+        *piped.response_body.borrow()
+    );
+    let strip = |mut e: serde_json::Value| {
+        e["time"] = serde_json::Value::Null;
+        e
+    };
+    assert_eq!(
+        strip(single.events()[0].clone()),
+        strip(piped.events()[0].clone())
+    );
+    for key in [
+        state::IDENTITY,
+        state::AUTHN,
+        state::AUTHZ,
+        state::MASK,
+        state::RESOURCE,
+    ] {
+        assert_eq!(
+            single.base.base.property(&[key]),
+            piped.base.base.property(&[key]),
+            "{key}"
+        );
+    }
+
+    println!("\nhost calls per allowed unary GetPatient (nurse), by stage:");
+    println!("{:<8} {:>7} {:>9}", "stage", "single", "pipeline");
+    let mut totals = (0, 0);
+    for stage in ["jwt", "rbac", "mask", "audit", "pipeline"] {
+        let (s, p) = (single.total(stage), piped.total(stage));
+        totals.0 += s;
+        totals.1 += p;
+        println!("{stage:<8} {s:>7} {p:>9}");
+    }
+    println!("{:<8} {:>7} {:>9}", "total", totals.0, totals.1);
+    println!("\nby call (single / pipeline):");
+    let mut kinds: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
+    for ((_, call), n) in single.calls.borrow().iter() {
+        kinds.entry(call).or_default().0 += n;
+    }
+    for ((_, call), n) in piped.calls.borrow().iter() {
+        kinds.entry(call).or_default().1 += n;
+    }
+    for (call, (s, p)) in &kinds {
+        println!("{call:<18} {s:>4} {p:>4}");
+    }
+    assert!(totals.1 < totals.0, "the pipeline makes fewer host calls");
+    // Every filter-state key read here was written by an earlier stage of the stream: all of
+    // them are answered from memory.
+    let (_, state_reads) = kinds.get("get_filter_state").copied().unwrap_or_default();
+    assert_eq!(state_reads, 0, "{kinds:?}");
+}
