@@ -326,9 +326,8 @@ async fn fhir_methods_and_fields_outside_the_descriptor_set_fail_closed() {
         // rbac allows a method the FHIR service gained after the descriptor set was built:
         // it joins the FHIR methods of the first rule listing them (frontend-clinical-reads).
         .patch_inbound(|yaml| {
-            let rbac = yaml
-                .find("name: phi_guard.rbac\n")
-                .expect("the rendered inbound config has the rbac filter");
+            let rbac = phi_guard_tools::stack::stage_config_at(&yaml, "rbac")
+                .expect("the rendered inbound config has the rbac stage");
             let reads = r#""phi.fhir.v1.FhirService/ListObservations""#;
             let at = rbac
                 + yaml[rbac..]
