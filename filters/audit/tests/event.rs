@@ -365,7 +365,10 @@ fn an_identifier_shaped_subject_is_sanitized_like_a_client_id() {
     assert_eq!(e.who.subject.as_deref(), Some("***-**-****"));
     assert_eq!(e.who.tenant.as_deref(), Some("t-***-***-****"));
     let text = String::from_utf8(e.canonical_bytes()).unwrap();
-    assert!(!text.contains("078-05-1120") && !text.contains("867-5309"), "{text}");
+    assert!(
+        !text.contains("078-05-1120") && !text.contains("867-5309"),
+        "{text}"
+    );
     assert!(text.contains(r#""subject":"***-**-****""#), "{text}");
 
     for (sub, want) in [
