@@ -8,7 +8,12 @@
 //! every digit of a run shaped like an SSN or a telephone number (7 or more digits, possibly
 //! with separators) becomes `*`, and a value shaped like an e-mail address is refused. The
 //! masking is conservative: it may also hide the digits of an id that merely looks like a
-//! number (e.g. the last group of a UUID made only of digits), never the other way round.
+//! number, never the other way round.
+//!
+//! One shape passes whole: a canonical random UUID (RFC 9562 §5.4, version 4, the
+//! 8-4-4-4-12 hex form Envoy generates for `x-request-id`). Masking digit runs inside it would
+//! garble the id Envoy's access log and the audit event share (one in three of Envoy's ids has
+//! a 7-digit run), and the shape is not one an SSN or telephone number is written in.
 
 /// Longest client value kept, in bytes; longer values are dropped rather than cut, so a
 /// truncated id can never match another record.
@@ -53,7 +58,23 @@ fn digit_separator(b: u8) -> bool {
 
 /// Sanitizes an identifier a client sent (request id, resource id): see the module docs.
 pub fn client_id(value: &str) -> Sanitized {
+    if is_random_uuid(value) {
+        return Sanitized::Clean(value.to_string());
+    }
     sanitize(value, id_byte)
+}
+
+/// A UUID in its canonical hyphenated form (36 characters) with the RFC 9562 variant and
+/// version 4 (random) — what Envoy's request-id extension generates.
+fn is_random_uuid(value: &str) -> bool {
+    // `Uuid::try_parse` also takes the simple, braced and URN forms; only the hyphenated one,
+    // whose groups are fixed, is let through.
+    value.len() == 36
+        && value.as_bytes()[8] == b'-'
+        && uuid::Uuid::try_parse(value).is_ok_and(|id| {
+            id.get_variant() == uuid::Variant::RFC4122
+                && id.get_version() == Some(uuid::Version::Random)
+        })
 }
 
 /// Sanitizes a value that must be printable ASCII without spaces (a SAN URI, a claim value
@@ -131,6 +152,40 @@ mod tests {
         ] {
             assert_eq!(client_id(input), Sanitized::Masked(want.into()), "{input}");
         }
+    }
+
+    #[test]
+    fn envoy_generated_request_ids_pass_whole() {
+        // From the trial: ids Envoy generated, garbled by digit-run masking before.
+        for input in [
+            "12345678-123d-4272-acc7-b6c27edde02d",
+            "8b550cdd-4958-4cf1-b5b2-0a9912345678",
+            "8B550CDD-4958-4CF1-B5B2-0A9912345678",
+        ] {
+            assert_eq!(client_id(input), Sanitized::Clean(input.into()), "{input}");
+        }
+        // Not a random UUID (version 1, wrong variant, other forms): the digit rule applies.
+        for (input, want) in [
+            (
+                "12345678-123d-1272-acc7-b6c27edde02d",
+                "********-***d-1272-acc7-b6c27edde02d",
+            ),
+            (
+                "12345678-123d-4272-ccc7-b6c27edde02d",
+                "********-***d-4272-ccc7-b6c27edde02d",
+            ),
+            (
+                "urn:uuid:12345678-123d-4272-acc7-b6c27edde02d",
+                "urn:uuid:********-***d-4272-acc7-b6c27edde02d",
+            ),
+        ] {
+            assert_eq!(client_id(input), Sanitized::Masked(want.into()), "{input}");
+        }
+        // An SSN before or after a UUID is still masked.
+        assert_eq!(
+            client_id("078-05-1120-8b550cdd-4958-4cf1-b5b2-0a99c1234567"),
+            Sanitized::Masked("***-**-****-*b550cdd-4958-4cf1-b5b2-0a99c*******".into())
+        );
     }
 
     #[test]

@@ -267,20 +267,35 @@ fn jwt_decides(
 }
 
 /// The test file: `{"policy": "path"?, "jwt_config": "path"?, "listener": {...}?,
-/// "cases": [...]}` or a bare list of cases.
+/// "cases": [...]}` or a bare list of cases. Parsed by shape (not `serde(untagged)`, whose
+/// error names neither the case nor the field): a typo is reported as `cases[3]: unknown
+/// field `expcet``.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-enum CaseFile {
-    Cases(Vec<Case>),
-    Suite {
-        #[serde(default)]
-        policy: Option<String>,
-        #[serde(default)]
-        jwt_config: Option<String>,
-        #[serde(default)]
-        listener: Option<Listener>,
-        cases: Vec<Case>,
-    },
+#[serde(deny_unknown_fields)]
+struct SuiteFile {
+    #[serde(default)]
+    policy: Option<String>,
+    #[serde(default)]
+    jwt_config: Option<String>,
+    #[serde(default)]
+    listener: Option<Listener>,
+    cases: Vec<Value>,
+}
+
+/// Each case on its own, so an error names its index (and its `name` when it has one).
+fn parse_cases(cases: Vec<Value>) -> Result<Vec<Case>, String> {
+    cases
+        .into_iter()
+        .enumerate()
+        .map(|(i, case)| {
+            let name = case
+                .get("name")
+                .and_then(Value::as_str)
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default();
+            serde_json::from_value(case).map_err(|e| format!("cases[{i}]{name}: {e}"))
+        })
+        .collect()
 }
 
 /// A parsed test file; relative paths already resolved against its folder.
@@ -535,30 +550,30 @@ pub fn load_jwt_config(path: &str) -> Result<phi_guard_jwt::Config, String> {
 /// against the file's folder.
 pub fn load_cases(path: &str) -> Result<Suite, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
-    let file: CaseFile = serde_json::from_slice(&bytes).map_err(|e| {
-        format!("{path}: not a list of cases or {{\"policy\", \"cases\", ...}} ({e})")
-    })?;
+    let file: Value = serde_json::from_slice(&bytes).map_err(|e| format!("{path}: {e}"))?;
     Ok(match file {
-        CaseFile::Cases(cases) => Suite {
-            cases,
+        Value::Array(cases) => Suite {
+            cases: parse_cases(cases).map_err(|e| format!("{path}: {e}"))?,
             ..Suite::default()
         },
-        CaseFile::Suite {
-            policy,
-            jwt_config,
-            listener,
-            cases,
-        } => {
+        Value::Object(_) => {
+            let file: SuiteFile =
+                serde_json::from_value(file).map_err(|e| format!("{path}: {e}"))?;
             let base = std::path::Path::new(path)
                 .parent()
                 .unwrap_or(std::path::Path::new(""));
             let resolve = |p: String| base.join(p).to_string_lossy().into_owned();
             Suite {
-                policy: policy.map(resolve),
-                jwt_config: jwt_config.map(resolve),
-                listener,
-                cases,
+                policy: file.policy.map(resolve),
+                jwt_config: file.jwt_config.map(resolve),
+                listener: file.listener,
+                cases: parse_cases(file.cases).map_err(|e| format!("{path}: {e}"))?,
             }
+        }
+        _ => {
+            return Err(format!(
+                "{path}: not a list of cases or {{\"policy\", \"cases\", ...}}"
+            ))
         }
     })
 }
@@ -966,6 +981,46 @@ mod tests {
             out.contains("got refused_by_jwt (PERMISSION_DENIED no_rule)"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn a_typo_in_a_case_file_names_the_case_and_the_field() {
+        let dir = std::env::temp_dir().join(format!("phi-guard-cases-typo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path.to_string_lossy().into_owned()
+        };
+        let case = r#"{"name": "ok", "method": "/a.B/C", "expect": "deny"}"#;
+        // From the trial: `expcet` and `rol` were reported as "did not match any variant".
+        let bare = write(
+            "bare.json",
+            &format!(
+                r#"[{case}, {{"name": "nurse reads", "method": "/a.B/C", "expcet": "allow"}}]"#
+            ),
+        );
+        let err = load_cases(&bare).unwrap_err();
+        assert!(
+            err.contains("cases[1] (nurse reads): unknown field `expcet`"),
+            "{err}"
+        );
+        let suite = write(
+            "suite.json",
+            &format!(
+                r#"{{"cases": [{case}, {case}, {{"method": "/a.B/C", "expect": "allow", "rol": "nurse"}}]}}"#
+            ),
+        );
+        let err = load_cases(&suite).unwrap_err();
+        assert!(err.contains("cases[2]: unknown field `rol`"), "{err}");
+        let top = write("top.json", r#"{"polcy": "p.json", "cases": []}"#);
+        let err = load_cases(&top).unwrap_err();
+        assert!(err.contains("unknown field `polcy`"), "{err}");
+        let scalar = write("scalar.json", "42");
+        assert!(load_cases(&scalar)
+            .unwrap_err()
+            .contains("not a list of cases"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
