@@ -378,7 +378,8 @@ async fn start_idp(
 }
 
 /// The demo project file (`envoy/demo/phi-guard.toml`), what `phi-guard render` would make of
-/// it, on the stack's loopback ports and directories and with the demo API's descriptor set.
+/// it, on the stack's loopback ports and directories and with the descriptor set of both demo
+/// APIs ([`crate::demo_api::descriptor_set`]).
 pub fn demo_inbound(
     dir: &Path,
     ports: &UpstreamPorts,
@@ -408,7 +409,8 @@ pub fn demo_inbound(
     inbound.check_wasm()?;
     inbound.keys_dir = dir.join("keys");
     match &ports.descriptor_set {
-        None => inbound.descriptor_set = Some(phi_guard_proto::DESCRIPTOR_SET.to_vec()),
+        // Both demo APIs (PatientService and FhirService) in one set.
+        None => inbound.descriptor_set = Some(crate::demo_api::descriptor_set()?),
         Some(remote) => {
             inbound.descriptor_set = None;
             inbound.descriptor_set_remote = Some(remote.clone());
