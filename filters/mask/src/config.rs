@@ -236,7 +236,13 @@ impl MaskConfig {
             None => Catalog::default(),
             Some(v) => Catalog::parse(v, &descriptor, &class)?,
         };
-        let resource_ids = ResourceIds::build(&descriptor, &catalog)?;
+        let class_name = |c: Class| {
+            class_names
+                .get(&c)
+                .cloned()
+                .unwrap_or_else(|| c.to_string())
+        };
+        let resource_ids = ResourceIds::build(&descriptor, &catalog, &class_name)?;
         let plans = Plans::build(&descriptor, &catalog)
             .map_err(|e| ConfigError::new("descriptor_set", e.0))?;
         if !inspection && !plans.methods.values().any(|&m| plans.messages[m].touch) {
