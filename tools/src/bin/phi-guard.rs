@@ -134,6 +134,7 @@ fn render_cmd(project: &Path, validate: bool, layout: Option<&str>) -> Result<()
             .map_err(|e: render::FieldError| format!("--layout: {}", e.reason))?;
     }
     inbound.check_wasm().map_err(at)?;
+    inbound.check_key_files().map_err(at)?;
     let rendered = inbound.render().map_err(at)?;
     let config = rendered
         .write(&inbound.out_dir, &inbound.sds_dir)
