@@ -552,6 +552,9 @@ pub struct Inbound {
     pub mask: Value,
     pub audit: Value,
     pub audit_service: Value,
+    /// The file each stage config came from (`jwt.config` → `…/jwt.json`), when it is a file,
+    /// so an error inside it can name the file at fault ([`Inbound::locate`]).
+    pub stage_files: BTreeMap<&'static str, PathBuf>,
     pub jwks: Jwks,
     /// The API's FileDescriptorSet, put into the mask config as `descriptor_set` (base64).
     pub descriptor_set: Option<Vec<u8>>,
@@ -699,7 +702,20 @@ impl Inbound {
             Some(p) => at(p),
             None => default_wasm_dir(),
         };
+        let mut stage_files = BTreeMap::new();
+        for (field, source) in [
+            ("jwt.config", Some(&file.jwt.config)),
+            ("rbac.policy", Some(&file.rbac.policy)),
+            ("mask.config", Some(&file.mask.config)),
+            ("audit.config", file.audit.config.as_ref()),
+            ("audit.service", file.audit.service.as_ref()),
+        ] {
+            if let Some(Source::Path(p)) = source {
+                stage_files.insert(field, at(p));
+            }
+        }
         let inbound = Inbound {
+            stage_files,
             layout: file.layout,
             service_name: file.service.name.clone(),
             upstream,
@@ -1114,6 +1130,37 @@ impl Inbound {
         Ok(vars)
     }
 
+    /// An error as the `phi-guard` command prints it: a field of a stage config that came
+    /// from a file names that file (`…/jwt.json: field `providers[0].audiences`: …`), anything
+    /// else the project file. The keys render fills in itself (the descriptor set, key
+    /// variables, the audit service's cluster) stay the project's.
+    pub fn locate(&self, project: &Path, e: &FieldError) -> String {
+        const FILLED_IN: &[(&str, &[&str])] = &[
+            ("mask.config", &["descriptor_set", "token_key_env"]),
+            (
+                "audit.service",
+                &["key_env", "cluster", "path", "service_name"],
+            ),
+        ];
+        if let Some((stage, inner)) = e.field.split_once(": ") {
+            let filled = FILLED_IN.iter().any(|(s, keys)| {
+                *s == stage
+                    && keys
+                        .iter()
+                        .any(|k| inner == *k || inner.starts_with(&format!("{k}.")))
+            });
+            if let Some(file) = self.stage_files.get(stage).filter(|_| !filled) {
+                return format!(
+                    "{}: field `{inner}`: {} ({} `{stage}`)",
+                    file.display(),
+                    e.reason,
+                    project.display()
+                );
+            }
+        }
+        format!("{}: {e}", project.display())
+    }
+
     /// Whether the key files `phi-guard keys` writes for this project are in
     /// [`Inbound::keys_dir`], each at least as long as the filter requires (the minimums of
     /// `phi_guard_common::config`): without them Envoy refuses to start. Contents are never
@@ -1308,7 +1355,28 @@ fn toml_error(e: &toml::de::Error, text: &str) -> FieldError {
                 .and_then(|r| r.split(']').next())
                 .map(|s| s.trim_matches('[').trim().to_string())
         });
-    let key = match message.split('`').nth(1).filter(|_| !unknown_value) {
+    // Only these messages quote a key; others (`invalid type: integer `5``) quote the value,
+    // which is never echoed.
+    let quotes_key = [
+        "missing field",
+        "unknown field",
+        "duplicate key",
+        "duplicate field",
+    ]
+    .iter()
+    .any(|p| message.starts_with(p));
+    if !quotes_key {
+        message = phi_guard_common::config::sanitize_serde_message(&message);
+    }
+    // An error on a table header (`[jwk]`, a typo of `[jwks]`) is about the table itself.
+    if let (true, Some(rest), Some(s)) = (
+        line.starts_with('['),
+        message.strip_prefix("unknown field"),
+        &section,
+    ) {
+        return FieldError::new(s.clone(), format!("unknown section{rest}"));
+    }
+    let key = match message.split('`').nth(1).filter(|_| quotes_key) {
         Some(quoted) => quoted.to_string(),
         None => line
             .split_once('=')
@@ -1793,6 +1861,54 @@ mod tests {
             "[rbac.policy]\nversion = \"v\"\nmode = \"sometimes\"\nrules = []\n#",
         );
         assert_eq!(field_of(inline_rbac), "rbac.policy: mode");
+        // A section typo is an unknown section, not `jwk.jwk`.
+        let typo = demo.replace("[jwks]", "[jwk]");
+        std::fs::write(&project, &typo).unwrap();
+        let err = Inbound::from_project(&project).unwrap_err();
+        assert_eq!(err.field, "jwk", "{err}");
+        assert!(err.reason.starts_with("unknown section `jwk`"), "{err}");
+        // An invalid layout names `layout` and never echoes the value.
+        let long = "x".repeat(300);
+        for bad in [
+            format!("\"{long}\""),
+            "5".to_string(),
+            "[\"single\"]".to_string(),
+        ] {
+            std::fs::write(&project, format!("layout = {bad}\n{demo}")).unwrap();
+            let err = Inbound::from_project(&project).unwrap_err();
+            assert_eq!(err.field, "layout", "{bad}: {err}");
+            assert!(!err.to_string().contains("xxxx"), "{err}");
+        }
+        // An error inside a stage config file names that file.
+        let jwt = dir.join("jwt.json");
+        let mut doc: Value = serde_json::from_slice(
+            &std::fs::read(crate::repo_root().join("envoy/demo/jwt.json")).unwrap(),
+        )
+        .unwrap();
+        doc["providers"][0]["audiences"] = json!([]);
+        std::fs::write(&jwt, doc.to_string()).unwrap();
+        let text = demo.replace(
+            &format!("= \"{}/envoy/demo/jwt.json\"", crate::repo_root().display()),
+            "= \"jwt.json\"",
+        );
+        std::fs::write(&project, text).unwrap();
+        let inbound = Inbound::from_project(&project).unwrap();
+        let err = inbound.render().unwrap_err();
+        assert_eq!(err.field, "jwt.config: providers[0].audiences");
+        let shown = inbound.locate(&project, &err);
+        assert!(
+            shown.starts_with(&format!(
+                "{}: field `providers[0].audiences`: ",
+                jwt.display()
+            )),
+            "{shown}"
+        );
+        // What render fills in itself stays the project file's.
+        let filled = FieldError::new("mask.config: descriptor_set", "x");
+        assert!(inbound.locate(&project, &filled).starts_with(&format!(
+            "{}: field `mask.config: descriptor_set`",
+            project.display()
+        )));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
