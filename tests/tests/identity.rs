@@ -139,7 +139,7 @@ async fn the_filter_refuses_two_uri_sans_repeated_headers_and_unjustified_break_
                 .expect("followed by the HCM")
                 + start;
             let mut yaml = format!("{}{}", &yaml[..start], &yaml[end..]);
-            let rbac = yaml.find("name: phi_guard.rbac").expect("rbac filter");
+            let rbac = phi_guard_tools::stack::stage_config_at(&yaml, "rbac").expect("rbac stage");
             let rules = yaml[rbac..].find("\"rules\": [").expect("policy rules") + rbac;
             yaml.insert_str(
                 rules + "\"rules\": [".len(),

@@ -551,16 +551,18 @@ async fn a_replayed_jti_is_refused_across_two_workers() {
         .start_inbound_variant("inbound_replay", 2, move |yaml| {
             let rule = r#""rules": [
                         {"match": "health.v1.PatientService/DeletePatient", "requires": {"provider": "phi-guard-idp"}, "replay_protection": true},"#;
-            let env = format!(
-                "vm_id: phi_guard_jwt\n                  environment_variables:\n                    key_values: {{PHI_GUARD_JWT_REPLAY_KEY: \"{key}\"}}"
-            );
-            yaml.replacen("\"rules\": [", rule, 1)
-                .replacen(
-                    "\"max_token_bytes\": 8192,",
-                    "\"replay\": {\"key_env\": \"PHI_GUARD_JWT_REPLAY_KEY\"}, \"max_token_bytes\": 8192,",
-                    1,
-                )
-                .replacen("vm_id: phi_guard_jwt", &env, 1)
+            let yaml = phi_guard_tools::stack::with_stage_vm_env(
+                &yaml,
+                "jwt",
+                "PHI_GUARD_JWT_REPLAY_KEY",
+                &key,
+            )
+            .expect("the jwt stage's VM");
+            yaml.replacen("\"rules\": [", rule, 1).replacen(
+                "\"max_token_bytes\": 8192,",
+                "\"replay\": {\"key_env\": \"PHI_GUARD_JWT_REPLAY_KEY\"}, \"max_token_bytes\": 8192,",
+                1,
+            )
         })
         .expect("the two-worker Envoy starts");
     let target = phi_guard_tools::client::MtlsTarget {

@@ -259,9 +259,8 @@ async fn methods_and_fields_outside_the_descriptor_set_fail_closed() {
         // The first rule of the rendered rbac policy that lists ListEncounters is
         // frontend-clinical-reads (filters/rbac/policy.demo.json); the method joins its list.
         .patch_inbound(|yaml| {
-            let rbac = yaml
-                .find("name: phi_guard.rbac\n")
-                .expect("the rendered inbound config has the rbac filter");
+            let rbac = phi_guard_tools::stack::stage_config_at(&yaml, "rbac")
+                .expect("the rendered inbound config has the rbac stage");
             let reads = r#""health.v1.PatientService/ListEncounters""#;
             let at = rbac
                 + yaml[rbac..]

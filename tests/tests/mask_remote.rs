@@ -21,9 +21,9 @@ const PIN_MISMATCH: &str = "wasmcustom.phi_guard.mask.descriptor_set_pin_mismatc
 const REFUSED: &str = "wasmcustom.phi_guard.mask.refused_no_descriptor_set";
 const BACKEND_REQUESTS: &str = "cluster.backend.upstream_rq_total";
 
-/// The demo API's descriptor set, as the stack otherwise carries it inline.
+/// The demo APIs' descriptor set, as the stack otherwise carries it inline.
 fn demo_set() -> Vec<u8> {
-    phi_guard_proto::DESCRIPTOR_SET.to_vec()
+    phi_guard_tools::demo_api::descriptor_set().expect("the demo descriptor set builds")
 }
 
 /// A stack whose mask filter fetches its set from `server` (pinned to `pin` when given),

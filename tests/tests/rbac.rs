@@ -1,5 +1,5 @@
-//! The rbac filter in Envoy with the demo policy: client workloads × user roles × methods,
-//! shadow mode, and a broken policy that keeps the plugin from starting.
+//! The rbac filter in Envoy with the demo policy: client workloads × user roles × methods (of
+//! both demo services), shadow mode, and a broken policy that keeps the plugin from starting.
 
 use phi_guard_e2e::{get_patient_code, logged_reasons, wait_until};
 use phi_guard_proto::health::v1::{DeletePatientRequest, GetPatientRequest, ListEncountersRequest};
@@ -12,9 +12,64 @@ enum Method {
     GetPatient,
     ListEncounters,
     DeletePatient,
+    /// `phi.fhir.v1.FhirService/GetPatient`.
+    FhirGetPatient,
+    /// `phi.fhir.v1.FhirService/ListObservations`.
+    FhirListObservations,
+}
+
+/// A FHIR call through [`raw_call`] (the FHIR service has no generated Rust client).
+async fn fhir_call(
+    stack: &Stack,
+    workload: &str,
+    user: Option<&str>,
+    method: Method,
+) -> Result<(), tonic::Status> {
+    use phi_guard_proto::fhir;
+    use prost::Message;
+    let (path, request) = match method {
+        Method::FhirGetPatient => (
+            "/phi.fhir.v1.FhirService/GetPatient",
+            fhir::GetPatientRequest {
+                id: fhir::PATIENT_ID.into(),
+            }
+            .encode_to_vec(),
+        ),
+        _ => (
+            "/phi.fhir.v1.FhirService/ListObservations",
+            fhir::ListObservationsRequest {
+                patient_id: fhir::PATIENT_ID.into(),
+                limit: 2,
+            }
+            .encode_to_vec(),
+        ),
+    };
+    let (messages, status) = phi_guard_e2e::raw_call(stack, workload, user, path, request).await;
+    if status.code() == Code::Ok {
+        assert!(!messages.is_empty(), "{path}: an answer");
+        Ok(())
+    } else {
+        assert!(messages.is_empty(), "{path}: no byte of a refused call");
+        Err(status)
+    }
 }
 
 async fn call(stack: &Stack, workload: &str, user: Option<&str>, method: Method) -> Code {
+    if matches!(
+        method,
+        Method::FhirGetPatient | Method::FhirListObservations
+    ) {
+        return match fhir_call(stack, workload, user, method).await {
+            Ok(()) => Code::Ok,
+            Err(status) => {
+                assert!(
+                    ["permission denied", "unauthenticated"].contains(&status.message()),
+                    "only generic messages reach the caller: {status:?}"
+                );
+                status.code()
+            }
+        };
+    }
     let mut client = stack
         .client_as(workload, user)
         .await
@@ -52,6 +107,7 @@ async fn call(stack: &Stack, workload: &str, user: Option<&str>, method: Method)
             })
             .await
             .map(|_| ()),
+        Method::FhirGetPatient | Method::FhirListObservations => unreachable!("handled above"),
     };
     match result {
         Ok(()) => Code::Ok,
@@ -71,6 +127,7 @@ async fn workloads_times_roles_times_methods() {
         .workload("frontend", "clinic", "ehr-frontend")
         .workload("analytics", "research", "analytics")
         .workload("admin-tool", "ops", "admin-tool")
+        .workload("deid-export", "research", "deid-export")
         .start()
         .await
         .expect("stack starts");
@@ -130,6 +187,50 @@ async fn workloads_times_roles_times_methods() {
             "admin-tool",
             Some("admin"),
             GetPatient,
+            Code::PermissionDenied,
+        ),
+        // The FHIR service: the clinical frontend and research analytics as for the demo
+        // service; the de-identified export workload for researchers (as safe_harbor), and
+        // for the FHIR service only.
+        ("frontend", Some("nurse"), FhirGetPatient, Code::Ok),
+        ("frontend", Some("billing"), FhirListObservations, Code::Ok),
+        (
+            "frontend",
+            Some("research"),
+            FhirGetPatient,
+            Code::PermissionDenied,
+        ),
+        ("analytics", Some("research"), FhirGetPatient, Code::Ok),
+        (
+            "analytics",
+            Some("research"),
+            FhirListObservations,
+            Code::Ok,
+        ),
+        ("deid-export", Some("research"), FhirGetPatient, Code::Ok),
+        (
+            "deid-export",
+            Some("research"),
+            FhirListObservations,
+            Code::Ok,
+        ),
+        (
+            "deid-export",
+            Some("nurse"),
+            FhirGetPatient,
+            Code::PermissionDenied,
+        ),
+        (
+            "deid-export",
+            Some("research"),
+            GetPatient,
+            Code::PermissionDenied,
+        ),
+        ("deid-export", None, FhirGetPatient, Code::Unauthenticated),
+        (
+            "admin-tool",
+            Some("admin"),
+            FhirGetPatient,
             Code::PermissionDenied,
         ),
     ];

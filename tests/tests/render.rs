@@ -12,7 +12,7 @@ fn demo() -> Inbound {
     let mut inbound =
         Inbound::from_project(&phi_guard_tools::repo_root().join("envoy/demo/phi-guard.toml"))
             .expect("the demo project resolves");
-    inbound.descriptor_set = Some(phi_guard_proto::DESCRIPTOR_SET.to_vec());
+    inbound.descriptor_set = Some(phi_guard_tools::demo_api::descriptor_set().unwrap());
     inbound.wasm_dir = phi_guard_tools::stack::wasm_dir().expect("scripts/build-wasm ran");
     inbound
 }

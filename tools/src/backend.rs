@@ -170,12 +170,14 @@ pub const UNKNOWN_FIELD_CANARY: &str = "CANARY-UNDECLARED-4242";
 
 /// An upstream whose schema moved ahead of the mask filter's descriptor set: `GetPatient`
 /// answers the demo patient plus fields the set does not declare (number 99 at the top level
-/// and inside the name, holding [`UNKNOWN_FIELD_CANARY`]); `grpc.health.v1.Health/Check`
+/// and inside the name, holding [`UNKNOWN_FIELD_CANARY`]), the FHIR service's `GetPatient`
+/// likewise ([`drifted_fhir_patient`]); `grpc.health.v1.Health/Check`
 /// answers SERVING; every other path (a method added to the service but not to the set)
 /// answers a message full of canaries.
 pub async fn spawn_drifted() -> std::io::Result<(SocketAddr, tokio::sync::oneshot::Sender<()>)> {
     spawn_raw(|path| match path {
         "/health.v1.PatientService/GetPatient" => vec![grpc_frame(&drifted_patient())],
+        "/phi.fhir.v1.FhirService/GetPatient" => vec![grpc_frame(&drifted_fhir_patient())],
         // grpc.health.v1.HealthCheckResponse { status: SERVING }
         "/grpc.health.v1.Health/Check" => vec![grpc_frame(&[0x08, 0x01])],
         _ => {
@@ -209,6 +211,31 @@ pub fn drifted_patient() -> Vec<u8> {
     prost::encoding::encode_varint(inner.len() as u64, &mut bytes);
     bytes.extend_from_slice(&inner);
     undeclared(&mut bytes);
+    bytes
+}
+
+/// The FHIR demo Patient ([`fhir::patient`]) with fields Google's protos do not declare,
+/// holding [`UNKNOWN_FIELD_CANARY`]: number 999 at the top level, and number 99 inside
+/// `gender` (a second occurrence of the singular message field, which protobuf merges into
+/// the first).
+pub fn drifted_fhir_patient() -> Vec<u8> {
+    let undeclared = |number: u64, out: &mut Vec<u8>| {
+        prost::encoding::encode_varint((number << 3) | 2, out);
+        prost::encoding::encode_varint(UNKNOWN_FIELD_CANARY.len() as u64, out);
+        out.extend_from_slice(UNKNOWN_FIELD_CANARY.as_bytes());
+    };
+    let gender = fhir::pool()
+        .get_message_by_name(fhir::PATIENT_TYPE)
+        .and_then(|m| m.get_field_by_name("gender"))
+        .map(|f| u64::from(f.number()))
+        .expect("Patient.gender in the FHIR set");
+    let mut inner = Vec::new();
+    undeclared(99, &mut inner);
+    let mut bytes = fhir::patient();
+    prost::encoding::encode_varint((gender << 3) | 2, &mut bytes);
+    prost::encoding::encode_varint(inner.len() as u64, &mut bytes);
+    bytes.extend_from_slice(&inner);
+    undeclared(999, &mut bytes);
     bytes
 }
 

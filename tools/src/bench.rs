@@ -645,7 +645,7 @@ mod tests {
             &crate::repo_root().join("envoy/demo/phi-guard.toml"),
         )
         .unwrap();
-        inbound.descriptor_set = Some(phi_guard_proto::DESCRIPTOR_SET.to_vec());
+        inbound.descriptor_set = Some(crate::demo_api::descriptor_set().unwrap());
         inbound.render().unwrap().envoy
     }
 
@@ -671,7 +671,7 @@ mod tests {
             &crate::repo_root().join("envoy/demo/phi-guard.toml"),
         )
         .unwrap();
-        project.descriptor_set = Some(phi_guard_proto::DESCRIPTOR_SET.to_vec());
+        project.descriptor_set = Some(crate::demo_api::descriptor_set().unwrap());
         project.layout = crate::render::Layout::Pipeline;
         let from_template = project.render().unwrap().envoy;
         let (_, blocks, _) = split_http_filters(&from_template).unwrap();

@@ -1,8 +1,9 @@
-//! gRPC clients of the demo API over mutual TLS (directly to Envoy's inbound listener) or
+//! gRPC clients of the demo APIs over mutual TLS (directly to Envoy's inbound listener) or
 //! plaintext h2c (to an egress sidecar on loopback).
 
 use std::path::Path;
 
+use phi_guard_proto::fhir::service::fhir_service_client::FhirServiceClient;
 use phi_guard_proto::health::v1::patient_service_client::PatientServiceClient;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
@@ -10,6 +11,9 @@ use tonic::service::Interceptor;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 pub type Client = PatientServiceClient<InterceptedService<Channel, Bearer>>;
+/// A client of `phi.fhir.v1.FhirService`: FHIR messages in and out as raw bytes
+/// (`phi_guard_proto::fhir::RawCodec`).
+pub type FhirClient = FhirServiceClient<InterceptedService<Channel, Bearer>>;
 
 /// Adds `authorization: Bearer <token>` to every call when a token is set.
 #[derive(Clone, Default)]
@@ -61,6 +65,19 @@ pub async fn connect_mtls(
 ) -> Result<Client, Box<dyn std::error::Error + Send + Sync>> {
     let channel = mtls_channel(target, identity).await?;
     Ok(PatientServiceClient::with_interceptor(
+        channel,
+        Bearer::new(token),
+    ))
+}
+
+/// As [`connect_mtls`], a client of the FHIR demo service.
+pub async fn connect_fhir_mtls(
+    target: &MtlsTarget,
+    identity: Option<ClientCert<'_>>,
+    token: Option<&str>,
+) -> Result<FhirClient, Box<dyn std::error::Error + Send + Sync>> {
+    let channel = mtls_channel(target, identity).await?;
+    Ok(FhirServiceClient::with_interceptor(
         channel,
         Bearer::new(token),
     ))

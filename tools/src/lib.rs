@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod bench;
 pub mod client;
+pub mod demo_api;
 pub mod docserver;
 pub mod issuer;
 pub mod pki;

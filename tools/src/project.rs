@@ -59,8 +59,26 @@ impl Api {
         if api.methods.is_empty() {
             return Err("the descriptor set declares no service".into());
         }
-        let messages: BTreeMap<_, _> = catalog.messages.iter().collect();
-        for (message, desc) in messages {
+        // Only the message types the services' requests and responses reach: a set built
+        // with its imports holds google/protobuf/descriptor.proto (phi/v1/annotations.proto
+        // extends its FieldOptions), whose fields are no part of the API.
+        let mut reached: BTreeMap<&str, &phi_guard_mask::descriptor::MessageDesc> = BTreeMap::new();
+        let mut queue: Vec<&str> = catalog
+            .methods
+            .iter()
+            .flat_map(|m| [m.input_type.as_str(), m.output_type.as_str()])
+            .collect();
+        while let Some(name) = queue.pop() {
+            if reached.contains_key(name) {
+                continue;
+            }
+            let Some(desc) = catalog.messages.get(name) else {
+                continue;
+            };
+            reached.insert(name, desc);
+            queue.extend(desc.fields.iter().filter_map(|f| f.type_name.as_deref()));
+        }
+        for (message, desc) in reached {
             if desc.map_entry || message.starts_with("phi.v1.") {
                 continue;
             }
@@ -413,9 +431,14 @@ mod tests {
         assert_eq!(tests["cases"].as_array().unwrap().len(), api.methods.len());
         let fields = file("mask.fields.txt");
         assert!(fields.contains("patient_id"), "{fields}");
-        assert!(fields
-            .lines()
-            .any(|l| l.contains("patient_id") && l.ends_with("UNTAGGED")));
+        // Untagged in the demo proto; its name says it identifies a patient, so init suggests a
+        // class for it (the user confirms or drops the entry).
+        assert!(
+            fields
+                .lines()
+                .any(|l| l.contains("patient_id") && l.ends_with("UNTAGGED  catalog: OTHER_ID?")),
+            "{fields}"
+        );
         assert!(fields
             .lines()
             .any(|l| l.trim_start().starts_with("ssn ") && l.ends_with(" SSN")));
@@ -476,6 +499,122 @@ mod tests {
         assert!(fields
             .lines()
             .any(|l| l.trim_start().starts_with("gender ") && l.ends_with("UNTAGGED")));
+    }
+
+    /// The labs example's set as `phi-guard protoset` builds it: with every import, so with
+    /// google/protobuf/descriptor.proto (phi/v1/annotations.proto extends FieldOptions).
+    fn labs_set() -> Vec<u8> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut compiler =
+            protox::Compiler::new([root.join("examples/labs/proto"), root.join("proto")]).unwrap();
+        compiler.include_imports(true).include_source_info(false);
+        compiler.open_files(["labs/v1/labs.proto"]).unwrap();
+        compiler.encode_file_descriptor_set()
+    }
+
+    #[test]
+    fn init_lists_only_the_fields_the_services_reach() {
+        let set = labs_set();
+        let pool = phi_guard_mask::descriptor::DescriptorSet::decode(&set).unwrap();
+        assert!(
+            pool.messages
+                .contains_key("google.protobuf.DescriptorProto"),
+            "the set holds descriptor.proto, as protoset builds it"
+        );
+        let api = Api::from_descriptor_set(&set).unwrap();
+        let paths: Vec<&str> = api.fields.iter().map(|f| f.path.as_str()).collect();
+        assert!(paths.iter().all(|p| p.starts_with("labs.v1.")), "{paths:?}");
+        // GetResultRequest 1, DeleteResultRequest 1, DeleteResultResponse 1, LabResult 9.
+        assert_eq!(api.fields.len(), 12, "{paths:?}");
+        let untagged: Vec<&str> = api
+            .fields
+            .iter()
+            .filter(|f| f.class.is_none())
+            .map(|f| f.path.as_str())
+            .collect();
+        assert_eq!(
+            untagged,
+            [
+                "labs.v1.DeleteResultRequest.result_id",
+                "labs.v1.DeleteResultResponse.deleted",
+                "labs.v1.GetResultRequest.result_id",
+                "labs.v1.LabResult.result_id",
+                "labs.v1.LabResult.test_code",
+                "labs.v1.LabResult.unit",
+            ]
+        );
+        let files = starter(&api, "labs", "labs.example");
+        let file = |n: &str| files.iter().find(|f| f.name == n).unwrap().text.clone();
+        // docs/ADOPTING.md: every sensitive field is annotated, so the catalog starts empty.
+        let mask: Value = serde_json::from_str(&file("mask.json")).unwrap();
+        assert_eq!(mask["catalog"], json!([]));
+        let fields = file("mask.fields.txt");
+        assert!(!fields.contains("google.protobuf"), "{fields}");
+    }
+
+    #[test]
+    fn init_suggests_a_class_for_plural_and_camel_case_names() {
+        let dir = std::env::temp_dir().join(format!("phi-guard-init-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("care/v1")).unwrap();
+        std::fs::write(
+            dir.join("care/v1/care.proto"),
+            r#"syntax = "proto3";
+package care.v1;
+service Care { rpc Get(GetRequest) returns (Visit); }
+message GetRequest { string visit_id = 1; }
+message Visit {
+  repeated string caregiver_phones = 1;
+  repeated string emails = 2;
+  string phoneNumber = 3;
+  string medical_record_number = 4;
+  string patient_id = 5;
+  string status = 6;
+  string gender = 7;
+  Contact contact = 8;
+}
+message Contact { repeated string addresses = 1; }
+message Unused { string ssn = 1; }
+"#,
+        )
+        .unwrap();
+        let mut compiler = protox::Compiler::new([&dir]).unwrap();
+        compiler.include_imports(true).include_source_info(false);
+        compiler.open_files(["care/v1/care.proto"]).unwrap();
+        let set = compiler.encode_file_descriptor_set();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let api = Api::from_descriptor_set(&set).unwrap();
+        let files = starter(&api, "care", "care.example");
+        let mask: Value =
+            serde_json::from_str(&files.iter().find(|f| f.name == "mask.json").unwrap().text)
+                .unwrap();
+        let catalog: Vec<(String, String)> = mask["catalog"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["field"].as_str().unwrap().to_string(),
+                    e["class"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let expected: Vec<(String, String)> = [
+            ("care.v1.Contact.addresses", "ADDRESS"),
+            ("care.v1.Visit.caregiver_phones", "PHONE"),
+            ("care.v1.Visit.emails", "EMAIL"),
+            ("care.v1.Visit.phoneNumber", "PHONE"),
+            ("care.v1.Visit.medical_record_number", "MRN"),
+            ("care.v1.Visit.patient_id", "OTHER_ID"),
+        ]
+        .iter()
+        .map(|(f, c)| (f.to_string(), c.to_string()))
+        .collect();
+        assert_eq!(catalog, expected);
+        // `Unused` is reached by no method: not listed, no entry.
+        assert!(api
+            .fields
+            .iter()
+            .all(|f| !f.path.starts_with("care.v1.Unused")));
     }
 
     #[test]

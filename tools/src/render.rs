@@ -1360,7 +1360,7 @@ mod tests {
     fn demo() -> Inbound {
         let mut inbound =
             Inbound::from_project(&crate::repo_root().join("envoy/demo/phi-guard.toml")).unwrap();
-        inbound.descriptor_set = Some(phi_guard_proto::DESCRIPTOR_SET.to_vec());
+        inbound.descriptor_set = Some(crate::demo_api::descriptor_set().unwrap());
         inbound
     }
 
@@ -1382,10 +1382,8 @@ mod tests {
             file("filters/rbac/policy.demo.json")
         );
         let mask = embedded(yaml, "mask");
-        assert_eq!(
-            mask["roles"],
-            file("filters/mask/policy.demo.json")["roles"]
-        );
+        assert_eq!(mask["roles"], file("envoy/demo/mask.json")["roles"]);
+        assert_eq!(mask["catalog"], file("envoy/demo/mask.json")["catalog"]);
         assert!(mask["descriptor_set"].as_str().unwrap().len() > 100);
         assert_eq!(
             embedded(yaml, "jwt")["rules"],
@@ -1509,7 +1507,7 @@ mod tests {
 
         // Both sources, a pin that is not a digest, a config pointing at a missing cluster.
         let mut both = inbound.clone();
-        both.descriptor_set = Some(phi_guard_proto::DESCRIPTOR_SET.to_vec());
+        both.descriptor_set = Some(crate::demo_api::descriptor_set().unwrap());
         assert_eq!(both.render().unwrap_err().field, "mask.descriptor_set_url");
         let mut bad = inbound.clone();
         bad.descriptor_set_remote.as_mut().unwrap().sha256 = vec!["xyz".into()];
@@ -1535,6 +1533,7 @@ mod tests {
             .unwrap()
             .replace("../../", &format!("{}/", crate::repo_root().display()))
             .replace("= \"jwt.json\"", "= \"ENVOY_DEMO/jwt.json\"")
+            .replace("= \"mask.json\"", "= \"ENVOY_DEMO/mask.json\"")
             .replace("= \"audit.json\"", "= \"ENVOY_DEMO/audit.json\"")
             .replace(
                 "= \"audit_service.json\"",
@@ -1634,6 +1633,7 @@ mod tests {
         let demo = std::fs::read_to_string(crate::repo_root().join("envoy/demo/phi-guard.toml"))
             .unwrap()
             .replace("= \"jwt.json\"", "= \"../../envoy/demo/jwt.json\"")
+            .replace("= \"mask.json\"", "= \"../../envoy/demo/mask.json\"")
             .replace("= \"audit.json\"", "= \"../../envoy/demo/audit.json\"")
             .replace(
                 "= \"audit_service.json\"",

@@ -160,8 +160,8 @@ impl StackBuilder {
         self
     }
 
-    /// Which inbound layout to render: [`Layout::Single`] (four modules) or
-    /// [`Layout::Pipeline`] (one module); the default is [`default_layout`].
+    /// Which inbound layout to render: [`Layout::Pipeline`] (one module) or
+    /// [`Layout::Single`] (four modules); the default is [`default_layout`].
     pub fn layout(mut self, layout: Layout) -> Self {
         self.layout = layout;
         self
@@ -378,7 +378,8 @@ async fn start_idp(
 }
 
 /// The demo project file (`envoy/demo/phi-guard.toml`), what `phi-guard render` would make of
-/// it, on the stack's loopback ports and directories and with the demo API's descriptor set.
+/// it, on the stack's loopback ports and directories and with the descriptor set of both demo
+/// APIs ([`crate::demo_api::descriptor_set`]).
 pub fn demo_inbound(
     dir: &Path,
     ports: &UpstreamPorts,
@@ -408,7 +409,8 @@ pub fn demo_inbound(
     inbound.check_wasm()?;
     inbound.keys_dir = dir.join("keys");
     match &ports.descriptor_set {
-        None => inbound.descriptor_set = Some(phi_guard_proto::DESCRIPTOR_SET.to_vec()),
+        // Both demo APIs (PatientService and FhirService) in one set.
+        None => inbound.descriptor_set = Some(crate::demo_api::descriptor_set()?),
         Some(remote) => {
             inbound.descriptor_set = None;
             inbound.descriptor_set_remote = Some(remote.clone());
@@ -458,14 +460,16 @@ pub struct UpstreamPorts {
     pub layout: Layout,
 }
 
-/// The layout stacks render unless told otherwise: [`Layout::Single`], or what
-/// `PHI_GUARD_E2E_LAYOUT` names (`single`, `pipeline`), so the whole e2e suite can run against
-/// either (`PHI_GUARD_E2E_LAYOUT=pipeline cargo test -p phi-guard-e2e`).
+/// The layout stacks (the e2e tests, the demo) render unless told otherwise:
+/// [`Layout::Pipeline`], the one-module chain, or what `PHI_GUARD_E2E_LAYOUT` names (`single`,
+/// `pipeline`), so the whole e2e suite runs against either
+/// (`PHI_GUARD_E2E_LAYOUT=single cargo test -p phi-guard-e2e`). `phi-guard render` keeps the
+/// project file's layout (`single` unless it says otherwise).
 pub fn default_layout() -> Layout {
     std::env::var("PHI_GUARD_E2E_LAYOUT")
         .ok()
         .and_then(|l| l.parse().ok())
-        .unwrap_or_default()
+        .unwrap_or(Layout::Pipeline)
 }
 
 /// The secrets Envoy gets through its environment, one file each (fresh random per stack).
@@ -930,6 +934,58 @@ pub fn embedded_filter_config(yaml: &str, filter: &str) -> Option<serde_json::Va
         .find_map(|stage| stage.get(filter).cloned())
 }
 
+/// Where the configuration of `stage` (`jwt`, `rbac`, `mask`, `audit`) begins in a rendered
+/// inbound config, in either layout: the `phi_guard.<stage>` filter, or the stage's member in
+/// the `phi_guard` pipeline filter's `stages`. Tests patch a stage's JSON after this offset.
+pub fn stage_config_at(yaml: &str, stage: &str) -> Option<usize> {
+    if let Some(at) = yaml.find(&format!("name: phi_guard.{stage}\n")) {
+        return Some(at);
+    }
+    let pipeline = yaml.find("name: phi_guard\n")?;
+    let at = yaml[pipeline..].find(&format!("\"{stage}\": {{"))?;
+    Some(pipeline + at)
+}
+
+/// `yaml` with the VM that runs `stage` given the environment variable `name` = `value`
+/// (`vm_config.environment_variables.key_values`), in either layout.
+pub fn with_stage_vm_env(yaml: &str, stage: &str, name: &str, value: &str) -> Option<String> {
+    let block = yaml
+        .find(&format!("name: phi_guard.{stage}\n"))
+        .or_else(|| yaml.find("name: phi_guard\n"))?;
+    // The `vm_id:` key's line (comments may mention vm_id too).
+    let mut vm_id = None;
+    let mut pos = block;
+    for line in yaml[block..].split_inclusive('\n') {
+        if line.trim_start().starts_with("vm_id: ") {
+            vm_id = Some(pos + (line.len() - line.trim_start().len()));
+            break;
+        }
+        pos += line.len();
+    }
+    let vm_id = vm_id?;
+    let line_start = yaml[..vm_id].rfind('\n')? + 1;
+    let indent = " ".repeat(vm_id - line_start);
+    let next_filter = yaml[block..]
+        .find("\n          - name: ")
+        .map_or(yaml.len(), |n| block + n);
+    let pair = format!("key_values: {{{name}: \"{value}\"}}");
+    let mut out = yaml.to_string();
+    match yaml[vm_id..next_filter].find("environment_variables:\n") {
+        Some(env) => {
+            let at = vm_id + env + "environment_variables:\n".len();
+            out.insert_str(at, &format!("{indent}  {pair}\n"));
+        }
+        None => {
+            let at = vm_id + yaml[vm_id..].find('\n')? + 1;
+            out.insert_str(
+                at,
+                &format!("{indent}environment_variables:\n{indent}  {pair}\n"),
+            );
+        }
+    }
+    Some(out)
+}
+
 /// The block scalar after `value: |` of the filter named `name`.
 fn embedded_config(yaml: &str, name: &str) -> Option<serde_json::Value> {
     let start = yaml.find(&format!("name: {name}\n"))?;
@@ -1065,5 +1121,39 @@ mod tests {
             dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
             "hello world"
         );
+    }
+
+    #[test]
+    fn stage_patch_helpers_work_in_both_layouts() {
+        for layout in Layout::ALL {
+            let mut inbound =
+                Inbound::from_project(&crate::repo_root().join("envoy/demo/phi-guard.toml"))
+                    .unwrap();
+            inbound.descriptor_set = Some(phi_guard_proto::DESCRIPTOR_SET.to_vec());
+            inbound.layout = layout;
+            let yaml = inbound.render().unwrap().envoy;
+            let rbac = stage_config_at(&yaml, "rbac").unwrap();
+            assert!(yaml[rbac..].contains("\"rules\": ["), "{layout:?}");
+            let jwt = stage_config_at(&yaml, "jwt").unwrap();
+            assert!(jwt < rbac, "{layout:?}");
+            let patched = with_stage_vm_env(&yaml, "jwt", "SOME_KEY", "v").unwrap();
+            let added: Vec<&str> = patched
+                .lines()
+                .filter(|l| l.contains("key_values: {SOME_KEY: \"v\"}"))
+                .collect();
+            assert_eq!(added.len(), 1, "{layout:?}");
+            // Inside the VM that runs jwt, after `environment_variables:`.
+            let at = patched.find("key_values: {SOME_KEY").unwrap();
+            let module = if layout == Layout::Single {
+                "phi_guard_jwt.wasm"
+            } else {
+                "phi_guard.wasm"
+            };
+            let code = patched[at..].find("code: {local").unwrap() + at;
+            assert!(patched[code..].lines().next().unwrap().contains(module));
+            let before = &patched[..at];
+            let env = before.rfind("environment_variables:\n").unwrap();
+            assert!(before[env..].lines().count() <= 2, "{layout:?}");
+        }
     }
 }

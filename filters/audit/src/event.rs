@@ -185,7 +185,14 @@ fn id_like(value: &str) -> Option<String> {
     phi_guard_common::sanitize::client_id(value).value()
 }
 
-/// A SAN URI or claim value: printable ASCII without spaces, bounded.
+/// A claim value the token's holder could choose (`sub`, tenant): the one sanitizer every
+/// filter uses, over the claim alphabet (`phi_guard_common::sanitize::printable`), so an
+/// SSN-shaped `sub` is masked and an e-mail-shaped one dropped before it reaches the log.
+fn claim(value: &str) -> Option<String> {
+    phi_guard_common::sanitize::printable(value).value()
+}
+
+/// A SAN URI or configured name: printable ASCII without spaces, bounded.
 fn printable(value: &str) -> Option<String> {
     let ok = !value.is_empty()
         && value.len() <= MAX_ID_LEN
@@ -330,11 +337,11 @@ pub fn build_event<H: AuditHost + ?Sized>(
                 .string_property(&["connection", "uri_san_peer_certificate"])
                 .and_then(|v| printable(&v)),
             issuer: identity.as_ref().and_then(|i| printable(&i.issuer)),
-            subject: identity.as_ref().and_then(|i| printable(&i.subject)),
+            subject: identity.as_ref().and_then(|i| claim(&i.subject)),
             tenant: identity
                 .as_ref()
                 .and_then(|i| i.tenant.as_deref())
-                .and_then(printable),
+                .and_then(claim),
             provider,
             role: authz.as_ref().and_then(|a| printable(&a.role)),
         },

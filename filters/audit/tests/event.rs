@@ -350,3 +350,38 @@ fn the_resource_id_comes_from_filter_state_and_the_header_is_only_claimed() {
         assert_eq!(build_event(&host, &opts(), None).what.resource_id, None);
     }
 }
+
+#[test]
+fn an_identifier_shaped_subject_is_sanitized_like_a_client_id() {
+    // The IdP may put an SSN or an e-mail address in `sub` (or the tenant claim); the event
+    // keeps neither, through the same sanitizer as x-request-id.
+    let host = full_host();
+    let mut id = identity();
+    id.subject = "078-05-1120".into();
+    id.tenant = Some("t-555-867-5309".into());
+    host.base
+        .insert_property(&[state::IDENTITY], &id.to_bytes());
+    let e = build_event(&host, &opts(), None);
+    assert_eq!(e.who.subject.as_deref(), Some("***-**-****"));
+    assert_eq!(e.who.tenant.as_deref(), Some("t-***-***-****"));
+    let text = String::from_utf8(e.canonical_bytes()).unwrap();
+    assert!(
+        !text.contains("078-05-1120") && !text.contains("867-5309"),
+        "{text}"
+    );
+    assert!(text.contains(r#""subject":"***-**-****""#), "{text}");
+
+    for (sub, want) in [
+        ("jane.doe@hospital.example", None),
+        ("user(078051120)", Some("user(*********)")),
+        ("auth0|u-12345", Some("auth0|u-12345")),
+        ("u-12345", Some("u-12345")),
+    ] {
+        let mut id = identity();
+        id.subject = sub.into();
+        host.base
+            .insert_property(&[state::IDENTITY], &id.to_bytes());
+        let e = build_event(&host, &opts(), None);
+        assert_eq!(e.who.subject.as_deref(), want, "{sub}");
+    }
+}

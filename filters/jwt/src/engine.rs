@@ -441,6 +441,11 @@ impl Engine {
         Ok(fetched)
     }
 
+    /// True when remote provider `provider` holds a good key set (one fetch succeeded).
+    pub fn has_remote_keys(&self, provider: usize) -> bool {
+        matches!(self.keys.get(provider), Some(ProviderKeys::Remote(jwks)) if jwks.keys().is_some())
+    }
+
     /// The fetch could not be dispatched, or the host reported no answer.
     pub fn on_jwks_failed(&mut self, provider: usize, now: UnixSeconds) {
         if let Some(jwks) = self.remote(provider) {

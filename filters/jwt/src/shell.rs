@@ -229,10 +229,10 @@ pub fn on_jwks_response(
 ) {
     let status = status.and_then(|s| s.parse::<u32>().ok());
     let name = provider_name(engine, provider);
-    match engine
+    let result = engine
         .borrow_mut()
-        .on_jwks_response(provider, status, body, host.now())
-    {
+        .on_jwks_response(provider, status, body, host.now());
+    match result {
         Ok(fetched) => {
             metrics.jwks_fetch_ok.inc(host);
             let level = if fetched.changed {
@@ -256,9 +256,10 @@ pub fn on_jwks_response(
                 JwksFetchError::Status(None) => "no response".to_string(),
                 JwksFetchError::Document(e) => format!("unusable document ({e})"),
             };
+            let then = kept(engine, provider);
             host.log(
                 LogLevel::Warn,
-                &format!("phi-guard jwt: JWKS fetch for provider {name} failed: {why}; keeping the previous key set"),
+                &format!("phi-guard jwt: JWKS fetch for provider {name} failed: {why}; {then}"),
             );
         }
     }
@@ -276,8 +277,21 @@ pub fn on_jwks_dispatch_failed(
     engine.borrow_mut().on_jwks_failed(provider, host.now());
     host.log(
         LogLevel::Warn,
-        &format!("phi-guard jwt: could not dispatch the JWKS fetch for provider {name} (check the cluster name)"),
+        &format!(
+            "phi-guard jwt: could not dispatch the JWKS fetch for provider {name} (check the cluster name); {}",
+            kept(engine, provider)
+        ),
     );
+}
+
+/// What a failed fetch leaves in force, for its log line: the previous key set, or (before
+/// the first good fetch) nothing, so the provider's requests are refused.
+fn kept(engine: &RefCell<Engine>, provider: usize) -> &'static str {
+    if engine.borrow().has_remote_keys(provider) {
+        "keeping the previous key set"
+    } else {
+        "no key set yet: requests for this provider are refused (jwks_unavailable) until one arrives"
+    }
 }
 
 fn provider_name(engine: &RefCell<Engine>, provider: usize) -> String {

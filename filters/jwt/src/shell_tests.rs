@@ -217,12 +217,20 @@ fn jwks_not_loaded_fails_closed_at_once_then_fetch_results_are_counted() {
 
     let due = shell::due_fetches(&host, &engine);
     assert_eq!(due.len(), 1);
-    shell::on_jwks_response(&host, &engine, &metrics, due[0].provider, Some("500"), b"");
+    shell::on_jwks_response(&host, &engine, &metrics, due[0].provider, Some("503"), b"");
     assert_eq!(host.counter("phi_guard.jwt.jwks_fetch_failed"), 1);
+    // There is no previous key set to keep: the log says what happens instead.
+    let log = host.log_text();
+    assert!(
+        log.contains("failed: HTTP 503; no key set yet: requests for this provider are refused"),
+        "{log}"
+    );
+    assert!(!log.contains("previous key set"), "{log}");
     host.set_clock(NOW + 10);
     let due = shell::due_fetches(&host, &engine);
     shell::on_jwks_dispatch_failed(&host, &engine, &metrics, due[0].provider);
     assert_eq!(host.counter("phi_guard.jwt.jwks_fetch_failed"), 2);
+    assert!(!host.log_text().contains("previous key set"));
     host.set_clock(NOW + 20);
     let due = shell::due_fetches(&host, &engine);
     let (_, jwks) = ed25519_key(Some("k1"));
@@ -239,6 +247,18 @@ fn jwks_not_loaded_fails_closed_at_once_then_fetch_results_are_counted() {
     let retry = host_with("/svc.v1.S/Remote", Some(&bearer));
     retry.set_clock(NOW + 20);
     assert!(shell::on_request_headers(&retry, &engine, &metrics));
+
+    // Once a set arrived, a failed refresh keeps it, and says so.
+    host.set_clock(NOW + 20 + 3600 * 24);
+    let due = shell::due_fetches(&host, &engine);
+    assert_eq!(due.len(), 1);
+    shell::on_jwks_response(&host, &engine, &metrics, due[0].provider, Some("503"), b"");
+    assert!(
+        host.log_text()
+            .contains("failed: HTTP 503; keeping the previous key set"),
+        "{}",
+        host.log_text()
+    );
 }
 
 #[test]

@@ -89,6 +89,9 @@ pub struct Catalog {
     pub rules: Vec<Rule>,
     /// `resource_id` entries: request message full name → (field name, `catalog[i]`).
     pub resource_ids: HashMap<String, (String, String)>,
+    /// Where each unconditional entry is (`catalog[i]`): `message.field` for a field entry,
+    /// `message` for a type entry. For error messages.
+    pub origins: HashMap<String, String>,
 }
 
 impl Catalog {
@@ -191,6 +194,7 @@ impl Catalog {
             match obj.get("when") {
                 None => match &field {
                     Some(f) => {
+                        catalog.origins.insert(format!("{message}.{f}"), here);
                         catalog
                             .fields
                             .entry(message)
@@ -198,6 +202,7 @@ impl Catalog {
                             .insert(f.clone(), cls);
                     }
                     None => {
+                        catalog.origins.insert(message.clone(), here);
                         catalog.types.insert(message, cls);
                     }
                 },

@@ -148,7 +148,27 @@ impl MaskConfig {
         let set = base64::engine::general_purpose::STANDARD
             .decode(b64.trim())
             .map_err(|_| ConfigError::new("descriptor_set", "not valid base64"))?;
-        Self::build(&doc, &set, &[], env)
+        Self::build(&doc, &set, &[], env, false)
+    }
+
+    /// As [`MaskConfig::parse`], for a static check that never masks a value (the
+    /// `phi-guard-mask` tool's `coverage` and `lint`): a set in which no method returns a field
+    /// with a class is accepted, since an untagged API is where a lint matters most. The
+    /// filter never parses its configuration this way.
+    #[cfg(feature = "cli")]
+    pub(crate) fn parse_for_inspection(
+        json: &[u8],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let doc: Value = phi_guard_common::config::parse_document(json, "mask")?;
+        let b64 = doc
+            .get("descriptor_set")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ConfigError::new("descriptor_set", "missing"))?;
+        let set = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .map_err(|_| ConfigError::new("descriptor_set", "not valid base64"))?;
+        Self::build(&doc, &set, &[], env, true)
     }
 
     /// Parses the configuration against an encoded `FileDescriptorSet` supplied separately
@@ -162,7 +182,7 @@ impl MaskConfig {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
         let doc: Value = serde_json::from_slice(json).map_err(|e| ConfigError::from_json(&e))?;
-        Self::build(&doc, set, extra_keys, env)
+        Self::build(&doc, set, extra_keys, env, false)
     }
 
     /// Builds the configuration document `doc` (already read by the strict parser) against a
@@ -172,7 +192,7 @@ impl MaskConfig {
         set: &[u8],
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        Self::build(doc, set, &[], env)
+        Self::build(doc, set, &[], env, false)
     }
 
     fn build(
@@ -180,6 +200,7 @@ impl MaskConfig {
         set: &[u8],
         extra_keys: &[&str],
         env: &dyn Fn(&str) -> Option<String>,
+        inspection: bool,
     ) -> Result<Self, ConfigError> {
         let top = object(doc, "")?;
         let allowed: Vec<&str> = TOP_KEYS.iter().chain(extra_keys).copied().collect();
@@ -215,10 +236,16 @@ impl MaskConfig {
             None => Catalog::default(),
             Some(v) => Catalog::parse(v, &descriptor, &class)?,
         };
-        let resource_ids = ResourceIds::build(&descriptor, &catalog)?;
+        let class_name = |c: Class| {
+            class_names
+                .get(&c)
+                .cloned()
+                .unwrap_or_else(|| c.to_string())
+        };
+        let resource_ids = ResourceIds::build(&descriptor, &catalog, &class_name)?;
         let plans = Plans::build(&descriptor, &catalog)
             .map_err(|e| ConfigError::new("descriptor_set", e.0))?;
-        if !plans.methods.values().any(|&m| plans.messages[m].touch) {
+        if !inspection && !plans.methods.values().any(|&m| plans.messages[m].touch) {
             // Most likely the set went through prost-types (or another decoder that drops
             // unknown fields) and lost its extensions: the filter would silently mask nothing.
             return Err(ConfigError::new(

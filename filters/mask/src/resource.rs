@@ -4,7 +4,11 @@
 //! `[(phi.v1.resource_id) = true]` in the proto, or named by a catalog entry
 //! `{"field": "phi.fhir.v1.GetPatientRequest.id", "resource_id": true}` (which wins over an
 //! annotation on another field of the same message). It must be a singular string or integer
-//! field directly in the request message; at most one per message.
+//! field directly in the request message; at most one per message. It must not itself be
+//! classed (a `phi.v1.sensitivity` annotation, or a catalog field entry, conditional entry or
+//! type entry on the request message with any class but none): the audit event is PHI-free,
+//! so the resource id has to be an opaque id, never a patient identifier such as an MRN.
+//! Such a configuration is refused, naming the field and the annotation or catalog entry.
 //!
 //! The shell copies the request body chunks through a [`RequestReader`] (the request itself
 //! is never held or changed), which cuts out the first gRPC message, reads the field and
@@ -23,6 +27,7 @@ use crate::catalog::Catalog;
 use crate::descriptor::{DescriptorSet, FieldDesc};
 use crate::error::MaskError;
 use crate::framing::{gunzip, Encoding, Framer};
+use crate::plan::Class;
 use crate::wire::{self, read_len_value, read_tag, read_varint, skip_value};
 
 /// How the id field's value is encoded and printed.
@@ -101,7 +106,12 @@ impl ResourceIds {
     /// annotation on a field that cannot hold an id, or two annotated fields in one message,
     /// is an error under `descriptor_set`; annotations on messages no method takes are
     /// ignored.
-    pub fn build(set: &DescriptorSet, catalog: &Catalog) -> Result<Self, ConfigError> {
+    /// `class_name` prints a class for error messages.
+    pub fn build(
+        set: &DescriptorSet,
+        catalog: &Catalog,
+        class_name: &dyn Fn(Class) -> String,
+    ) -> Result<Self, ConfigError> {
         let mut by_message: HashMap<&str, IdField> = HashMap::new();
         for m in &set.methods {
             let request = m.input_type.as_str();
@@ -129,6 +139,27 @@ impl ResourceIds {
                 }
             };
             let Some(field) = field else { continue };
+            let entry = catalog.resource_ids.get(request).map(|(_, origin)| origin);
+            if let Some((class, by)) = classed(request, field, catalog) {
+                let full = format!("{request}.{}", field.name);
+                let (at, named) = match entry {
+                    Some(origin) => (
+                        format!("{origin}.field"),
+                        format!("{origin} names {full} as the resource id"),
+                    ),
+                    None => (
+                        "descriptor_set".to_string(),
+                        format!("{full} is annotated phi.v1.resource_id"),
+                    ),
+                };
+                return Err(ConfigError::new(
+                    at,
+                    format!(
+                        "{named} but it is classed {} by {by}: the resource id goes into the PHI-free audit event, so it must be an opaque resource id, not a patient identifier",
+                        class_name(class)
+                    ),
+                ));
+            }
             let kind = IdKind::of(field).ok_or_else(|| {
                 ConfigError::new(
                     "descriptor_set",
@@ -160,6 +191,45 @@ impl ResourceIds {
 
     pub fn for_method(&self, method: &str) -> Option<&IdField> {
         self.methods.get(method)
+    }
+}
+
+/// The sensitivity class `field` of request message `request` carries, and what gives it
+/// (the annotation or a catalog entry), if any class but none (0) can apply to it: an
+/// unconditional field entry (which overrides the annotation, so an entry with class none
+/// declassifies it), the annotation, a conditional field entry, or a type entry on the
+/// request message itself (a conditional one spares its discriminator field).
+fn classed(request: &str, field: &FieldDesc, catalog: &Catalog) -> Option<(Class, String)> {
+    let full = format!("{request}.{}", field.name);
+    let origin = |key: &str| {
+        catalog
+            .origins
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| "the catalog".to_string())
+    };
+    match catalog.field_class(request, &field.name) {
+        Some(c) if c != 0 => return Some((c, origin(&full))),
+        Some(_) => {}
+        None => {
+            if let Some(c) = field.sensitivity.filter(|&c| c != 0) {
+                return Some((c, "its phi.v1.sensitivity annotation".to_string()));
+            }
+        }
+    }
+    for i in catalog.rules_on(request) {
+        let rule = &catalog.rules[i];
+        let applies = match &rule.field {
+            Some(f) => f == &field.name,
+            None => rule.discriminator != field.name,
+        };
+        if applies && rule.class != 0 {
+            return Some((rule.class, rule.origin.clone()));
+        }
+    }
+    match catalog.type_class(request) {
+        Some(c) if c != 0 => Some((c, origin(request))),
+        _ => None,
     }
 }
 

@@ -262,3 +262,82 @@ fn the_fhir_policy_names_the_fhir_requests() {
         ))
     );
 }
+
+#[test]
+fn a_classed_field_cannot_be_the_resource_id() {
+    // The new-user trial's input: an MRN as the audit resource id would put a patient
+    // identifier in the PHI-free audit event. Refused at configure time, naming the field.
+    let mrn = API.replace(
+        "string id = 2 [(phi.v1.resource_id) = true];",
+        "string id = 2 [(phi.v1.sensitivity) = MRN, (phi.v1.resource_id) = true];",
+    );
+    assert_ne!(mrn, API);
+    let set = compile(&mrn);
+    let err = config(&set, json!([])).unwrap_err();
+    assert_eq!(err.field, "descriptor_set", "{err}");
+    for part in [
+        "t.GetRequest.id",
+        "phi.v1.resource_id",
+        "MRN",
+        "phi.v1.sensitivity",
+        "opaque",
+    ] {
+        assert!(err.reason.contains(part), "{part}: {err}");
+    }
+    // The catalog form: the resource_id entry names a field the catalog (or an annotation)
+    // classes. The error names the resource_id entry and what classes the field.
+    let set = compile(API);
+    for (catalog, field, by) in [
+        (
+            json!([
+                {"field": "t.PlainRequest.id", "class": "MRN"},
+                {"field": "t.PlainRequest.id", "resource_id": true},
+            ]),
+            "catalog[1].field",
+            "catalog[0]",
+        ),
+        (
+            json!([
+                {"field": "t.PlainRequest.id", "resource_id": true},
+                {"type": "t.PlainRequest", "class": "NAME"},
+            ]),
+            "catalog[0].field",
+            "catalog[1]",
+        ),
+        (
+            // A conditional entry on the annotated id: it may hold, so it is refused too.
+            json!([
+                {"field": "t.GetRequest.id", "class": "SSN",
+                 "when": {"path": "note", "equals": "ssn"}},
+            ]),
+            "descriptor_set",
+            "catalog[0]",
+        ),
+    ] {
+        let err = config(&set, catalog.clone()).unwrap_err();
+        assert_eq!(err.field, field, "{catalog}: {err}");
+        assert!(err.reason.contains(by), "{catalog}: {err}");
+        assert!(
+            err.reason.contains("opaque resource id"),
+            "{catalog}: {err}"
+        );
+    }
+    let annotated = API.replace(
+        "message PlainRequest { string id = 1; }",
+        "message PlainRequest { string id = 1 [(phi.v1.sensitivity) = MRN]; }",
+    );
+    assert_ne!(annotated, API);
+    let err = config(
+        &compile(&annotated),
+        json!([{"field": "t.PlainRequest.id", "resource_id": true}]),
+    )
+    .unwrap_err();
+    assert_eq!(err.field, "catalog[0].field", "{err}");
+    assert!(
+        err.reason.contains("t.PlainRequest.id")
+            && err
+                .reason
+                .contains("MRN by its phi.v1.sensitivity annotation"),
+        "{err}"
+    );
+}

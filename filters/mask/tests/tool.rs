@@ -283,6 +283,19 @@ fn lint_fails_on_an_untagged_ssn_field() {
         "{stdout}"
     );
     assert!(!stdout.contains(CANARY_PHONE));
+    assert!(stdout.contains("1 finding(s)"), "{stdout}");
+    // The synthetic method through which the sample type is planned is no part of the API:
+    // without --allow, the ssn is found once (GetMember), not again under it.
+    let out = run(&[
+        "--sample",
+        sample.to_str().unwrap(),
+        "--type",
+        "lint.v1.Member",
+        "--json",
+    ]);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(!stdout.contains("phi_guard_mask.tool"), "{stdout}");
+    assert!(stdout.contains("2 finding(s)"), "{stdout}");
 }
 
 #[test]
@@ -593,4 +606,299 @@ fn coverage_and_lint_of_the_fhir_demo_service() {
             .any(|f| f.kind == "SSN" && f.path.starts_with("identifier")),
         "{found:?}"
     );
+}
+
+fn plain_set() -> (Vec<u8>, PathBuf) {
+    let set = build::compile(
+        &[PathBuf::from("lint/v1/plain.proto")],
+        &[Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/protos")],
+        &[],
+    )
+    .unwrap();
+    let path = tmp("plain.pb");
+    std::fs::write(&path, &set).unwrap();
+    (set, path)
+}
+
+/// The labs example's set, as docs/ADOPTING.md §1 builds it (descriptor.proto included).
+fn labs_set() -> PathBuf {
+    let set = build::compile(
+        &[PathBuf::from("labs/v1/labs.proto")],
+        &[repo().join("examples/labs/proto"), repo().join("proto")],
+        &[],
+    )
+    .unwrap();
+    let path = tmp("labs.pb");
+    std::fs::write(&path, &set).unwrap();
+    path
+}
+
+/// docs/ADOPTING.md §6's mask.json, as the guide writes it: `research` uses `token`, and the
+/// file names no `token_key_env` (render adds it).
+const ADOPTING_MASK: &str = r#"{
+  "max_message_bytes": 4194304,
+  "roles": {
+    "lab_tech": {"*": "reveal"},
+    "physician": {
+      "NAME": "reveal", "DOB": "reveal", "MRN": "reveal", "CLINICAL": "reveal",
+      "FREE_TEXT": "reveal",
+      "SSN": {"action": "partial", "keep_last": 4},
+      "*": "remove"
+    },
+    "research": {
+      "MRN": "token", "CLINICAL": "reveal", "FREE_TEXT": "redact", "*": "remove"
+    }
+  },
+  "default": {"*": "remove"}
+}"#;
+
+/// The binary with no token key in its environment.
+fn bare_bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_phi-guard-mask"));
+    c.env_remove(KEY_ENV).env_remove("LINT_TEST_UNSET_KEY");
+    c
+}
+
+#[test]
+fn lint_works_on_an_untagged_api_and_a_default_only_policy() {
+    let (set, set_path) = plain_set();
+    for policy in [r#"{"default": {"*": "remove"}}"#, r#"{"roles": {}}"#, "{}"] {
+        let session = Session::inspect(policy.as_bytes(), Some(&set), None).unwrap();
+        let report = coverage::coverage(&session, &[]).unwrap();
+        assert!(!report[0].planned);
+        let mut found: Vec<(String, String)> = lint::by_name(&report, &[])
+            .into_iter()
+            .map(|f| (f.path, f.kind))
+            .collect();
+        found.sort();
+        let expected: Vec<(String, String)> = [
+            ("caregiver_phones[]", "phone"),
+            ("contact.addresses[]", "address"),
+            ("contact.phones[]", "phone"),
+            ("emails[]", "email"),
+            ("medical_record_number", "mrn"),
+            ("patient_id", "identifier"),
+            ("phoneNumber", "phone"),
+        ]
+        .iter()
+        .map(|(p, k)| (p.to_string(), k.to_string()))
+        .collect();
+        assert_eq!(found, expected, "{policy}");
+    }
+    // The filter itself still refuses a set with nothing to mask, and `apply` with it.
+    assert!(Session::new(br#"{"roles": {}}"#, Some(&set), None).is_err());
+
+    let policy = tmp("plain-default-only.json");
+    std::fs::write(&policy, r#"{"default": {"*": "remove"}}"#).unwrap();
+    let out = bare_bin()
+        .args(["lint", "--policy"])
+        .arg(&policy)
+        .arg("--descriptor-set")
+        .arg(&set_path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(
+            "plain.v1.VisitService/GetVisit: caregiver_phones[] (plain.v1.Visit.caregiver_phones) looks like phone [name]"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("7 finding(s)"), "{stdout}");
+    assert!(!stdout.contains("status"), "{stdout}");
+    let out = bare_bin()
+        .args(["coverage", "--policy"])
+        .arg(&policy)
+        .arg("--descriptor-set")
+        .arg(&set_path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains("(nothing to mask: responses pass unchanged)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  caregiver_phones[]  (string)  untagged\n"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn coverage_and_lint_take_the_adopting_policy_without_the_token_key() {
+    let set = labs_set();
+    let policy = tmp("adopting-mask.json");
+    let run = |doc: &str, cmd: &str, env: Option<(&str, &str)>| {
+        std::fs::write(&policy, doc).unwrap();
+        let mut c = bare_bin();
+        c.arg(cmd)
+            .arg("--policy")
+            .arg(&policy)
+            .arg("--descriptor-set")
+            .arg(&set);
+        if let Some((k, v)) = env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let with_env = |var: &str| {
+        let mut doc: serde_json::Value = serde_json::from_str(ADOPTING_MASK).unwrap();
+        doc["token_key_env"] = var.into();
+        doc.to_string()
+    };
+    let cases = [
+        // No token_key_env in the policy.
+        (ADOPTING_MASK.to_string(), None),
+        // One that is not set.
+        (with_env("LINT_TEST_UNSET_KEY"), None),
+        // One that holds fewer than 32 bytes.
+        (
+            with_env("LINT_TEST_UNSET_KEY"),
+            Some(("LINT_TEST_UNSET_KEY", "short")),
+        ),
+    ];
+    for (doc, env) in &cases {
+        for cmd in ["coverage", "lint"] {
+            let out = run(doc, cmd, *env);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{cmd} {env:?}: {stderr}{stdout}"
+            );
+            if cmd == "coverage" {
+                assert!(
+                    stdout.contains("  mrn  (string)  MRN  default=remove lab_tech=reveal physician=reveal research=token\n"),
+                    "{stdout}"
+                );
+            } else {
+                assert!(stdout.contains("ok: no untagged field"), "{stdout}");
+            }
+        }
+        // `apply` masks values: it needs the real key, and says so in the command's terms.
+        let sample = tmp("labs-result.json");
+        std::fs::write(&sample, r#"{"mrn": "MRN-1"}"#).unwrap();
+        std::fs::write(&policy, doc).unwrap();
+        let mut c = bare_bin();
+        c.args([
+            "apply",
+            "--type",
+            "labs.v1.LabResult",
+            "--role",
+            "research",
+            "--json",
+        ])
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--descriptor-set")
+        .arg(&set)
+        .arg("-i")
+        .arg(&sample);
+        if let Some((k, v)) = env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(!stderr.contains("VM"), "{stderr}");
+        assert!(!stderr.contains("vm_config"), "{stderr}");
+        match env {
+            None if !doc.contains("token_key_env") => {
+                assert!(stderr.contains("--token-key-env"), "{stderr}")
+            }
+            None => assert!(
+                stderr.contains("LINT_TEST_UNSET_KEY (token_key_env) is not set"),
+                "{stderr}"
+            ),
+            Some(_) => assert!(
+                stderr.contains("LINT_TEST_UNSET_KEY (token_key_env) holds fewer than 32 bytes"),
+                "{stderr}"
+            ),
+        }
+    }
+    // With the key, `apply` tokenizes; --token-key-env names the variable for a policy that
+    // names none.
+    std::fs::write(&policy, ADOPTING_MASK).unwrap();
+    let out = bare_bin()
+        .args([
+            "apply",
+            "--type",
+            "labs.v1.LabResult",
+            "--role",
+            "research",
+            "--json",
+        ])
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--descriptor-set")
+        .arg(&set)
+        .arg("-i")
+        .arg(tmp("labs-result.json"))
+        .args(["--token-key-env", KEY_ENV])
+        .env(KEY_ENV, KEY)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("\"mrn\":\"tok_"), "{stdout}");
+}
+
+#[test]
+fn an_inspection_session_masks_nothing() {
+    let session = Session::inspect(
+        ADOPTING_MASK.as_bytes(),
+        Some(&std::fs::read(labs_set()).unwrap()),
+        Some("labs.v1.LabResult"),
+    )
+    .unwrap();
+    assert!(session
+        .mask("research", &[], &mut Counts::default())
+        .is_err());
+}
+
+#[test]
+fn lint_and_coverage_exit_quietly_when_the_reader_goes_away() {
+    use std::process::Stdio;
+    let (_, set_path) = plain_set();
+    let policy = tmp("plain-pipe.json");
+    std::fs::write(&policy, r#"{"default": {"*": "remove"}}"#).unwrap();
+    let fhir = tmp("fhir-pipe.pb");
+    std::fs::write(&fhir, phi_guard_proto::fhir::DESCRIPTOR_SET).unwrap();
+    let fhir_policy = tmp("fhir-pipe.json");
+    std::fs::write(&fhir_policy, include_str!("../policy.fhir.json")).unwrap();
+    for (cmd, policy, set, code) in [
+        ("coverage", &fhir_policy, &fhir, 0),
+        ("lint", &policy, &set_path, 1),
+    ] {
+        let mut child = bare_bin()
+            .arg(cmd)
+            .arg("--policy")
+            .arg(policy)
+            .arg("--descriptor-set")
+            .arg(set)
+            .env(KEY_ENV, KEY)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // `| head -0`: the reader is gone before the first write.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{cmd}: {stderr}");
+        assert!(stderr.is_empty(), "{cmd}: {stderr}");
+    }
 }

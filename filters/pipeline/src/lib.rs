@@ -13,6 +13,12 @@
 //! not a stage: it stays `phi_guard_audit.wasm` in `bootstrap_extensions`, and the pipeline
 //! runs with its `vm_id` so the audit stage sees its queue and backlog flag.
 
+// A panic traps the VM for every stream of its worker: none outside tests.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod config;
 pub mod host;
 pub mod pipeline;

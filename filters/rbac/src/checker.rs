@@ -1063,7 +1063,7 @@ mod tests {
     #[test]
     fn validate_reports_ok_or_the_field() {
         let (code, out, _) = run_args(&["validate", &demo()]);
-        assert_eq!((code, out.trim()), (0, "ok: 5 rules, version demo-2026-01"));
+        assert_eq!((code, out.trim()), (0, "ok: 6 rules, version demo-2026-01"));
         let bad =
             std::env::temp_dir().join(format!("phi-guard-rbac-bad-{}.json", std::process::id()));
         std::fs::write(

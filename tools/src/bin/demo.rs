@@ -18,6 +18,7 @@ const WORKLOADS: &[(&str, &str, &str)] = &[
     ("ehr-frontend", "clinic", "ehr-frontend"),
     ("analytics", "research", "analytics"),
     ("admin-tool", "ops", "admin-tool"),
+    ("deid-export", "research", "deid-export"),
 ];
 
 fn demo_dir() -> PathBuf {
@@ -74,6 +75,20 @@ async fn run() -> Result<(), Error> {
     ];
     for (workload, user) in callers {
         show_calls(&stack, workload, *user).await?;
+    }
+
+    // The FHIR R4 service behind the same Envoy: Google's protos, tagged by catalog entries
+    // (filters/mask/policy.fhir.json). The de-identified export workload gets the Safe Harbor
+    // view for a researcher (the demo policy's deid-export-reads rule pins it).
+    let fhir_callers: &[(&str, &str, &str)] = &[
+        ("ehr-frontend", "billing", "billing"),
+        ("ehr-frontend", "nurse", "nurse"),
+        ("analytics", "research", "research"),
+        ("deid-export", "research", "safe_harbor"),
+        ("ehr-frontend", "research", "-"),
+    ];
+    for (workload, user, view) in fhir_callers {
+        show_fhir(&stack, workload, user, view).await?;
     }
 
     for (workload, user) in [("analytics", "research"), ("admin-tool", "admin")] {
@@ -293,6 +308,174 @@ async fn show_calls(stack: &Stack, workload: &str, user: Option<&str>) -> Result
         ),
     }
     Ok(())
+}
+
+/// The FHIR service's Patient and Observations as `workload` for `user` see them (`view`: the
+/// role rbac gives the call), a few lines each.
+async fn show_fhir(stack: &Stack, workload: &str, user: &str, view: &str) -> Result<(), Error> {
+    use phi_guard_proto::fhir;
+    use prost::Message;
+    println!("\nFHIR as {workload} for user {user} (view: {view}):");
+    let leaf = &stack.workload(workload).leaf;
+    let mut client = phi_guard_tools::client::connect_fhir_mtls(
+        &stack.target(),
+        Some(phi_guard_tools::client::ClientCert {
+            cert: &leaf.cert,
+            key: &leaf.key,
+        }),
+        Some(stack.token(user)),
+    )
+    .await?;
+    let request = fhir::GetPatientRequest {
+        id: fhir::PATIENT_ID.into(),
+    };
+    let patient = match client
+        .get_patient(bytes::Bytes::from(request.encode_to_vec()))
+        .await
+    {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            println!(
+                "  GetPatient -> {:?} \"{}\"",
+                status.code(),
+                status.message()
+            );
+            return Ok(());
+        }
+    };
+    let p = fhir_json(fhir::PATIENT_TYPE, &patient)?;
+    let strings = |v: &serde_json::Value| -> String {
+        let all: Vec<&str> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x["value"].as_str())
+            .collect();
+        shown(&all.join(" "))
+    };
+    let name = &p["name"][0];
+    let address = &p["address"][0];
+    println!("  GetPatient -> OK, as this caller sees it:");
+    println!(
+        "    name={} {}  birth_date={}  identifiers={}",
+        strings(&name["given"]),
+        shown_value(&name["family"]),
+        fhir_date(&field(&p, "birth_date")),
+        strings(&json_values(&p["identifier"], "value")),
+    );
+    println!(
+        "    telecom={}  address={} / {} / {} {}",
+        strings(&json_values(&p["telecom"], "value")),
+        strings(&address["line"]),
+        shown_value(&address["city"]),
+        shown_value(&address["state"]),
+        shown_value(&field(address, "postal_code")),
+    );
+    println!(
+        "    maiden_name={}  contact={} {}  narrative={}",
+        // FHIR's JSON name of `Extension.value.string_value` is `string`.
+        shown_value(&p["extension"][0]["value"]["string"]),
+        strings(&p["contained"][0]["name"][0]["given"]),
+        strings(&json_values(&p["contained"][0]["telecom"], "value")),
+        shown_value(&p["text"]["div"]),
+    );
+    let request = fhir::ListObservationsRequest {
+        patient_id: fhir::PATIENT_ID.into(),
+        limit: 3,
+    };
+    let mut stream = client
+        .list_observations(bytes::Bytes::from(request.encode_to_vec()))
+        .await?
+        .into_inner();
+    let mut observations = Vec::new();
+    while let Some(o) = stream.message().await? {
+        observations.push(fhir_json(fhir::OBSERVATION_TYPE, &o)?);
+    }
+    let first = observations.first().cloned().unwrap_or_default();
+    println!(
+        "  ListObservations -> OK: {} messages; the first: effective={} value={} note={}",
+        observations.len(),
+        fhir_date(&field(&first["effective"], "date_time")),
+        shown_value(&first["value"]["quantity"]["value"]),
+        shown_value(&first["note"][0]["text"]),
+    );
+    Ok(())
+}
+
+/// A FHIR message as proto3 JSON, through the committed descriptor set.
+fn fhir_json(type_name: &str, bytes: &[u8]) -> Result<serde_json::Value, Error> {
+    let text = phi_guard_mask::tool::to_json(phi_guard_proto::fhir::pool(), type_name, bytes)?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+/// Member `snake_name` of a proto3 JSON object, under its JSON (lowerCamelCase) name.
+fn field(v: &serde_json::Value, snake_name: &str) -> serde_json::Value {
+    let mut camel = String::new();
+    let mut upper = false;
+    for c in snake_name.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            camel.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            camel.push(c);
+        }
+    }
+    v.get(&camel)
+        .or_else(|| v.get(snake_name))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Each element's member `name` (e.g. every identifier's `value`).
+fn json_values(list: &serde_json::Value, name: &str) -> serde_json::Value {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .map(|x| x[name].clone())
+        .collect()
+}
+
+/// A FHIR primitive's `value`, quoted, or `-` when the caller did not get it.
+fn shown_value(v: &serde_json::Value) -> String {
+    match &v["value"] {
+        serde_json::Value::String(s) => shown(s),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn shown(s: &str) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        format!("{s:?}")
+    }
+}
+
+/// A FHIR `Date`/`DateTime` as `YYYY-MM-DD (PRECISION)`, or `-`.
+fn fhir_date(v: &serde_json::Value) -> String {
+    let Some(us) = field(v, "value_us")
+        .as_str()
+        .and_then(|s| s.parse::<i64>().ok())
+    else {
+        return "-".into();
+    };
+    // Days since 1970-01-01 to a civil date (H. Hinnant's algorithm).
+    let z = us.div_euclid(86_400_000_000) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} ({})",
+        v["precision"].as_str().unwrap_or("-")
+    )
 }
 
 async fn up() -> Result<(), Error> {

@@ -98,6 +98,10 @@ enum Command {
         /// Input and output are proto3 JSON.
         #[arg(long)]
         json: bool,
+        /// The environment variable holding the token key (at least 32 bytes), instead of the
+        /// one the policy's `token_key_env` names; needed when a role uses `token`.
+        #[arg(long = "token-key-env")]
+        token_key_env: Option<String>,
     },
 }
 
@@ -112,10 +116,35 @@ struct PolicyArgs {
 }
 
 impl PolicyArgs {
-    fn session(&self, message_type: Option<&str>) -> Result<Session, String> {
+    /// For `apply`: the real token key, from the environment.
+    fn session(
+        &self,
+        message_type: Option<&str>,
+        token_key_env: Option<&str>,
+    ) -> Result<Session, String> {
         let policy = read(&self.policy)?;
         let set = self.descriptor_set.as_ref().map(read).transpose()?;
-        Session::new(&policy, set.as_deref(), message_type)
+        match token_key_env {
+            Some(var) => Session::with_token_key_env(&policy, set.as_deref(), message_type, var),
+            None => Session::new(&policy, set.as_deref(), message_type),
+        }
+    }
+
+    /// For `coverage` and `lint`, which emit no masked value: no token key needed.
+    fn inspect(&self, message_type: Option<&str>) -> Result<Session, String> {
+        let policy = read(&self.policy)?;
+        let set = self.descriptor_set.as_ref().map(read).transpose()?;
+        Session::inspect(&policy, set.as_deref(), message_type)
+    }
+}
+
+/// Writes `text` to stdout. A reader that went away (`… | head`) is not an error: the rest
+/// of the output is dropped and the command exits as it would have.
+fn emit(text: &str) -> Result<(), String> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(format!("stdout: {e}")),
+        _ => Ok(()),
     }
 }
 
@@ -163,10 +192,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             match output {
                 Some(path) => std::fs::write(&path, &pruned.set)
                     .map_err(|e| format!("{}: {e}", path.display()))?,
-                None => println!(
-                    "{}",
+                None => emit(&format!(
+                    "{}\n",
                     base64::engine::general_purpose::STANDARD.encode(&pruned.set)
-                ),
+                ))?,
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -175,16 +204,16 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             methods,
             json,
         } => {
-            let session = policy.session(None)?;
+            let session = policy.inspect(None)?;
             let report = coverage::coverage(&session, &methods)?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&coverage::to_json(&report))
+                emit(
+                    &(serde_json::to_string_pretty(&coverage::to_json(&report))
                         .map_err(|e| e.to_string())?
-                );
+                        + "\n"),
+                )?;
             } else {
-                print!("{}", coverage::to_text(&report));
+                emit(&coverage::to_text(&report))?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -196,7 +225,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             message_type,
             json,
         } => {
-            let session = policy.session(message_type.as_deref())?;
+            let session = policy.inspect(message_type.as_deref())?;
             let report = coverage::coverage(&session, &methods)?;
             let mut findings = lint::by_name(&report, &allow);
             if let Some(sample) = sample {
@@ -212,19 +241,24 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                     .map_err(|e| format!("sample is not a valid {t}: {e}"))?;
                 findings.extend(lint::by_sample(&session, &format!("sample {t}"), &msg));
             }
+            let mut text = String::new();
             for f in &findings {
-                println!(
-                    "{}: {} ({}) looks like {} [{}] and is untagged",
+                text.push_str(&format!(
+                    "{}: {} ({}) looks like {} [{}] and is untagged\n",
                     f.method, f.path, f.field, f.kind, f.source
-                );
+                ));
             }
             if findings.is_empty() {
-                println!("ok: no untagged field looks like an identifier");
-                Ok(ExitCode::SUCCESS)
+                text.push_str("ok: no untagged field looks like an identifier\n");
             } else {
-                println!("{} finding(s)", findings.len());
-                Ok(ExitCode::from(1))
+                text.push_str(&format!("{} finding(s)\n", findings.len()));
             }
+            emit(&text)?;
+            Ok(if findings.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Apply {
             policy,
@@ -234,8 +268,9 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             output,
             delimited,
             json,
+            token_key_env,
         } => {
-            let session = policy.session(Some(&message_type))?;
+            let session = policy.session(Some(&message_type), token_key_env.as_deref())?;
             let mut data = Vec::new();
             match &input {
                 Some(p) => data = read(p)?,
@@ -272,6 +307,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             }
             match &output {
                 Some(p) => std::fs::write(p, &out).map_err(|e| format!("{}: {e}", p.display()))?,
+                // A masked dump cut short is an error (exit 2), unlike a report read by `head`.
                 None => std::io::stdout()
                     .write_all(&out)
                     .map_err(|e| format!("stdout: {e}"))?,

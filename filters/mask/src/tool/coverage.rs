@@ -52,6 +52,9 @@ pub fn coverage(session: &Session, only: &[String]) -> Result<Vec<MethodCoverage
     let roles = session.roles();
     let mut out = Vec::new();
     for m in &catalog.methods {
+        if m.full_name == super::APPLY_METHOD {
+            continue;
+        }
         if !only.is_empty() && !only.iter().any(|o| m.full_name.starts_with(o.as_str())) {
             continue;
         }

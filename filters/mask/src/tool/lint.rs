@@ -10,11 +10,12 @@ use crate::plan::Node;
 use super::coverage::MethodCoverage;
 use super::Session;
 
-/// Words (lower case, whole `_`-separated parts of a field name) that name an identifier, with
-/// the identifier kind reported and the class `phi-guard init` suggests for such a field.
+/// Words (lower case) that name an identifier, with the identifier kind reported and the class
+/// `phi-guard init` suggests for such a field. A field name is split into words on `_`, `.`,
+/// `-` and camelCase boundaries (`caregiverPhones`, `IPAddress`), and a word matches with a
+/// plural ending (`s`, `es`, `ies`) taken off too: `caregiver_phones` is a phone.
 pub const IDENTIFIER_WORDS: &[(&str, &str, &str)] = &[
     ("name", "name", "NAME"),
-    ("names", "name", "NAME"),
     ("given", "name", "NAME"),
     ("family", "name", "NAME"),
     ("surname", "name", "NAME"),
@@ -61,6 +62,17 @@ pub const IDENTIFIER_WORDS: &[(&str, &str, &str)] = &[
     ("biometric", "biometric", "BIOMETRIC"),
 ];
 
+/// Runs of words that name an identifier only together (matched like [`IDENTIFIER_WORDS`],
+/// the last word with a plural ending taken off as well), longest first.
+pub const IDENTIFIER_PHRASES: &[(&[&str], &str, &str)] = &[
+    (&["medical", "record", "number"], "mrn", "MRN"),
+    (&["medical", "record", "no"], "mrn", "MRN"),
+    (&["record", "number"], "mrn", "MRN"),
+    (&["patient", "id"], "identifier", "OTHER_ID"),
+    (&["patient", "identifier"], "identifier", "OTHER_ID"),
+    (&["patient", "number"], "identifier", "OTHER_ID"),
+];
+
 /// One lint finding: where, and which identifier kind it looks like.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
@@ -85,13 +97,63 @@ pub fn suggested_class(field_name: &str) -> Option<&'static str> {
 }
 
 fn word_entry(field_name: &str) -> Option<(&'static str, &'static str, &'static str)> {
-    let lower = field_name.to_ascii_lowercase();
-    lower.split(['_', '.', '-']).find_map(|word| {
+    let words = words(field_name);
+    // A phrase first: `patient_id` is an identifier although neither word is one.
+    for start in 0..words.len() {
+        for (phrase, kind, class) in IDENTIFIER_PHRASES {
+            let Some(run) = words.get(start..start + phrase.len()) else {
+                continue;
+            };
+            if run.iter().zip(phrase.iter()).all(|(w, p)| same_word(w, p)) {
+                return Some((phrase[0], kind, class));
+            }
+        }
+    }
+    words.iter().find_map(|word| {
         IDENTIFIER_WORDS
             .iter()
-            .find(|(w, _, _)| *w == word)
+            .find(|(w, _, _)| same_word(word, w))
             .copied()
     })
+}
+
+/// `word` is `entry`, or `entry` with a plural ending (`phones`, `addresses`, `cities`).
+fn same_word(word: &str, entry: &str) -> bool {
+    word == entry
+        || word.strip_suffix('s') == Some(entry)
+        || word.strip_suffix("es") == Some(entry)
+        || (entry.ends_with('y') && word.strip_suffix("ies") == Some(&entry[..entry.len() - 1]))
+}
+
+/// The lower-case words of a field name: split on `_`, `.`, `-`, digits and camelCase
+/// boundaries (`phoneNumber` → phone, number; `patientMRN` → patient, mrn; `IPAddress` → ip,
+/// address).
+pub fn words(field_name: &str) -> Vec<String> {
+    let chars: Vec<char> = field_name.chars().collect();
+    let mut out = Vec::new();
+    let mut word = String::new();
+    for (i, &c) in chars.iter().enumerate() {
+        if !c.is_ascii_alphabetic() {
+            if !word.is_empty() {
+                out.push(std::mem::take(&mut word));
+            }
+            continue;
+        }
+        if c.is_ascii_uppercase() && !word.is_empty() {
+            let prev = chars[i - 1];
+            let next_lower = chars.get(i + 1).is_some_and(|n| n.is_ascii_lowercase());
+            // `phoneNumber`: a capital after a small letter; `IPAddress`: the last capital of
+            // a run that a small letter follows.
+            if prev.is_ascii_lowercase() || (prev.is_ascii_uppercase() && next_lower) {
+                out.push(std::mem::take(&mut word));
+            }
+        }
+        word.push(c.to_ascii_lowercase());
+    }
+    if !word.is_empty() {
+        out.push(word);
+    }
+    out
 }
 
 /// Untagged leaves whose name, or the name of one of the two fields holding them (FHIR wraps
@@ -105,11 +167,12 @@ pub fn by_name(report: &[MethodCoverage], allow: &[String]) -> Vec<Finding> {
                 continue;
             }
             // A message listed elsewhere (`see`): its own name counts here too, when the
-            // listing has an untagged leaf directly inside.
+            // listing has an untagged leaf directly inside that `allow` does not cover.
             let untagged_inside = |target: &str| {
                 m.rows.iter().any(|x| {
                     x.class.is_none()
                         && !matches!(x.kind, "message" | "group" | "any" | "condition")
+                        && !allowed(&x.field, allow)
                         && x.path
                             .strip_prefix(target)
                             .is_some_and(|rest| rest.starts_with('.') && !rest[1..].contains('.'))
@@ -128,11 +191,7 @@ pub fn by_name(report: &[MethodCoverage], allow: &[String]) -> Vec<Finding> {
             // own name and its holder's (its leaves add the level below).
             let keep = if r.see.is_some() { 2 } else { 3 };
             let tail = &segments[segments.len().saturating_sub(keep)..];
-            if let Some(kind) = tail
-                .iter()
-                .rev()
-                .find_map(|s| looks_like(s.trim_end_matches("[]")))
-            {
+            if let Some(kind) = tail.iter().rev().find_map(|s| looks_like(segment_name(s))) {
                 if allowed_path(&r.path, allow) {
                     continue;
                 }
@@ -147,6 +206,13 @@ pub fn by_name(report: &[MethodCoverage], allow: &[String]) -> Vec<Finding> {
         }
     }
     out
+}
+
+/// The field name of a path segment: `identifier[]` and, for the listing under a conditional
+/// catalog entry, `identifier[]<value if catalog[1]>` are `identifier`.
+fn segment_name(segment: &str) -> &str {
+    let name = segment.split('<').next().unwrap_or(segment);
+    name.trim_end_matches("[]")
 }
 
 fn allowed(field: &str, allow: &[String]) -> bool {
@@ -317,4 +383,66 @@ fn holds(msg: &DynamicMessage, path: &[u32], test: &crate::catalog::Test) -> boo
 /// The message descriptor's full name, for reports.
 pub fn type_of(msg: &DynamicMessage) -> String {
     msg.descriptor().full_name().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_split_into_words_on_underscores_and_camel_case() {
+        assert_eq!(words("caregiver_phones"), ["caregiver", "phones"]);
+        assert_eq!(words("phoneNumber"), ["phone", "number"]);
+        assert_eq!(words("patientMRN"), ["patient", "mrn"]);
+        assert_eq!(words("IPAddress"), ["ip", "address"]);
+        assert_eq!(words("address_line2"), ["address", "line"]);
+        assert_eq!(words("family.value"), ["family", "value"]);
+    }
+
+    #[test]
+    fn plural_and_camel_case_identifier_names_are_found() {
+        for (name, kind, class) in [
+            ("caregiver_phones", "phone", "PHONE"),
+            ("phones", "phone", "PHONE"),
+            ("emails", "email", "EMAIL"),
+            ("addresses", "address", "ADDRESS"),
+            ("phoneNumber", "phone", "PHONE"),
+            ("PhoneNumbers", "phone", "PHONE"),
+            ("medical_record_number", "mrn", "MRN"),
+            ("medicalRecordNumber", "mrn", "MRN"),
+            ("record_numbers", "mrn", "MRN"),
+            ("patient_id", "identifier", "OTHER_ID"),
+            ("patientId", "identifier", "OTHER_ID"),
+            ("patient_ids", "identifier", "OTHER_ID"),
+            ("cities", "address", "ADDRESS"),
+            ("fax_numbers", "fax", "FAX"),
+            ("emergencyContactNames", "name", "NAME"),
+            ("ssn", "ssn", "SSN"),
+        ] {
+            assert_eq!(looks_like(name), Some(kind), "{name}");
+            assert_eq!(suggested_class(name), Some(class), "{name}");
+        }
+    }
+
+    #[test]
+    fn innocent_names_are_not_identifiers() {
+        // `addressed_at` is when something was dealt with, not an address; `status` only ends
+        // in an `s`.
+        for name in [
+            "status",
+            "statuses",
+            "gender",
+            "addressed_at",
+            "result_id",
+            "test_code",
+            "unit",
+            "patients",
+            "record_count",
+            "is_active",
+            "ipsum",
+            "created_at",
+        ] {
+            assert_eq!(looks_like(name), None, "{name}");
+        }
+    }
 }

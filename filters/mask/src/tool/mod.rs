@@ -26,16 +26,60 @@ pub struct Session {
     /// The plan root of the message type asked for, when it has anything to mask.
     pub root: Option<usize>,
     pub pool: prost_reflect::DescriptorPool,
+    /// Parsed for a static check ([`Session::inspect`]): a placeholder token key, so
+    /// [`Session::mask`] refuses to run.
+    inspection: bool,
 }
 
+/// What [`Session::inspect`] hands the policy as the token key: `coverage` and `lint` never
+/// emit a masked value, so the production key stays out of CI.
+const PLACEHOLDER_KEY: &str = "phi-guard-mask placeholder: static checks emit no token";
+/// The variable name a placeholder key is filed under when the policy names none.
+const PLACEHOLDER_KEY_ENV: &str = "PHI_GUARD_MASK_PLACEHOLDER_KEY";
+
 impl Session {
-    /// Parses `policy` (the filter's JSON configuration). `set`, when given, replaces its
-    /// `descriptor_set`; `message_type` adds a plan for that type. Environment variables
-    /// named by the configuration (`token_key_env`) are read from the process environment.
+    /// Parses `policy` (the filter's JSON configuration) for masking values (`apply`). `set`,
+    /// when given, replaces its `descriptor_set`; `message_type` adds a plan for that type.
+    /// The token key is read from the process environment variable the policy's
+    /// `token_key_env` names, or `token_key_env` when given (it overrides the policy's).
     pub fn new(
         policy: &[u8],
         set: Option<&[u8]>,
         message_type: Option<&str>,
+    ) -> Result<Self, String> {
+        Self::open(policy, set, message_type, None, false)
+    }
+
+    /// As [`Session::new`], with the token key in the environment variable `token_key_env`
+    /// instead of the one the policy names.
+    pub fn with_token_key_env(
+        policy: &[u8],
+        set: Option<&[u8]>,
+        message_type: Option<&str>,
+        token_key_env: &str,
+    ) -> Result<Self, String> {
+        Self::open(policy, set, message_type, Some(token_key_env), false)
+    }
+
+    /// Parses `policy` for a static check that never emits a masked value (`coverage`,
+    /// `lint`): the token key is a placeholder (whether or not `token_key_env` is given or
+    /// set: a CI check needs no production key), `roles` may be left out (every role gets
+    /// `default`), and an API with nothing tagged is accepted. [`Session::mask`] refuses to run
+    /// on such a session.
+    pub fn inspect(
+        policy: &[u8],
+        set: Option<&[u8]>,
+        message_type: Option<&str>,
+    ) -> Result<Self, String> {
+        Self::open(policy, set, message_type, None, true)
+    }
+
+    fn open(
+        policy: &[u8],
+        set: Option<&[u8]>,
+        message_type: Option<&str>,
+        token_key_env: Option<&str>,
+        inspection: bool,
     ) -> Result<Self, String> {
         let mut doc: Value =
             serde_json::from_slice(policy).map_err(|e| format!("policy: not JSON: {e}"))?;
@@ -69,15 +113,33 @@ impl Session {
             with_method.extend_from_slice(&apply_service_file(t));
         }
         obj.insert("descriptor_set".into(), b64.encode(&with_method).into());
-        let json = serde_json::to_vec(&doc).map_err(|e| e.to_string())?;
-        let config = MaskConfig::parse(&json, &|name| std::env::var(name).ok())
-            .map_err(|e| format!("policy: {e}"))?;
+        if let Some(var) = token_key_env {
+            obj.insert("token_key_env".into(), var.into());
+        }
+        let config = if inspection {
+            obj.entry("roles")
+                .or_insert_with(|| Value::Object(Default::default()));
+            obj.entry("token_key_env")
+                .or_insert_with(|| PLACEHOLDER_KEY_ENV.into());
+            let json = serde_json::to_vec(&doc).map_err(|e| e.to_string())?;
+            MaskConfig::parse_for_inspection(&json, &|_| Some(PLACEHOLDER_KEY.to_string()))
+                .map_err(|e| format!("policy: {e}"))?
+        } else {
+            let var = obj
+                .get("token_key_env")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let json = serde_json::to_vec(&doc).map_err(|e| e.to_string())?;
+            MaskConfig::parse(&json, &|name| std::env::var(name).ok())
+                .map_err(|e| token_key_error(e, var.as_deref()))?
+        };
         let root = message_type.and_then(|_| config.plans.method(APPLY_METHOD));
         Ok(Session {
             config,
             set,
             root,
             pool,
+            inspection,
         })
     }
 
@@ -92,6 +154,13 @@ impl Session {
     /// Masks one encoded message of the session's type as `role` sees it (a role the policy
     /// does not name gets the default block, as in the filter).
     pub fn mask(&self, role: &str, message: &[u8], counts: &mut Counts) -> Result<Vec<u8>, String> {
+        if self.inspection {
+            return Err(
+                "a session opened for a static check (placeholder token key) masks \
+                        nothing: open it with Session::new"
+                    .into(),
+            );
+        }
         let Some(root) = self.root else {
             // Nothing in this type can carry a class: the filter passes it through as well.
             return Ok(message.to_vec());
@@ -103,6 +172,34 @@ impl Session {
             .rewrite(root, message, &mut out, counts)
             .map_err(|e| format!("message cannot be masked ({})", e.code()))?;
         Ok(out)
+    }
+}
+
+/// A policy error as the command line should say it: the filter's wording for `token_key_env`
+/// talks about the VM's environment, the tool reads its own.
+fn token_key_error(e: phi_guard_common::ConfigError, var: Option<&str>) -> String {
+    if e.field != "token_key_env" || e.reason.starts_with("must be") {
+        return format!("policy: {e}");
+    }
+    let min = crate::token::MIN_KEY_BYTES;
+    match var {
+        None => format!(
+            "policy: a role uses the token action, which needs the HMAC key: pass \
+             --token-key-env VAR (or set \"token_key_env\": \"VAR\" in the policy) with the \
+             environment variable VAR holding the key (at least {min} bytes; the filter's own key \
+             for tokens that match it)"
+        ),
+        Some(var) => match std::env::var_os(var) {
+            None => format!(
+                "policy: a role uses the token action: the environment variable {var} \
+                 (token_key_env) is not set; set it to the HMAC key (at least {min} bytes), \
+                 or name another with --token-key-env"
+            ),
+            Some(_) => format!(
+                "policy: the environment variable {var} (token_key_env) holds fewer than \
+                 {min} bytes: the token key must be at least {min}"
+            ),
+        },
     }
 }
 
