@@ -243,12 +243,17 @@ pub struct JwksSection {
     /// A JWKS document, put inline into the jwt config (no cluster, no fetch).
     #[serde(default)]
     pub file: Option<String>,
-    /// Where the IdP serves its JWKS (`http://` or `https://`); fetched through `idp_jwks`.
+    /// Where the IdP serves its JWKS (`https://`, or `http://` to a loopback host); fetched
+    /// through `idp_jwks`.
     #[serde(default)]
     pub url: Option<String>,
     /// CA bundle for an https `url` (default: the system bundle).
     #[serde(default)]
     pub ca_file: Option<String>,
+    /// Accept an `http://` `url` to a host that is not loopback (anyone on the path can
+    /// swap the keys): off by default.
+    #[serde(default)]
+    pub allow_plaintext: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -278,6 +283,9 @@ pub struct MaskSection {
     /// CA bundle for an https `descriptor_set_url` (default: the system bundle).
     #[serde(default)]
     pub descriptor_set_ca_file: Option<String>,
+    /// Accept an `http://` `descriptor_set_url` to a host that is not loopback: off by default.
+    #[serde(default)]
+    pub allow_plaintext: bool,
     /// Seconds between fetches of a good set (the filter's `refresh_interval_s`, default 300).
     #[serde(default)]
     pub descriptor_set_refresh_interval_s: Option<u64>,
@@ -318,6 +326,10 @@ pub struct AuditSection {
     /// CA bundle for an https collector (default: the system bundle).
     #[serde(default)]
     pub ca_file: Option<String>,
+    /// Accept an `http://` collector that is not loopback (anyone on the path can read or
+    /// drop the audit events): off by default.
+    #[serde(default)]
+    pub allow_plaintext: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -455,6 +467,39 @@ impl Upstream {
     }
 }
 
+impl Upstream {
+    /// True when the host is this machine: `localhost`, 127.0.0.0/8 or `::1`.
+    pub fn is_loopback(&self) -> bool {
+        let host = self.addr.host.as_str();
+        host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
+    /// Refuses plaintext `http://` to a host that is not loopback unless `allow` (the
+    /// section's `allow_plaintext`): anyone on the path could read or replace what goes over
+    /// it (JWKS keys, a descriptor set, audit events).
+    pub fn check_plaintext(
+        &self,
+        field: &str,
+        section: &str,
+        allow: bool,
+    ) -> Result<(), FieldError> {
+        if self.tls_ca.is_some() || allow || self.is_loopback() {
+            return Ok(());
+        }
+        Err(FieldError::new(
+            field,
+            format!(
+                "plaintext http:// to a host that is not loopback: anyone on the path could read \
+                 or replace what goes over it; use https:// (with the CA bundle to verify it), or \
+                 set allow_plaintext = true in [{section}] to accept that"
+            ),
+        ))
+    }
+}
+
 /// Where the jwt providers' keys come from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Jwks {
@@ -507,6 +552,9 @@ pub struct Inbound {
     pub mask: Value,
     pub audit: Value,
     pub audit_service: Value,
+    /// The file each stage config came from (`jwt.config` → `…/jwt.json`), when it is a file,
+    /// so an error inside it can name the file at fault ([`Inbound::locate`]).
+    pub stage_files: BTreeMap<&'static str, PathBuf>,
     pub jwks: Jwks,
     /// The API's FileDescriptorSet, put into the mask config as `descriptor_set` (base64).
     pub descriptor_set: Option<Vec<u8>>,
@@ -566,12 +614,16 @@ impl Inbound {
             None => Jwks::FromConfig,
             Some(j) => match (&j.file, &j.url) {
                 (Some(f), None) => Jwks::Inline(load_json(&at(f), "jwks.file")?),
-                (None, Some(url)) => Jwks::Remote(Upstream::parse(
-                    url,
-                    "jwks.url",
-                    "/.well-known/jwks.json",
-                    j.ca_file.as_deref().map(at),
-                )?),
+                (None, Some(url)) => {
+                    let up = Upstream::parse(
+                        url,
+                        "jwks.url",
+                        "/.well-known/jwks.json",
+                        j.ca_file.as_deref().map(at),
+                    )?;
+                    up.check_plaintext("jwks.url", "jwks", j.allow_plaintext)?;
+                    Jwks::Remote(up)
+                }
                 (None, None) => Jwks::FromConfig,
                 (Some(_), Some(_)) => {
                     return Err(FieldError::new("jwks", "set `file` or `url`, not both"))
@@ -607,6 +659,7 @@ impl Inbound {
                         "mask.descriptor_set_retry_interval_s",
                         m.descriptor_set_retry_interval_s.is_some(),
                     ),
+                    ("mask.allow_plaintext", m.allow_plaintext),
                 ] {
                     if set {
                         return Err(FieldError::new(field, "set only with descriptor_set_url"));
@@ -621,12 +674,20 @@ impl Inbound {
                 ))
             }
             Some(url) => Some(RemoteDescriptorSet {
-                upstream: Upstream::parse(
-                    url,
-                    "mask.descriptor_set_url",
-                    "/",
-                    file.mask.descriptor_set_ca_file.as_deref().map(at),
-                )?,
+                upstream: {
+                    let up = Upstream::parse(
+                        url,
+                        "mask.descriptor_set_url",
+                        "/",
+                        file.mask.descriptor_set_ca_file.as_deref().map(at),
+                    )?;
+                    up.check_plaintext(
+                        "mask.descriptor_set_url",
+                        "mask",
+                        file.mask.allow_plaintext,
+                    )?;
+                    up
+                },
                 sha256: file
                     .mask
                     .descriptor_set_sha256
@@ -641,7 +702,20 @@ impl Inbound {
             Some(p) => at(p),
             None => default_wasm_dir(),
         };
+        let mut stage_files = BTreeMap::new();
+        for (field, source) in [
+            ("jwt.config", Some(&file.jwt.config)),
+            ("rbac.policy", Some(&file.rbac.policy)),
+            ("mask.config", Some(&file.mask.config)),
+            ("audit.config", file.audit.config.as_ref()),
+            ("audit.service", file.audit.service.as_ref()),
+        ] {
+            if let Some(Source::Path(p)) = source {
+                stage_files.insert(field, at(p));
+            }
+        }
         let inbound = Inbound {
+            stage_files,
             layout: file.layout,
             service_name: file.service.name.clone(),
             upstream,
@@ -671,12 +745,16 @@ impl Inbound {
             jwks,
             descriptor_set,
             descriptor_set_remote,
-            collector: Upstream::parse(
-                &file.audit.collector,
-                "audit.collector",
-                "/v1/logs",
-                file.audit.ca_file.as_deref().map(at),
-            )?,
+            collector: {
+                let up = Upstream::parse(
+                    &file.audit.collector,
+                    "audit.collector",
+                    "/v1/logs",
+                    file.audit.ca_file.as_deref().map(at),
+                )?;
+                up.check_plaintext("audit.collector", "audit", file.audit.allow_plaintext)?;
+                up
+            },
             keys: KeyEnv {
                 audit: file.keys.audit_env.clone(),
                 mask_token: file.keys.mask_token_env.clone(),
@@ -1052,6 +1130,76 @@ impl Inbound {
         Ok(vars)
     }
 
+    /// An error as the `phi-guard` command prints it: a field of a stage config that came
+    /// from a file names that file (`…/jwt.json: field `providers[0].audiences`: …`), anything
+    /// else the project file. The keys render fills in itself (the descriptor set, key
+    /// variables, the audit service's cluster) stay the project's.
+    pub fn locate(&self, project: &Path, e: &FieldError) -> String {
+        const FILLED_IN: &[(&str, &[&str])] = &[
+            ("mask.config", &["descriptor_set", "token_key_env"]),
+            (
+                "audit.service",
+                &["key_env", "cluster", "path", "service_name"],
+            ),
+        ];
+        if let Some((stage, inner)) = e.field.split_once(": ") {
+            let filled = FILLED_IN.iter().any(|(s, keys)| {
+                *s == stage
+                    && keys
+                        .iter()
+                        .any(|k| inner == *k || inner.starts_with(&format!("{k}.")))
+            });
+            if let Some(file) = self.stage_files.get(stage).filter(|_| !filled) {
+                return format!(
+                    "{}: field `{inner}`: {} ({} `{stage}`)",
+                    file.display(),
+                    e.reason,
+                    project.display()
+                );
+            }
+        }
+        format!("{}: {e}", project.display())
+    }
+
+    /// Whether the key files `phi-guard keys` writes for this project are in
+    /// [`Inbound::keys_dir`], each at least as long as the filter requires (the minimums of
+    /// `phi_guard_common::config`): without them Envoy refuses to start. Contents are never
+    /// echoed.
+    pub fn check_key_files(&self) -> Result<(), FieldError> {
+        for spec in crate::project::key_specs(&self.keys, &self.jwt) {
+            let path = self.keys_dir.join(spec.file);
+            let text = std::fs::read(&path).map_err(|e| {
+                FieldError::new(
+                    "keys.dir",
+                    format!(
+                        "{} ({}): cannot read it: {} (phi-guard keys writes it)",
+                        path.display(),
+                        spec.purpose,
+                        e.kind()
+                    ),
+                )
+            })?;
+            // The shell's `$(cat file)` drops trailing newlines.
+            let len = text
+                .iter()
+                .rposition(|b| !b.is_ascii_whitespace())
+                .map_or(0, |i| i + 1);
+            if len < spec.bytes {
+                return Err(FieldError::new(
+                    "keys.dir",
+                    format!(
+                        "{} ({}) is {len} bytes long, at least {} are required (phi-guard keys \
+                         --force writes a new one)",
+                        path.display(),
+                        spec.purpose,
+                        spec.bytes
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Whether the layout's wasm modules are in [`Inbound::wasm_dir`].
     pub fn check_wasm(&self) -> Result<(), FieldError> {
         for module in self.layout.modules() {
@@ -1207,7 +1355,28 @@ fn toml_error(e: &toml::de::Error, text: &str) -> FieldError {
                 .and_then(|r| r.split(']').next())
                 .map(|s| s.trim_matches('[').trim().to_string())
         });
-    let key = match message.split('`').nth(1).filter(|_| !unknown_value) {
+    // Only these messages quote a key; others (`invalid type: integer `5``) quote the value,
+    // which is never echoed.
+    let quotes_key = [
+        "missing field",
+        "unknown field",
+        "duplicate key",
+        "duplicate field",
+    ]
+    .iter()
+    .any(|p| message.starts_with(p));
+    if !quotes_key {
+        message = phi_guard_common::config::sanitize_serde_message(&message);
+    }
+    // An error on a table header (`[jwk]`, a typo of `[jwks]`) is about the table itself.
+    if let (true, Some(rest), Some(s)) = (
+        line.starts_with('['),
+        message.strip_prefix("unknown field"),
+        &section,
+    ) {
+        return FieldError::new(s.clone(), format!("unknown section{rest}"));
+    }
+    let key = match message.split('`').nth(1).filter(|_| quotes_key) {
         Some(quoted) => quoted.to_string(),
         None => line
             .split_once('=')
@@ -1569,9 +1738,10 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(list.descriptor_set_remote.unwrap().sha256.len(), 2);
-        let mut timed =
-            load("descriptor_set_url = \"http://h/x\"\ndescriptor_set_refresh_interval_s = 0")
-                .unwrap();
+        let mut timed = load(
+            "descriptor_set_url = \"http://h/x\"\nallow_plaintext = true\ndescriptor_set_refresh_interval_s = 0",
+        )
+        .unwrap();
         assert_eq!(
             timed.render().unwrap_err().field,
             "mask.config: descriptor_set.remote.refresh_interval_s"
@@ -1597,6 +1767,22 @@ mod tests {
         assert_eq!(
             load("descriptor_set_url = \"ftp://x/\"").unwrap_err().field,
             "mask.descriptor_set_url"
+        );
+        // Plaintext to a remote host: anyone on the path could swap the set. Refused unless
+        // the section opts in; loopback stays allowed.
+        let err = load("descriptor_set_url = \"http://schemas.rx.hospital.example/api.binpb\"")
+            .unwrap_err();
+        assert_eq!(err.field, "mask.descriptor_set_url", "{err}");
+        assert!(
+            err.reason.contains("allow_plaintext = true in [mask]"),
+            "{err}"
+        );
+        load("descriptor_set_url = \"http://schemas.rx.hospital.example/api.binpb\"\nallow_plaintext = true")
+            .unwrap();
+        load("descriptor_set_url = \"https://schemas.rx.hospital.example/api.binpb\"").unwrap();
+        assert_eq!(
+            load("allow_plaintext = true").unwrap_err().field,
+            "mask.allow_plaintext"
         );
         std::fs::write(dir.join("api.binpb"), phi_guard_proto::DESCRIPTOR_SET).unwrap();
         assert_eq!(
@@ -1675,6 +1861,170 @@ mod tests {
             "[rbac.policy]\nversion = \"v\"\nmode = \"sometimes\"\nrules = []\n#",
         );
         assert_eq!(field_of(inline_rbac), "rbac.policy: mode");
+        // A section typo is an unknown section, not `jwk.jwk`.
+        let typo = demo.replace("[jwks]", "[jwk]");
+        std::fs::write(&project, &typo).unwrap();
+        let err = Inbound::from_project(&project).unwrap_err();
+        assert_eq!(err.field, "jwk", "{err}");
+        assert!(err.reason.starts_with("unknown section `jwk`"), "{err}");
+        // An invalid layout names `layout` and never echoes the value.
+        let long = "x".repeat(300);
+        for bad in [
+            format!("\"{long}\""),
+            "5".to_string(),
+            "[\"single\"]".to_string(),
+        ] {
+            std::fs::write(&project, format!("layout = {bad}\n{demo}")).unwrap();
+            let err = Inbound::from_project(&project).unwrap_err();
+            assert_eq!(err.field, "layout", "{bad}: {err}");
+            assert!(!err.to_string().contains("xxxx"), "{err}");
+        }
+        // An error inside a stage config file names that file.
+        let jwt = dir.join("jwt.json");
+        let mut doc: Value = serde_json::from_slice(
+            &std::fs::read(crate::repo_root().join("envoy/demo/jwt.json")).unwrap(),
+        )
+        .unwrap();
+        doc["providers"][0]["audiences"] = json!([]);
+        std::fs::write(&jwt, doc.to_string()).unwrap();
+        let text = demo.replace(
+            &format!("= \"{}/envoy/demo/jwt.json\"", crate::repo_root().display()),
+            "= \"jwt.json\"",
+        );
+        std::fs::write(&project, text).unwrap();
+        let inbound = Inbound::from_project(&project).unwrap();
+        let err = inbound.render().unwrap_err();
+        assert_eq!(err.field, "jwt.config: providers[0].audiences");
+        let shown = inbound.locate(&project, &err);
+        assert!(
+            shown.starts_with(&format!(
+                "{}: field `providers[0].audiences`: ",
+                jwt.display()
+            )),
+            "{shown}"
+        );
+        // What render fills in itself stays the project file's.
+        let filled = FieldError::new("mask.config: descriptor_set", "x");
+        assert!(inbound.locate(&project, &filled).starts_with(&format!(
+            "{}: field `mask.config: descriptor_set`",
+            project.display()
+        )));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn plaintext_http_is_refused_unless_loopback_or_opted_in() {
+        let dir =
+            std::env::temp_dir().join(format!("phi-guard-render-http-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let demo = std::fs::read_to_string(crate::repo_root().join("envoy/demo/phi-guard.toml"))
+            .unwrap()
+            .replace("= \"jwt.json\"", "= \"../../envoy/demo/jwt.json\"")
+            .replace("= \"mask.json\"", "= \"../../envoy/demo/mask.json\"")
+            .replace("= \"audit.json\"", "= \"../../envoy/demo/audit.json\"")
+            .replace(
+                "= \"audit_service.json\"",
+                "= \"../../envoy/demo/audit_service.json\"",
+            )
+            .replace("../../", &format!("{}/", crate::repo_root().display()));
+        let project = dir.join("phi-guard.toml");
+        let load = |text: String| {
+            std::fs::write(&project, text).unwrap();
+            Inbound::from_project(&project)
+        };
+        let jwks = |url: &str, extra: &str| {
+            demo.replace(
+                "url = \"http://127.0.0.1:8081/.well-known/jwks.json\"",
+                &format!("url = \"{url}\"\n{extra}"),
+            )
+        };
+        // The trial's input: the IdP's keys over plaintext to a remote host.
+        let err = load(jwks("http://idp.rx.hospital.example/jwks.json", "")).unwrap_err();
+        assert_eq!(err.field, "jwks.url", "{err}");
+        assert!(
+            err.reason.contains("allow_plaintext = true in [jwks]"),
+            "{err}"
+        );
+        for url in [
+            "http://10.0.0.7:8081/jwks.json",
+            "http://[fe80::1]:8081/jwks.json",
+            "http://localhost.rx.example/jwks.json",
+        ] {
+            assert_eq!(load(jwks(url, "")).unwrap_err().field, "jwks.url", "{url}");
+        }
+        // Loopback (127.0.0.0/8, ::1, localhost) stays allowed, as does https and the opt-in.
+        for url in [
+            "http://127.0.0.1:8081/jwks.json",
+            "http://127.8.9.10:8081/jwks.json",
+            "http://[::1]:8081/jwks.json",
+            "http://localhost:8081/jwks.json",
+            "https://idp.rx.hospital.example/jwks.json",
+        ] {
+            load(jwks(url, "")).unwrap_or_else(|e| panic!("{url}: {e}"));
+        }
+        let opted = load(jwks(
+            "http://idp.rx.hospital.example/jwks.json",
+            "allow_plaintext = true",
+        ))
+        .unwrap();
+        assert!(matches!(&opted.jwks, Jwks::Remote(up) if up.tls_ca.is_none()));
+        // The collector: the same rule, its own opt-in.
+        let collector = |url: &str, extra: &str| {
+            demo.replace(
+                "collector = \"http://127.0.0.1:4318/v1/logs\"",
+                &format!("collector = \"{url}\"\n{extra}"),
+            )
+        };
+        let err = load(collector(
+            "http://otel.rx.hospital.example:4318/v1/logs",
+            "",
+        ))
+        .unwrap_err();
+        assert_eq!(err.field, "audit.collector", "{err}");
+        assert!(err.reason.contains("[audit]"), "{err}");
+        load(collector(
+            "http://otel.rx.hospital.example:4318/v1/logs",
+            "allow_plaintext = true",
+        ))
+        .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn key_files_must_exist_and_be_long_enough() {
+        let dir =
+            std::env::temp_dir().join(format!("phi-guard-render-keys-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut inbound = demo();
+        // The trial's input: `[keys] dir = "nokeys"`, which does not exist.
+        inbound.keys_dir = dir.join("nokeys");
+        let err = inbound.check_key_files().unwrap_err();
+        assert_eq!(err.field, "keys.dir", "{err}");
+        assert!(
+            err.reason.contains("audit.key") && err.reason.contains("phi-guard keys"),
+            "{err}"
+        );
+        let specs = crate::project::key_specs(&inbound.keys, &inbound.jwt);
+        crate::project::write_keys(&inbound.keys_dir, &specs, false).unwrap();
+        inbound.check_key_files().unwrap();
+        // A key shorter than the filter's minimum; its contents are never echoed.
+        std::fs::write(
+            inbound.keys_dir.join("mask-token.key"),
+            "0123456789abcdef\n",
+        )
+        .unwrap();
+        let err = inbound.check_key_files().unwrap_err();
+        assert_eq!(err.field, "keys.dir", "{err}");
+        assert!(
+            err.reason.contains("mask-token.key") && err.reason.contains("16 bytes"),
+            "{err}"
+        );
+        assert!(!err.reason.contains("0123456789abcdef"), "{err}");
+        // A key that a stage's config adds (jwt replay) is checked too.
+        crate::project::write_keys(&inbound.keys_dir, &specs, true).unwrap();
+        inbound.jwt["replay"] = json!({"key_env": "PHI_GUARD_JWT_REPLAY_KEY"});
+        let err = inbound.check_key_files().unwrap_err();
+        assert!(err.reason.contains("jwt-replay.key"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

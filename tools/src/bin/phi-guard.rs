@@ -134,7 +134,8 @@ fn render_cmd(project: &Path, validate: bool, layout: Option<&str>) -> Result<()
             .map_err(|e: render::FieldError| format!("--layout: {}", e.reason))?;
     }
     inbound.check_wasm().map_err(at)?;
-    let rendered = inbound.render().map_err(at)?;
+    inbound.check_key_files().map_err(at)?;
+    let rendered = inbound.render().map_err(|e| inbound.locate(project, &e))?;
     let config = rendered
         .write(&inbound.out_dir, &inbound.sds_dir)
         .map_err(|e| format!("cannot write: {e}"))?;
