@@ -16,7 +16,7 @@ fn bench(c: &mut Criterion) {
         .encode(fhir::DESCRIPTOR_SET)
         .into();
     let cfg = MaskConfig::parse(doc.to_string().as_bytes(), &|_| {
-        Some("bench-key-0123456789abcdef".into())
+        Some("bench-key-0123456789abcdef-0123456789".into())
     })
     .unwrap();
     let root = cfg.plans.method(fhir::GET_PATIENT).unwrap();
