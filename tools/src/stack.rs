@@ -1129,7 +1129,7 @@ mod tests {
             let mut inbound =
                 Inbound::from_project(&crate::repo_root().join("envoy/demo/phi-guard.toml"))
                     .unwrap();
-            inbound.descriptor_set = Some(phi_guard_proto::DESCRIPTOR_SET.to_vec());
+            inbound.descriptor_set = Some(crate::demo_api::descriptor_set().unwrap());
             inbound.layout = layout;
             let yaml = inbound.render().unwrap().envoy;
             let rbac = stage_config_at(&yaml, "rbac").unwrap();
