@@ -1,7 +1,11 @@
 //! The protobuf rewriter behind the stream masker, on arbitrary message payloads: with the
-//! demo descriptor set and policy, and with a FHIR-shaped set
+//! demo descriptor set and policy; with a FHIR-shaped set
 //! (filters/mask/tests/protos/test/v1/fhirish.proto) under a catalog of conditional entries
-//! and `Any` fields, for roles that reveal little (nurse, research, safe_harbor).
+//! and `Any` fields; and with the real FHIR R4 set of the demo's FhirService
+//! (`phi_guard_proto::fhir::DESCRIPTOR_SET`, Google's protos) under its policy
+//! (filters/mask/policy.fhir.json: conditional Identifier/ContactPoint/Extension entries, type
+//! entries, a contained `Any`, Safe Harbor's year and zip3), for roles that reveal little
+//! (nurse, research, safe_harbor). Seeds include the demo's FHIR Patient and Observation.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -19,7 +23,7 @@ fn config() -> &'static MaskConfig {
             .encode(phi_guard_proto::DESCRIPTOR_SET)
             .into();
         let env = |name: &str| {
-            (name == "PHI_GUARD_MASK_TOKEN_KEY").then(|| "fuzz-key-0123456789abcdef-0123456789".to_string())
+            (name == "PHI_GUARD_MASK_TOKEN_KEY").then(|| KEY.to_string())
         };
         MaskConfig::parse(doc.to_string().as_bytes(), &env).unwrap()
     })
@@ -56,6 +60,22 @@ fn fhir_config() -> &'static MaskConfig {
     })
 }
 
+const KEY: &str = "fuzz-key-0123456789abcdef-0123456789";
+
+/// The demo's real FHIR R4 set and policy, as the FhirService is masked in Envoy.
+fn real_fhir_config() -> &'static MaskConfig {
+    static CONFIG: OnceLock<MaskConfig> = OnceLock::new();
+    CONFIG.get_or_init(|| {
+        let mut doc: serde_json::Value =
+            serde_json::from_str(include_str!("../../filters/mask/policy.fhir.json")).unwrap();
+        doc["descriptor_set"] = base64::engine::general_purpose::STANDARD
+            .encode(phi_guard_proto::fhir::DESCRIPTOR_SET)
+            .into();
+        let env = |name: &str| (name == "PHI_GUARD_MASK_TOKEN_KEY").then(|| KEY.to_string());
+        MaskConfig::parse(doc.to_string().as_bytes(), &env).unwrap()
+    })
+}
+
 fn feed(cfg: &MaskConfig, role: &str, method: &str, data: &[u8]) {
     let (_, block) = cfg.policy.for_role(Some(role));
     let rewriter = cfg.rewriter(block);
@@ -71,6 +91,14 @@ fn feed(cfg: &MaskConfig, role: &str, method: &str, data: &[u8]) {
 fuzz_target!(|data: &[u8]| {
     for role in ["nurse", "safe_harbor"] {
         feed(fhir_config(), role, "test.fhir.Fhir/GetPatient", data);
+    }
+    for role in ["nurse", "research", "safe_harbor"] {
+        for method in [
+            phi_guard_proto::fhir::GET_PATIENT,
+            phi_guard_proto::fhir::LIST_OBSERVATIONS,
+        ] {
+            feed(real_fhir_config(), role, method, data);
+        }
     }
     for role in ["research", "nurse"] {
         for method in [

@@ -50,7 +50,7 @@ pub mod canary {
     pub const STREET: &str = "12 Kestrel Canary Road";
     pub const CITY: &str = "Finchburg";
     pub const POSTAL: &str = "99701-4321";
-    /// 1948-07-14T00:00:00Z in microseconds (FHIR `Date.value_us`).
+    /// 1954-07-05T00:00:00Z in microseconds (FHIR `Date.value_us`).
     pub const BIRTH_DATE_US: i64 = -488_937_600_000_000;
     /// The mother's maiden name, in a FHIR extension.
     pub const MAIDEN_NAME: &str = "Maidencanary";
@@ -211,9 +211,24 @@ pub fn patient() -> Vec<u8> {
         .clone()
 }
 
-/// The encoded `google.fhir.r4.core.Observation` number `index`.
+/// The encoded `google.fhir.r4.core.Observation` number `index`. Encoded once per index (up to
+/// [`MAX_OBSERVATIONS`]): building a message from JSON through the descriptor pool costs far
+/// more than serving it, and load tests stream thousands.
 pub fn observation(index: u32) -> Vec<u8> {
-    encode_json(OBSERVATION_TYPE, observation_json(index))
+    use std::sync::Mutex;
+    static CACHE: OnceLock<Mutex<Vec<Vec<u8>>>> = OnceLock::new();
+    if index >= MAX_OBSERVATIONS {
+        return encode_json(OBSERVATION_TYPE, observation_json(index));
+    }
+    let cache = CACHE.get_or_init(|| Mutex::new(Vec::new()));
+    let mut cache = cache
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    while cache.len() <= index as usize {
+        let next = cache.len() as u32;
+        cache.push(encode_json(OBSERVATION_TYPE, observation_json(next)));
+    }
+    cache[index as usize].clone()
 }
 
 /// `phi.fhir.v1.GetPatientRequest`.
@@ -279,6 +294,29 @@ mod tests {
 
     fn contains(hay: &[u8], needle: &[u8]) -> bool {
         hay.windows(needle.len()).any(|w| w == needle)
+    }
+
+    /// `fuzz/seeds/mask_rewrite/` starts the `mask_rewrite` fuzz target from the demo's FHIR
+    /// messages. After changing them, run `PHI_GUARD_WRITE_FUZZ_SEEDS=1 cargo test -p
+    /// phi-guard-proto fuzz_seeds` to rewrite the seeds.
+    #[test]
+    fn the_fuzz_seeds_are_the_demo_fhir_messages() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/mask_rewrite");
+        for (name, bytes) in [
+            ("fhir-r4-patient", patient()),
+            ("fhir-r4-observation", observation(0)),
+        ] {
+            let path = dir.join(name);
+            if std::env::var_os("PHI_GUARD_WRITE_FUZZ_SEEDS").is_some() {
+                std::fs::write(&path, &bytes).unwrap();
+            }
+            assert!(
+                std::fs::read(&path).ok() == Some(bytes),
+                "{} is not the demo's message: rerun with PHI_GUARD_WRITE_FUZZ_SEEDS=1",
+                path.display()
+            );
+        }
     }
 
     #[test]

@@ -228,6 +228,9 @@ pub enum Workload {
     FreshToken,
     /// ListEncounters streaming large messages: masking throughput.
     Stream,
+    /// The FHIR service's ListObservations: many small FHIR R4 `Observation`s (Google's
+    /// protos, masked through catalog entries): masking throughput on a real healthcare API.
+    FhirStream,
 }
 
 /// One measured run: a variant under a workload.
@@ -242,7 +245,7 @@ pub struct Run {
 
 /// The runs of one round, in the order they run; rounds repeat them (rotated) so that slow
 /// drift of the machine spreads over every config.
-pub const RUNS: [Run; 13] = [
+pub const RUNS: [Run; 15] = [
     Run {
         id: "a",
         variant: "a",
@@ -320,6 +323,18 @@ pub const RUNS: [Run; 13] = [
         variant: "m",
         workload: Workload::Stream,
         label: "phi-guard jwt + rbac + mask, large stream",
+    },
+    Run {
+        id: "c_fhir",
+        variant: "c",
+        workload: Workload::FhirStream,
+        label: "phi-guard jwt + rbac, FHIR Observation stream",
+    },
+    Run {
+        id: "m_fhir",
+        variant: "m",
+        workload: Workload::FhirStream,
+        label: "phi-guard jwt + rbac + mask, FHIR Observation stream",
     },
 ];
 
@@ -515,6 +530,8 @@ impl Target {
 pub struct Inputs<'a> {
     pub runs: &'a BTreeMap<&'static str, Summary>,
     pub native_mask_mb_s: f64,
+    /// The same natively for the FHIR Observation stream's messages.
+    pub native_fhir_mask_mb_s: f64,
     pub wasm_sizes: &'a BTreeMap<String, u64>,
 }
 
@@ -533,6 +550,10 @@ pub fn targets(inputs: &Inputs<'_>) -> Vec<Target> {
         .get("c_stream")
         .map_or(f64::NAN, |s| s.response_bytes_per_rpc);
     let mask_us = cpu(runs, "m_stream") - cpu(runs, "c_stream");
+    let fhir_bytes = runs
+        .get("c_fhir")
+        .map_or(f64::NAN, |s| s.response_bytes_per_rpc);
+    let fhir_mask_us = cpu(runs, "m_fhir") - cpu(runs, "c_fhir");
     let mut out = vec![
         Target {
             name: "cached jwt+rbac added CPU vs native (c-a)/(b-a)",
@@ -579,6 +600,25 @@ pub fn targets(inputs: &Inputs<'_>) -> Vec<Target> {
             at_most: false,
             limit: 300.0,
             how: "StreamMasker over the stream's frames, nurse".into(),
+        },
+        Target {
+            name: "FHIR masking in V8 (bytes / (m_fhir-c_fhir))",
+            measured: fhir_bytes / fhir_mask_us,
+            unit: "MB/s",
+            at_most: false,
+            limit: 150.0,
+            how: format!(
+                "{:.0} KB of Observations per RPC, {fhir_mask_us:.0} µs/RPC",
+                fhir_bytes / 1e3
+            ),
+        },
+        Target {
+            name: "FHIR masking natively (same messages, same role)",
+            measured: inputs.native_fhir_mask_mb_s,
+            unit: "MB/s",
+            at_most: false,
+            limit: 300.0,
+            how: "StreamMasker over the FHIR stream's frames, nurse".into(),
         },
     ];
     for (module, bytes) in inputs.wasm_sizes {
@@ -811,6 +851,8 @@ mod tests {
             ("e_native", summary(100.0, 1e3)),
             ("c_stream", summary(1000.0, 1e6)),
             ("m_stream", summary(6000.0, 1e6)),
+            ("c_fhir", summary(1000.0, 4e5)),
+            ("m_fhir", summary(3000.0, 4e5)),
         ]
         .into_iter()
         .collect();
@@ -818,6 +860,7 @@ mod tests {
         let t = targets(&Inputs {
             runs: &runs,
             native_mask_mb_s: 400.0,
+            native_fhir_mask_mb_s: 250.0,
             wasm_sizes: &sizes,
         });
         assert_eq!(t[0].measured, 1.6);
@@ -829,7 +872,10 @@ mod tests {
         assert_eq!(t[3].measured, 200.0);
         assert!(t[3].met());
         assert!(t[4].met());
+        assert_eq!(t[5].measured, 200.0);
         assert!(t[5].met());
+        assert!(!t[6].met());
+        assert!(t[7].met());
         let per_filter = per_filter_cpu(&runs);
         assert_eq!(per_filter[0], ("jwt (cached token)", 10.0));
         assert_eq!(per_filter[1].1, 6.0);

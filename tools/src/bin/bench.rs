@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use phi_guard_mask::{Encoding, MaskConfig, StreamMasker};
 use phi_guard_proto::demo::{encounter, PATIENT_ID};
+use phi_guard_proto::fhir;
+use phi_guard_proto::fhir::service::fhir_service_client::FhirServiceClient;
 use phi_guard_proto::health::v1::patient_service_client::PatientServiceClient;
 use phi_guard_proto::health::v1::{GetPatientRequest, ListEncountersRequest};
 use phi_guard_tools::bench::{self, Run, Sample, Summary, Workload, RUNS};
@@ -36,6 +38,8 @@ const USER: &str = "nurse";
 /// The large stream: 16 encounters with 32 KiB notes, about 0.5 MB per RPC.
 const STREAM_LIMIT: u32 = 16;
 const STREAM_NOTE_BYTES: u32 = 32 * 1024;
+/// The FHIR stream: 1,000 R4 Observations (~0.4 KB each) per RPC.
+const FHIR_OBSERVATIONS: u32 = 1000;
 
 #[derive(Debug, Clone)]
 struct Options {
@@ -160,6 +164,10 @@ async fn run() -> Result<(), Error> {
 
     let native_mask_mb_s = native_mask_throughput(&stack)?;
     println!("native masking (nurse, {STREAM_LIMIT} x {STREAM_NOTE_BYTES} B notes): {native_mask_mb_s:.0} MB/s");
+    let native_fhir_mask_mb_s = native_fhir_mask_throughput(&stack)?;
+    println!(
+        "native masking (nurse, {FHIR_OBSERVATIONS} FHIR R4 Observations): {native_fhir_mask_mb_s:.0} MB/s"
+    );
 
     // Rounds: every run once per round, the order rotated each round.
     let mut samples: BTreeMap<&'static str, Vec<Sample>> = BTreeMap::new();
@@ -213,6 +221,7 @@ async fn run() -> Result<(), Error> {
     let targets = bench::targets(&bench::Inputs {
         runs: &summaries,
         native_mask_mb_s,
+        native_fhir_mask_mb_s,
         wasm_sizes: &wasm_sizes,
     });
     println!("\nTargets:\n");
@@ -264,6 +273,7 @@ async fn run() -> Result<(), Error> {
             "streams": options.streams, "concurrency": options.concurrency,
             "connections": options.connections,
             "stream": {"limit": STREAM_LIMIT, "note_bytes": STREAM_NOTE_BYTES},
+            "fhir_stream": {"observations": FHIR_OBSERVATIONS},
         },
         "variants": bench::variants().iter().map(|v| json!({"id": v.id, "label": v.label})).collect::<Vec<_>>(),
         "runs": RUNS.iter().map(|r| json!({
@@ -276,6 +286,7 @@ async fn run() -> Result<(), Error> {
         })).collect::<Vec<_>>(),
         "per_filter_cpu_us": bench::per_filter_cpu(&summaries).into_iter().collect::<BTreeMap<_, _>>(),
         "native_mask_mb_s": native_mask_mb_s,
+        "native_fhir_mask_mb_s": native_fhir_mask_mb_s,
         "wasm_bytes": wasm_sizes,
         "rss_full_chain_mib": {"workers_1": rss_per_worker.0, "workers_2": rss_per_worker.1},
         "errors": errors,
@@ -321,10 +332,10 @@ async fn measure(
         Workload::Get => (options.rpcs, options.concurrency),
         Workload::FreshToken => (options.fresh_rpcs, options.concurrency),
         // Large messages: fewer in flight, as many as there are connections.
-        Workload::Stream => (options.streams, options.connections),
+        Workload::Stream | Workload::FhirStream => (options.streams, options.connections),
     };
     let warmup = match run.workload {
-        Workload::Stream => options.warmup / 20 + 1,
+        Workload::Stream | Workload::FhirStream => options.warmup / 20 + 1,
         _ => options.warmup,
     };
     // Warm-up with the reused token: connections, JIT tiers and caches settle first.
@@ -379,7 +390,11 @@ async fn drive(
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for i in 0..concurrency {
-        let mut client = PatientServiceClient::new(channels[i % channels.len()].clone());
+        let channel = channels[i % channels.len()].clone();
+        let mut client = (
+            PatientServiceClient::new(channel.clone()),
+            FhirServiceClient::new(channel),
+        );
         let next = next.clone();
         let token = caller.token.clone();
         let fresh = caller.fresh.clone();
@@ -420,11 +435,26 @@ async fn drive(
 
 /// One RPC; the response payload bytes received.
 async fn call(
-    client: &mut PatientServiceClient<Channel>,
+    (client, fhir_client): &mut (PatientServiceClient<Channel>, FhirServiceClient<Channel>),
     workload: Workload,
     token: MetadataValue<Ascii>,
 ) -> Result<u64, tonic::Status> {
     match workload {
+        Workload::FhirStream => {
+            let body = fhir::ListObservationsRequest {
+                patient_id: fhir::PATIENT_ID.into(),
+                limit: FHIR_OBSERVATIONS,
+            }
+            .encode_to_vec();
+            let mut request = tonic::Request::new(bytes::Bytes::from(body));
+            request.metadata_mut().insert("authorization", token);
+            let mut stream = fhir_client.list_observations(request).await?.into_inner();
+            let mut bytes = 0;
+            while let Some(message) = stream.message().await? {
+                bytes += message.len() as u64;
+            }
+            Ok(bytes)
+        }
         Workload::Get | Workload::FreshToken => {
             let mut request = tonic::Request::new(GetPatientRequest {
                 patient_id: PATIENT_ID.into(),
@@ -483,18 +513,34 @@ async fn mint_tokens(stack: &Stack, count: usize) -> Result<Vec<MetadataValue<As
 /// The mask filter's own code, natively, over the stream runs' messages as the nurse sees
 /// them: bytes in per second.
 fn native_mask_throughput(stack: &Stack) -> Result<f64, Error> {
+    let messages = (0..STREAM_LIMIT)
+        .map(|i| encounter(i, STREAM_NOTE_BYTES).encode_to_vec())
+        .collect();
+    native_throughput(stack, "health.v1.PatientService/ListEncounters", messages)
+}
+
+/// The same over the FHIR stream's Observations (Google's R4 protos, masked through the
+/// catalog's entries).
+fn native_fhir_mask_throughput(stack: &Stack) -> Result<f64, Error> {
+    let messages = (0..FHIR_OBSERVATIONS).map(fhir::observation).collect();
+    native_throughput(stack, fhir::LIST_OBSERVATIONS, messages)
+}
+
+/// `StreamMasker` with the stack's mask config over `messages` as responses of `method`, as
+/// the nurse sees them, in the 16 KiB chunks Envoy hands the filter, for 1.5 s: MB in per
+/// second.
+fn native_throughput(stack: &Stack, method: &str, messages: Vec<Vec<u8>>) -> Result<f64, Error> {
     let yaml = std::fs::read_to_string(&stack.inbound.config)?;
     let config_json = stack::embedded_filter_config(&yaml, "mask").ok_or("no mask config")?;
     let key = std::fs::read_to_string(&stack.mask_key)?;
     let config = MaskConfig::parse(&serde_json::to_vec(&config_json)?, &|_| Some(key.clone()))
         .map_err(|e| format!("mask config: {e}"))?;
-    let method = config
+    let plan = config
         .plans
-        .method("health.v1.PatientService/ListEncounters")
-        .ok_or("ListEncounters not in the descriptor set")?;
+        .method(method)
+        .ok_or_else(|| format!("{method} not in the descriptor set"))?;
     let mut stream = Vec::new();
-    for i in 0..STREAM_LIMIT {
-        let message = encounter(i, STREAM_NOTE_BYTES).encode_to_vec();
+    for message in messages {
         stream.push(0);
         stream.extend((message.len() as u32).to_be_bytes());
         stream.extend(message);
@@ -504,7 +550,7 @@ fn native_mask_throughput(stack: &Stack) -> Result<f64, Error> {
     let mut bytes = 0u64;
     let started = Instant::now();
     while started.elapsed() < Duration::from_millis(1500) {
-        let mut masker = StreamMasker::new(method, Encoding::Identity, config.max_message_bytes);
+        let mut masker = StreamMasker::new(plan, Encoding::Identity, config.max_message_bytes);
         // Envoy hands the filter DATA frames of up to 16 KiB.
         for chunk in stream.chunks(16 * 1024) {
             std::hint::black_box(masker.feed(&rewriter, chunk).map_err(|e| e.to_string())?);
