@@ -158,7 +158,14 @@ pub fn starter(api: &Api, service_name: &str, trust_domain: &str) -> Vec<Starter
             })
         })
         .collect();
-    let tests = json!({"policy": "policy.json", "cases": cases});
+    // Through the listener and jwt as render configures them, so a case cannot pass while
+    // the handshake or jwt would refuse it.
+    let tests = json!({
+        "policy": "policy.json",
+        "jwt_config": "jwt.json",
+        "listener": {"trust_domain": trust_domain},
+        "cases": cases
+    });
     // Untagged fields whose name says what they hold get a catalog entry with that class, for
     // the user to confirm: tagging too much only removes data, tagging too little leaks it.
     let catalog: Vec<Value> = api
@@ -550,6 +557,34 @@ mod tests {
         assert_eq!(mask["catalog"], json!([]));
         let fields = file("mask.fields.txt");
         assert!(!fields.contains("google.protobuf"), "{fields}");
+    }
+
+    #[test]
+    fn the_starter_policy_tests_pass_through_listener_jwt_and_rbac() {
+        let api = Api::from_descriptor_set(phi_guard_proto::DESCRIPTOR_SET).unwrap();
+        let dir = std::env::temp_dir().join(format!("phi-guard-init-tests-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in starter(&api, "patients", "example.test") {
+            std::fs::write(dir.join(f.name), f.text).unwrap();
+        }
+        let cases = dir.join("policy.test.json");
+        let suite: Value = serde_json::from_slice(&std::fs::read(&cases).unwrap()).unwrap();
+        assert_eq!(suite["jwt_config"], "jwt.json");
+        assert_eq!(suite["listener"]["trust_domain"], "example.test");
+        let args = ["test".to_string(), cases.to_string_lossy().into_owned()];
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = phi_guard_rbac::checker::run(&args, &mut out, &mut err);
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = String::from_utf8_lossy(&out);
+        assert_eq!(
+            (code, out.trim()),
+            (
+                0,
+                format!("{} passed, 0 failed", api.methods.len()).as_str()
+            ),
+            "{}",
+            String::from_utf8_lossy(&err)
+        );
     }
 
     #[test]

@@ -171,6 +171,10 @@ impl Expect {
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     pub trust_domain: String,
+    /// The project's `[trust] allowed_spiffe_ids`: when not empty, the listener's SAN matcher
+    /// lets only these SPIFFE IDs through (exact match), as render writes it.
+    #[serde(default)]
+    pub allowed_spiffe_ids: Vec<String>,
 }
 
 impl Listener {
@@ -198,6 +202,12 @@ impl Listener {
             // The TLS context's SAN matcher: the trust domain's prefix.
             Some(domain) if domain != self.trust_domain => {
                 Some("SPIFFE ID outside the trust domain")
+            }
+            Some(_)
+                if !self.allowed_spiffe_ids.is_empty()
+                    && !self.allowed_spiffe_ids.contains(uri) =>
+            {
+                Some("SPIFFE ID not in allowed_spiffe_ids")
             }
             Some(_) => None,
         }
@@ -540,9 +550,24 @@ pub fn load_policy(path: &str) -> Result<Policy, String> {
 
 /// Loads and parses a jwt filter config (the JSON Envoy's `configuration` holds, e.g.
 /// envoy/demo/jwt.json) with the jwt filter's own parser. HS256 secrets are not needed to
-/// decide requirements, so `*_env` variables read as unset.
+/// decide requirements, so `*_env` variables read as unset; nor are keys, so a provider
+/// without `jwks` (a project's `[jwks]` supplies it at render time) is checked with a
+/// placeholder source that is never fetched.
 pub fn load_jwt_config(path: &str) -> Result<phi_guard_jwt::Config, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+    let mut doc: Value = serde_json::from_slice(&bytes).map_err(|e| format!("{path}: {e}"))?;
+    if let Some(providers) = doc.get_mut("providers").and_then(Value::as_array_mut) {
+        for provider in providers.iter_mut().filter_map(Value::as_object_mut) {
+            provider.entry("jwks").or_insert_with(|| {
+                json!({"remote": {
+                    "cluster": "phi_guard_policy_check",
+                    "path": "/",
+                    "authority": "never-fetched.invalid"
+                }})
+            });
+        }
+    }
+    let bytes = serde_json::to_vec(&doc).map_err(|e| format!("{path}: {e}"))?;
     phi_guard_jwt::Config::parse(&bytes, &|_| None).map_err(|e| format!("{path}: {e}"))
 }
 
@@ -794,6 +819,7 @@ mod tests {
         Chain {
             listener: Some(Listener {
                 trust_domain: "phi-guard.test".into(),
+                allowed_spiffe_ids: Vec::new(),
             }),
             jwt: Some(load_jwt_config(&format!("{DIR}/../../envoy/demo/jwt.json")).unwrap()),
         }
@@ -981,6 +1007,49 @@ mod tests {
             out.contains("got refused_by_jwt (PERMISSION_DENIED no_rule)"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn a_project_style_suite_checks_jwt_without_jwks_and_the_allowed_spiffe_ids() {
+        // From the trial: ADOPTING's jwt.json leaves `jwks` to the project's [jwks], and the
+        // project's [trust] allowed_spiffe_ids narrows the listener.
+        let dir =
+            std::env::temp_dir().join(format!("phi-guard-cases-project-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("jwt.json"),
+            r#"{"providers": [{"name": "idp", "issuer": "https://idp.rx.example",
+                "audiences": ["rx"], "algorithms": ["ES256"]}],
+               "rules": [{"match": "rx.v1.Rx/*", "requires": {"provider": "idp"}}]}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("policy.json"),
+            r#"{"version": "rx-1", "mode": "enforce", "rules": [{"name": "portal-reads",
+                "action": "allow", "methods": ["rx.v1.Rx/Get"],
+                "principals": ["spiffe://rx.example/ns/rx/sa/portal"],
+                "roles": ["pharmacist"]}]}"#,
+        )
+        .unwrap();
+        let portal = "spiffe://rx.example/ns/rx/sa/portal";
+        let other = "spiffe://rx.example/ns/rx/sa/other";
+        let cases = serde_json::json!({
+            "policy": "policy.json", "jwt_config": "jwt.json",
+            "listener": {"trust_domain": "rx.example", "allowed_spiffe_ids": [portal]},
+            "cases": [
+                {"san": portal, "claims": {"roles": ["pharmacist"]}, "method": "rx.v1.Rx/Get",
+                 "expect": "allow"},
+                {"san": portal, "token": [], "method": "rx.v1.Rx/Get",
+                 "expect": "refused_by_jwt"},
+                {"san": other, "claims": {"roles": ["pharmacist"]}, "method": "rx.v1.Rx/Get",
+                 "expect": "refused_by_listener"}
+            ]
+        });
+        let path = dir.join("cases.json");
+        std::fs::write(&path, cases.to_string()).unwrap();
+        let (code, out, err) = run_args(&["test", &path.to_string_lossy()]);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!((code, out.trim()), (0, "3 passed, 0 failed"), "{out}{err}");
     }
 
     #[test]
