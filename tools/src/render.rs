@@ -1812,11 +1812,10 @@ mod tests {
         );
     }
 
-    #[test]
-    fn errors_name_the_project_field() {
-        let dir = std::env::temp_dir().join(format!("phi-guard-render-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let demo = std::fs::read_to_string(crate::repo_root().join("envoy/demo/phi-guard.toml"))
+    /// The demo project file with its stage-config paths made absolute, to be written
+    /// anywhere (a temporary directory) and still load.
+    fn demo_project_text() -> String {
+        std::fs::read_to_string(crate::repo_root().join("envoy/demo/phi-guard.toml"))
             .unwrap()
             .replace("= \"jwt.json\"", "= \"../../envoy/demo/jwt.json\"")
             .replace("= \"mask.json\"", "= \"../../envoy/demo/mask.json\"")
@@ -1825,7 +1824,14 @@ mod tests {
                 "= \"audit_service.json\"",
                 "= \"../../envoy/demo/audit_service.json\"",
             )
-            .replace("../../", &format!("{}/", crate::repo_root().display()));
+            .replace("../../", &format!("{}/", crate::repo_root().display()))
+    }
+
+    #[test]
+    fn errors_name_the_project_field() {
+        let dir = std::env::temp_dir().join(format!("phi-guard-render-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let demo = demo_project_text();
         let project = dir.join("phi-guard.toml");
         let field_of = |text: String| {
             std::fs::write(&project, text).unwrap();
@@ -1917,16 +1923,7 @@ mod tests {
         let dir =
             std::env::temp_dir().join(format!("phi-guard-render-http-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let demo = std::fs::read_to_string(crate::repo_root().join("envoy/demo/phi-guard.toml"))
-            .unwrap()
-            .replace("= \"jwt.json\"", "= \"../../envoy/demo/jwt.json\"")
-            .replace("= \"mask.json\"", "= \"../../envoy/demo/mask.json\"")
-            .replace("= \"audit.json\"", "= \"../../envoy/demo/audit.json\"")
-            .replace(
-                "= \"audit_service.json\"",
-                "= \"../../envoy/demo/audit_service.json\"",
-            )
-            .replace("../../", &format!("{}/", crate::repo_root().display()));
+        let demo = demo_project_text();
         let project = dir.join("phi-guard.toml");
         let load = |text: String| {
             std::fs::write(&project, text).unwrap();
