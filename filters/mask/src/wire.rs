@@ -16,14 +16,19 @@ pub const MAX_FIELD_NUMBER: u64 = (1 << 29) - 1;
 
 /// Reads a base-128 varint at `*pos`, advancing it. `None` on truncation or a varint longer
 /// than ten bytes.
-#[inline]
+#[inline(always)]
 pub fn read_varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
-    // Fast path: single-byte varints are the common case for tags and short lengths.
+    // Fast path, inlined: single-byte varints are the common case for tags and short lengths.
     let first = *buf.get(*pos)?;
     if first < 0x80 {
         *pos += 1;
         return Some(u64::from(first));
     }
+    read_varint_slow(buf, pos)
+}
+
+#[inline(never)]
+fn read_varint_slow(buf: &[u8], pos: &mut usize) -> Option<u64> {
     let mut value: u64 = 0;
     for i in 0..10 {
         let byte = *buf.get(*pos + i)?;
@@ -50,6 +55,20 @@ pub fn write_varint(out: &mut Vec<u8>, mut value: u64) {
     out.push(value as u8);
 }
 
+/// Writes `value` as a varint filling `dst` exactly: `dst.len()` must be at least
+/// [`varint_len`]`(value)` (longer gives a valid, non-minimal varint of that many bytes).
+#[inline]
+pub fn put_varint(dst: &mut [u8], mut value: u64) {
+    let Some((last, init)) = dst.split_last_mut() else {
+        return;
+    };
+    for b in init {
+        *b = (value as u8) | 0x80;
+        value >>= 7;
+    }
+    *last = (value as u8) & 0x7f;
+}
+
 /// Number of bytes `write_varint` emits for `value`.
 #[inline]
 pub fn varint_len(value: u64) -> usize {
@@ -65,7 +84,7 @@ pub struct Tag {
 }
 
 /// Reads a tag, rejecting field number 0 and numbers above the protobuf maximum.
-#[inline]
+#[inline(always)]
 pub fn read_tag(buf: &[u8], pos: &mut usize) -> Option<Tag> {
     let raw = read_varint(buf, pos)?;
     let number = raw >> 3;
@@ -79,7 +98,7 @@ pub fn read_tag(buf: &[u8], pos: &mut usize) -> Option<Tag> {
 }
 
 /// Reads the length prefix of a LEN record and returns the value's byte range.
-#[inline]
+#[inline(always)]
 pub fn read_len_value(buf: &[u8], pos: &mut usize) -> Option<(usize, usize)> {
     let len = read_varint(buf, pos)?;
     let start = *pos;
@@ -93,12 +112,20 @@ pub fn read_len_value(buf: &[u8], pos: &mut usize) -> Option<(usize, usize)> {
 
 /// Skips the value of a field with `tag` (whose tag bytes were already read), including
 /// nested groups up to `depth_left` levels. Returns `None` on malformed input.
+#[inline]
 pub fn skip_value(buf: &[u8], pos: &mut usize, tag: Tag, depth_left: usize) -> Option<()> {
     match tag.wire_type {
         VARINT => read_varint(buf, pos).map(|_| ()),
         I64 => advance(buf, pos, 8),
         I32 => advance(buf, pos, 4),
         LEN => read_len_value(buf, pos).map(|_| ()),
+        _ => skip_group(buf, pos, tag, depth_left),
+    }
+}
+
+#[inline(never)]
+fn skip_group(buf: &[u8], pos: &mut usize, tag: Tag, depth_left: usize) -> Option<()> {
+    match tag.wire_type {
         SGROUP => {
             let depth_left = depth_left.checked_sub(1)?;
             loop {
@@ -147,6 +174,9 @@ mod tests {
             let mut pos = 0;
             assert_eq!(read_varint(&out, &mut pos), Some(v));
             assert_eq!(pos, out.len());
+            let mut put = vec![0u8; varint_len(v)];
+            put_varint(&mut put, v);
+            assert_eq!(put, out, "{v}");
         }
     }
 
