@@ -54,7 +54,7 @@ use crate::freetext::{Detectors, DEFAULT_MRN_PATTERN, EMAIL_PATTERN, PHONE_PATTE
 use crate::plan::{Class, Plans};
 use crate::policy::{Action, Policy, RolePolicy, BUILTIN_CLASSES, RESTRICTED_ZIP3};
 use crate::resource::ResourceIds;
-use crate::rewriter::Rewriter;
+use crate::rewriter::{Quiet, Rewriter};
 use crate::token::{TokenKey, MIN_KEY_BYTES};
 
 /// Upper bound for `max_message_bytes`: the framer holds one message in memory per stream.
@@ -111,6 +111,10 @@ pub struct MaskConfig {
     pub max_message_bytes: usize,
     pub pass_through: Vec<MethodPattern>,
     pub unknown_fields: UnknownFields,
+    /// Per role (and for the default block): what lets its rewrite skip the messages it leaves
+    /// as they are ([`Quiet`]), computed once here instead of per stream.
+    quiet: HashMap<String, Quiet>,
+    quiet_default: Quiet,
 }
 
 /// The top-level keys this crate reads. A shell that adds keys of its own (such as a remote
@@ -312,6 +316,17 @@ impl MaskConfig {
             },
         };
 
+        let scans = |role: &RolePolicy| scans(&detector_classes, role);
+        let quiet = policy
+            .roles
+            .iter()
+            .map(|(name, role)| {
+                let table = Quiet::new(&plans, role, free_text, scans(role));
+                (name.clone(), table)
+            })
+            .collect();
+        let quiet_default = Quiet::new(&plans, &policy.default, free_text, scans(&policy.default));
+
         Ok(MaskConfig {
             plans,
             policy,
@@ -326,6 +341,8 @@ impl MaskConfig {
             max_message_bytes,
             pass_through,
             unknown_fields,
+            quiet,
+            quiet_default,
         })
     }
 
@@ -340,11 +357,19 @@ impl MaskConfig {
 
     /// The rewriter for one role's block at `now` (Unix seconds).
     pub fn rewriter_at<'a>(&'a self, role: &'a RolePolicy, now: i64) -> Rewriter<'a> {
-        let needs_scan = self
-            .detector_classes
-            .iter()
-            .any(|&c| *role.action(c) != Action::Reveal);
+        let needs_scan = scans(&self.detector_classes, role);
         let reveal_all = role.reveals_everything();
+        // The quiet plans of this block, when it is one of this config's own (a block built
+        // elsewhere gets none: every message is rewritten).
+        let quiet = if std::ptr::eq(role, &self.policy.default) {
+            Some(&self.quiet_default)
+        } else {
+            self.policy
+                .roles
+                .iter()
+                .find(|(_, block)| std::ptr::eq(*block, role))
+                .and_then(|(name, _)| self.quiet.get(name))
+        };
         Rewriter {
             plans: &self.plans,
             role,
@@ -355,6 +380,7 @@ impl MaskConfig {
             drop_unknown: !reveal_all && self.unknown_fields == UnknownFields::Drop,
             reveal_all,
             now_year: crate::rewriter::year_of_unix(now),
+            quiet,
         }
     }
 
@@ -363,6 +389,14 @@ impl MaskConfig {
     pub fn passes_through(&self, method: &str) -> bool {
         self.plans.method(method).is_none() && self.pass_through.iter().any(|p| p.matches(method))
     }
+}
+
+/// Whether `role`'s rewriter runs the free-text detectors: some class they report is not
+/// revealed.
+fn scans(detector_classes: &[Class], role: &RolePolicy) -> bool {
+    detector_classes
+        .iter()
+        .any(|&c| *role.action(c) != Action::Reveal)
 }
 
 fn valid_class_name(s: &str) -> bool {

@@ -46,6 +46,19 @@ impl Counts {
         }
     }
 
+    /// Adds `n` fields of `class` under `kind`.
+    #[inline]
+    pub fn add_n(&mut self, class: Class, kind: ActionKind, n: u64) {
+        match self
+            .entries
+            .iter_mut()
+            .find(|(c, k, _)| *c == class && *k == kind)
+        {
+            Some(e) => e.2 += n,
+            None => self.entries.push((class, kind, n)),
+        }
+    }
+
     pub fn merge(&mut self, other: &Counts) {
         for &(c, k, n) in &other.entries {
             match self
@@ -94,6 +107,126 @@ impl Counts {
     }
 }
 
+/// Revealed fields per class, counted during a quiet walk and added to [`Counts`] only when
+/// the walk succeeds. A few classes at most; one more ends the walk (the message is then
+/// rewritten the ordinary way).
+#[derive(Debug, Default)]
+struct Tally {
+    len: usize,
+    entries: [(Class, u64); 8],
+}
+
+impl Tally {
+    #[inline]
+    fn add(&mut self, class: Class) -> bool {
+        for e in &mut self.entries[..self.len] {
+            if e.0 == class {
+                e.1 += 1;
+                return true;
+            }
+        }
+        match self.entries.get_mut(self.len) {
+            Some(e) => {
+                *e = (class, 1);
+                self.len += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn add_to(&self, counts: &mut Counts) {
+        for &(class, n) in &self.entries[..self.len] {
+            counts.add_n(class, ActionKind::Reveal, n);
+        }
+    }
+}
+
+/// What lets one role's rewrite skip messages it would give back byte for byte ("quiet"
+/// ones: every field present revealed, at every depth, and nothing else to change), computed
+/// once per role block: the rewriter then only walks such a message to count its fields, and
+/// copies it with the untouched bytes around it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Quiet {
+    /// By class number: the role reveals it as it is (`reveal`, and for FREE_TEXT without a
+    /// detector scan).
+    classes: Vec<bool>,
+    /// By plan: worth trying. Neither the plan's own leaves nor those of the sub-messages
+    /// [`LOOKAHEAD`] levels down have a class the role changes: a FHIR wrapper such as
+    /// `String` under a redacted class, or an `Identifier` whose `value` is one, is never
+    /// quiet, and walking it first would only double the work.
+    plans: Vec<bool>,
+}
+
+/// How many levels of sub-messages [`Quiet`] looks into (deeper, a walk may still stop
+/// half-way; the data decides, as fields are optional).
+const LOOKAHEAD: usize = 2;
+
+impl Quiet {
+    /// For `role` over `plans`; `scanning` is whether this role's rewriter runs the
+    /// detectors on FREE_TEXT (`free_text`) values.
+    pub fn new(plans: &Plans, role: &RolePolicy, free_text: Option<Class>, scanning: bool) -> Self {
+        let mut classes = Vec::new();
+        let mut quiet_class = |c: Class| {
+            let Ok(i) = usize::try_from(c) else {
+                return false;
+            };
+            if i >= classes.len() {
+                classes.resize(i + 1, false);
+            }
+            let q = *role.action(c) == Action::Reveal && !(scanning && Some(c) == free_text);
+            classes[i] = q;
+            q
+        };
+        let own: Vec<bool> = plans
+            .messages
+            .iter()
+            .map(|m| {
+                m.fields.iter().all(|f| match f.node {
+                    Node::Leaf { class, .. } => quiet_class(class),
+                    _ => true,
+                })
+            })
+            .collect();
+        let mut worth = own.clone();
+        for _ in 0..LOOKAHEAD {
+            worth = plans
+                .messages
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    own[i]
+                        && m.fields.iter().all(|f| match f.node {
+                            Node::Message {
+                                plan, touch: true, ..
+                            } => worth[plan],
+                            _ => true,
+                        })
+                        && m.rules.iter().all(|&(_, variant)| worth[variant])
+                })
+                .collect();
+        }
+        Quiet {
+            classes,
+            plans: worth,
+        }
+    }
+
+    #[inline]
+    fn class(&self, class: Class) -> bool {
+        usize::try_from(class)
+            .ok()
+            .and_then(|i| self.classes.get(i))
+            .copied()
+            .unwrap_or(false)
+    }
+
+    #[inline]
+    fn plan(&self, idx: usize) -> bool {
+        self.plans.get(idx).copied().unwrap_or(false)
+    }
+}
+
 /// Everything one role's rewrite needs; cheap to build per stream.
 #[derive(Debug, Clone, Copy)]
 pub struct Rewriter<'a> {
@@ -111,6 +244,9 @@ pub struct Rewriter<'a> {
     pub reveal_all: bool,
     /// The current year (proleptic Gregorian, UTC), for the `year` action's age bound.
     pub now_year: i64,
+    /// Which messages this role's rewrite may leave as they are ([`Quiet`]); `None` when not
+    /// computed for this role (every message is then rewritten).
+    pub quiet: Option<&'a Quiet>,
 }
 
 impl Rewriter<'_> {
@@ -125,7 +261,151 @@ impl Rewriter<'_> {
         if root >= self.plans.messages.len() {
             return Err(MaskError::Malformed);
         }
+        if self.is_quiet(root) {
+            let mut tally = Tally::default();
+            if self.walk_quiet(root, input, 0, &mut tally) {
+                out.extend_from_slice(input);
+                tally.add_to(counts);
+                return Ok(());
+            }
+        }
         self.message(root, input, out, counts, 0)
+    }
+
+    #[inline]
+    fn is_quiet(&self, idx: usize) -> bool {
+        self.quiet.is_some_and(|q| q.plan(idx))
+    }
+
+    /// A date message under `year` is rebuilt whole, whatever is in it.
+    #[inline]
+    fn rebuilds_date(&self, class: Option<Class>, child: usize) -> bool {
+        match (class, self.plans.messages[child].date) {
+            (Some(c), Some(_)) => matches!(self.role.action(c), Action::Year { .. }),
+            _ => false,
+        }
+    }
+
+    /// Whether the LEN record at `*pos` (its length prefix) holds a message of quiet plan
+    /// `child` that this rewrite leaves as it is; if so `*pos` moves past it and its revealed
+    /// fields are counted. Otherwise nothing moved or counted: the caller rewrites it.
+    #[inline]
+    fn quiet_record(
+        &self,
+        child: usize,
+        class: Option<Class>,
+        buf: &[u8],
+        pos: &mut usize,
+        counts: &mut Counts,
+        depth: usize,
+    ) -> bool {
+        if !self.is_quiet(child) || depth + 1 >= MAX_DEPTH || self.rebuilds_date(class, child) {
+            return false;
+        }
+        let mut p = *pos;
+        let Some((s, e)) = read_len_value(buf, &mut p) else {
+            return false;
+        };
+        // The rewrite writes minimal length prefixes: a longer one is not left as it is.
+        if varint_len((e - s) as u64) != s - *pos {
+            return false;
+        }
+        let mut tally = Tally::default();
+        if !self.walk_quiet(child, &buf[s..e], depth + 1, &mut tally) {
+            return false;
+        }
+        tally.add_to(counts);
+        *pos = p;
+        true
+    }
+
+    /// Walks a message of plan `idx` as [`Rewriter::message`] would rewrite it, counting its
+    /// revealed fields into `tally`, and returns whether the rewrite would give back `buf`
+    /// unchanged: every field present revealed or kept, at every depth. False (with `tally`
+    /// to be discarded) at the first thing the rewrite would change or refuse: a field the
+    /// role masks, an `Any`, a date under `year`, an unknown field to drop, a non-minimal
+    /// length prefix, malformed input (or more classes than the tally holds); the caller then
+    /// rewrites the message, which masks, counts, drops or fails as usual.
+    fn walk_quiet(&self, idx: usize, buf: &[u8], depth: usize, tally: &mut Tally) -> bool {
+        let Some(quiet) = self.quiet else {
+            return false;
+        };
+        let mut plan: &MessagePlan = &self.plans.messages[idx];
+        for &(cond, variant) in &plan.rules {
+            match self.plans.conditions[cond].holds(buf) {
+                Ok(true) if quiet.plan(variant) => {
+                    plan = &self.plans.messages[variant];
+                    break;
+                }
+                Ok(false) => {}
+                Ok(true) | Err(_) => return false,
+            }
+        }
+        let mut pos = 0;
+        while pos < buf.len() {
+            let Some(tag) = read_tag(buf, &mut pos) else {
+                return false;
+            };
+            let ok = match plan.field(tag.number).map(|f| f.node) {
+                Some(Node::Keep { wire, packable })
+                    if tag.wire_type == wire || (packable && tag.wire_type == wire::LEN) =>
+                {
+                    skip_value(buf, &mut pos, tag, MAX_DEPTH.saturating_sub(depth)).is_some()
+                }
+                Some(Node::Message {
+                    plan: child,
+                    touch: false,
+                    ..
+                }) if tag.wire_type == wire::LEN => match read_len_value(buf, &mut pos) {
+                    None => false,
+                    Some(_) if !self.drop_unknown => true,
+                    Some((s, e)) => {
+                        depth + 1 < MAX_DEPTH
+                            && matches!(self.clean(child, &buf[s..e], depth + 1), Ok(true))
+                    }
+                },
+                None | Some(Node::Keep { .. }) | Some(Node::Message { touch: false, .. }) => {
+                    !self.drop_unknown
+                        && skip_value(buf, &mut pos, tag, MAX_DEPTH.saturating_sub(depth)).is_some()
+                }
+                Some(Node::Message {
+                    plan: child, class, ..
+                }) => {
+                    tag.wire_type == wire::LEN
+                        && depth + 1 < MAX_DEPTH
+                        && quiet.plan(child)
+                        && !self.rebuilds_date(class, child)
+                        && {
+                            let len_start = pos;
+                            match read_len_value(buf, &mut pos) {
+                                Some((s, e)) => {
+                                    varint_len((e - s) as u64) == s - len_start
+                                        && self.walk_quiet(child, &buf[s..e], depth + 1, tally)
+                                }
+                                None => false,
+                            }
+                        }
+                }
+                Some(Node::Leaf { class, kind }) => {
+                    let value = match kind {
+                        LeafKind::Text | LeafKind::Bytes => {
+                            tag.wire_type == wire::LEN && read_len_value(buf, &mut pos).is_some()
+                        }
+                        LeafKind::Scalar(expected, _) => {
+                            (tag.wire_type == expected || tag.wire_type == wire::LEN)
+                                && skip_value(buf, &mut pos, tag, 0).is_some()
+                        }
+                    };
+                    value && quiet.class(class) && tally.add(class)
+                }
+                // Never in a quiet plan: the content's plan depends on the value.
+                Some(Node::Any { .. }) => false,
+            };
+            if !ok {
+                return false;
+            }
+        }
+        true
     }
 
     fn ctx(&self) -> Context<'_> {
@@ -175,6 +455,13 @@ impl Rewriter<'_> {
                     skip_value(buf, &mut pos, tag, MAX_DEPTH.saturating_sub(depth))
                         .ok_or_else(|| too_deep(depth))?;
                 }
+                // A sub-message this role leaves as it is: counted, and copied with the run.
+                Some(Node::Message {
+                    plan: child,
+                    class,
+                    touch: true,
+                }) if tag.wire_type == wire::LEN
+                    && self.quiet_record(child, class, buf, &mut pos, counts, depth) => {}
                 Some(Node::Message {
                     plan: child,
                     touch: false,

@@ -9,9 +9,12 @@ pub const TOKEN_LEN: usize = TOKEN_PREFIX.len() + 32;
 /// Shortest key accepted: a short key would make tokens guessable by brute force.
 pub const MIN_KEY_BYTES: usize = phi_guard_common::config::MIN_MASK_TOKEN_KEY_BYTES;
 
-/// The HMAC-SHA256 key, read once from the VM environment at configure time.
+use hmac::{KeyInit, Mac};
+
+/// The HMAC-SHA256 key, read once from the VM environment at configure time, kept as the MAC
+/// state after the key (its inner and outer pads hashed once, not per token).
 #[derive(Clone)]
-pub struct TokenKey(Vec<u8>);
+pub struct TokenKey(hmac::Hmac<sha2::Sha256>);
 
 impl std::fmt::Debug for TokenKey {
     // Never print the key.
@@ -23,17 +26,20 @@ impl std::fmt::Debug for TokenKey {
 impl TokenKey {
     /// `None` when the key is shorter than [`MIN_KEY_BYTES`].
     pub fn new(key: &[u8]) -> Option<Self> {
-        (key.len() >= MIN_KEY_BYTES).then(|| TokenKey(key.to_vec()))
+        if key.len() < MIN_KEY_BYTES {
+            return None;
+        }
+        hmac::Hmac::new_from_slice(key).ok().map(TokenKey)
     }
 
     /// Appends `tok_` + hex(HMAC-SHA256(key, class || 0x00 || value)[..16]) to `out`. The class
     /// name separates domains: the same digits as an MRN and as an insurance id do not link.
     pub fn write_token(&self, class: &str, value: &[u8], out: &mut Vec<u8>) {
-        let mut mac = hmac_sha256::HMAC::new(&self.0);
+        let mut mac = self.0.clone();
         mac.update(class.as_bytes());
-        mac.update([0u8]);
+        mac.update(&[0u8]);
         mac.update(value);
-        let digest = mac.finalize();
+        let digest = mac.finalize().into_bytes();
         out.extend_from_slice(TOKEN_PREFIX.as_bytes());
         const HEX: &[u8; 16] = b"0123456789abcdef";
         for b in &digest[..16] {
@@ -65,6 +71,17 @@ mod tests {
         assert_ne!(t, token(&k1, "INSURANCE_ID", "MRN-1"));
         assert_ne!(t, token(&k1, "MRN", "MRN-2"));
         assert!(!format!("{k1:?}").contains("0123"));
+    }
+
+    #[test]
+    fn tokens_are_hmac_sha256_of_class_nul_value() {
+        let key = b"0123456789abcdef0123456789abcdef";
+        let mac = hmac_sha256::HMAC::mac(b"MRN\0MRN-1", key);
+        let hex: String = mac[..16].iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            token(&TokenKey::new(key).unwrap(), "MRN", "MRN-1"),
+            format!("tok_{hex}")
+        );
     }
 
     #[test]

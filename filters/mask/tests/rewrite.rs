@@ -447,6 +447,43 @@ proptest! {
         prop_assert_eq!(got, Model::new(cfg, role).encounter(&e));
     }
 
+    /// Skipping the messages a role leaves as they are (quiet walks) gives the same bytes,
+    /// counts and errors as rewriting everything.
+    #[test]
+    fn quiet_walks_change_nothing(
+        p in patient_strategy(),
+        e in encounter_strategy(),
+        unknown in unknown_fields(),
+        garbage in prop::collection::vec(any::<u8>(), 0..64),
+        role in prop::sample::select(ROLES.to_vec()),
+    ) {
+        for cfg in [config(), config_keeping_unknown()] {
+            let (_, block) = cfg.policy.for_role(role);
+            let fast = cfg.rewriter(block);
+            prop_assert!(fast.quiet.is_some());
+            let slow = phi_guard_mask::rewriter::Rewriter { quiet: None, ..fast };
+            let mut with_unknown = p.encode_to_vec();
+            with_unknown.extend_from_slice(&unknown);
+            let mut truncated = e.encode_to_vec();
+            truncated.truncate(truncated.len() / 2);
+            for (method, payload) in [
+                (GET_PATIENT, p.encode_to_vec()),
+                (GET_PATIENT, with_unknown),
+                (GET_PATIENT, garbage.clone()),
+                (LIST_ENCOUNTERS, e.encode_to_vec()),
+                (LIST_ENCOUNTERS, truncated),
+            ] {
+                let root = cfg.plans.method(method).unwrap();
+                let run = |rw: &phi_guard_mask::rewriter::Rewriter<'_>| {
+                    let mut out = Vec::new();
+                    let mut counts = Counts::default();
+                    rw.rewrite(root, &payload, &mut out, &mut counts).map(|()| (out, counts))
+                };
+                prop_assert_eq!(run(&fast), run(&slow));
+            }
+        }
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
         let _ = mask(config(), GET_PATIENT, Some("nurse"), &bytes);
@@ -575,4 +612,54 @@ fn deep_nesting_is_bounded() {
     assert!(out.is_empty());
     assert_eq!(counts.unknown_fields, 1);
     assert_eq!(mask(cfg, GET_PATIENT, Some("billing"), &ok).unwrap().0, ok);
+}
+
+/// The FHIR demo's Patient under `policy.fhir.json`, every role: quiet walks give what
+/// rewriting everything gives, for the message, for it with an unknown field inside a
+/// sub-message, and for every truncation of it.
+#[test]
+fn quiet_walks_change_nothing_on_the_fhir_patient() {
+    use base64::Engine;
+    use phi_guard_mask::rewriter::Rewriter;
+    use phi_guard_proto::fhir;
+    let mut doc: serde_json::Value =
+        serde_json::from_str(include_str!("../policy.fhir.json")).unwrap();
+    doc["descriptor_set"] = base64::engine::general_purpose::STANDARD
+        .encode(fhir::DESCRIPTOR_SET)
+        .into();
+    let cfg = MaskConfig::parse(doc.to_string().as_bytes(), &|_| Some(KEY.into())).unwrap();
+    let root = cfg.plans.method(fhir::GET_PATIENT).unwrap();
+    let patient = fhir::patient();
+    // Field 1 (id, a String) with an unknown field 99 inside its value.
+    let mut with_unknown = vec![0x0a, 0x06, 0x0a, 0x01, b'x', 0x98, 0x06, 0x01];
+    with_unknown.extend_from_slice(&patient);
+    for role in ["billing", "nurse", "research", "safe_harbor", "nobody"] {
+        let (_, block) = cfg.policy.for_role(Some(role));
+        let fast = cfg.rewriter(block);
+        assert!(fast.quiet.is_some());
+        let slow = Rewriter {
+            quiet: None,
+            ..fast
+        };
+        let run = |rw: &Rewriter<'_>, payload: &[u8]| {
+            let mut out = Vec::new();
+            let mut counts = Counts::default();
+            rw.rewrite(root, payload, &mut out, &mut counts)
+                .map(|()| (out, counts))
+        };
+        assert!(run(&fast, &patient).is_ok(), "{role}");
+        assert_eq!(run(&fast, &patient), run(&slow, &patient), "{role}");
+        assert_eq!(
+            run(&fast, &with_unknown),
+            run(&slow, &with_unknown),
+            "{role}"
+        );
+        for n in 0..patient.len() {
+            assert_eq!(
+                run(&fast, &patient[..n]),
+                run(&slow, &patient[..n]),
+                "{role}, first {n} bytes"
+            );
+        }
+    }
 }
