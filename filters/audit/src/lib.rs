@@ -10,6 +10,7 @@
 //!   `module`): the module's entry points;
 //! - [`collector`] (native only): the stand-in OTLP collector.
 
+pub mod batch;
 pub mod chain;
 pub mod config;
 pub mod delivery;
