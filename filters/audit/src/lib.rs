@@ -5,9 +5,8 @@
 //! - [`delivery`]: the service's pure state machine (chain, batch, backlog, retry, flag);
 //! - [`otlp`]: OTLP/HTTP JSON logs encoding and reading;
 //! - [`verify`]: chain verification for the verifier command and tests;
-//! - [`filter`], [`service`]: the two shells, generic over the host traits in [`hostx`];
-//! - [`proxy`] (wasm32 only): the host traits over proxy-wasm; `wasm` (wasm32, feature
-//!   `module`): the module's entry points;
+//! - [`filter`], [`service`]: the two shells, generic over the sets of host traits in
+//!   [`hostx`]; `wasm` (wasm32, feature `module`): the module's entry points, wiring only;
 //! - [`collector`] (native only): the stand-in OTLP collector.
 
 pub mod batch;
@@ -24,9 +23,5 @@ pub mod verify;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod collector;
-#[cfg(target_os = "wasi")]
-pub mod proxy;
-#[cfg(not(target_arch = "wasm32"))]
-pub mod testing;
 #[cfg(all(target_os = "wasi", feature = "module"))]
 mod wasm;

@@ -1,20 +1,18 @@
 //! proxy-wasm entry points. One module, two root contexts chosen by `root_id`:
 //! `phi_guard_audit` (the HTTP filter) and `phi_guard_audit_service` (the singleton
 //! bootstrap service). The root id is read in `on_configure`, where Envoy has bound the
-//! plugin, rather than at context creation.
+//! plugin, rather than at context creation. Wiring only: every host call goes through
+//! `phi_guard_host::ProxyHost`.
 
 use std::rc::Rc;
-use std::time::Duration;
 
 use phi_guard_common::GrpcStatus;
-use phi_guard_host::{Host, LogLevel};
-use proxy_wasm::hostcalls;
+use phi_guard_host::{Host, HttpCalls, LogLevel, PluginConfig, ProxyHost, Timers};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, MapType};
+use proxy_wasm::types::{Action, ContextType};
 
 use crate::config::{FilterConfig, FILTER_ROOT_ID, SERVICE_ROOT_ID};
 use crate::filter::{Admission, AuditStream, FilterRuntime};
-use crate::proxy::Proxy;
 use crate::service::AuditService;
 
 proxy_wasm::main! {{
@@ -40,7 +38,7 @@ impl Context for AuditRoot {
     /// events it holds (they reach the chain if the service still takes its queue).
     fn on_done(&mut self) -> bool {
         if let Role::Filter(runtime) = &self.role {
-            runtime.retire(&Proxy::default());
+            runtime.retire(&ProxyHost);
         }
         true
     }
@@ -53,27 +51,19 @@ impl Context for AuditRoot {
         _trailers: usize,
     ) {
         if let Role::Service(service) = &mut self.role {
-            // No `:status` means the call failed (reset, timeout, no healthy host).
-            let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
-                .ok()
-                .flatten()
-                .and_then(|s| s.parse::<u32>().ok());
-            service.on_http_call_response(&Proxy::default(), token, status);
+            // No `:status` means the call failed (reset, timeout, no healthy host). The body
+            // is not read (limit 0).
+            let (status, _) = ProxyHost.http_call_response(0, 0);
+            let status = status.and_then(|s| s.parse::<u32>().ok());
+            service.on_http_call_response(&ProxyHost, token, status);
         }
     }
 }
 
 impl RootContext for AuditRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let host = Proxy::default();
-        let config = hostcalls::get_buffer(
-            proxy_wasm::types::BufferType::PluginConfiguration,
-            0,
-            usize::MAX,
-        )
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+        let host = ProxyHost;
+        let config = host.plugin_configuration().unwrap_or_default();
         let root_id = host
             .property(&["plugin_root_id"])
             .and_then(|b| String::from_utf8(b).ok())
@@ -82,7 +72,7 @@ impl RootContext for AuditRoot {
             FILTER_ROOT_ID => match FilterConfig::parse(&config) {
                 Ok(cfg) => {
                     let runtime = Rc::new(FilterRuntime::new(&host, cfg));
-                    let _ = hostcalls::set_tick_period(Duration::from_millis(runtime.tick_ms()));
+                    host.set_tick_period_ms(runtime.tick_ms());
                     // Streams still running under the old configuration queue their events
                     // at once: nothing ticks for the old batch any more.
                     if let Role::Filter(old) =
@@ -93,7 +83,7 @@ impl RootContext for AuditRoot {
                     true
                 }
                 Err(e) => {
-                    Host::log(&host, LogLevel::Error, &format!("phi_guard audit: {e}"));
+                    host.log(LogLevel::Error, &format!("phi_guard audit: {e}"));
                     false
                 }
             },
@@ -108,8 +98,7 @@ impl RootContext for AuditRoot {
                 }
             }
             other => {
-                Host::log(
-                    &host,
+                host.log(
                     LogLevel::Error,
                     &format!(
                         "phi_guard audit: unknown root_id {other:?}: use {FILTER_ROOT_ID:?} (http filter) or {SERVICE_ROOT_ID:?} (bootstrap service)"
@@ -122,15 +111,15 @@ impl RootContext for AuditRoot {
 
     fn on_tick(&mut self) {
         match &mut self.role {
-            Role::Service(service) => service.on_tick(&Proxy::default()),
-            Role::Filter(runtime) => runtime.on_tick(&Proxy::default()),
+            Role::Service(service) => service.on_tick(&ProxyHost),
+            Role::Filter(runtime) => runtime.on_tick(&ProxyHost),
             Role::Unconfigured => {}
         }
     }
 
     fn on_queue_ready(&mut self, queue_id: u32) {
         if let Role::Service(service) = &mut self.role {
-            service.on_queue_ready(&Proxy::default(), queue_id);
+            service.on_queue_ready(&ProxyHost, queue_id);
         }
     }
 
@@ -161,7 +150,7 @@ impl Context for AuditHttp {}
 
 impl HttpContext for AuditHttp {
     fn on_http_request_headers(&mut self, _n: usize, _eos: bool) -> Action {
-        let host = Proxy::default();
+        let host = ProxyHost;
         let Some(rt) = &self.runtime else {
             host.send_grpc_error(GrpcStatus::Unavailable, &[]);
             return Action::Pause;
@@ -174,7 +163,7 @@ impl HttpContext for AuditHttp {
 
     fn on_log(&mut self) {
         if let Some(rt) = &self.runtime {
-            self.stream.on_log(&Proxy::default(), rt);
+            self.stream.on_log(&ProxyHost, rt);
         }
     }
 }

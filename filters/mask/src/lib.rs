@@ -31,8 +31,6 @@ pub mod wire;
 #[cfg(test)]
 pub(crate) mod testdata;
 
-#[cfg(target_os = "wasi")]
-pub mod proxy;
 #[cfg(all(target_os = "wasi", feature = "module"))]
 mod wasm;
 

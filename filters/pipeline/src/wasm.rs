@@ -1,15 +1,11 @@
 //! proxy-wasm wiring: the root context owns the [`Pipeline`] (one per VM, i.e. per Envoy
 //! worker), dispatches the stages' fetches on a tick and hands each answer to the stage that
-//! asked; each HTTP context forwards every callback to its [`Stream`].
+//! asked; each HTTP context forwards every callback to its [`Stream`]. Wiring only: every
+//! host call goes through `phi_guard_host::ProxyHost`.
 
-use std::time::Duration;
-
-use phi_guard_audit::proxy::Proxy;
-use phi_guard_host::{Host, LogLevel, ProxyHost};
-use phi_guard_mask::proxy::ProxyBody;
-use proxy_wasm::hostcalls;
+use phi_guard_host::{Environment, Host, HttpCalls, LogLevel, PluginConfig, ProxyHost, Timers};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType};
+use proxy_wasm::types::{Action, ContextType};
 
 use crate::pipeline::{Pipeline, Stream};
 
@@ -24,7 +20,7 @@ const FETCH_CHECK_MS: u64 = 1_000;
 
 /// Envoy's vm_config.environment_variables (Istio vmConfig.env) reach the VM through WASI.
 fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok()
+    ProxyHost.env_string(name)
 }
 
 struct Root {
@@ -40,15 +36,14 @@ impl Root {
             return;
         };
         for fetch in pipeline.due_fetches(&ProxyHost) {
-            let headers = vec![
+            let headers = [
                 (":method", "GET"),
                 (":path", fetch.path.as_str()),
                 (":authority", fetch.authority.as_str()),
                 ("accept", fetch.accept),
             ];
-            let timeout = Duration::from_millis(fetch.timeout_ms);
             let token =
-                hostcalls::dispatch_http_call(&fetch.cluster, headers, None, vec![], timeout).ok();
+                ProxyHost.dispatch_http_call(&fetch.cluster, &headers, None, fetch.timeout_ms);
             pipeline.on_dispatched(&ProxyHost, fetch.owner, token);
         }
     }
@@ -59,7 +54,7 @@ impl Context for Root {
     /// that still ends queues its event at once.
     fn on_done(&mut self) -> bool {
         if let Some(pipeline) = &self.pipeline {
-            pipeline.retire(&Proxy::default());
+            pipeline.retire(&ProxyHost);
         }
         true
     }
@@ -84,21 +79,18 @@ impl Context for Root {
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let configuration = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        match Pipeline::configure(&Proxy::default(), &configuration, &env) {
+        let configuration = ProxyHost.plugin_configuration().unwrap_or_default();
+        match Pipeline::configure(&ProxyHost, &configuration, &env) {
             Ok(pipeline) => {
                 // A reconfiguration starts over: answers to the old stages' fetches are dropped,
                 // the old audit stage's batch is queued.
                 let fetches = pipeline.fetches();
                 let tick_ms = pipeline.tick_ms(FETCH_CHECK_MS);
                 if let Some(old) = self.pipeline.replace(pipeline) {
-                    old.retire(&Proxy::default());
+                    old.retire(&ProxyHost);
                 }
                 if let Some(ms) = tick_ms {
-                    let _ = hostcalls::set_tick_period(Duration::from_millis(ms));
+                    ProxyHost.set_tick_period_ms(ms);
                     self.ticks_per_fetch_check = FETCH_CHECK_MS.div_ceil(ms.max(1));
                     self.ticks = 0;
                 }
@@ -111,7 +103,7 @@ impl RootContext for Root {
                 // Names the field, never a value (ConfigError's contract).
                 ProxyHost.log(LogLevel::Error, &format!("phi-guard pipeline: {err}"));
                 if let Some(old) = self.pipeline.take() {
-                    old.retire(&Proxy::default());
+                    old.retire(&ProxyHost);
                 }
                 false
             }
@@ -120,7 +112,7 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         if let Some(pipeline) = &self.pipeline {
-            pipeline.flush(&Proxy::default());
+            pipeline.flush(&ProxyHost);
         }
         self.ticks += 1;
         if self.ticks >= self.ticks_per_fetch_check {
@@ -150,34 +142,34 @@ impl Context for Http {}
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        self.stream.on_request_headers(&Proxy::default()).into()
+        self.stream.on_request_headers(&ProxyHost).into()
     }
 
     fn on_http_request_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
         self.stream
-            .on_request_body(&Proxy::default(), &ProxyBody, body_size)
+            .on_request_body(&ProxyHost, &ProxyHost, body_size)
             .into()
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         self.stream
-            .on_response_headers(&Proxy::default(), end_of_stream)
+            .on_response_headers(&ProxyHost, end_of_stream)
             .into()
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         self.stream
-            .on_response_body(&Proxy::default(), &ProxyBody, body_size, end_of_stream)
+            .on_response_body(&ProxyHost, &ProxyHost, body_size, end_of_stream)
             .into()
     }
 
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
         self.stream
-            .on_response_trailers(&Proxy::default(), &ProxyBody)
+            .on_response_trailers(&ProxyHost, &ProxyHost)
             .into()
     }
 
     fn on_log(&mut self) {
-        self.stream.on_log(&Proxy::default());
+        self.stream.on_log(&ProxyHost);
     }
 }
