@@ -12,6 +12,7 @@
 //! The commands (`phi-guard-audit-verify`, `phi-guard-audit-collector`) are their own crate,
 //! cli/audit.
 
+pub mod batch;
 pub mod chain;
 pub mod config;
 pub mod delivery;
