@@ -7,9 +7,12 @@
 //! - [`verify`]: chain verification for the verifier command and tests;
 //! - [`filter`], [`service`]: the two shells, generic over the host traits in [`hostx`];
 //! - [`proxy`] (wasm32 only): the host traits over proxy-wasm; `wasm` (wasm32, feature
-//!   `module`): the module's entry points;
-//! - [`collector`] (native only): the stand-in OTLP collector.
+//!   `module`): the module's entry points.
+//!
+//! The commands (`phi-guard-audit-verify`, `phi-guard-audit-collector`) are their own crate,
+//! cli/audit.
 
+pub mod batch;
 pub mod chain;
 pub mod config;
 pub mod delivery;
@@ -21,8 +24,6 @@ pub mod service;
 pub mod time;
 pub mod verify;
 
-#[cfg(not(target_arch = "wasm32"))]
-pub mod collector;
 #[cfg(target_os = "wasi")]
 pub mod proxy;
 #[cfg(not(target_arch = "wasm32"))]

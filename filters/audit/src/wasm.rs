@@ -4,6 +4,7 @@
 //! plugin, rather than at context creation.
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use phi_guard_common::GrpcStatus;
 use phi_guard_host::{Host, LogLevel};
@@ -35,6 +36,15 @@ struct AuditRoot {
 }
 
 impl Context for AuditRoot {
+    /// The VM is shutting down (Envoy stops, the plugin is removed): the filter queues the
+    /// events it holds (they reach the chain if the service still takes its queue).
+    fn on_done(&mut self) -> bool {
+        if let Role::Filter(runtime) = &self.role {
+            runtime.retire(&Proxy::default());
+        }
+        true
+    }
+
     fn on_http_call_response(
         &mut self,
         token: u32,
@@ -71,7 +81,15 @@ impl RootContext for AuditRoot {
         match root_id.as_str() {
             FILTER_ROOT_ID => match FilterConfig::parse(&config) {
                 Ok(cfg) => {
-                    self.role = Role::Filter(Rc::new(FilterRuntime::new(&host, cfg)));
+                    let runtime = Rc::new(FilterRuntime::new(&host, cfg));
+                    let _ = hostcalls::set_tick_period(Duration::from_millis(runtime.tick_ms()));
+                    // Streams still running under the old configuration queue their events
+                    // at once: nothing ticks for the old batch any more.
+                    if let Role::Filter(old) =
+                        std::mem::replace(&mut self.role, Role::Filter(runtime))
+                    {
+                        old.retire(&host);
+                    }
                     true
                 }
                 Err(e) => {
@@ -103,8 +121,10 @@ impl RootContext for AuditRoot {
     }
 
     fn on_tick(&mut self) {
-        if let Role::Service(service) = &mut self.role {
-            service.on_tick(&Proxy::default());
+        match &mut self.role {
+            Role::Service(service) => service.on_tick(&Proxy::default()),
+            Role::Filter(runtime) => runtime.on_tick(&Proxy::default()),
+            Role::Unconfigured => {}
         }
     }
 

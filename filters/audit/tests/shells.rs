@@ -43,8 +43,9 @@ fn filter(bus: &Bus) -> (FilterRuntime, FakeAuditHost) {
     (rt, host)
 }
 
-/// One RPC through the filter. The filter's host is reused per stream (one VM: counters
-/// are VM-wide); its headers and sent response are reset first.
+/// One RPC through the filter, then the VM's tick (which queues the batch). The filter's
+/// host is reused per stream (one VM: counters are VM-wide); its headers and sent response
+/// are reset first.
 fn rpc(rt: &FilterRuntime, host: &FakeAuditHost, n: u32) -> (Admission, Option<GrpcStatus>) {
     *host.base.request_headers.borrow_mut() = vec![
         (
@@ -61,6 +62,7 @@ fn rpc(rt: &FilterRuntime, host: &FakeAuditHost, n: u32) -> (Admission, Option<G
     let mut s = AuditStream::default();
     let a = s.on_request_headers(host, rt);
     s.on_log(host, rt);
+    rt.on_tick(host);
     (a, host.base.sent_status())
 }
 
@@ -239,6 +241,7 @@ fn retries_on_503_429_and_failure_then_fail_closed_and_recover() {
     let late = FakeAuditHost::new(bus.clone(), VM);
     let mut s = AuditStream::default();
     s.on_log(&late, &rt);
+    rt.on_tick(&late);
     svc.on_queue_ready(&shost, 1);
     assert_eq!(shost.queued(1), 1, "not dequeued while full");
     // Retries: 429 after 100 ms, a failed call after 200 ms.

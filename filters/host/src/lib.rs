@@ -161,8 +161,13 @@ impl Counter {
     }
 
     pub fn inc(&self, host: &dyn Host) {
-        if let Some(id) = self.0 {
-            host.increment_counter(id, 1);
+        self.add(host, 1);
+    }
+
+    /// Adds `by` (nothing for 0: no host call).
+    pub fn add(&self, host: &dyn Host, by: i64) {
+        if let (Some(id), true) = (self.0, by != 0) {
+            host.increment_counter(id, by);
         }
     }
 }

@@ -13,7 +13,7 @@ use phi_guard_host::{write_state, Counter, Host, HostExt, LogLevel, SharedData};
 
 use crate::config::Config;
 use crate::engine::{Engine, FetchRequest, JwksFetchError, Outcome, Request};
-use crate::keys::MAX_JWKS_BYTES;
+use crate::jwks::MAX_JWKS_BYTES;
 use crate::reason::Reason;
 
 /// Envoy attribute with the SHA-256 of the client certificate's DER, lower-case hex.

@@ -15,11 +15,12 @@ use crate::pipeline::{Pipeline, Stream};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { pipeline: None }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { pipeline: None, ticks_per_fetch_check: 1, ticks: 0 }) });
 }}
 
 /// Due fetches are checked every second; the intervals themselves are in the stages' configs.
-const TICK: Duration = Duration::from_secs(1);
+/// The tick itself may be faster (audit's `batch_flush_ms`).
+const FETCH_CHECK_MS: u64 = 1_000;
 
 /// Envoy's vm_config.environment_variables (Istio vmConfig.env) reach the VM through WASI.
 fn env(name: &str) -> Option<String> {
@@ -28,6 +29,9 @@ fn env(name: &str) -> Option<String> {
 
 struct Root {
     pipeline: Option<Pipeline>,
+    /// Ticks per fetch check, and ticks since the last one.
+    ticks_per_fetch_check: u64,
+    ticks: u64,
 }
 
 impl Root {
@@ -51,6 +55,15 @@ impl Root {
 }
 
 impl Context for Root {
+    /// The VM is shutting down: the audit stage queues the events it holds, and any stream
+    /// that still ends queues its event at once.
+    fn on_done(&mut self) -> bool {
+        if let Some(pipeline) = &self.pipeline {
+            pipeline.retire(&Proxy::default());
+        }
+        true
+    }
+
     fn on_http_call_response(
         &mut self,
         token_id: u32,
@@ -77,11 +90,19 @@ impl RootContext for Root {
             .unwrap_or_default();
         match Pipeline::configure(&Proxy::default(), &configuration, &env) {
             Ok(pipeline) => {
-                // A reconfiguration starts over: answers to the old stages' fetches are dropped.
+                // A reconfiguration starts over: answers to the old stages' fetches are dropped,
+                // the old audit stage's batch is queued.
                 let fetches = pipeline.fetches();
-                self.pipeline = Some(pipeline);
+                let tick_ms = pipeline.tick_ms(FETCH_CHECK_MS);
+                if let Some(old) = self.pipeline.replace(pipeline) {
+                    old.retire(&Proxy::default());
+                }
+                if let Some(ms) = tick_ms {
+                    let _ = hostcalls::set_tick_period(Duration::from_millis(ms));
+                    self.ticks_per_fetch_check = FETCH_CHECK_MS.div_ceil(ms.max(1));
+                    self.ticks = 0;
+                }
                 if fetches {
-                    let _ = hostcalls::set_tick_period(TICK);
                     self.dispatch_due();
                 }
                 true
@@ -89,14 +110,23 @@ impl RootContext for Root {
             Err(err) => {
                 // Names the field, never a value (ConfigError's contract).
                 ProxyHost.log(LogLevel::Error, &format!("phi-guard pipeline: {err}"));
-                self.pipeline = None;
+                if let Some(old) = self.pipeline.take() {
+                    old.retire(&Proxy::default());
+                }
                 false
             }
         }
     }
 
     fn on_tick(&mut self) {
-        self.dispatch_due();
+        if let Some(pipeline) = &self.pipeline {
+            pipeline.flush(&Proxy::default());
+        }
+        self.ticks += 1;
+        if self.ticks >= self.ticks_per_fetch_check {
+            self.ticks = 0;
+            self.dispatch_due();
+        }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
