@@ -6,8 +6,10 @@
 //! - [`otlp`]: OTLP/HTTP JSON logs encoding and reading;
 //! - [`verify`]: chain verification for the verifier command and tests;
 //! - [`filter`], [`service`]: the two shells, generic over the sets of host traits in
-//!   [`hostx`]; `wasm` (wasm32, feature `module`): the module's entry points, wiring only;
-//! - [`collector`] (native only): the stand-in OTLP collector.
+//!   [`hostx`]; `wasm` (wasm32, feature `module`): the module's entry points, wiring only.
+//!
+//! The commands (`phi-guard-audit-verify`, `phi-guard-audit-collector`) are their own crate,
+//! cli/audit.
 
 pub mod batch;
 pub mod chain;
@@ -21,7 +23,5 @@ pub mod service;
 pub mod time;
 pub mod verify;
 
-#[cfg(not(target_arch = "wasm32"))]
-pub mod collector;
 #[cfg(all(target_os = "wasi", feature = "module"))]
 mod wasm;

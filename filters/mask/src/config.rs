@@ -154,9 +154,8 @@ impl MaskConfig {
     /// As [`MaskConfig::parse`], for a static check that never masks a value (the
     /// `phi-guard-mask` tool's `coverage` and `lint`): a set in which no method returns a field
     /// with a class is accepted, since an untagged API is where a lint matters most. The
-    /// filter never parses its configuration this way.
-    #[cfg(feature = "cli")]
-    pub(crate) fn parse_for_inspection(
+    /// filter never parses its configuration this way (library code for cli/mask).
+    pub fn parse_for_inspection(
         json: &[u8],
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {

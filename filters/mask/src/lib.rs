@@ -9,6 +9,7 @@
 //! [`remote`] keeps the config of a descriptor set fetched from a cluster.
 //! [`shell`] is the per-stream logic behind narrow host traits ([`remote_shell`]: the fetches'
 //! metrics and logs, and the refusal before the first set); `wasm` wires it to proxy-wasm.
+//! The `phi-guard-mask` command-line tool is its own crate (cli/mask) over this one.
 
 pub mod catalog;
 pub mod config;
@@ -24,8 +25,6 @@ pub mod resource;
 pub mod rewriter;
 pub mod shell;
 pub mod token;
-#[cfg(feature = "cli")]
-pub mod tool;
 pub mod wire;
 
 #[cfg(test)]

@@ -14,10 +14,10 @@ use base64::Engine as _;
 use phi_guard::{Pipeline, StageName};
 use phi_guard_audit::config::FilterConfig;
 use phi_guard_audit::filter::{Admission, AuditStream, FilterRuntime};
-use phi_guard_common::{state, AuthzDecision, GrpcStatus, UnixSeconds};
+use phi_guard_common::{state, AuthzDecision, GrpcStatus, UnixSeconds, Verdict};
 use phi_guard_host::{
-    bus, BodyHost, Bus, Clock, FakeHost, Flow, Host, LogLevel, Queues, SharedData, SharedDataError,
-    Trailers, UnixMillis,
+    bus, read_state, BodyHost, Bus, Clock, FakeHost, Flow, Host, LogLevel, Queues, SharedData,
+    SharedDataError, Trailers, UnixMillis,
 };
 use phi_guard_mask::remote::MaskSource;
 use phi_guard_mask::shell::{MaskStream, Metrics as MaskMetrics};
@@ -441,7 +441,7 @@ fn run_single(h: &Recorder) -> Flow {
 }
 
 fn authz(host: &Recorder) -> AuthzDecision {
-    AuthzDecision::from_bytes(&host.base.property(&[state::AUTHZ]).unwrap()).unwrap()
+    read_state(&host.base).unwrap().unwrap()
 }
 
 #[test]
@@ -474,8 +474,8 @@ fn an_allowed_call_is_masked_by_role_and_audited() {
     }
     let decision = authz(&host);
     assert_eq!(
-        (decision.decision.as_str(), decision.role.as_str()),
-        ("allow", "nurse")
+        (decision.decision, decision.role.as_str()),
+        (Verdict::Allow, "nurse")
     );
     let events = host.events();
     assert_eq!(events.len(), 1, "{events:?}");
@@ -510,7 +510,7 @@ fn a_denied_call_is_refused_and_audited() {
     let host = Rc::new(Recorder::new(audit_bus(), Some("research")));
     assert_eq!(run_pipeline(&host), Flow::Pause);
     assert_eq!(host.base.sent_status(), Some(GrpcStatus::PermissionDenied));
-    assert_eq!(authz(&host).decision, "deny");
+    assert_eq!(authz(&host).decision, Verdict::Deny);
     let events = host.events();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["outcome"]["authz"]["decision"], "deny");
