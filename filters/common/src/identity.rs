@@ -35,7 +35,10 @@ pub struct Identity {
 
 impl Identity {
     pub fn to_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("Identity serialises to JSON")
+        // Cannot fail: plain strings, numbers and lists (serde_json errs only on non-string map
+        // keys or a failing writer). Were it ever to, empty bytes read back as `None`, which
+        // every reader treats as unauthenticated: fail closed, no panic.
+        serde_json::to_vec(self).unwrap_or_default()
     }
 
     /// A missing or unreadable identity is `None`: callers treat that as unauthenticated.
