@@ -6,7 +6,10 @@ use phi_guard_audit::event::{
 };
 use phi_guard_audit::testing::{bus, FakeAuditHost};
 use phi_guard_common::state;
-use phi_guard_common::{AuthnOutcome, AuthzDecision, Identity, MaskSummary};
+use phi_guard_common::{
+    AuthnOutcome, AuthnResult, AuthzDecision, AuthzMode, Identity, MaskSummary, StateContract,
+    Verdict,
+};
 use phi_guard_host::Host;
 
 const T0: u64 = 1_764_180_184_512; // 2025-11-26T18:03:04.512Z
@@ -34,12 +37,12 @@ fn identity() -> Identity {
 
 fn authz() -> AuthzDecision {
     AuthzDecision {
-        decision: "allow".into(),
+        decision: Verdict::Allow,
         rule: Some("nurses-read".into()),
         role: "nurse".into(),
         policy_version: "2026-11-01".into(),
-        mode: "shadow".into(),
-        shadow_decision: Some("deny".into()),
+        mode: AuthzMode::Shadow,
+        shadow_decision: Some(Verdict::Deny),
         reason: "matched_allow".into(),
         break_glass: false,
         break_glass_reason: None,
@@ -67,18 +70,18 @@ fn full_host() -> FakeAuditHost {
         b"spiffe://phi-guard.test/ns/ehr/sa/frontend",
     );
     host.base
-        .insert_property(&[state::IDENTITY], &identity().to_bytes());
+        .insert_property(&[state::IDENTITY], &identity().encode());
     host.base.insert_property(
         &[state::AUTHN],
         &AuthnOutcome {
-            result: "ok".into(),
+            result: AuthnResult::Ok,
             provider: Some("hospital-idp".into()),
             reason: None,
         }
-        .to_bytes(),
+        .encode(),
     );
     host.base
-        .insert_property(&[state::AUTHZ], &authz().to_bytes());
+        .insert_property(&[state::AUTHZ], &authz().encode());
     host.base.insert_property(&[state::RESOURCE], b"p-0001");
     let mut mask = MaskSummary {
         role: "nurse".into(),
@@ -87,7 +90,7 @@ fn full_host() -> FakeAuditHost {
     };
     mask.fields.insert("SSN/partial".into(), 2);
     mask.fields.insert("DOB/redact".into(), 1);
-    host.base.insert_property(&[state::MASK], &mask.to_bytes());
+    host.base.insert_property(&[state::MASK], &mask.encode());
     host.base
         .insert_property(&["request", "duration"], &7_400_000i64.to_le_bytes());
     host.base
@@ -123,17 +126,13 @@ fn builds_a_complete_event() {
     assert_eq!(e.what.resource_id.as_deref(), Some("p-0001"));
     assert_eq!(e.what.claimed_resource_id.as_deref(), Some("p-0002"));
     let o = &e.outcome;
-    assert_eq!(o.authn.as_ref().unwrap().result, "ok");
+    assert_eq!(o.authn.as_ref().unwrap().result, AuthnResult::Ok);
     let z = o.authz.as_ref().unwrap();
     assert_eq!(
-        (
-            z.decision.as_str(),
-            z.rule.as_deref(),
-            z.policy_version.as_str()
-        ),
-        ("allow", Some("nurses-read"), "2026-11-01")
+        (z.decision, z.rule.as_deref(), z.policy_version.as_str()),
+        (Verdict::Allow, Some("nurses-read"), "2026-11-01")
     );
-    assert_eq!(z.shadow_decision.as_deref(), Some("deny"));
+    assert_eq!(z.shadow_decision, Some(Verdict::Deny));
     assert_eq!(o.grpc_status, Some(0));
     assert_eq!(
         o.duration_ms,
@@ -189,6 +188,31 @@ fn garbage_state_is_ignored_not_fatal() {
     assert_eq!(e.what, Default::default());
     assert_eq!(e.correlation, Default::default());
     assert_eq!(e.outcome, Default::default());
+}
+
+/// A record in the contract's JSON shape whose closed-set value is not one of the set is
+/// unreadable: its part of the event is left out, never copied as a string.
+#[test]
+fn values_outside_the_contracts_sets_leave_their_part_out() {
+    let host = full_host();
+    let authz = String::from_utf8(authz().encode()).unwrap();
+    let bad = authz.replacen(r#""decision":"allow""#, r#""decision":"permit""#, 1);
+    assert_ne!(bad, authz);
+    host.base.insert_property(&[state::AUTHZ], bad.as_bytes());
+    host.base
+        .insert_property(&[state::AUTHN], br#"{"result":"maybe"}"#);
+    host.base.insert_property(
+        &[state::MASK],
+        br#"{"role":"nurse","messages":1,"fields":{},"failure":"oops"}"#,
+    );
+    let e = build_event(&host, &opts(), None);
+    assert_eq!(e.outcome.authz, None);
+    assert_eq!(e.outcome.authn, None);
+    assert_eq!(e.outcome.mask, None);
+    assert_eq!(e.who.role, None);
+    // What the other contracts said still stands.
+    assert_eq!(e.who.subject.as_deref(), Some("u-12345"));
+    assert_eq!(e.what.resource_id.as_deref(), Some("p-0001"));
 }
 
 #[test]
@@ -299,8 +323,7 @@ fn phi_canaries_never_reach_the_event() {
     let mut id = identity();
     id.purpose_of_use = Some("CANARY-PURPOSE".into());
     id.scopes = vec!["CANARY-SCOPE".into()];
-    host.base
-        .insert_property(&[state::IDENTITY], &id.to_bytes());
+    host.base.insert_property(&[state::IDENTITY], &id.encode());
     host.base.insert_property(
         &["connection", "peer_certificate"],
         b"-----BEGIN CERTIFICATE-----CANARY-CERT-PEM",
@@ -359,8 +382,7 @@ fn an_identifier_shaped_subject_is_sanitized_like_a_client_id() {
     let mut id = identity();
     id.subject = "078-05-1120".into();
     id.tenant = Some("t-555-867-5309".into());
-    host.base
-        .insert_property(&[state::IDENTITY], &id.to_bytes());
+    host.base.insert_property(&[state::IDENTITY], &id.encode());
     let e = build_event(&host, &opts(), None);
     assert_eq!(e.who.subject.as_deref(), Some("***-**-****"));
     assert_eq!(e.who.tenant.as_deref(), Some("t-***-***-****"));
@@ -379,8 +401,7 @@ fn an_identifier_shaped_subject_is_sanitized_like_a_client_id() {
     ] {
         let mut id = identity();
         id.subject = sub.into();
-        host.base
-            .insert_property(&[state::IDENTITY], &id.to_bytes());
+        host.base.insert_property(&[state::IDENTITY], &id.encode());
         let e = build_event(&host, &opts(), None);
         assert_eq!(e.who.subject.as_deref(), want, "{sub}");
     }

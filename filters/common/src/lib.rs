@@ -27,4 +27,7 @@ pub use clock::{Clock, FixedClock, UnixSeconds};
 pub use config::ConfigError;
 pub use grpc::{GrpcMethod, GrpcStatus};
 pub use identity::Identity;
-pub use outcome::{AuthnOutcome, AuthzDecision, MaskSummary};
+pub use outcome::{
+    AuthnOutcome, AuthnResult, AuthzDecision, AuthzMode, MaskFailure, MaskSummary, Verdict,
+};
+pub use state::{MethodLabel, RequestId, ResourceId, StateContract};

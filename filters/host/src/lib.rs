@@ -16,10 +16,12 @@ use phi_guard_common::{GrpcMethod, GrpcStatus, UnixSeconds};
 mod fake;
 #[cfg(target_os = "wasi")]
 mod proxy;
+mod state;
 
 pub use fake::FakeHost;
 #[cfg(target_os = "wasi")]
 pub use proxy::ProxyHost;
+pub use state::{read_state, write_state, Unreadable};
 
 /// Log levels, as proxy-wasm has them. Defined here rather than re-exported so that the
 /// cores and their tests build for wasm32-unknown-unknown (wasm-bindgen-test) without the
@@ -43,8 +45,9 @@ pub trait Host {
     fn response_header(&self, name: &str) -> Option<String>;
     fn remove_response_header(&self, name: &str);
     /// An Envoy attribute, e.g. `["connection", "uri_san_peer_certificate"]`, or a filter-state
-    /// key written by another phi-guard filter.
+    /// key written by another phi-guard filter (stages use [`read_state`] for those).
     fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
+    /// Stages write their filter-state contracts with [`write_state`].
     fn set_property(&self, path: &[&str], value: &[u8]);
     /// Ends the stream with a trailers-only gRPC response carrying `status` and its generic
     /// message; `extra_headers` go along (e.g. `www-authenticate`).
@@ -122,15 +125,6 @@ pub trait HostExt: Host {
                 self.remove_request_header(name);
             }
         }
-    }
-
-    /// Reads a phi-guard filter-state key as UTF-8 bytes.
-    fn filter_state(&self, key: &str) -> Option<Vec<u8>> {
-        self.property(&[key])
-    }
-
-    fn set_filter_state(&self, key: &str, value: &[u8]) {
-        self.set_property(&[key], value)
     }
 
     /// Sanitizes a client-chosen request header that Envoy's access log, the audit event or

@@ -6,9 +6,12 @@ mod support;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use phi_guard_common::{state, AuthzDecision, GrpcStatus, MaskSummary};
+use phi_guard_common::{
+    state, AuthzDecision, AuthzMode, GrpcStatus, MaskFailure, MaskSummary, ResourceId,
+    StateContract, Verdict,
+};
 use phi_guard_host::Flow as Action;
-use phi_guard_host::{FakeHost, Host, HostExt};
+use phi_guard_host::{read_state, FakeHost, Host};
 use phi_guard_mask::{BodyHost, MaskStream, Metrics};
 use phi_guard_proto::health::v1::{GetPatientRequest, ListEncountersRequest, Patient};
 use prost::Message;
@@ -73,17 +76,17 @@ struct Harness {
 
 fn authz(role: &str) -> Vec<u8> {
     AuthzDecision {
-        decision: "allow".into(),
+        decision: Verdict::Allow,
         rule: Some("r".into()),
         role: role.into(),
         policy_version: "1".into(),
-        mode: "enforce".into(),
+        mode: AuthzMode::Enforce,
         shadow_decision: None,
         reason: "matched_allow".into(),
         break_glass: false,
         break_glass_reason: None,
     }
-    .to_bytes()
+    .encode()
 }
 
 fn harness(method: &str, role: Option<&str>, content_type: &str) -> Harness {
@@ -137,9 +140,7 @@ impl Harness {
     }
 
     fn summary(&self) -> Option<MaskSummary> {
-        self.host
-            .filter_state(state::MASK)
-            .and_then(|b| MaskSummary::from_bytes(&b))
+        read_state(&self.host).unwrap()
     }
 }
 
@@ -202,8 +203,8 @@ fn missing_or_unknown_role_gets_the_strictest_block() {
     // A role on a decision other than allow is not trusted.
     let mut h = harness(GET_PATIENT, None, "application/grpc");
     let mut denied: AuthzDecision = serde_json::from_slice(&authz("billing")).unwrap();
-    denied.decision = "deny".into();
-    h.host.insert_property(&[state::AUTHZ], &denied.to_bytes());
+    denied.decision = Verdict::Deny;
+    h.host.insert_property(&[state::AUTHZ], &denied.encode());
     h.headers();
     let sent = h.body(&[&patient_frames(1)], false);
     assert!(!contains(&sent, CANARY_SSN));
@@ -215,6 +216,22 @@ fn missing_or_unknown_role_gets_the_strictest_block() {
     h.headers();
     let sent = h.body(&[&patient_frames(1)], false);
     assert!(!contains(&sent, CANARY_SSN));
+    // Nor one whose decision is outside the contract's set (no string compare lets
+    // `"Allow"` or `"permit"` through).
+    for decision in ["Allow", "permit", ""] {
+        let mut h = harness(GET_PATIENT, None, "application/grpc");
+        let bad = String::from_utf8(authz("billing")).unwrap().replacen(
+            r#""decision":"allow""#,
+            &format!(r#""decision":"{decision}""#),
+            1,
+        );
+        assert!(bad.contains(&format!(r#""decision":"{decision}""#)));
+        h.host.insert_property(&[state::AUTHZ], bad.as_bytes());
+        h.headers();
+        let sent = h.body(&[&patient_frames(1)], false);
+        assert!(!contains(&sent, CANARY_SSN), "{decision}");
+        assert_eq!(h.stream_summary_role(), "default");
+    }
 }
 
 #[test]
@@ -236,7 +253,7 @@ fn malformed_message_ends_the_rpc_with_internal() {
         Some("internal error")
     );
     let summary = h.summary().unwrap();
-    assert_eq!(summary.failure.as_deref(), Some("wire_type_mismatch"));
+    assert_eq!(summary.failure, Some(MaskFailure::WireTypeMismatch));
     assert_eq!(summary.messages, 1);
     assert_eq!(h.host.counter("phi_guard.mask.failures"), 1);
     let logs = h.host.log_text();
@@ -253,8 +270,8 @@ fn truncated_stream_without_trailers_is_reset() {
     assert!(sent.is_empty());
     assert!(h.body.reset.get());
     assert_eq!(
-        h.summary().unwrap().failure.as_deref(),
-        Some("truncated_frame")
+        h.summary().unwrap().failure,
+        Some(MaskFailure::TruncatedFrame)
     );
 }
 
@@ -273,7 +290,7 @@ fn non_grpc_response_of_a_masked_method_is_replaced() {
     let mut h = harness(GET_PATIENT, Some("billing"), "text/html");
     assert_eq!(h.headers(), Action::Pause);
     assert_eq!(h.host.sent_status(), Some(GrpcStatus::Internal));
-    assert_eq!(h.summary().unwrap().failure.as_deref(), Some("not_grpc"));
+    assert_eq!(h.summary().unwrap().failure, Some(MaskFailure::NotGrpc));
     let sent = h.body(&[b"<html>900-55-1234</html>"], true);
     assert!(sent.is_empty());
 }
@@ -292,7 +309,7 @@ fn methods_outside_the_descriptor_set_are_refused_before_the_service_sees_them()
         );
         assert_eq!(h.host.sent_status(), Some(GrpcStatus::Internal));
         let s = h.summary().unwrap();
-        assert_eq!(s.failure.as_deref(), Some("no_plan"));
+        assert_eq!(s.failure, Some(MaskFailure::NoPlan));
         assert_eq!(s.role, "billing");
         assert_eq!(h.host.counter("phi_guard.mask.refused_no_plan"), 1);
         // Whatever comes back (the local reply, or a response racing it) carries no byte.
@@ -366,8 +383,8 @@ fn summary_is_left_at_on_log_when_the_stream_was_cut() {
     h.body(&[&patient_frames(1)[..20]], false);
     h.stream.on_log(&h.host);
     assert_eq!(
-        h.summary().unwrap().failure.as_deref(),
-        Some("truncated_frame")
+        h.summary().unwrap().failure,
+        Some(MaskFailure::TruncatedFrame)
     );
 }
 
@@ -382,9 +399,9 @@ impl Harness {
     }
 
     fn resource(&self) -> Option<String> {
-        self.host
-            .filter_state(state::RESOURCE)
-            .map(|b| String::from_utf8(b).unwrap())
+        read_state::<ResourceId, _>(&self.host)
+            .unwrap()
+            .map(|ResourceId(id)| id)
     }
 }
 

@@ -17,8 +17,8 @@ use phi_guard_audit::filter::{Admission, AuditStream, FilterRuntime};
 use phi_guard_audit::hostx::AuditHost;
 use phi_guard_audit::testing::{bus, Bus, FakeAuditHost};
 use phi_guard_audit::time::UnixMillis;
-use phi_guard_common::{state, AuthzDecision, GrpcStatus, UnixSeconds};
-use phi_guard_host::{Flow, Host, LogLevel, SharedData, SharedDataError};
+use phi_guard_common::{state, AuthzDecision, GrpcStatus, UnixSeconds, Verdict};
+use phi_guard_host::{read_state, Flow, Host, LogLevel, SharedData, SharedDataError};
 use phi_guard_mask::remote::MaskSource;
 use phi_guard_mask::shell::{BodyHost, MaskStream, Metrics as MaskMetrics};
 use prost::Message;
@@ -449,7 +449,7 @@ fn run_single(h: &Recorder) -> Flow {
 }
 
 fn authz(host: &Recorder) -> AuthzDecision {
-    AuthzDecision::from_bytes(&host.base.base.property(&[state::AUTHZ]).unwrap()).unwrap()
+    read_state(&host.base.base).unwrap().unwrap()
 }
 
 #[test]
@@ -485,8 +485,8 @@ fn an_allowed_call_is_masked_by_role_and_audited() {
     }
     let decision = authz(&host);
     assert_eq!(
-        (decision.decision.as_str(), decision.role.as_str()),
-        ("allow", "nurse")
+        (decision.decision, decision.role.as_str()),
+        (Verdict::Allow, "nurse")
     );
     let events = host.events();
     assert_eq!(events.len(), 1, "{events:?}");
@@ -524,7 +524,7 @@ fn a_denied_call_is_refused_and_audited() {
         host.base.base.sent_status(),
         Some(GrpcStatus::PermissionDenied)
     );
-    assert_eq!(authz(&host).decision, "deny");
+    assert_eq!(authz(&host).decision, Verdict::Deny);
     let events = host.events();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["outcome"]["authz"]["decision"], "deny");
