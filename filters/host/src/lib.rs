@@ -5,6 +5,12 @@
 //! wrapper over the proxy-wasm host calls, compiled only for wasm32 because the host imports
 //! exist nowhere else (wasm32-wasip1, the target Envoy loads).
 
+// A panic traps the VM for every stream of its worker: none outside tests.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 use phi_guard_common::{GrpcMethod, GrpcStatus, UnixSeconds};
 
 mod fake;
