@@ -11,6 +11,12 @@
 //! The commands (`phi-guard-audit-verify`, `phi-guard-audit-collector`) are their own crate,
 //! cli/audit.
 
+// A panic traps the VM for every stream of its worker: none outside tests.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod batch;
 pub mod chain;
 pub mod config;

@@ -22,6 +22,12 @@
 //! | [`Environment`] | VM environment variables (`vm_config.environment_variables`) | jwt, mask, audit service |
 //! | [`PluginConfig`] | the plugin's configuration bytes | every module's `on_configure` |
 
+// A panic traps the VM for every stream of its worker: none outside tests.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 use phi_guard_common::{GrpcMethod, GrpcStatus, UnixSeconds};
 
 pub mod fake;

@@ -11,6 +11,12 @@
 //! metrics and logs, and the refusal before the first set); `wasm` wires it to proxy-wasm.
 //! The `phi-guard-mask` command-line tool is its own crate (cli/mask) over this one.
 
+// A panic traps the VM for every stream of its worker: none outside tests.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod catalog;
 pub mod config;
 pub mod descriptor;
