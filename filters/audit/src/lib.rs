@@ -6,7 +6,8 @@
 //! - [`otlp`]: OTLP/HTTP JSON logs encoding and reading;
 //! - [`verify`]: chain verification for the verifier command and tests;
 //! - [`filter`], [`service`]: the two shells, generic over the sets of host traits in
-//!   [`hostx`]; `wasm` (wasm32, feature `module`): the module's entry points, wiring only.
+//!   [`hostx`]; [`root`]: the module's root and HTTP contexts over them (which root by
+//!   `root_id`); `wasm` (wasm32, feature `module`): the SDK's entry points, wiring only.
 //!
 //! The commands (`phi-guard-audit-verify`, `phi-guard-audit-collector`) are their own crate,
 //! cli/audit.
@@ -25,6 +26,7 @@ pub mod event;
 pub mod filter;
 pub mod hostx;
 pub mod otlp;
+pub mod root;
 pub mod service;
 pub mod time;
 pub mod verify;

@@ -572,6 +572,13 @@ mod tests {
             .unwrap();
         assert_eq!(host.last_call().unwrap().token, t);
         assert_eq!(host.last_call().unwrap().body, b"body");
+        host.get_document("jwks", "/keys", "idp", "application/json", 5)
+            .unwrap();
+        let call = host.last_call().unwrap();
+        let names: Vec<&str> = call.headers.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, [":method", ":path", ":authority", "accept"]);
+        assert_eq!(call.headers[0].1, "GET");
+        assert!(call.body.is_empty());
         *host.call_response.borrow_mut() = (Some("200".into()), b"0123456789".to_vec());
         assert_eq!(
             host.http_call_response(10, 4),

@@ -133,6 +133,25 @@ pub trait HttpCalls {
     /// oversized body by asking for one byte more than it accepts; `limit` 0 reads the status
     /// only.
     fn http_call_response(&self, body_size: usize, limit: usize) -> (Option<String>, Vec<u8>);
+
+    /// A GET of a document (jwt's JWKS, mask's descriptor set): `:method`, `:path`,
+    /// `:authority` and `accept`, in that order, no body.
+    fn get_document(
+        &self,
+        cluster: &str,
+        path: &str,
+        authority: &str,
+        accept: &str,
+        timeout_ms: u64,
+    ) -> Option<u32> {
+        let headers = [
+            (":method", "GET"),
+            (":path", path),
+            (":authority", authority),
+            ("accept", accept),
+        ];
+        self.dispatch_http_call(cluster, &headers, None, timeout_ms)
+    }
 }
 
 /// The root context's timer.

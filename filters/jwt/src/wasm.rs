@@ -43,13 +43,14 @@ impl JwtRoot {
             return;
         };
         for fetch in shell::due_fetches(&ProxyHost, &shared.engine) {
-            let headers = [
-                (":method", "GET"),
-                (":path", fetch.path.as_str()),
-                (":authority", fetch.authority.as_str()),
-                ("accept", "application/json"),
-            ];
-            match ProxyHost.dispatch_http_call(&fetch.cluster, &headers, None, fetch.timeout_ms) {
+            let token = ProxyHost.get_document(
+                &fetch.cluster,
+                &fetch.path,
+                &fetch.authority,
+                "application/json",
+                fetch.timeout_ms,
+            );
+            match token {
                 Some(token) => {
                     self.pending.insert(token, fetch.provider);
                 }

@@ -56,13 +56,14 @@ impl MaskRoot {
             return;
         }
         let source = remote.source();
-        let headers = [
-            (":method", "GET"),
-            (":path", source.path.as_str()),
-            (":authority", source.authority.as_str()),
-            ("accept", "application/octet-stream"),
-        ];
-        match host.dispatch_http_call(&source.cluster, &headers, None, source.timeout_ms) {
+        let token = host.get_document(
+            &source.cluster,
+            &source.path,
+            &source.authority,
+            "application/octet-stream",
+            source.timeout_ms,
+        );
+        match token {
             Some(token) => self.pending = Some(token),
             None => remote_shell::on_dispatch_failed(&host, remote, &self.fetch_metrics),
         }

@@ -36,14 +36,13 @@ impl Root {
             return;
         };
         for fetch in pipeline.due_fetches(&ProxyHost) {
-            let headers = [
-                (":method", "GET"),
-                (":path", fetch.path.as_str()),
-                (":authority", fetch.authority.as_str()),
-                ("accept", fetch.accept),
-            ];
-            let token =
-                ProxyHost.dispatch_http_call(&fetch.cluster, &headers, None, fetch.timeout_ms);
+            let token = ProxyHost.get_document(
+                &fetch.cluster,
+                &fetch.path,
+                &fetch.authority,
+                fetch.accept,
+                fetch.timeout_ms,
+            );
             pipeline.on_dispatched(&ProxyHost, fetch.owner, token);
         }
     }
