@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use phi_guard_audit::chain::ChainKey;
-use phi_guard_audit::collector::{Collector, FailMode};
 use phi_guard_audit::verify::{parse_input, verify, VerifyOptions};
+use phi_guard_audit_cli::collector::{Collector, FailMode};
 use phi_guard_e2e::{all_logs, get_patient_code, raw_call, wait_until, Load};
 use phi_guard_proto::health::v1::{GetPatientRequest, ListEncountersRequest};
 use phi_guard_tools::backend::{canary, PATIENT_ID};

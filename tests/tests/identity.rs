@@ -7,6 +7,7 @@ use std::time::Duration;
 use jwt_simple::prelude::Duration as JwtDuration;
 use phi_guard_audit::chain::ChainKey;
 use phi_guard_audit::verify::{break_glass_accesses, parse_input, verify, VerifyOptions};
+use phi_guard_common::Verdict;
 use phi_guard_e2e::{all_logs, logged_reasons, wait_until};
 use phi_guard_proto::health::v1::{DeletePatientRequest, GetPatientRequest};
 use phi_guard_tools::backend::PATIENT_ID;
@@ -278,7 +279,7 @@ async fn the_filter_refuses_two_uri_sans_repeated_headers_and_unjustified_break_
     assert_eq!(review.len(), 3, "{lines:#?}");
     let allowed: Vec<_> = review
         .iter()
-        .filter(|a| a.event.outcome.authz.as_ref().unwrap().decision == "allow")
+        .filter(|a| a.event.outcome.authz.as_ref().unwrap().decision == Verdict::Allow)
         .collect();
     assert_eq!(allowed.len(), 1, "{lines:#?}");
     let authz = allowed[0].event.outcome.authz.as_ref().unwrap();

@@ -7,7 +7,7 @@
 
 use std::sync::OnceLock;
 
-use phi_guard_mask::tool::build;
+use phi_guard_mask_cli::build;
 use phi_guard_proto::fhir;
 use serde_json::{Map, Value};
 
@@ -137,7 +137,7 @@ fn merge_roles(roles: &mut Map<String, Value>, more: Map<String, Value>) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use phi_guard_mask::tool::Session;
+    use phi_guard_mask_cli::Session;
     use serde_json::json;
 
     /// `envoy/demo/mask.json` is what its two sources merge to. After editing a source, run

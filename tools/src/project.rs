@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use phi_guard_mask::tool::lint::suggested_class;
+use phi_guard_mask_cli::lint::suggested_class;
 use serde_json::{json, Value};
 
 /// A gRPC method found in a descriptor set: `pkg.Service/Method`.
@@ -573,7 +573,7 @@ mod tests {
         assert_eq!(suite["listener"]["trust_domain"], "example.test");
         let args = ["test".to_string(), cases.to_string_lossy().into_owned()];
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        let code = phi_guard_rbac::checker::run(&args, &mut out, &mut err);
+        let code = phi_guard_policy_cli::run(&args, &mut out, &mut err);
         let _ = std::fs::remove_dir_all(&dir);
         let out = String::from_utf8_lossy(&out);
         assert_eq!(

@@ -17,7 +17,7 @@ use crate::issuer::{self, JwksServer, SigningKey, UserClaims};
 use crate::pki::{self, Kind, Leaf, Pki};
 pub use crate::render::Layout;
 use crate::render::{self, HostPort, Inbound, Jwks};
-use phi_guard_audit::collector::{Collector, FailMode};
+use phi_guard_audit_cli::collector::{Collector, FailMode};
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 

@@ -9,6 +9,7 @@ use phi_guard_audit::chain::{ChainKey, Chainer};
 use phi_guard_audit::delivery::{CallOutcome, Delivery, DeliveryConfig};
 use phi_guard_audit::event::{AuditEvent, Authn, Authz, Correlation, Outcome, What, Who};
 use phi_guard_audit::otlp::OtlpMeta;
+use phi_guard_common::{AuthnResult, AuthzMode, Verdict};
 
 fn sample_event() -> Vec<u8> {
     AuditEvent {
@@ -34,12 +35,12 @@ fn sample_event() -> Vec<u8> {
         },
         outcome: Outcome {
             authn: Some(Authn {
-                result: "ok".into(),
+                result: AuthnResult::Ok,
                 reason: None,
             }),
             authz: Some(Authz {
-                decision: "allow".into(),
-                mode: "enforce".into(),
+                decision: Verdict::Allow,
+                mode: AuthzMode::Enforce,
                 policy_version: "2026-11-01".into(),
                 reason: "matched_allow".into(),
                 rule: Some("nurses-read".into()),

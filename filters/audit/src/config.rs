@@ -40,6 +40,35 @@ pub struct FilterConfig {
     /// (`what.resource_id`, filter state `phi_guard.resource`); none by default.
     #[serde(default)]
     pub claimed_resource_id_header: Option<String>,
+    /// Events a worker VM holds before it queues them as one batch (1..=1024; 1 queues each
+    /// event at its RPC's end).
+    #[serde(default = "d_batch_max_events")]
+    pub batch_max_events: usize,
+    /// Largest batch in bytes (1024..=1 MiB); a batch is sent before an event would push it
+    /// past this. An event larger than this on its own goes alone.
+    #[serde(default = "d_batch_max_bytes")]
+    pub batch_max_bytes: usize,
+    /// How often (the VM's tick) a worker sends what it holds: the most an event waits in the
+    /// worker before it is queued (1..=10000).
+    #[serde(default = "d_batch_flush_ms")]
+    pub batch_flush_ms: u64,
+}
+
+/// Default `batch_max_events`.
+pub const DEFAULT_BATCH_MAX_EVENTS: usize = 32;
+/// Default `batch_max_bytes`.
+pub const DEFAULT_BATCH_MAX_BYTES: usize = 64 * 1024;
+/// Default `batch_flush_ms`.
+pub const DEFAULT_BATCH_FLUSH_MS: u64 = 100;
+
+fn d_batch_max_events() -> usize {
+    DEFAULT_BATCH_MAX_EVENTS
+}
+fn d_batch_max_bytes() -> usize {
+    DEFAULT_BATCH_MAX_BYTES
+}
+fn d_batch_flush_ms() -> u64 {
+    DEFAULT_BATCH_FLUSH_MS
 }
 
 /// The option's name before the resource id came from the request message.
@@ -61,6 +90,29 @@ impl FilterConfig {
         let cfg: Self = phi_guard_common::config::from_json_value(&doc)?;
         non_empty("service_vm_id", &cfg.service_vm_id)?;
         non_empty("queue", &cfg.queue)?;
+        let within = |field: &str, v: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(ConfigError::new(
+                    field,
+                    format!("must be between {lo} and {hi}"),
+                ))
+            }
+        };
+        within(
+            "batch_max_events",
+            cfg.batch_max_events as u64,
+            1,
+            crate::batch::MAX_BATCH_EVENTS as u64,
+        )?;
+        within(
+            "batch_max_bytes",
+            cfg.batch_max_bytes as u64,
+            1024,
+            crate::batch::MAX_BATCH_BYTES as u64,
+        )?;
+        within("batch_flush_ms", cfg.batch_flush_ms, 1, 10_000)?;
         if let Some(h) = &cfg.claimed_resource_id_header {
             let valid = !h.is_empty()
                 && !h.starts_with(':')
@@ -245,6 +297,48 @@ mod tests {
         }
         let err = FilterConfig::parse(br#"{"queu":"x"}"#).unwrap_err();
         assert_eq!(err.field, "queu");
+    }
+
+    #[test]
+    fn batch_limits_have_defaults_and_bounds() {
+        let cfg = FilterConfig::parse(b"{}").unwrap();
+        assert_eq!(
+            (
+                cfg.batch_max_events,
+                cfg.batch_max_bytes,
+                cfg.batch_flush_ms
+            ),
+            (32, 65_536, 100)
+        );
+        let cfg = FilterConfig::parse(
+            br#"{"batch_max_events":1,"batch_max_bytes":1024,"batch_flush_ms":10000}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                cfg.batch_max_events,
+                cfg.batch_max_bytes,
+                cfg.batch_flush_ms
+            ),
+            (1, 1024, 10_000)
+        );
+        for (doc, field) in [
+            (r#"{"batch_max_events":0}"#, "batch_max_events"),
+            (r#"{"batch_max_events":1025}"#, "batch_max_events"),
+            (r#"{"batch_max_bytes":1023}"#, "batch_max_bytes"),
+            (r#"{"batch_max_bytes":1048577}"#, "batch_max_bytes"),
+            (r#"{"batch_flush_ms":0}"#, "batch_flush_ms"),
+            (r#"{"batch_flush_ms":10001}"#, "batch_flush_ms"),
+            (r#"{"batch_flush_ms":"fast"}"#, "batch_flush_ms"),
+            (
+                r#"{"batch_max_events":2,"batch_max_events":3}"#,
+                "batch_max_events",
+            ),
+        ] {
+            let err = FilterConfig::parse(doc.as_bytes()).unwrap_err();
+            assert_eq!(err.field, field, "{doc}: {err}");
+            assert!(!err.to_string().contains("fast"), "no value echoed");
+        }
     }
 
     #[test]

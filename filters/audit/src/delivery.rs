@@ -93,6 +93,36 @@ pub enum Rejected {
     /// fail_closed with a full backlog: the shell checks [`Delivery::has_room`] first, so
     /// this only happens if it did not.
     BacklogFull,
+    /// A queue item that is neither a well-formed batch nor a bare event.
+    Malformed,
+}
+
+/// An event that passed the service's checks, ready to chain.
+struct Checked {
+    text: String,
+    time_ms: UnixMillis,
+    severity: Severity,
+}
+
+/// Reads the record's time and severity from an event; `None` when it is not JSON.
+fn check_event(bytes: &[u8], now_ms: UnixMillis) -> Option<Checked> {
+    let env = serde_json::from_slice::<Envelope>(bytes).ok()?;
+    let time_ms = env
+        .time
+        .as_deref()
+        .and_then(parse_iso8601_ms)
+        .unwrap_or(now_ms);
+    let severity = match env.outcome.and_then(|o| o.grpc_status) {
+        Some(0) => Severity::Info,
+        _ => Severity::Warn,
+    };
+    // Valid JSON is valid UTF-8.
+    let text = String::from_utf8(bytes.to_vec()).ok()?;
+    Some(Checked {
+        text,
+        time_ms,
+        severity,
+    })
 }
 
 /// Running totals; the shell turns differences into counter increments.
@@ -109,6 +139,9 @@ pub struct Stats {
     /// Times the backlog was found full (an event arrived to a full backlog, or fail_closed
     /// raised its flag).
     pub backlog_full: u64,
+    /// Queue items refused whole: malformed batches, or batches holding an event that is not
+    /// JSON ([`Delivery::on_item`]).
+    pub refused_items: u64,
 }
 
 #[derive(Debug)]
@@ -222,53 +255,92 @@ impl Delivery {
             self.stats.dropped += 1;
             return Err(Rejected::TooLarge);
         }
-        let (time_ms, severity) = match serde_json::from_slice::<Envelope>(&bytes) {
-            Ok(env) => (
-                env.time
-                    .as_deref()
-                    .and_then(parse_iso8601_ms)
-                    .unwrap_or(now_ms),
-                match env.outcome.and_then(|o| o.grpc_status) {
-                    Some(0) => Severity::Info,
-                    _ => Severity::Warn,
-                },
-            ),
-            Err(_) => {
-                self.stats.dropped += 1;
-                return Err(Rejected::NotJson);
-            }
-        };
-        // Valid JSON is valid UTF-8.
-        let Ok(event) = String::from_utf8(bytes) else {
+        let Some(checked) = check_event(&bytes, now_ms) else {
             self.stats.dropped += 1;
             return Err(Rejected::NotJson);
         };
-        if self.backlog.len() >= self.cfg.max_backlog_events {
+        if self.backlog.len() >= self.cfg.max_backlog_events
+            && self.cfg.policy == BacklogPolicy::FailClosed
+        {
             self.stats.backlog_full += 1;
-            match self.cfg.policy {
-                BacklogPolicy::FailClosed => {
-                    self.stats.dropped += 1;
-                    self.update_flag();
-                    return Err(Rejected::BacklogFull);
-                }
-                BacklogPolicy::DropOldest => {
-                    let victim = self.protected();
-                    if victim < self.backlog.len() {
-                        self.backlog.remove(victim);
-                        self.stats.dropped += 1;
-                    }
+            self.stats.dropped += 1;
+            self.update_flag();
+            return Err(Rejected::BacklogFull);
+        }
+        self.accept(checked, now_ms);
+        self.update_flag();
+        Ok(())
+    }
+
+    /// One shared-queue item: a batch of events or a bare event ([`crate::batch`]). The item
+    /// is taken whole or not at all: a malformed item, or one holding an event that is not
+    /// JSON, is refused and counted in `refused_items` (and its events, when the framing
+    /// gave their number, in `dropped`). An event above `max_event_bytes` is dropped alone,
+    /// as a bare event always was. Under fail_closed the shell checks [`Delivery::has_room`]
+    /// before taking an item, and the whole batch is then taken even if it overshoots the
+    /// bound (by less than one batch): its events are never lost. Returns the events chained.
+    pub fn on_item(&mut self, item: &[u8], now_ms: UnixMillis) -> Result<usize, Rejected> {
+        let events = match crate::batch::decode(item) {
+            Ok(events) => events,
+            Err(_) => {
+                self.stats.refused_items += 1;
+                return Err(Rejected::Malformed);
+            }
+        };
+        let mut checked = Vec::with_capacity(events.len());
+        let mut oversized = 0u64;
+        for event in &events {
+            if event.len() > self.cfg.max_event_bytes {
+                oversized += 1;
+                continue;
+            }
+            match check_event(event, now_ms) {
+                Some(c) => checked.push(c),
+                None => {
+                    self.stats.refused_items += 1;
+                    self.stats.dropped += events.len() as u64;
+                    return Err(Rejected::NotJson);
                 }
             }
         }
-        let record = self.chainer.append(event, time_ms);
+        if self.cfg.policy == BacklogPolicy::FailClosed && !self.has_room() {
+            self.stats.backlog_full += 1;
+            self.stats.dropped += events.len() as u64;
+            self.update_flag();
+            return Err(Rejected::BacklogFull);
+        }
+        self.stats.dropped += oversized;
+        let n = checked.len();
+        for c in checked {
+            self.accept(c, now_ms);
+        }
+        self.update_flag();
+        if oversized > 0 && n == 0 {
+            return Err(Rejected::TooLarge);
+        }
+        Ok(n)
+    }
+
+    /// Appends a checked event; under drop_oldest a full backlog first loses its oldest
+    /// record not on the wire.
+    fn accept(&mut self, event: Checked, now_ms: UnixMillis) {
+        if self.backlog.len() >= self.cfg.max_backlog_events
+            && self.cfg.policy == BacklogPolicy::DropOldest
+        {
+            self.stats.backlog_full += 1;
+            let victim = self.protected();
+            if victim < self.backlog.len() {
+                self.backlog.remove(victim);
+                self.stats.dropped += 1;
+            }
+        }
+        let record = self.chainer.append(event.text, event.time_ms);
         self.backlog.push_back(Pending {
             record,
-            severity,
+            severity: event.severity,
             arrived_ms: now_ms,
         });
         self.stats.accepted += 1;
-        self.update_flag();
-        Ok(())
     }
 
     fn backoff_ms(&self) -> u64 {

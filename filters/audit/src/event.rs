@@ -10,9 +10,11 @@
 
 use std::collections::BTreeMap;
 
-use phi_guard_common::state;
-use phi_guard_common::{AuthnOutcome, AuthzDecision, Identity, MaskSummary};
-use phi_guard_host::HostExt;
+use phi_guard_common::{
+    AuthnOutcome, AuthnResult, AuthzDecision, AuthzMode, Identity, MaskFailure, MaskSummary,
+    ResourceId, Verdict,
+};
+use phi_guard_host::{read_state, HostExt};
 use serde::{Deserialize, Serialize};
 
 use crate::hostx::AuditHost;
@@ -105,15 +107,17 @@ pub struct Outcome {
     pub response_bytes: Option<u64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// No `Default`: a verdict or a result is never implied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Authn {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    pub result: String,
+    pub result: AuthnResult,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// No `Default`: a verdict or a result is never implied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Authz {
     /// Set when a break-glass rule decided (allowed or refused): the post-access review list
@@ -123,21 +127,21 @@ pub struct Authz {
     /// The policy's reason code for an allowed break-glass access (never free text).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub break_glass_reason: Option<String>,
-    pub decision: String,
-    pub mode: String,
+    pub decision: Verdict,
+    pub mode: AuthzMode,
     pub policy_version: String,
     pub reason: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shadow_decision: Option<String>,
+    pub shadow_decision: Option<Verdict>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Mask {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failure: Option<String>,
+    pub failure: Option<MaskFailure>,
     /// `"<class>/<action>"` → number of fields masked.
     pub fields: BTreeMap<String, u64>,
     pub messages: u64,
@@ -294,18 +298,11 @@ pub fn build_event<H: AuditHost + ?Sized>(
     started_ms: Option<UnixMillis>,
 ) -> AuditEvent {
     let now_ms = host.now_ms();
-    let identity = host
-        .filter_state(state::IDENTITY)
-        .and_then(|b| Identity::from_bytes(&b));
-    let authn = host
-        .filter_state(state::AUTHN)
-        .and_then(|b| AuthnOutcome::from_bytes(&b));
-    let authz = host
-        .filter_state(state::AUTHZ)
-        .and_then(|b| AuthzDecision::from_bytes(&b));
-    let mask = host
-        .filter_state(state::MASK)
-        .and_then(|b| MaskSummary::from_bytes(&b));
+    // A missing or unreadable record leaves its part of the event out.
+    let identity = read_state::<Identity, _>(host).ok().flatten();
+    let authn = read_state::<AuthnOutcome, _>(host).ok().flatten();
+    let authz = read_state::<AuthzDecision, _>(host).ok().flatten();
+    let mask = read_state::<MaskSummary, _>(host).ok().flatten();
     let method = host.grpc_method();
 
     let provider = identity
@@ -349,10 +346,10 @@ pub fn build_event<H: AuditHost + ?Sized>(
             // The client chose `:path` too: a method named like an SSN is masked.
             service: method.as_ref().and_then(|m| id_like(&m.service)),
             method: method.as_ref().and_then(|m| id_like(&m.method)),
-            resource_id: host
-                .filter_state(state::RESOURCE)
-                .and_then(|b| String::from_utf8(b).ok())
-                .and_then(|v| id_like(&v)),
+            resource_id: read_state::<ResourceId, _>(host)
+                .ok()
+                .flatten()
+                .and_then(|ResourceId(v)| id_like(&v)),
             claimed_resource_id: opts
                 .claimed_resource_id_header
                 .as_deref()

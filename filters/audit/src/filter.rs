@@ -1,12 +1,23 @@
 //! The HTTP filter shell: admit or refuse at request headers (the fail-closed flag and the
-//! queue), build and enqueue the event at `on_log`. Generic over [`AuditHost`] so it runs
-//! against the fakes natively.
+//! queue), build the event at `on_log` and hold it in the VM's batch, which goes to the
+//! service's queue as one item ([`crate::batch`]) when it holds `batch_max_events` events or
+//! `batch_max_bytes`, on the root context's tick (every `batch_flush_ms`), when the
+//! configuration is replaced ([`FilterRuntime::retire`]) and when the VM shuts down
+//! (`on_done`). Generic over [`AuditHost`] so it runs against the fakes natively.
+//!
+//! What a batch can lose: its events live in the worker VM until they are queued. If the VM
+//! goes away without `on_done` (Envoy crashes or is killed, the VM traps), the events of at
+//! most one batch (`batch_max_events`, none older than `batch_flush_ms`) are lost with it,
+//! as the service's backlog and Envoy's queue are lost in the same crash; the chain then
+//! shows the service restarting (a new segment), not the lost tail. A batch the host
+//! refuses to queue (the service VM is gone) is counted in `enqueue_failed`, event by event.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 use phi_guard_common::GrpcStatus;
 use phi_guard_host::{Counter, LogLevel};
 
+use crate::batch::{format_key, BatchWriter};
 use crate::config::{backlog_flag_key, FilterConfig};
 use crate::event::{build_event, EventOptions};
 use crate::hostx::AuditHost;
@@ -17,6 +28,17 @@ pub const METRIC_ENQUEUED: &str = "phi_guard.audit.enqueued";
 pub const METRIC_REFUSED: &str = "phi_guard.audit.refused";
 /// Events lost at `on_log` because the queue was gone or refused them.
 pub const METRIC_ENQUEUE_FAILED: &str = "phi_guard.audit.enqueue_failed";
+/// Queue items the filter put on the queue (one per batch).
+pub const METRIC_BATCHES: &str = "phi_guard.audit.batches";
+
+/// How events go on the queue, as the service said ([`crate::batch::format_key`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    /// Version-1 batches.
+    Batched,
+    /// A service of the previous release: one bare event per queue item.
+    Bare,
+}
 
 /// Per-root (per worker VM) state shared by every stream: config, counters, the resolved
 /// queue id (resolved lazily because the service may be configured after the filter).
@@ -25,13 +47,22 @@ pub struct FilterRuntime {
     pub config: FilterConfig,
     options: EventOptions,
     flag_key: String,
+    format_key: String,
     queue_id: Cell<Option<u32>>,
+    /// Learnt once the service's flag is seen (the service writes its format first).
+    wire: Cell<Option<Wire>>,
+    /// Events built and not yet queued.
+    batch: RefCell<BatchWriter>,
+    /// Set when a new configuration replaced this one: nothing ticks for it any more, so
+    /// every event is queued at once.
+    retired: Cell<bool>,
     /// Whether the last admission refused: refusals are logged on change, not per RPC,
     /// so a full backlog cannot flood Envoy's log.
     refusing: Cell<bool>,
     enqueued: Counter,
     refused: Counter,
     enqueue_failed: Counter,
+    batches: Counter,
 }
 
 impl FilterRuntime {
@@ -41,12 +72,115 @@ impl FilterRuntime {
                 claimed_resource_id_header: config.claimed_resource_id_header.clone(),
             },
             flag_key: backlog_flag_key(&config.queue),
+            format_key: format_key(&config.queue),
+            batch: RefCell::new(BatchWriter::new(
+                config.batch_max_events,
+                config.batch_max_bytes,
+            )),
             config,
             queue_id: Cell::new(None),
+            wire: Cell::new(None),
+            retired: Cell::new(false),
             refusing: Cell::new(false),
             enqueued: Counter::define(host, METRIC_ENQUEUED),
             refused: Counter::define(host, METRIC_REFUSED),
             enqueue_failed: Counter::define(host, METRIC_ENQUEUE_FAILED),
+            batches: Counter::define(host, METRIC_BATCHES),
+        }
+    }
+
+    /// The root context's tick period for this configuration.
+    pub fn tick_ms(&self) -> u64 {
+        self.config.batch_flush_ms
+    }
+
+    /// Events held and not yet queued.
+    pub fn buffered(&self) -> usize {
+        self.batch.borrow().len()
+    }
+
+    /// The root context's tick, and `on_done`: queues what the VM holds.
+    pub fn on_tick<H: AuditHost>(&self, host: &H) {
+        self.flush(host);
+    }
+
+    /// A new configuration replaces this one: queues what it holds, and from now on every
+    /// event of a stream that still runs under it is queued at once.
+    pub fn retire<H: AuditHost>(&self, host: &H) {
+        self.retired.set(true);
+        self.flush(host);
+    }
+
+    /// Which wire format the service reads; learnt (and kept) once the service's flag is
+    /// present, since the service writes the format before the flag.
+    fn wire<H: AuditHost>(&self, host: &H, flag_seen: bool) -> Wire {
+        if let Some(wire) = self.wire.get() {
+            return wire;
+        }
+        let wire = match host.shared_data(&self.format_key).as_deref() {
+            Some(v) if v.first().is_some_and(|b| (b'1'..=b'9').contains(b)) => Wire::Batched,
+            _ => Wire::Bare,
+        };
+        if flag_seen {
+            self.wire.set(Some(wire));
+        }
+        wire
+    }
+
+    /// Puts one item on the queue; after a refusal resolves the queue afresh (a restarted
+    /// service registers it again) and tries once more.
+    fn enqueue<H: AuditHost>(&self, host: &H, bytes: &[u8]) -> bool {
+        if self.queue(host).is_some_and(|q| host.enqueue(q, bytes)) {
+            return true;
+        }
+        self.queue_id.set(None);
+        self.wire.set(None);
+        self.queue(host).is_some_and(|q| host.enqueue(q, bytes))
+    }
+
+    /// Queues the batch, if it holds anything.
+    fn flush<H: AuditHost>(&self, host: &H) {
+        let Some((bytes, n)) = self.batch.borrow_mut().take() else {
+            return;
+        };
+        self.sent(host, self.enqueue(host, &bytes), n);
+    }
+
+    /// Counts an item's events as enqueued or lost.
+    fn sent<H: AuditHost>(&self, host: &H, ok: bool, events: usize) {
+        let n = i64::try_from(events).unwrap_or(i64::MAX);
+        if ok {
+            self.enqueued.add(host, n);
+            self.batches.inc(host);
+        } else {
+            self.queue_id.set(None);
+            self.wire.set(None);
+            self.enqueue_failed.add(host, n);
+            host.log(
+                LogLevel::Error,
+                &format!("phi_guard audit: {events} event(s) could not be enqueued"),
+            );
+        }
+    }
+
+    /// One event at its stream's end: into the batch, which goes out when full.
+    fn submit<H: AuditHost>(&self, host: &H, event: &[u8]) {
+        if self.wire(host, false) == Wire::Bare {
+            self.sent(host, self.enqueue(host, event), 1);
+            return;
+        }
+        let pushed = self.batch.borrow_mut().push(event);
+        if !pushed {
+            // It would overflow the batch: send what is held, then start a new one.
+            self.flush(host);
+            if !self.batch.borrow_mut().push(event) {
+                // Larger than any batch may be (MAX_BATCH_BYTES): counted, never sent.
+                self.sent(host, false, 1);
+                return;
+            }
+        }
+        if self.retired.get() || self.batch.borrow().is_full() {
+            self.flush(host);
         }
     }
 
@@ -66,7 +200,10 @@ impl FilterRuntime {
         }
         // The service publishes "0" as soon as it is configured; no flag means no service.
         match host.shared_data(&self.flag_key).as_deref() {
-            Some(b"0") => None,
+            Some(b"0") => {
+                self.wire(host, true);
+                None
+            }
             Some(_) => Some("audit backlog full"),
             None => Some("audit service flag missing"),
         }
@@ -122,18 +259,6 @@ impl AuditStream {
         // Every RPC passes here: no per-RPC log line, not even at debug (formatting and the
         // host call cost more than the event's own lookups).
         let event = build_event(host, &rt.options, self.started_ms);
-        let bytes = event.canonical_bytes();
-        let ok = rt.queue(host).is_some_and(|q| host.enqueue(q, &bytes));
-        if ok {
-            rt.enqueued.inc(host);
-        } else {
-            // The queue may have been re-registered by a restarted service: resolve afresh.
-            rt.queue_id.set(None);
-            rt.enqueue_failed.inc(host);
-            host.log(
-                LogLevel::Error,
-                "phi_guard audit: event could not be enqueued",
-            );
-        }
+        rt.submit(host, &event.canonical_bytes());
     }
 }

@@ -18,9 +18,12 @@ pub const METRIC_BACKLOG_FULL: &str = "phi_guard.audit.backlog_full";
 pub const METRIC_CHAINED: &str = "phi_guard.audit.chained";
 /// Gauge: records waiting for the collector.
 pub const METRIC_BACKLOG: &str = "phi_guard.audit.backlog";
+/// Queue items refused whole: malformed batches (see [`crate::batch`]).
+pub const METRIC_BATCH_REFUSED: &str = "phi_guard.audit.batch_refused";
 
-/// Upper bound of queue items taken per callback, so one callback never runs unbounded
-/// under drop_oldest (the rest is taken on the next tick).
+/// Upper bound of events taken per callback, so one callback never runs unbounded under
+/// drop_oldest (the rest is taken on the next tick). Checked between queue items, so one
+/// callback takes at most this plus one batch.
 const MAX_DEQUEUE_PER_PUMP: usize = 10_000;
 
 #[derive(Debug, Default)]
@@ -30,6 +33,7 @@ struct Metrics {
     retried: Option<u32>,
     dropped: Option<u32>,
     backlog_full: Option<u32>,
+    batch_refused: Option<u32>,
     backlog: Option<u32>,
 }
 
@@ -39,6 +43,10 @@ pub struct AuditService {
     core: Option<Delivery>,
     queue_id: Option<u32>,
     flag_key: String,
+    /// Shared-data key of the batch format this service reads ([`crate::batch::format_key`]).
+    format_key: String,
+    /// Whether `format_key` was written for the current queue.
+    format_published: bool,
     /// The flag value last written to shared data.
     published: Option<bool>,
     /// Token of the in-flight `dispatch_http_call` and the batch it carries.
@@ -102,6 +110,7 @@ impl AuditService {
                 retried: host.define_counter(METRIC_RETRIED),
                 dropped: host.define_counter(METRIC_DROPPED),
                 backlog_full: host.define_counter(METRIC_BACKLOG_FULL),
+                batch_refused: host.define_counter(METRIC_BATCH_REFUSED),
                 backlog: host.define_gauge(METRIC_BACKLOG),
             };
         }
@@ -109,6 +118,8 @@ impl AuditService {
         if new_flag_key != self.flag_key {
             self.published = None;
             self.flag_key = new_flag_key;
+            self.format_key = crate::batch::format_key(&cfg.queue);
+            self.format_published = false;
         }
         host.set_tick_period_ms(cfg.tick_ms);
         self.queue_id = Some(queue_id);
@@ -164,15 +175,21 @@ impl AuditService {
         else {
             return;
         };
+        // The format goes out before the admission flag: a filter that sees the flag also
+        // sees which batches this service reads.
+        if !self.format_published {
+            let version = [b'0' + crate::batch::VERSION];
+            self.format_published = host.set_shared_data(&self.format_key, &version);
+        }
         let now = host.now_ms();
         let mut taken = 0;
         while core.has_room() && taken < MAX_DEQUEUE_PER_PUMP {
             let Some(bytes) = host.dequeue(queue) else {
                 break;
             };
-            taken += 1;
-            // A refused item is counted in the core's `dropped`; its contents are not logged.
-            let _ = core.on_event(bytes, now);
+            // A refused item is counted in the core's `dropped` or `refused_items`; its
+            // contents are not logged.
+            taken += core.on_item(&bytes, now).unwrap_or(1).max(1);
         }
         let batch = core.poll(now);
         if let Some(batch) = batch {
@@ -182,7 +199,12 @@ impl AuditService {
                 (":authority", cfg.authority()),
                 ("content-type", "application/json"),
             ];
-            match host.http_call(&cfg.cluster, &headers, &batch.body, cfg.request_timeout_ms) {
+            match host.dispatch_http_call(
+                &cfg.cluster,
+                &headers,
+                Some(&batch.body),
+                cfg.request_timeout_ms,
+            ) {
                 Some(token) => self.call = Some((token, batch.id)),
                 None => {
                     host.log(
@@ -194,7 +216,7 @@ impl AuditService {
             }
         }
         let blocked = core.blocked();
-        if self.published != Some(blocked) {
+        if self.published != Some(blocked) && self.format_published {
             let value: &[u8] = if blocked { b"1" } else { b"0" };
             if host.set_shared_data(&self.flag_key, value) {
                 self.published = Some(blocked);
@@ -220,13 +242,14 @@ impl AuditService {
             (m.retried, s.retried, r.retried),
             (m.dropped, s.dropped, r.dropped),
             (m.backlog_full, s.backlog_full, r.backlog_full),
+            (m.batch_refused, s.refused_items, r.refused_items),
         ] {
             if let (Some(id), true) = (id, now > before) {
-                host.increment_metric(id, i64::try_from(now - before).unwrap_or(i64::MAX));
+                host.increment_counter(id, i64::try_from(now - before).unwrap_or(i64::MAX));
             }
         }
         if let Some(id) = m.backlog {
-            host.record_metric(id, backlog);
+            host.record_gauge(id, backlog);
         }
         self.reported = s;
     }

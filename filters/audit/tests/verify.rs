@@ -294,7 +294,8 @@ fn located_records_keep_their_errors() {
 fn lists_break_glass_decisions_once_each() {
     use phi_guard_audit::event::{AuditEvent, Authz, Outcome, What, Who};
     use phi_guard_audit::verify::break_glass_accesses;
-    let event = |break_glass: bool, decision: &str, reason: Option<&str>| AuditEvent {
+    use phi_guard_common::{AuthzMode, Verdict};
+    let event = |break_glass: bool, decision: Verdict, reason: Option<&str>| AuditEvent {
         schema: "phi_guard.audit.v1".into(),
         time: "2026-12-02T05:00:00.000Z".into(),
         who: Who {
@@ -310,8 +311,8 @@ fn lists_break_glass_decisions_once_each() {
         },
         outcome: Outcome {
             authz: Some(Authz {
-                decision: decision.into(),
-                mode: "enforce".into(),
+                decision,
+                mode: AuthzMode::Enforce,
                 policy_version: "v".into(),
                 reason: if reason.is_some() {
                     "break_glass"
@@ -322,7 +323,7 @@ fn lists_break_glass_decisions_once_each() {
                 rule: Some("emergency-reads".into()),
                 break_glass,
                 break_glass_reason: reason.map(str::to_string),
-                ..Default::default()
+                shadow_decision: None,
             }),
             grpc_status: Some(0),
             ..Default::default()
@@ -331,9 +332,9 @@ fn lists_break_glass_decisions_once_each() {
     };
     let mut c = Chainer::new(key());
     let events = [
-        event(false, "allow", None),
-        event(true, "allow", Some("life-threat")),
-        event(true, "deny", None),
+        event(false, Verdict::Allow, None),
+        event(true, Verdict::Allow, Some("life-threat")),
+        event(true, Verdict::Deny, None),
     ];
     let records: Vec<ChainedRecord> = events
         .iter()

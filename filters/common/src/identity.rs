@@ -6,7 +6,8 @@ use crate::clock::UnixSeconds;
 
 /// What a verified JWT says about the end user. Written by the jwt filter only after the
 /// signature and every registered claim checked out; stored as JSON under
-/// [`crate::state::IDENTITY`]. Claims the operator did not ask to pass on are not here.
+/// [`crate::state::IDENTITY`] (its [`crate::state::StateContract`]); a missing or unreadable
+/// identity means no end user. Claims the operator did not ask to pass on are not here.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Identity {
@@ -34,15 +35,6 @@ pub struct Identity {
 }
 
 impl Identity {
-    pub fn to_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("Identity serialises to JSON")
-    }
-
-    /// A missing or unreadable identity is `None`: callers treat that as unauthenticated.
-    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        serde_json::from_slice(bytes).ok()
-    }
-
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r == role)
     }
@@ -55,6 +47,7 @@ impl Identity {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::StateContract;
 
     fn nurse() -> Identity {
         Identity {
@@ -74,15 +67,15 @@ mod tests {
     #[test]
     fn round_trips_through_filter_state_bytes() {
         let id = nurse();
-        assert_eq!(Identity::from_bytes(&id.to_bytes()), Some(id));
+        assert_eq!(Identity::decode(&id.encode()), Some(id));
     }
 
     #[test]
     fn garbage_is_no_identity() {
-        assert_eq!(Identity::from_bytes(b""), None);
-        assert_eq!(Identity::from_bytes(b"{\"subject\":1}"), None);
+        assert_eq!(Identity::decode(b""), None);
+        assert_eq!(Identity::decode(b"{\"subject\":1}"), None);
         assert_eq!(
-            Identity::from_bytes(br#"{"provider":"p","issuer":"i","subject":"s","expires_at":1,"cert_bound":false,"admin":true}"#),
+            Identity::decode(br#"{"provider":"p","issuer":"i","subject":"s","expires_at":1,"cert_bound":false,"admin":true}"#),
             None,
             "unknown fields are refused, not ignored"
         );

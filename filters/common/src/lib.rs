@@ -7,6 +7,12 @@
 //! and the clock abstraction the pure cores take time from. It has no proxy-wasm dependency so
 //! every core can be tested natively.
 
+// A panic traps the VM for every stream of its worker: none outside tests.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod clock;
 pub mod config;
 pub mod fetch;
@@ -21,4 +27,7 @@ pub use clock::{Clock, FixedClock, UnixSeconds};
 pub use config::ConfigError;
 pub use grpc::{GrpcMethod, GrpcStatus};
 pub use identity::Identity;
-pub use outcome::{AuthnOutcome, AuthzDecision, MaskSummary};
+pub use outcome::{
+    AuthnOutcome, AuthnResult, AuthzDecision, AuthzMode, MaskFailure, MaskSummary, Verdict,
+};
+pub use state::{MethodLabel, RequestId, ResourceId, StateContract};

@@ -1,34 +1,111 @@
-//! Filter-state keys and the request headers the filters own.
+//! Filter-state keys, the contract each one carries, and the request headers the filters own.
 //!
 //! A filter writes with `set_property(["phi_guard.<key>"], bytes)`; a later filter on the same
 //! stream reads with `get_property(["phi_guard.<key>"])`. Envoy stores them as
-//! `wasm.phi_guard.<key>`, which access logs can print with `%FILTER_STATE(...)%`. Every reader
-//! tolerates a missing key and fails closed where security depends on it.
+//! `wasm.phi_guard.<key>`, which access logs can print with `%FILTER_STATE(...)%`.
+//!
+//! Each key has exactly one type, its [`StateContract`]: the type names the key and its byte
+//! format, so no filter names a key by string. Filters read and write them only through
+//! `phi_guard_host::read_state` / `write_state`. Every reader tolerates a missing key and
+//! fails closed where security depends on it; an unreadable value (not the contract's format)
+//! is reported apart from a missing one so a reader can say so.
+
+use crate::identity::Identity;
+use crate::outcome::{AuthnOutcome, AuthzDecision, MaskSummary};
 
 /// JSON [`crate::Identity`], written by jwt on success.
 pub const IDENTITY: &str = "phi_guard.identity";
-/// JSON `{"result":"ok"|"failed"|"skipped","reason":...}` from jwt, for the audit event.
+/// JSON [`AuthnOutcome`] `{"result":"ok"|"failed"|"skipped","reason":...}` from jwt, for the
+/// audit event.
 pub const AUTHN: &str = "phi_guard.authn";
-/// JSON authorization decision from rbac (decision, rule, effective role, policy version).
+/// JSON [`AuthzDecision`] from rbac (decision, rule, effective role, policy version).
 pub const AUTHZ: &str = "phi_guard.authz";
-/// JSON mask summary from mask (counts per class and action, never values).
+/// JSON [`MaskSummary`] from mask (counts per class and action, never values).
 pub const MASK: &str = "phi_guard.mask";
-/// Plain text, the id of the resource the request asks for, read by mask from the first
-/// request message (the field annotated `phi.v1.resource_id` or named by the catalog) after
-/// [`crate::sanitize::client_id`]; absent when the method has no such field, the field is
-/// absent or refused, or the message could not be read. The audit event's `what.resource_id`.
+/// Plain text ([`ResourceId`]), the id of the resource the request asks for, read by mask
+/// from the first request message (the field annotated `phi.v1.resource_id` or named by the
+/// catalog) after [`crate::sanitize::client_id`]; absent when the method has no such field,
+/// the field is absent or refused, or the message could not be read. The audit event's
+/// `what.resource_id`.
 pub const RESOURCE: &str = "phi_guard.resource";
-/// Plain text, the form access logs print instead of `:path`: see
+/// Plain text ([`MethodLabel`]), the form access logs print instead of `:path`: see
 /// [`crate::grpc::method_label`]. Written by jwt, the first phi-guard filter, on every request.
 pub const METHOD: &str = "phi_guard.method";
-/// Plain text, `x-request-id` after [`crate::sanitize::client_id`] (absent when refused),
-/// written by jwt so access logs never print the raw client header.
+/// Plain text ([`RequestId`]), `x-request-id` after [`crate::sanitize::client_id`] (absent
+/// when refused), written by jwt so access logs never print the raw client header.
 pub const REQUEST_ID: &str = "phi_guard.request_id";
 
-/// The property path a filter passes to `set_property` / `get_property` for `key`.
-pub fn property_path(key: &str) -> Vec<&str> {
-    vec![key]
+/// The type a filter-state key carries: its key and its byte format. Implemented once per key
+/// (below); `phi_guard_host::{read_state, write_state}` are the only code that turns one into
+/// bytes or back.
+pub trait StateContract: Sized + Clone {
+    /// The filter-state key, `phi_guard.<name>`.
+    const KEY: &'static str;
+
+    /// The bytes written to filter state (what Envoy's access log prints).
+    fn encode(&self) -> Vec<u8>;
+
+    /// `None` when `bytes` are not this contract's format.
+    fn decode(bytes: &[u8]) -> Option<Self>;
 }
+
+/// JSON contracts: serde's encoding, read back strictly (`deny_unknown_fields` on each type,
+/// every closed set an enum).
+macro_rules! json_contract {
+    ($($t:ty => $key:expr),* $(,)?) => {$(
+        impl StateContract for $t {
+            const KEY: &'static str = $key;
+
+            fn encode(&self) -> Vec<u8> {
+                // Plain structs of strings, integers and string-keyed maps always serialise;
+                // were one not to, an empty value is written, which every reader refuses
+                // (fail closed) rather than trapping the VM.
+                serde_json::to_vec(self).unwrap_or_default()
+            }
+
+            fn decode(bytes: &[u8]) -> Option<Self> {
+                serde_json::from_slice(bytes).ok()
+            }
+        }
+    )*};
+}
+
+json_contract!(
+    Identity => IDENTITY,
+    AuthnOutcome => AUTHN,
+    AuthzDecision => AUTHZ,
+    MaskSummary => MASK,
+);
+
+/// Plain-text contracts: the UTF-8 bytes of one string.
+macro_rules! text_contract {
+    ($($(#[$meta:meta])* $t:ident => $key:expr),* $(,)?) => {$(
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct $t(pub String);
+
+        impl StateContract for $t {
+            const KEY: &'static str = $key;
+
+            fn encode(&self) -> Vec<u8> {
+                self.0.as_bytes().to_vec()
+            }
+
+            fn decode(bytes: &[u8]) -> Option<Self> {
+                String::from_utf8(bytes.to_vec()).ok().map($t)
+            }
+        }
+    )*};
+}
+
+text_contract!(
+    /// Under [`RESOURCE`]: the resource id mask read from the first request message.
+    ResourceId => RESOURCE,
+    /// Under [`METHOD`]: [`crate::grpc::method_label`] of the request.
+    MethodLabel => METHOD,
+    /// Under [`REQUEST_ID`]: the sanitized `x-request-id`.
+    RequestId => REQUEST_ID,
+);
 
 /// Prefix of every request header phi-guard could emit. Identity travels in filter state,
 /// never in headers, so any incoming header with this prefix is a spoofing attempt or a stale
@@ -50,7 +127,36 @@ mod tests {
         for key in [IDENTITY, AUTHN, AUTHZ, MASK, RESOURCE, METHOD, REQUEST_ID] {
             assert!(key.starts_with("phi_guard."), "{key}");
         }
-        assert_eq!(property_path(IDENTITY), vec!["phi_guard.identity"]);
+    }
+
+    #[test]
+    fn each_key_has_one_contract() {
+        let keys = [
+            Identity::KEY,
+            AuthnOutcome::KEY,
+            AuthzDecision::KEY,
+            MaskSummary::KEY,
+            ResourceId::KEY,
+            MethodLabel::KEY,
+            RequestId::KEY,
+        ];
+        let mut unique = keys.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), keys.len());
+        assert_eq!(
+            keys,
+            [IDENTITY, AUTHN, AUTHZ, MASK, RESOURCE, METHOD, REQUEST_ID]
+        );
+    }
+
+    #[test]
+    fn text_contracts_are_the_plain_bytes() {
+        let id = ResourceId("p-0001".into());
+        assert_eq!(id.encode(), b"p-0001");
+        assert_eq!(ResourceId::decode(b"p-0001"), Some(id));
+        assert_eq!(MethodLabel::decode(b"\xff\xfe"), None, "not UTF-8");
+        assert_eq!(RequestId::decode(b""), Some(RequestId(String::new())));
     }
 
     #[test]

@@ -8,12 +8,17 @@
 //! pasted into the wrong field must not reach Envoy's log).
 
 use phi_guard_common::fetch::{RemoteDefaults, RemoteSource};
-use phi_guard_common::{ConfigError, GrpcMethod};
+use phi_guard_common::ConfigError;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::keys::{Alg, KeySet, VerifyKey};
+use crate::alg::Alg;
+pub use crate::extractor::TokenSource;
+use crate::jwks::KeySet;
+pub use crate::matcher::{MethodPattern, Rule};
+pub use crate::requirement::Requirement;
+use crate::verify::VerifyKey;
 
 pub const DEFAULT_CLOCK_SKEW_S: u64 = 60;
 pub const MAX_CLOCK_SKEW_S: u64 = 3600;
@@ -117,23 +122,6 @@ pub const REMOTE_DEFAULTS: RemoteDefaults = RemoteDefaults {
     retry_interval_s: DEFAULT_RETRY_INTERVAL_S,
 };
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TokenSource {
-    /// `authorization: Bearer <token>` (RFC 6750 §2.1).
-    AuthorizationBearer,
-    /// The whole value of the named (lower-case) header.
-    Header(String),
-}
-
-impl TokenSource {
-    pub fn header_name(&self) -> &str {
-        match self {
-            TokenSource::AuthorizationBearer => "authorization",
-            TokenSource::Header(name) => name,
-        }
-    }
-}
-
 /// Which claims feed the identity. Each field lists claim names; the first one present wins.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -156,70 +144,6 @@ impl Default for ClaimMapping {
             break_glass_reason: names(&["break_glass_reason"]),
         }
     }
-}
-
-/// A method pattern: `pkg.Service/Method`, `pkg.Service/*` or `*`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MethodPattern {
-    Exact(String),
-    Service(String),
-    Any,
-}
-
-impl MethodPattern {
-    fn parse(pattern: &str) -> Option<Self> {
-        if pattern == "*" {
-            return Some(MethodPattern::Any);
-        }
-        if let Some(service) = pattern.strip_suffix("/*") {
-            // Validate the service part with the same rules as a real request path.
-            GrpcMethod::from_path(&format!("/{service}/M"))?;
-            return Some(MethodPattern::Service(service.to_string()));
-        }
-        let method = GrpcMethod::from_path(&format!("/{pattern}"))?;
-        Some(MethodPattern::Exact(method.full_name()))
-    }
-
-    /// Higher is more specific; the most specific matching rule wins.
-    pub fn specificity(&self) -> u8 {
-        match self {
-            MethodPattern::Exact(_) => 2,
-            MethodPattern::Service(_) => 1,
-            MethodPattern::Any => 0,
-        }
-    }
-
-    pub fn matches(&self, method: &GrpcMethod) -> bool {
-        match self {
-            MethodPattern::Exact(full) => *full == method.full_name(),
-            MethodPattern::Service(service) => *service == method.service,
-            MethodPattern::Any => true,
-        }
-    }
-}
-
-/// What a method requires, as Envoy's `JwtRequirement` has it (`provider_name`,
-/// `requires_any`, `requires_all`, `allow_missing`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Requirement {
-    /// A token verified by this provider (index into `providers`).
-    Provider(usize),
-    /// At least one of these holds (the first that does gives the identity).
-    AnyOf(Vec<Requirement>),
-    /// Every one of these holds (each provider reads its own token; the first gives the
-    /// identity).
-    AllOf(Vec<Requirement>),
-    /// No token needed; a token that is present must still verify (with the provider whose
-    /// issuer it names). Only at the top of a rule.
-    AllowMissing,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rule {
-    pub pattern: MethodPattern,
-    pub requires: Requirement,
-    /// Refuse a second use of a token's `jti` on the methods of this rule.
-    pub replay_protection: bool,
 }
 
 impl Config {
@@ -346,27 +270,6 @@ impl Config {
             cache_max_entries,
             replay,
         })
-    }
-
-    /// Whether the rule that decides `method` turns replay protection on.
-    pub fn rule_replay_protection(&self, method: &GrpcMethod) -> bool {
-        self.rules
-            .iter()
-            .filter(|r| r.pattern.matches(method))
-            .max_by_key(|r| r.pattern.specificity())
-            .is_some_and(|r| r.replay_protection)
-    }
-
-    /// The requirement for a method: the matching rule with the most specific pattern (exact
-    /// method, then `Service/*`, then `*`; patterns are unique, so there is no tie), else
-    /// `default`. `None` means deny.
-    pub fn requirement_for(&self, method: &GrpcMethod) -> Option<&Requirement> {
-        self.rules
-            .iter()
-            .filter(|r| r.pattern.matches(method))
-            .max_by_key(|r| r.pattern.specificity())
-            .map(|r| &r.requires)
-            .or(self.default.as_ref())
     }
 }
 
@@ -803,6 +706,7 @@ mod tests {
     use super::*;
     use crate::test_support::test;
     use crate::testkit;
+    use phi_guard_common::GrpcMethod;
 
     fn no_env(_: &str) -> Option<String> {
         None
@@ -850,29 +754,6 @@ mod tests {
         assert!(config.providers[2].hs256_key.is_some());
         assert_eq!(config.max_token_bytes, 8192);
         assert_eq!(config.cache_max_entries, 4096);
-    }
-
-    #[test]
-    fn most_specific_rule_wins_then_default() {
-        let env = |_: &str| Some("s".repeat(32));
-        let config = Config::parse(testkit::readme_config_json().as_bytes(), &env).unwrap();
-        let m = |p: &str| GrpcMethod::from_path(p).unwrap();
-        assert_eq!(
-            config.requirement_for(&m("/grpc.health.v1.Health/Check")),
-            Some(&Requirement::AllowMissing)
-        );
-        assert_eq!(
-            config.requirement_for(&m("/health.v1.PatientService/GetPatient")),
-            Some(&Requirement::Provider(0))
-        );
-        assert_eq!(
-            config.requirement_for(&m("/health.v1.PatientService/ExportRecords")),
-            Some(&Requirement::AnyOf(vec![
-                Requirement::Provider(0),
-                Requirement::Provider(1)
-            ]))
-        );
-        assert_eq!(config.requirement_for(&m("/other.Svc/Call")), None);
     }
 
     #[test]
@@ -1173,23 +1054,5 @@ mod tests {
             Config::parse(doc.as_bytes(), &env).unwrap_err().field,
             "replay"
         );
-    }
-
-    #[test]
-    fn rule_patterns() {
-        assert_eq!(MethodPattern::parse("*"), Some(MethodPattern::Any));
-        assert_eq!(
-            MethodPattern::parse("a.B/*"),
-            Some(MethodPattern::Service("a.B".into()))
-        );
-        assert_eq!(
-            MethodPattern::parse("a.B/C"),
-            Some(MethodPattern::Exact("a.B/C".into()))
-        );
-        for bad in [
-            "", "a.B", "a.B/", "/a.B/C", "a.B/C/D", "a.*/C", "a.B/C*", "**",
-        ] {
-            assert_eq!(MethodPattern::parse(bad), None, "{bad}");
-        }
     }
 }

@@ -7,11 +7,13 @@ use phi_guard_host::SharedData;
 
 use crate::binding;
 use crate::cache::TokenCache;
-use crate::config::{Config, JwksSource, Requirement, TokenSource};
-use crate::jwks::{Fetched, JwksCache};
-use crate::keys::{JwksError, KeySet};
+use crate::config::{Config, JwksSource};
+use crate::extractor::extract;
+use crate::jwks::{JwksError, KeySet};
+use crate::jwks_cache::{Fetched, JwksCache};
 use crate::reason::Reason;
 use crate::replay::ReplayCache;
+use crate::requirement::{decide, Decision};
 use crate::token;
 use crate::verify::{self, Keys};
 
@@ -82,127 +84,6 @@ struct Success {
     exp: UnixSeconds,
     clock_skew_s: u64,
     jti: Option<String>,
-}
-
-/// Why a requirement failed. `Missing` < `WrongIssuer` < a token's own failure: across the
-/// alternatives of `any_of` the most telling reason is reported.
-fn rank(reason: Reason) -> u8 {
-    match reason {
-        Reason::Missing => 0,
-        Reason::WrongIssuer => 1,
-        _ => 2,
-    }
-}
-
-/// Reads the token from where `source` says. `None`: no token there (a non-Bearer
-/// `authorization`, e.g. Basic, is someone else's credential, so it counts as none).
-fn extract(
-    source: &TokenSource,
-    header: &dyn Fn(&str) -> Option<String>,
-) -> Option<Result<String, Reason>> {
-    let value = header(source.header_name())?;
-    // Only HTTP's optional whitespace (SP, HTAB) surrounds a token; any other byte, a vertical
-    // tab or form feed included, stays and makes the token malformed.
-    const OWS: [char; 2] = [' ', '\t'];
-    let value = value.trim_matches(OWS);
-    let token = match source {
-        TokenSource::AuthorizationBearer => {
-            let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
-            if !scheme.eq_ignore_ascii_case("bearer") {
-                return None;
-            }
-            rest.trim_matches(OWS)
-        }
-        TokenSource::Header(_) => value,
-    };
-    if token.is_empty() {
-        return match source {
-            TokenSource::AuthorizationBearer => Some(Err(Reason::Malformed)),
-            TokenSource::Header(_) => None,
-        };
-    }
-    Some(Ok(token.to_string()))
-}
-
-/// What a method's requirement comes to for the tokens a request presents, before replay
-/// protection. `S` is what one satisfied provider yields (a verified token in the engine).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision<S> {
-    /// The requirement holds: every provider that satisfied it (the first gives the identity).
-    Satisfied(Vec<S>),
-    /// The rule allows a missing token and none came.
-    Skipped,
-    /// UNAUTHENTICATED (or UNAVAILABLE, see [`Reason::status`]).
-    Denied(Reason),
-    /// A token verifies but no rule names the method: PERMISSION_DENIED (`no_rule`).
-    Forbidden(S, Reason),
-}
-
-/// The jwt filter's decision for one method, pure: `requirement` is
-/// [`Config::requirement_for`] of the method (`None`: no rule names it), `providers` the
-/// number of configured providers, and `try_provider(i)` reads and verifies provider `i`'s
-/// token (`Err(Reason::Missing)` when the request has none). The engine passes real token
-/// verification; `phi-guard-policy test` passes the providers a test case says it has tokens
-/// from, so both decide with this one function.
-pub fn decide<S>(
-    requirement: Option<&Requirement>,
-    providers: usize,
-    try_provider: &mut dyn FnMut(usize) -> Result<S, Reason>,
-) -> Decision<S> {
-    let all_providers = || Requirement::AnyOf((0..providers).map(Requirement::Provider).collect());
-    let Some(requirement) = requirement else {
-        // No rule names the method. A caller without a valid token is still told it is
-        // unauthenticated; a caller whose token verifies is known, so PERMISSION_DENIED.
-        return match satisfy(&all_providers(), try_provider) {
-            Ok(successes) => match successes.into_iter().next() {
-                Some(first) => Decision::Forbidden(first, Reason::NoRule),
-                None => Decision::Denied(Reason::NoRule),
-            },
-            Err(reason) => Decision::Denied(reason),
-        };
-    };
-    let (requirement, allow_missing) = match requirement {
-        Requirement::AllowMissing => (all_providers(), true),
-        other => (other.clone(), false),
-    };
-    match satisfy(&requirement, try_provider) {
-        // A satisfied requirement has at least one token (the config refuses empty lists).
-        Ok(successes) if successes.is_empty() => Decision::Denied(Reason::Missing),
-        Ok(successes) => Decision::Satisfied(successes),
-        Err(Reason::Missing) if allow_missing => Decision::Skipped,
-        Err(reason) => Decision::Denied(reason),
-    }
-}
-
-/// Evaluates a requirement: every provider that satisfied it (the first gives the identity),
-/// or why it failed.
-fn satisfy<S>(
-    requirement: &Requirement,
-    try_provider: &mut dyn FnMut(usize) -> Result<S, Reason>,
-) -> Result<Vec<S>, Reason> {
-    match requirement {
-        Requirement::Provider(index) => try_provider(*index).map(|s| vec![s]),
-        Requirement::AnyOf(list) => {
-            let mut best = Reason::Missing;
-            for child in list {
-                match satisfy(child, try_provider) {
-                    Ok(successes) => return Ok(successes),
-                    Err(reason) if rank(reason) > rank(best) => best = reason,
-                    Err(_) => {}
-                }
-            }
-            Err(best)
-        }
-        Requirement::AllOf(list) => {
-            let mut all = Vec::new();
-            for child in list {
-                all.extend(satisfy(child, try_provider)?);
-            }
-            Ok(all)
-        }
-        // The config allows it only at the top, where `decide` unwraps it.
-        Requirement::AllowMissing => Err(Reason::Missing),
-    }
 }
 
 impl Engine {
@@ -460,86 +341,4 @@ pub enum JwksFetchError {
     /// Not HTTP 200 (`None`: no status, e.g. a timeout or reset).
     Status(Option<u32>),
     Document(JwksError),
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::test_support::test;
-
-    #[test]
-    fn extraction() {
-        let h =
-            |v: &'static str| move |name: &str| (name == "authorization").then(|| v.to_string());
-        let bearer = TokenSource::AuthorizationBearer;
-        assert_eq!(extract(&bearer, &h("Bearer abc")), Some(Ok("abc".into())));
-        assert_eq!(
-            extract(&bearer, &h("bearer   abc ")),
-            Some(Ok("abc".into()))
-        );
-        assert_eq!(extract(&bearer, &h("Basic dXNlcjpwdw==")), None);
-        assert_eq!(extract(&bearer, &h("Bearer")), Some(Err(Reason::Malformed)));
-        assert_eq!(
-            extract(&bearer, &h("Bearer  ")),
-            Some(Err(Reason::Malformed))
-        );
-        assert_eq!(extract(&bearer, &|_: &str| None), None);
-        assert_eq!(
-            extract(&bearer, &h("Bearer \t abc\t")),
-            Some(Ok("abc".into()))
-        );
-        assert_eq!(
-            extract(&bearer, &h("Bearer \u{b}\u{b}abc\u{c}")),
-            Some(Ok("\u{b}\u{b}abc\u{c}".into()))
-        );
-        let custom = TokenSource::Header("x-token".into());
-        let x = |name: &str| (name == "x-token").then(|| " t ".to_string());
-        assert_eq!(extract(&custom, &x), Some(Ok("t".into())));
-        assert_eq!(extract(&custom, &h("Bearer abc")), None);
-    }
-
-    #[test]
-    fn decide_is_pure_over_which_providers_verify() {
-        use Requirement::{AllOf, AllowMissing, AnyOf, Provider};
-        // Providers 0 and 1 share a header; the request has a valid token from provider 0.
-        let mut only_0 = |i: usize| match i {
-            0 => Ok(i),
-            1 => Err(Reason::WrongIssuer),
-            _ => Err(Reason::Missing),
-        };
-        assert_eq!(
-            decide(Some(&Provider(0)), 3, &mut only_0),
-            Decision::Satisfied(vec![0])
-        );
-        // any_of reports the most telling failure; all_of needs every one.
-        assert_eq!(
-            decide(Some(&AnyOf(vec![Provider(2), Provider(1)])), 3, &mut only_0),
-            Decision::Denied(Reason::WrongIssuer)
-        );
-        assert_eq!(
-            decide(Some(&AllOf(vec![Provider(0), Provider(2)])), 3, &mut only_0),
-            Decision::Denied(Reason::Missing)
-        );
-        // No rule: a verified token is PERMISSION_DENIED, no token UNAUTHENTICATED.
-        assert_eq!(
-            decide(None, 3, &mut only_0),
-            Decision::Forbidden(0, Reason::NoRule)
-        );
-        let mut none = |_: usize| Err::<usize, _>(Reason::Missing);
-        assert_eq!(
-            decide(None, 3, &mut none),
-            Decision::Denied(Reason::Missing)
-        );
-        // allow_missing: no token skips, a present token must verify.
-        assert_eq!(decide(Some(&AllowMissing), 3, &mut none), Decision::Skipped);
-        assert_eq!(
-            decide(Some(&AllowMissing), 3, &mut only_0),
-            Decision::Satisfied(vec![0])
-        );
-        let mut bad = |_: usize| Err::<usize, _>(Reason::BadSignature);
-        assert_eq!(
-            decide(Some(&AllowMissing), 3, &mut bad),
-            Decision::Denied(Reason::BadSignature)
-        );
-    }
 }

@@ -8,12 +8,12 @@
 
 use std::cell::RefCell;
 
-use phi_guard_common::{state, AuthnOutcome, GrpcStatus};
-use phi_guard_host::{Counter, Host, HostExt, LogLevel, SharedData};
+use phi_guard_common::{AuthnOutcome, AuthnResult, GrpcStatus, MethodLabel, RequestId};
+use phi_guard_host::{write_state, Counter, Host, HostExt, LogLevel, SharedData};
 
 use crate::config::Config;
 use crate::engine::{Engine, FetchRequest, JwksFetchError, Outcome, Request};
-use crate::keys::MAX_JWKS_BYTES;
+use crate::jwks::MAX_JWKS_BYTES;
 use crate::reason::Reason;
 
 /// Envoy attribute with the SHA-256 of the client certificate's DER, lower-case hex.
@@ -118,13 +118,13 @@ pub fn on_request_headers<H: Host + SharedData>(
     }
     // Access logs print these, never `:path` or the raw header (a client chose both).
     if let Some(id) = host.request_header("x-request-id") {
-        host.set_filter_state(state::REQUEST_ID, id.as_bytes());
+        write_state(host, &RequestId(id));
     }
     let now = host.now();
     let method = host.grpc_method();
-    host.set_filter_state(
-        state::METHOD,
-        phi_guard_common::grpc::method_label(method.as_ref()).as_bytes(),
+    write_state(
+        host,
+        &MethodLabel(phi_guard_common::grpc::method_label(method.as_ref())),
     );
     let peer_digest = host.string_property(&PEER_CERT_DIGEST);
     let header = |name: &str| host.request_header(name);
@@ -146,13 +146,13 @@ pub fn on_request_headers<H: Host + SharedData>(
             for name in strip_headers {
                 host.remove_request_header(&name);
             }
-            host.set_filter_state(state::IDENTITY, &identity.to_bytes());
+            write_state(host, &*identity);
             let authn = AuthnOutcome {
-                result: "ok".into(),
+                result: AuthnResult::Ok,
                 provider: Some(identity.provider.clone()),
                 reason: None,
             };
-            host.set_filter_state(state::AUTHN, &authn.to_bytes());
+            write_state(host, &authn);
             metrics.verified.inc(host);
             if cache_hit {
                 metrics.cache_hit.inc(host);
@@ -163,21 +163,21 @@ pub fn on_request_headers<H: Host + SharedData>(
         }
         Outcome::Skipped => {
             let authn = AuthnOutcome {
-                result: "skipped".into(),
+                result: AuthnResult::Skipped,
                 provider: None,
                 reason: None,
             };
-            host.set_filter_state(state::AUTHN, &authn.to_bytes());
+            write_state(host, &authn);
             host.log(LogLevel::Debug, "phi-guard jwt: no token, method allows it");
             true
         }
         Outcome::Denied(reason) => {
             let authn = AuthnOutcome {
-                result: "failed".into(),
+                result: AuthnResult::Failed,
                 provider: None,
                 reason: Some(reason.code().into()),
             };
-            host.set_filter_state(state::AUTHN, &authn.to_bytes());
+            write_state(host, &authn);
             if let Some(counter) = metrics.failed(reason) {
                 counter.inc(host);
             }
@@ -193,13 +193,13 @@ pub fn on_request_headers<H: Host + SharedData>(
         }
         Outcome::Forbidden { identity, reason } => {
             // The token is valid: the audit event records who asked for the unlisted method.
-            host.set_filter_state(state::IDENTITY, &identity.to_bytes());
+            write_state(host, &*identity);
             let authn = AuthnOutcome {
-                result: "failed".into(),
+                result: AuthnResult::Failed,
                 provider: Some(identity.provider.clone()),
                 reason: Some(reason.code().into()),
             };
-            host.set_filter_state(state::AUTHN, &authn.to_bytes());
+            write_state(host, &authn);
             if let Some(counter) = metrics.failed(reason) {
                 counter.inc(host);
             }

@@ -3,8 +3,8 @@
 
 use std::cell::RefCell;
 
-use phi_guard_common::{state, AuthnOutcome, GrpcStatus, Identity};
-use phi_guard_host::{FakeHost, Host, HostExt};
+use phi_guard_common::{state, AuthnOutcome, AuthnResult, GrpcStatus, Identity};
+use phi_guard_host::{read_state, FakeHost, Host};
 use serde_json::json;
 
 use crate::engine_tests::world;
@@ -48,7 +48,11 @@ fn setup(host: &FakeHost) -> (RefCell<crate::Engine>, Metrics) {
 }
 
 fn authn(host: &FakeHost) -> AuthnOutcome {
-    AuthnOutcome::from_bytes(&host.filter_state(state::AUTHN).expect("authn state")).unwrap()
+    read_state(host).unwrap().expect("authn state")
+}
+
+fn identity(host: &FakeHost) -> Option<Identity> {
+    read_state(host).unwrap()
 }
 
 fn header_names(host: &FakeHost) -> Vec<String> {
@@ -63,13 +67,13 @@ fn success_writes_identity_and_strips_token_and_reserved_headers() {
     assert!(shell::on_request_headers(&host, &engine, &metrics));
     assert_eq!(host.sent_status(), None);
     assert_eq!(header_names(&host), vec![":path", "content-type"]);
-    let identity = Identity::from_bytes(&host.filter_state(state::IDENTITY).unwrap()).unwrap();
+    let identity = identity(&host).unwrap();
     assert_eq!(identity.provider, "idp");
     assert_eq!(identity.roles, vec!["nurse"]);
     assert_eq!(
         authn(&host),
         AuthnOutcome {
-            result: "ok".into(),
+            result: AuthnResult::Ok,
             provider: Some("idp".into()),
             reason: None
         }
@@ -116,8 +120,8 @@ fn failure_answers_unauthenticated_with_invalid_token_and_logs_no_token_or_claim
         )]
     );
     assert_eq!(authn(&host).reason.as_deref(), Some("expired"));
-    assert_eq!(authn(&host).result, "failed");
-    assert!(host.filter_state(state::IDENTITY).is_none());
+    assert_eq!(authn(&host).result, AuthnResult::Failed);
+    assert!(identity(&host).is_none());
     assert_eq!(host.counter("phi_guard.jwt.failed.expired"), 1);
     assert_eq!(host.counter("phi_guard.jwt.verified"), 0);
     assert!(header_names(&host)
@@ -172,8 +176,8 @@ fn allow_missing_continues_with_skipped() {
     let host = host_with("/grpc.health.v1.Health/Check", None);
     let (engine, metrics) = setup(&host);
     assert!(shell::on_request_headers(&host, &engine, &metrics));
-    assert_eq!(authn(&host).result, "skipped");
-    assert!(host.filter_state(state::IDENTITY).is_none());
+    assert_eq!(authn(&host).result, AuthnResult::Skipped);
+    assert!(identity(&host).is_none());
     assert!(host.request_header("x-phi-guard-role").is_none());
 }
 
@@ -200,7 +204,7 @@ fn certificate_binding_uses_envoys_hex_digest() {
     host.insert_property(&shell::PEER_CERT_DIGEST, hex.as_bytes());
     let (engine, metrics) = setup(&host);
     assert!(shell::on_request_headers(&host, &engine, &metrics));
-    let identity = Identity::from_bytes(&host.filter_state(state::IDENTITY).unwrap()).unwrap();
+    let identity = identity(&host).unwrap();
     assert!(identity.cert_bound);
 }
 
@@ -295,13 +299,13 @@ fn a_valid_token_on_an_unlisted_method_is_permission_denied() {
     assert_eq!(
         authn(&host),
         AuthnOutcome {
-            result: "failed".into(),
+            result: AuthnResult::Failed,
             provider: Some("idp".into()),
             reason: Some("no_rule".into())
         }
     );
     // The audit event can say who asked.
-    assert!(host.filter_state(state::IDENTITY).is_some());
+    assert!(identity(&host).is_some());
     assert_eq!(host.counter("phi_guard.jwt.failed.no_rule"), 1);
 
     // Without a token the same method is still UNAUTHENTICATED.
@@ -310,7 +314,7 @@ fn a_valid_token_on_an_unlisted_method_is_permission_denied() {
     assert!(!shell::on_request_headers(&host, &engine, &metrics));
     assert_eq!(host.sent_status(), Some(GrpcStatus::Unauthenticated));
     assert_eq!(authn(&host).reason.as_deref(), Some("missing"));
-    assert!(host.filter_state(state::IDENTITY).is_none());
+    assert!(identity(&host).is_none());
 }
 
 #[test]
@@ -353,10 +357,9 @@ fn an_ssn_shaped_request_id_is_masked_before_anything_reads_it() {
 
 #[test]
 fn access_logs_get_a_sanitized_method_and_request_id_in_filter_state() {
-    let text = |host: &FakeHost, key: &str| {
-        host.filter_state(key)
-            .map(|b| String::from_utf8(b).unwrap())
-    };
+    // The bytes under the keys, as Envoy's access log prints them.
+    let text =
+        |host: &FakeHost, key: &str| host.property(&[key]).map(|b| String::from_utf8(b).unwrap());
     for (path, label) in [
         ("/svc.v1.S/Get", "svc.v1.S/Get"),
         ("/svc.v1.S/078051120", "svc.v1.S/*********"),

@@ -8,8 +8,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde_json::{Map, Value};
 
+use crate::alg::Alg;
+pub use crate::binding::Confirmation;
 use crate::json::{self, JsonError};
-use crate::keys::Alg;
 use crate::reason::Reason;
 
 /// A token that is well-formed, with typed registered claims.
@@ -40,17 +41,6 @@ pub struct Claims {
     pub jti: Option<String>,
     pub cnf: Confirmation,
     pub other: Map<String, Value>,
-}
-
-/// The `cnf` claim (RFC 7800), as far as this filter can enforce it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum Confirmation {
-    #[default]
-    None,
-    /// `cnf.x5t#S256`: base64url SHA-256 of the client certificate (RFC 8705 §3.1).
-    X5tS256(String),
-    /// A confirmation method this filter cannot check (e.g. DPoP `jkt`).
-    Unsupported,
 }
 
 fn decode(segment: &str) -> Result<Vec<u8>, Reason> {
@@ -176,16 +166,7 @@ fn typed_claims(mut claims: Map<String, Value>) -> Result<Claims, Reason> {
     if claims.get("nonce").is_some_and(|v| !v.is_string()) {
         return Err(Reason::BadClaim);
     }
-    let cnf = match claims.remove("cnf") {
-        None => Confirmation::None,
-        Some(Value::Object(cnf)) if cnf.is_empty() => Confirmation::None,
-        Some(Value::Object(mut cnf)) => match cnf.remove("x5t#S256") {
-            Some(Value::String(thumbprint)) => Confirmation::X5tS256(thumbprint),
-            Some(_) => return Err(Reason::BadClaim),
-            None => Confirmation::Unsupported,
-        },
-        Some(_) => return Err(Reason::BadClaim),
-    };
+    let cnf = Confirmation::from_claim(claims.remove("cnf"))?;
     Ok(Claims {
         iss,
         sub,
@@ -302,14 +283,6 @@ mod tests {
             Reason::BadJson
         );
         assert_eq!(parse(&unsigned(h, "{"), 8192).unwrap_err(), Reason::BadJson);
-    }
-
-    #[test]
-    fn confirmation_methods() {
-        let h = r#"{"alg":"EdDSA"}"#;
-        let cnf = |p: &str| parse(&unsigned(h, p), 8192).unwrap().claims.cnf;
-        assert_eq!(cnf(r#"{"cnf":{}}"#), Confirmation::None);
-        assert_eq!(cnf(r#"{"cnf":{"jkt":"x"}}"#), Confirmation::Unsupported);
     }
 
     #[test]

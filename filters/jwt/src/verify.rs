@@ -1,16 +1,25 @@
 //! Verifying a parsed token for one provider: key, signature, registered claims, time,
-//! claim mapping and certificate binding, in that order.
+//! claim mapping and certificate binding (delegated to [`crate::binding`]), in that order;
+//! and the signature check itself ([`VerifyKey::verify_signature`]).
 //!
 //! Time is an argument (the host clock, read once per request by the shell); nothing here
 //! reads a clock.
 
+use std::fmt;
+
 use phi_guard_common::{Identity, UnixSeconds};
 use serde_json::{Map, Value};
 
+use rsa::signature::{self, Verifier};
+use rsa::{pkcs1v15, pss};
+use sha2::{Sha256, Sha384, Sha512};
+
+use crate::alg::Alg;
+use crate::binding;
 use crate::config::{ClaimMapping, Provider};
-use crate::keys::{Alg, KeySet, SelectError, SignatureError};
+use crate::jwks::{KeySet, SelectError};
 use crate::reason::Reason;
-use crate::token::{Confirmation, ParsedToken};
+use crate::token::ParsedToken;
 
 /// What a verified token proved, kept in the token cache so a cache hit can re-apply the
 /// checks that depend on the request (time, client certificate).
@@ -96,13 +105,8 @@ pub fn verify(
 
     let mapped = map_claims(&claims.other, &provider.claims)?;
 
-    let bound_to = match &claims.cnf {
-        Confirmation::X5tS256(thumbprint) => Some(thumbprint.clone()),
-        Confirmation::Unsupported => return Err(Reason::CnfUnsupported),
-        Confirmation::None if provider.require_cert_binding => return Err(Reason::CnfMissing),
-        Confirmation::None => None,
-    };
-    check_binding(bound_to.as_deref(), peer_thumbprint)?;
+    let bound_to = binding::bound_to(&claims.cnf, provider.require_cert_binding)?;
+    binding::check(bound_to.as_deref(), peer_thumbprint)?;
 
     Ok(Verified {
         provider: provider_index,
@@ -151,7 +155,7 @@ pub fn recheck(
         verified.clock_skew_s,
         now,
     )?;
-    check_binding(verified.bound_to.as_deref(), peer_thumbprint)
+    binding::check(verified.bound_to.as_deref(), peer_thumbprint)
 }
 
 /// `exp` is exclusive (RFC 7519 §4.1.4: reject "on or after"); every bound is widened by the
@@ -173,15 +177,6 @@ fn check_time(
         return Err(Reason::IssuedInFuture);
     }
     Ok(())
-}
-
-fn check_binding(bound_to: Option<&str>, peer_thumbprint: Option<&str>) -> Result<(), Reason> {
-    match (bound_to, peer_thumbprint) {
-        (None, _) => Ok(()),
-        (Some(_), None) => Err(Reason::NoClientCert),
-        (Some(expected), Some(actual)) if expected == actual => Ok(()),
-        (Some(_), Some(_)) => Err(Reason::CnfMismatch),
-    }
 }
 
 #[derive(Debug, Default)]
@@ -230,10 +225,137 @@ fn map_claims(claims: &Map<String, Value>, mapping: &ClaimMapping) -> Result<Map
     })
 }
 
+// Signature verification (RFC 7515 §5.2, RFC 7518 §3): the key a token selected checks the
+// JWS signature over `header.payload`. The crypto is RustCrypto's and ed25519-compact's (pure
+// Rust, builds for wasm32), called only through their verify APIs: `rsa` (PKCS#1 v1.5 and
+// PSS), `p256`/`p384` (ECDSA), `ed25519-compact` and `hmac-sha256`.
+
+/// Why the signature step refused a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureError {
+    /// The signature does not verify (including a signature of the wrong length or encoding).
+    Invalid,
+}
+
+/// The HS256 secret. Verification recomputes the MAC and compares in constant time.
+#[derive(Clone)]
+pub struct Hs256Secret(Vec<u8>);
+
+/// One key bound to one algorithm.
+#[derive(Clone)]
+pub enum VerifyKey {
+    RS256(pkcs1v15::VerifyingKey<Sha256>),
+    RS384(pkcs1v15::VerifyingKey<Sha384>),
+    RS512(pkcs1v15::VerifyingKey<Sha512>),
+    PS256(pss::VerifyingKey<Sha256>),
+    PS384(pss::VerifyingKey<Sha384>),
+    PS512(pss::VerifyingKey<Sha512>),
+    ES256(p256::ecdsa::VerifyingKey),
+    ES384(p384::ecdsa::VerifyingKey),
+    EdDSA(ed25519_compact::PublicKey),
+    HS256(Hs256Secret),
+}
+
+impl fmt::Debug for VerifyKey {
+    // Key material stays out of debug output; the HS256 key is a secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "VerifyKey({})", self.alg())
+    }
+}
+
+/// Runs a `signature::Verifier` on a signature parsed from the token's bytes (parsing checks
+/// the length where the scheme fixes one): any failure is [`SignatureError::Invalid`].
+fn check<S, V: Verifier<S>>(
+    key: &V,
+    signing_input: &[u8],
+    signature: Result<S, signature::Error>,
+) -> Result<(), SignatureError> {
+    let signature = signature.map_err(|_| SignatureError::Invalid)?;
+    key.verify(signing_input, &signature)
+        .map_err(|_| SignatureError::Invalid)
+}
+
+impl VerifyKey {
+    pub fn alg(&self) -> Alg {
+        match self {
+            VerifyKey::RS256(_) => Alg::RS256,
+            VerifyKey::RS384(_) => Alg::RS384,
+            VerifyKey::RS512(_) => Alg::RS512,
+            VerifyKey::PS256(_) => Alg::PS256,
+            VerifyKey::PS384(_) => Alg::PS384,
+            VerifyKey::PS512(_) => Alg::PS512,
+            VerifyKey::ES256(_) => Alg::ES256,
+            VerifyKey::ES384(_) => Alg::ES384,
+            VerifyKey::EdDSA(_) => Alg::EdDSA,
+            VerifyKey::HS256(_) => Alg::HS256,
+        }
+    }
+
+    pub fn hs256(secret: &[u8]) -> Self {
+        VerifyKey::HS256(Hs256Secret(secret.to_vec()))
+    }
+
+    /// Verifies a JWS signature: `signing_input` is the token's `header.payload` (ASCII, as
+    /// sent), `signature` the decoded third segment. The caller has parsed the token strictly
+    /// and picked this key for the token's `alg`.
+    ///
+    /// Signature formats (RFC 7518): RSA signatures are exactly the modulus length (the `rsa`
+    /// crate checks); ECDSA signatures are raw `r || s`, 64 bytes for ES256 and 96 for ES384
+    /// (DER or any other length is refused); Ed25519 signatures are 64 bytes, HS256 tags 32.
+    pub fn verify_signature(
+        &self,
+        signing_input: &[u8],
+        signature: &[u8],
+    ) -> Result<(), SignatureError> {
+        let msg = signing_input;
+        match self {
+            VerifyKey::RS256(k) => check(k, msg, pkcs1v15::Signature::try_from(signature)),
+            VerifyKey::RS384(k) => check(k, msg, pkcs1v15::Signature::try_from(signature)),
+            VerifyKey::RS512(k) => check(k, msg, pkcs1v15::Signature::try_from(signature)),
+            VerifyKey::PS256(k) => check(k, msg, pss::Signature::try_from(signature)),
+            VerifyKey::PS384(k) => check(k, msg, pss::Signature::try_from(signature)),
+            VerifyKey::PS512(k) => check(k, msg, pss::Signature::try_from(signature)),
+            // `from_slice` takes exactly 2 * 32 (2 * 48) bytes with r and s in [1, n-1].
+            VerifyKey::ES256(k) => check(k, msg, p256::ecdsa::Signature::from_slice(signature)),
+            VerifyKey::ES384(k) => check(k, msg, p384::ecdsa::Signature::from_slice(signature)),
+            VerifyKey::EdDSA(k) => {
+                let signature = ed25519_compact::Signature::from_slice(signature)
+                    .map_err(|_| SignatureError::Invalid)?;
+                k.verify(msg, &signature)
+                    .map_err(|_| SignatureError::Invalid)
+            }
+            VerifyKey::HS256(Hs256Secret(secret)) => {
+                let tag: &[u8; 32] = signature.try_into().map_err(|_| SignatureError::Invalid)?;
+                // Constant-time comparison of the recomputed tag.
+                if hmac_sha256::HMAC::verify(msg, secret, tag) {
+                    Ok(())
+                } else {
+                    Err(SignatureError::Invalid)
+                }
+            }
+        }
+    }
+
+    /// The key for RSA algorithm `alg` around an already built public key.
+    pub(crate) fn rsa(alg: Alg, key: rsa::PublicKey) -> Option<Self> {
+        Some(match alg {
+            Alg::RS256 => VerifyKey::RS256(pkcs1v15::VerifyingKey::new(key)),
+            Alg::RS384 => VerifyKey::RS384(pkcs1v15::VerifyingKey::new(key)),
+            Alg::RS512 => VerifyKey::RS512(pkcs1v15::VerifyingKey::new(key)),
+            // RFC 7518 §3.5: the salt is as long as the hash output (`new` does that).
+            Alg::PS256 => VerifyKey::PS256(pss::VerifyingKey::new(key)),
+            Alg::PS384 => VerifyKey::PS384(pss::VerifyingKey::new(key)),
+            Alg::PS512 => VerifyKey::PS512(pss::VerifyingKey::new(key)),
+            _ => return None,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::test_support::test;
+    use crate::testkit;
 
     #[test]
     fn time_window_with_skew() {
@@ -252,18 +374,6 @@ mod tests {
             check_time(u64::MAX, Some(0), Some(0), u64::MAX, u64::MAX),
             Err(Reason::Expired)
         );
-    }
-
-    #[test]
-    fn binding_outcomes() {
-        assert_eq!(check_binding(None, None), Ok(()));
-        assert_eq!(check_binding(None, Some("a")), Ok(()));
-        assert_eq!(check_binding(Some("a"), None), Err(Reason::NoClientCert));
-        assert_eq!(
-            check_binding(Some("a"), Some("b")),
-            Err(Reason::CnfMismatch)
-        );
-        assert_eq!(check_binding(Some("a"), Some("a")), Ok(()));
     }
 
     #[test]
@@ -290,5 +400,107 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    /// The parsed fixture token for `alg` and the key its `kid` selects in the fixture JWKS.
+    fn fixture_case(alg: &str) -> (String, Vec<u8>, VerifyKey) {
+        let compact = testkit::fixture_token(alg);
+        let token = crate::token::parse(&compact, 8192).unwrap();
+        let set = KeySet::parse(testkit::fixture_jwks().as_bytes(), &Alg::ALL).unwrap();
+        let key = set.select(token.kid.as_deref(), token.alg).unwrap().clone();
+        (token.signing_input.to_string(), token.signature, key)
+    }
+
+    #[test]
+    fn every_fixture_signature_verifies_and_wrong_encodings_do_not() {
+        for alg in Alg::ALL.into_iter().filter(|a| *a != Alg::HS256) {
+            let (input, signature, key) = fixture_case(alg.name());
+            assert_eq!(key.alg(), alg);
+            assert_eq!(key.verify_signature(input.as_bytes(), &signature), Ok(()));
+            let invalid = Err(SignatureError::Invalid);
+            let mut other_input = input.clone().into_bytes();
+            other_input.push(b'x');
+            assert_eq!(
+                key.verify_signature(&other_input, &signature),
+                invalid,
+                "{alg}"
+            );
+            let longer = [&[0u8][..], &signature].concat();
+            assert_eq!(
+                key.verify_signature(input.as_bytes(), &longer),
+                invalid,
+                "{alg}"
+            );
+            assert_eq!(
+                key.verify_signature(input.as_bytes(), &signature[1..]),
+                invalid
+            );
+            assert_eq!(
+                key.verify_signature(input.as_bytes(), &[]),
+                invalid,
+                "{alg}"
+            );
+        }
+    }
+
+    /// ASN.1 DER `SEQUENCE { INTEGER r, INTEGER s }` of a raw `r || s` signature.
+    fn der(raw: &[u8]) -> Vec<u8> {
+        let integer = |x: &[u8]| {
+            let x = &x[x.iter().take_while(|b| **b == 0).count()..];
+            let pad = x[0] & 0x80 != 0;
+            let mut out = vec![0x02, (x.len() + usize::from(pad)) as u8];
+            if pad {
+                out.push(0);
+            }
+            out.extend_from_slice(x);
+            out
+        };
+        let (r, s) = raw.split_at(raw.len() / 2);
+        let body = [integer(r), integer(s)].concat();
+        let mut out = vec![0x30];
+        if body.len() >= 0x80 {
+            out.push(0x81);
+        }
+        out.push(body.len() as u8);
+        out.extend(body);
+        out
+    }
+
+    #[test]
+    fn ecdsa_signatures_are_raw_r_and_s_only() {
+        for (alg, len) in [("ES256", 64), ("ES384", 96)] {
+            let (input, signature, key) = fixture_case(alg);
+            assert_eq!(signature.len(), len);
+            assert_eq!(key.verify_signature(input.as_bytes(), &signature), Ok(()));
+            assert_eq!(
+                key.verify_signature(input.as_bytes(), &der(&signature)),
+                Err(SignatureError::Invalid),
+                "{alg} DER"
+            );
+            // r = 0 or s = 0 is never a signature.
+            let mut zero_s = signature.clone();
+            zero_s[len / 2..].fill(0);
+            assert_eq!(
+                key.verify_signature(input.as_bytes(), &zero_s),
+                Err(SignatureError::Invalid)
+            );
+        }
+    }
+
+    #[test]
+    fn hs256_checks_the_whole_tag() {
+        let key = VerifyKey::hs256(testkit::HS256_SECRET.as_bytes());
+        let tag = hmac_sha256::HMAC::mac(b"a.b", testkit::HS256_SECRET.as_bytes());
+        assert_eq!(key.verify_signature(b"a.b", &tag), Ok(()));
+        let invalid = Err(SignatureError::Invalid);
+        assert_eq!(key.verify_signature(b"a.c", &tag), invalid);
+        assert_eq!(key.verify_signature(b"a.b", &tag[..31]), invalid);
+        assert_eq!(
+            key.verify_signature(b"a.b", &[&tag[..], &[0]].concat()),
+            invalid
+        );
+        let mut flipped = tag;
+        flipped[31] ^= 1;
+        assert_eq!(key.verify_signature(b"a.b", &flipped), invalid);
     }
 }

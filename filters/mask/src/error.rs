@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use phi_guard_common::MaskFailure;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MaskError {
     /// A record inside a message is cut short or has a bad varint, tag or length.
@@ -35,23 +37,28 @@ pub enum MaskError {
 }
 
 impl MaskError {
-    /// The code written to `MaskSummary.failure`.
-    pub fn code(&self) -> &'static str {
+    /// The failure written to `MaskSummary.failure` (the mask contract's closed set).
+    pub fn failure(&self) -> MaskFailure {
         match self {
-            MaskError::Malformed => "malformed_message",
-            MaskError::WireType { .. } => "wire_type_mismatch",
-            MaskError::TooDeep => "too_deep",
-            MaskError::FrameTooLarge => "frame_too_large",
-            MaskError::BadFlag => "bad_frame_flag",
-            MaskError::TruncatedFrame => "truncated_frame",
-            MaskError::UnsupportedEncoding => "unsupported_encoding",
-            MaskError::Decompress => "decompress_failed",
-            MaskError::DecompressedTooLarge => "decompressed_too_large",
-            MaskError::Compress => "compress_failed",
-            MaskError::Scan => "scan_failed",
-            MaskError::NotGrpc => "not_grpc",
-            MaskError::NoPlan => "no_plan",
+            MaskError::Malformed => MaskFailure::MalformedMessage,
+            MaskError::WireType { .. } => MaskFailure::WireTypeMismatch,
+            MaskError::TooDeep => MaskFailure::TooDeep,
+            MaskError::FrameTooLarge => MaskFailure::FrameTooLarge,
+            MaskError::BadFlag => MaskFailure::BadFrameFlag,
+            MaskError::TruncatedFrame => MaskFailure::TruncatedFrame,
+            MaskError::UnsupportedEncoding => MaskFailure::UnsupportedEncoding,
+            MaskError::Decompress => MaskFailure::DecompressFailed,
+            MaskError::DecompressedTooLarge => MaskFailure::DecompressedTooLarge,
+            MaskError::Compress => MaskFailure::CompressFailed,
+            MaskError::Scan => MaskFailure::ScanFailed,
+            MaskError::NotGrpc => MaskFailure::NotGrpc,
+            MaskError::NoPlan => MaskFailure::NoPlan,
         }
+    }
+
+    /// The failure's code, as the audit event and the debug log show it.
+    pub fn code(&self) -> &'static str {
+        self.failure().as_str()
     }
 }
 
@@ -65,3 +72,35 @@ impl fmt::Display for MaskError {
 }
 
 impl std::error::Error for MaskError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The codes are the ones the audit event always carried.
+    #[test]
+    fn codes_are_the_contract_values() {
+        let all = [
+            (MaskError::Malformed, "malformed_message"),
+            (MaskError::WireType { field: 3 }, "wire_type_mismatch"),
+            (MaskError::TooDeep, "too_deep"),
+            (MaskError::FrameTooLarge, "frame_too_large"),
+            (MaskError::BadFlag, "bad_frame_flag"),
+            (MaskError::TruncatedFrame, "truncated_frame"),
+            (MaskError::UnsupportedEncoding, "unsupported_encoding"),
+            (MaskError::Decompress, "decompress_failed"),
+            (MaskError::DecompressedTooLarge, "decompressed_too_large"),
+            (MaskError::Compress, "compress_failed"),
+            (MaskError::Scan, "scan_failed"),
+            (MaskError::NotGrpc, "not_grpc"),
+            (MaskError::NoPlan, "no_plan"),
+        ];
+        for (err, code) in all {
+            assert_eq!(err.code(), code);
+        }
+        assert_eq!(
+            MaskError::WireType { field: 3 }.to_string(),
+            "wire_type_mismatch (field 3)"
+        );
+    }
+}

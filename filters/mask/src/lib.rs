@@ -9,6 +9,13 @@
 //! [`remote`] keeps the config of a descriptor set fetched from a cluster.
 //! [`shell`] is the per-stream logic behind narrow host traits ([`remote_shell`]: the fetches'
 //! metrics and logs, and the refusal before the first set); `wasm` wires it to proxy-wasm.
+//! The `phi-guard-mask` command-line tool is its own crate (cli/mask) over this one.
+
+// A panic traps the VM for every stream of its worker: none outside tests.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod catalog;
 pub mod config;
@@ -24,15 +31,11 @@ pub mod resource;
 pub mod rewriter;
 pub mod shell;
 pub mod token;
-#[cfg(feature = "cli")]
-pub mod tool;
 pub mod wire;
 
 #[cfg(test)]
 pub(crate) mod testdata;
 
-#[cfg(target_os = "wasi")]
-pub mod proxy;
 #[cfg(all(target_os = "wasi", feature = "module"))]
 mod wasm;
 

@@ -6,14 +6,14 @@
 //! Logging rule: the reason and the config field, the cluster name and counts; never a byte
 //! of a fetched body, never its digest.
 
-use phi_guard_common::{state, AuthzDecision, GrpcStatus, MaskSummary};
-use phi_guard_host::{Flow, Host, HostExt, LogLevel};
+use phi_guard_common::{AuthzDecision, GrpcStatus, MaskFailure, MaskSummary};
+use phi_guard_host::{read_state, write_state, Flow, Host, LogLevel};
 
 use crate::remote::{FetchError, MaskSource, RemoteMask};
 use crate::shell::Metric;
 
 /// `MaskSummary.failure` of a call refused because no descriptor set has arrived yet.
-pub const NO_DESCRIPTOR_SET: &str = "no_descriptor_set";
+pub const NO_DESCRIPTOR_SET: MaskFailure = MaskFailure::NoDescriptorSet;
 
 /// `phi_guard.mask.descriptor_set_fetch_ok`, `phi_guard.mask.descriptor_set_fetch_failed`
 /// (every failed fetch, pin mismatches included), `phi_guard.mask.descriptor_set_pin_mismatch`,
@@ -72,18 +72,17 @@ pub fn configure(
 /// (generic message, nothing reaches the service), counted, and summarised for audit.
 pub fn refuse_no_set(host: &dyn Host, metrics: &FetchMetrics) -> Flow {
     metrics.refused_no_set.add(host, 1);
-    let role = host
-        .filter_state(state::AUTHZ)
-        .and_then(|b| AuthzDecision::from_bytes(&b))
-        .filter(|d| d.decision == "allow")
-        .map(|d| d.role)
+    let role = read_state::<AuthzDecision, _>(host)
+        .ok()
+        .flatten()
+        .and_then(AuthzDecision::allowed_role)
         .unwrap_or_else(|| "default".into());
     let summary = MaskSummary {
         role,
-        failure: Some(NO_DESCRIPTOR_SET.into()),
+        failure: Some(NO_DESCRIPTOR_SET),
         ..Default::default()
     };
-    host.set_filter_state(state::MASK, &summary.to_bytes());
+    write_state(host, &summary);
     host.log(
         LogLevel::Debug,
         "phi-guard mask: refused: no descriptor set has arrived yet",
@@ -178,8 +177,8 @@ mod tests {
         assert!(matches!(flow, Flow::Pause));
         assert_eq!(host.sent_status(), Some(GrpcStatus::Unavailable));
         assert_eq!(host.counter("phi_guard.mask.refused_no_descriptor_set"), 1);
-        let summary = MaskSummary::from_bytes(&host.filter_state(state::MASK).unwrap()).unwrap();
-        assert_eq!(summary.failure.as_deref(), Some(NO_DESCRIPTOR_SET));
+        let summary: MaskSummary = read_state(&host).unwrap().unwrap();
+        assert_eq!(summary.failure, Some(MaskFailure::NoDescriptorSet));
     }
 
     #[test]

@@ -18,8 +18,8 @@
 
 use std::rc::Rc;
 
-use phi_guard_common::{state, AuthzDecision, GrpcStatus, MaskSummary};
-use phi_guard_host::{Flow, Host, HostExt, LogLevel};
+use phi_guard_common::{AuthzDecision, GrpcStatus, MaskSummary, ResourceId};
+use phi_guard_host::{read_state, write_state, Flow, Host, HostExt, LogLevel};
 
 use crate::config::MaskConfig;
 use crate::error::MaskError;
@@ -28,18 +28,8 @@ use crate::policy::ActionKind;
 use crate::resource::{Read, RequestReader};
 
 /// What the shell needs beyond [`Host`]: the request and response body buffers of the current
-/// callback, the response trailers, and a stream reset.
-pub trait BodyHost {
-    /// `size` bytes of the current request body chunk from `start`; `None` if the host has none.
-    fn request_body(&self, start: usize, size: usize) -> Option<Vec<u8>>;
-    /// `size` bytes of the current body chunk from `start`; `None` if the host has none.
-    fn response_body(&self, start: usize, size: usize) -> Option<Vec<u8>>;
-    /// Replaces `size` bytes from `start` of the current chunk with `value`.
-    fn set_response_body(&self, start: usize, size: usize, value: &[u8]);
-    fn set_response_trailer(&self, name: &str, value: &str);
-    /// Resets the response stream (the last resort when no trailers will follow).
-    fn reset_response(&self);
-}
+/// callback, the response trailers, and a stream reset (`filters/host`'s capability trait).
+pub use phi_guard_host::BodyHost;
 
 /// A counter that can be bumped by more than one. (`phi_guard_host::Counter` only has `inc`;
 /// field counts come in batches per message.)
@@ -195,7 +185,7 @@ impl MaskStream {
         if let Read::Done(id) = read {
             self.request = None;
             match id {
-                Some(id) => host.set_filter_state(state::RESOURCE, id.as_bytes()),
+                Some(id) => write_state(host, &ResourceId(id)),
                 // The method only: never a byte of the message.
                 None => host.log(
                     LogLevel::Debug,
@@ -221,10 +211,10 @@ impl MaskStream {
     /// state is missing or unreadable, or when rbac did not allow the call (a response to a
     /// denied call should not exist; if one does, it gets the strictest treatment).
     fn read_role(host: &dyn Host) -> Option<String> {
-        host.filter_state(state::AUTHZ)
-            .and_then(|b| AuthzDecision::from_bytes(&b))
-            .filter(|d| d.decision == "allow")
-            .map(|d| d.role)
+        read_state::<AuthzDecision, _>(host)
+            .ok()
+            .flatten()
+            .and_then(AuthzDecision::allowed_role)
     }
 
     pub fn on_response_headers(&mut self, host: &dyn Host, end_of_stream: bool) -> Flow {
@@ -400,7 +390,7 @@ impl MaskStream {
         let (label, _) = self.config.policy.for_role(self.role.as_deref());
         let mut summary = MaskSummary {
             role: label.to_string(),
-            failure: self.failure.map(|e| e.code().to_string()),
+            failure: self.failure.map(|e| e.failure()),
             pass_through: self.pass_through,
             ..Default::default()
         };
@@ -410,6 +400,6 @@ impl MaskStream {
             summary.unknown_fields = masker.counts.unknown_fields;
             summary.unknown_any = masker.counts.unknown_any;
         }
-        host.set_filter_state(state::MASK, &summary.to_bytes());
+        write_state(host, &summary);
     }
 }

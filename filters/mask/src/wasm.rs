@@ -2,17 +2,15 @@
 //! fetched descriptor set, dispatches the fetches on a tick and hands the answers to
 //! [`remote_shell`]), and an HTTP context per stream that forwards every callback to
 //! [`MaskStream`] (or, before the first set, refuses the call through [`remote_shell`]).
+//! Wiring only: every host call goes through `phi_guard_host::ProxyHost`.
 
 use std::rc::Rc;
-use std::time::Duration;
 
-use phi_guard_host::{Host, ProxyHost};
-use proxy_wasm::hostcalls;
+use phi_guard_host::{Environment, Host, HttpCalls, PluginConfig, ProxyHost, Timers};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 
 use crate::config::MaskConfig;
-use crate::proxy::ProxyBody;
 use crate::remote::{MaskSource, RemoteMask, READ_LIMIT};
 use crate::remote_shell::{self, FetchMetrics};
 use crate::shell::{MaskStream, Metrics};
@@ -31,11 +29,11 @@ proxy_wasm::main! {{
 }}
 
 /// Due descriptor-set fetches are checked every second; the intervals are in the config.
-const TICK: Duration = Duration::from_secs(1);
+const TICK_MS: u64 = 1_000;
 
 /// Istio passes secrets as VM environment variables (vmConfig.env), which WASI exposes.
 fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok()
+    ProxyHost.env_string(name)
 }
 
 struct MaskRoot {
@@ -58,16 +56,16 @@ impl MaskRoot {
             return;
         }
         let source = remote.source();
-        let headers = vec![
-            (":method", "GET"),
-            (":path", source.path.as_str()),
-            (":authority", source.authority.as_str()),
-            ("accept", "application/octet-stream"),
-        ];
-        let timeout = Duration::from_millis(source.timeout_ms);
-        match hostcalls::dispatch_http_call(&source.cluster, headers, None, vec![], timeout) {
-            Ok(token) => self.pending = Some(token),
-            Err(_) => remote_shell::on_dispatch_failed(&host, remote, &self.fetch_metrics),
+        let token = host.get_document(
+            &source.cluster,
+            &source.path,
+            &source.authority,
+            "application/octet-stream",
+            source.timeout_ms,
+        );
+        match token {
+            Some(token) => self.pending = Some(token),
+            None => remote_shell::on_dispatch_failed(&host, remote, &self.fetch_metrics),
         }
     }
 }
@@ -103,7 +101,7 @@ impl RootContext for MaskRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         let host = ProxyHost;
         // An absent configuration is an empty one: the common parser refuses both by name.
-        let json = self.get_plugin_configuration().unwrap_or_default();
+        let json = host.plugin_configuration().unwrap_or_default();
         let Some(source) = remote_shell::configure(&host, &json, &env) else {
             return false;
         };
@@ -122,7 +120,7 @@ impl RootContext for MaskRoot {
             MaskSource::Remote(remote) => {
                 self.config = None;
                 self.remote = Some(*remote);
-                let _ = hostcalls::set_tick_period(TICK);
+                host.set_tick_period_ms(TICK_MS);
                 self.dispatch_due();
             }
         }
@@ -180,7 +178,7 @@ impl HttpContext for MaskHttp {
 
     fn on_http_request_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
         self.stream
-            .on_request_body(&ProxyHost, &ProxyBody, body_size)
+            .on_request_body(&ProxyHost, &ProxyHost, body_size)
             .into()
     }
 
@@ -192,13 +190,13 @@ impl HttpContext for MaskHttp {
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         self.stream
-            .on_response_body(&ProxyHost, &ProxyBody, body_size, end_of_stream)
+            .on_response_body(&ProxyHost, &ProxyHost, body_size, end_of_stream)
             .into()
     }
 
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
         self.stream
-            .on_response_trailers(&ProxyHost, &ProxyBody)
+            .on_response_trailers(&ProxyHost, &ProxyHost)
             .into()
     }
 

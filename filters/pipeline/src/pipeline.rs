@@ -158,6 +158,32 @@ impl Pipeline {
         self.jwt.is_some() || self.mask.as_ref().is_some_and(|m| m.remote.is_some())
     }
 
+    /// The root's tick period: audit's `batch_flush_ms` when the audit stage runs (it sends
+    /// its batch on every tick), else `fetch_ms` when a stage fetches, else none.
+    pub fn tick_ms(&self, fetch_ms: u64) -> Option<u64> {
+        match (&self.audit, self.fetches()) {
+            (Some(audit), true) => Some(audit.tick_ms().min(fetch_ms)),
+            (Some(audit), false) => Some(audit.tick_ms()),
+            (None, true) => Some(fetch_ms),
+            (None, false) => None,
+        }
+    }
+
+    /// on_tick and on_done: the audit stage queues the events it holds.
+    pub fn flush<H: StageHost>(&self, host: &H) {
+        if let Some(audit) = &self.audit {
+            audit.on_tick(host);
+        }
+    }
+
+    /// A new configuration replaces this pipeline: the audit stage queues what it holds, and
+    /// streams still running under this one queue their events at once.
+    pub fn retire<H: StageHost>(&self, host: &H) {
+        if let Some(audit) = &self.audit {
+            audit.retire(host);
+        }
+    }
+
     /// on_tick (and right after configure): every stage's fetches due now.
     pub fn due_fetches(&mut self, host: &dyn Host) -> Vec<Fetch> {
         let mut fetches = Vec::new();

@@ -11,7 +11,7 @@ use crate::policy::{Mode, Policy};
 pub struct Decision {
     /// `None`: let the request through. `Some(status)`: end it with that gRPC status.
     pub reject: Option<GrpcStatus>,
-    /// The JSON written under `phi_guard.authz`.
+    /// The authz contract, written to filter state (`phi_guard.authz`).
     pub record: AuthzDecision,
     /// True in shadow mode when enforce mode would have refused the request.
     pub shadow_denied: bool,
@@ -32,21 +32,17 @@ pub fn decide(policy: &Policy, eval: &Evaluation) -> Decision {
         .map(|r| r.name.clone());
     let (enforced, reject, shadow_decision) = match policy.mode {
         Mode::Enforce => (eval.verdict, status, None),
-        Mode::Shadow => (
-            Verdict::Allow,
-            None,
-            Some(eval.verdict.as_str().to_string()),
-        ),
+        Mode::Shadow => (Verdict::Allow, None, Some(eval.verdict)),
     };
     Decision {
         reject,
         shadow_denied: policy.mode == Mode::Shadow && eval.verdict != Verdict::Allow,
         record: AuthzDecision {
-            decision: enforced.as_str().to_string(),
+            decision: enforced,
             rule,
             role: eval.role.clone(),
             policy_version: policy.version.clone(),
-            mode: policy.mode.as_str().to_string(),
+            mode: policy.mode,
             shadow_decision,
             reason: eval.reason.as_str().to_string(),
             break_glass: eval.break_glass,
@@ -83,7 +79,7 @@ mod tests {
         let p = policy("enforce");
         let d = decide(&p, &eval(Verdict::Allow, Some(0), Reason::MatchedAllow));
         assert_eq!(d.reject, None);
-        assert_eq!(d.record.decision, "allow");
+        assert_eq!(d.record.decision, Verdict::Allow);
         assert_eq!(d.record.rule.as_deref(), Some("r"));
         assert_eq!(
             (d.record.role.as_str(), d.record.policy_version.as_str()),
@@ -93,8 +89,8 @@ mod tests {
         let d = decide(&p, &eval(Verdict::Deny, None, Reason::NoRule));
         assert_eq!(d.reject, Some(GrpcStatus::PermissionDenied));
         assert_eq!(
-            (d.record.decision.as_str(), d.record.reason.as_str()),
-            ("deny", "no_rule")
+            (d.record.decision, d.record.reason.as_str()),
+            (Verdict::Deny, "no_rule")
         );
         let d = decide(
             &p,
@@ -114,9 +110,9 @@ mod tests {
         ] {
             let d = decide(&p, &eval(v, None, r));
             assert_eq!(d.reject, None);
-            assert_eq!(d.record.decision, "allow");
-            assert_eq!(d.record.mode, "shadow");
-            assert_eq!(d.record.shadow_decision.as_deref(), Some(v.as_str()));
+            assert_eq!(d.record.decision, Verdict::Allow);
+            assert_eq!(d.record.mode, Mode::Shadow);
+            assert_eq!(d.record.shadow_decision, Some(v));
             assert_eq!(d.shadow_denied, v != Verdict::Allow);
         }
     }

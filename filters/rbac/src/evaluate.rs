@@ -48,22 +48,8 @@ impl Request<'_> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    Allow,
-    Deny,
-    Unauthenticated,
-}
-
-impl Verdict {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Allow => "allow",
-            Verdict::Deny => "deny",
-            Verdict::Unauthenticated => "unauthenticated",
-        }
-    }
-}
+/// The verdict is the one the authz contract carries (`phi_guard.authz` `decision`).
+pub use phi_guard_common::Verdict;
 
 /// Short machine codes for the audit event and debug logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,12 +7,16 @@
 //!
 //! Layout: [`policy`] (parse/compile), [`principal`] (workload matching), [`evaluate`],
 //! [`decision`] (mode and status mapping) are pure; [`shell`] talks to the host through
-//! `&dyn Host`; `wasm` holds the proxy-wasm contexts; `checker` is the native policy tool.
+//! `&dyn Host`; `wasm` holds the proxy-wasm contexts. The native policy checker,
+//! `phi-guard-policy`, is its own crate (cli/policy) over this one.
+
+// A panic traps the VM for every stream of its worker: none outside tests.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod cert;
-// The checker needs the jwt crate (its requirement matcher), which only `cli` pulls in.
-#[cfg(all(feature = "cli", not(target_arch = "wasm32")))]
-pub mod checker;
 pub mod decision;
 pub mod evaluate;
 mod json;

@@ -30,23 +30,10 @@ pub struct BreakGlass {
     pub reasons: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Denials end the RPC.
-    Enforce,
-    /// Every request goes through; the decision enforce mode would take is recorded.
-    Shadow,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Enforce => "enforce",
-            Mode::Shadow => "shadow",
-        }
-    }
-}
+/// The policy's `mode` is the one the authz contract records (`phi_guard.authz` `mode`):
+/// `enforce` (denials end the RPC) or `shadow` (every request goes through; the decision
+/// enforce mode would take is recorded).
+pub use phi_guard_common::AuthzMode as Mode;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -1,8 +1,8 @@
 //! The thin host-facing part: gathers the request's facts through [`Host`], calls the core, and
 //! acts on the decision. Written against `&dyn Host` so it is unit-tested with `FakeHost`.
 
-use phi_guard_common::{state, ConfigError, Identity};
-use phi_guard_host::{Counter, Host, HostExt, LogLevel};
+use phi_guard_common::{ConfigError, Identity, Verdict};
+use phi_guard_host::{read_state, write_state, Counter, Host, HostExt, LogLevel};
 
 use crate::cert;
 use crate::decision::{decide, Decision};
@@ -110,7 +110,7 @@ impl Filter {
         );
         let decision = decide(&self.policy, &eval);
         self.count(host, eval.rule, &decision);
-        host.set_filter_state(state::AUTHZ, &decision.record.to_bytes());
+        write_state(host, &decision.record);
         if record_break_glass(host, &decision, method.as_ref()) {
             let m = &self.metrics;
             if decision.record.break_glass_reason.is_some() {
@@ -120,21 +120,15 @@ impl Filter {
             }
         }
         let Decision { reject, record, .. } = decision;
-        if record.decision != "allow"
-            || record
-                .shadow_decision
-                .as_deref()
-                .is_some_and(|d| d != "allow")
+        if record.decision != Verdict::Allow
+            || record.shadow_decision.is_some_and(|d| d != Verdict::Allow)
         {
             // Rule names and reason codes only: no claim values, no certificate contents.
             host.log(
                 LogLevel::Debug,
                 &format!(
                     "phi-guard rbac: {} (rule {}, reason {}, mode {})",
-                    record
-                        .shadow_decision
-                        .as_deref()
-                        .unwrap_or(&record.decision),
+                    record.shadow_decision.unwrap_or(record.decision),
                     record.rule.as_deref().unwrap_or("-"),
                     record.reason,
                     record.mode
@@ -248,22 +242,20 @@ impl Filter {
 }
 
 fn read_identity(host: &dyn Host) -> Option<Identity> {
-    let bytes = host.filter_state(state::IDENTITY)?;
-    let identity = Identity::from_bytes(&bytes);
-    if identity.is_none() {
+    read_state::<Identity, _>(host).unwrap_or_else(|_| {
         // Fail closed (no end user) and say so without echoing the bytes.
         host.log(
             LogLevel::Warn,
             "phi-guard rbac: identity filter state unreadable; treating the request as having no end user",
         );
-    }
-    identity
+        None
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use phi_guard_common::{AuthzDecision, GrpcStatus};
+    use phi_guard_common::{state, AuthzDecision, AuthzMode, GrpcStatus, StateContract};
     use phi_guard_host::FakeHost;
 
     const FE: &str = "spiffe://phi-guard.test/ns/clinic/sa/ehr-frontend";
@@ -309,7 +301,7 @@ mod tests {
                 expires_at: 1,
                 ..Default::default()
             };
-            host.insert_property(&[state::IDENTITY], &id.to_bytes());
+            host.insert_property(&[state::IDENTITY], &id.encode());
         }
         host
     }
@@ -320,7 +312,7 @@ mod tests {
     }
 
     fn authz(host: &FakeHost) -> AuthzDecision {
-        AuthzDecision::from_bytes(&host.property(&[state::AUTHZ]).expect("authz written")).unwrap()
+        read_state(host).unwrap().expect("authz written")
     }
 
     #[test]
@@ -334,11 +326,11 @@ mod tests {
         assert!(proceed);
         assert_eq!(host.sent_status(), None);
         let d = authz(&host);
-        assert_eq!(d.decision, "allow");
+        assert_eq!(d.decision, Verdict::Allow);
         assert_eq!(d.rule.as_deref(), Some("nurse-reads"));
         assert_eq!(
-            (d.role.as_str(), d.policy_version.as_str(), d.mode.as_str()),
-            ("nurse", "v1", "enforce")
+            (d.role.as_str(), d.policy_version.as_str(), d.mode),
+            ("nurse", "v1", AuthzMode::Enforce)
         );
         assert_eq!(d.reason, "matched_allow");
         assert_eq!(host.counter("phi_guard.rbac.allowed"), 1);
@@ -373,7 +365,7 @@ mod tests {
         let (proceed, _) = run("enforce", &host);
         assert!(!proceed);
         assert_eq!(host.sent_status(), Some(GrpcStatus::Unauthenticated));
-        assert_eq!(authz(&host).decision, "unauthenticated");
+        assert_eq!(authz(&host).decision, Verdict::Unauthenticated);
         assert_eq!(host.counter("phi_guard.rbac.unauthenticated"), 1);
     }
 
@@ -383,7 +375,36 @@ mod tests {
         host.insert_property(&[state::IDENTITY], b"{\"roles\":[\"nurse\"]}");
         run("enforce", &host);
         assert_eq!(host.sent_status(), Some(GrpcStatus::Unauthenticated));
+        assert!(host.log_text().contains("identity filter state unreadable"));
         assert!(!host.log_text().contains("nurse"));
+    }
+
+    #[test]
+    fn an_identity_with_a_field_outside_the_contract_is_no_identity() {
+        let host = request("/health.v1.PatientService/GetPatient", Some(FE), None);
+        let id = Identity {
+            provider: "idp".into(),
+            issuer: "https://idp".into(),
+            subject: "s".into(),
+            roles: vec!["nurse".into()],
+            ..Default::default()
+        };
+        let mut doc: serde_json::Value = serde_json::from_slice(&id.encode()).unwrap();
+        doc["admin"] = serde_json::json!(true);
+        host.insert_property(&[state::IDENTITY], doc.to_string().as_bytes());
+        let (proceed, _) = run("enforce", &host);
+        assert!(!proceed);
+        assert_eq!(host.sent_status(), Some(GrpcStatus::Unauthenticated));
+        assert_eq!(authz(&host).reason, "no_identity");
+        assert!(host.log_text().contains("identity filter state unreadable"));
+    }
+
+    #[test]
+    fn a_missing_identity_logs_no_warning() {
+        let host = request("/health.v1.PatientService/GetPatient", Some(FE), None);
+        run("enforce", &host);
+        assert_eq!(host.sent_status(), Some(GrpcStatus::Unauthenticated));
+        assert!(!host.log_text().contains("unreadable"));
     }
 
     #[test]
@@ -418,18 +439,18 @@ mod tests {
             (
                 "/health.v1.PatientService/DeletePatient",
                 Some(&["nurse"][..]),
-                "deny",
+                Verdict::Deny,
             ),
             (
                 "/health.v1.PatientService/GetPatient",
                 None,
-                "unauthenticated",
+                Verdict::Unauthenticated,
             ),
-            ("/bad", Some(&["nurse"][..]), "deny"),
+            ("/bad", Some(&["nurse"][..]), Verdict::Deny),
             (
                 "/health.v1.PatientService/GetPatient",
                 Some(&["nurse"][..]),
-                "allow",
+                Verdict::Allow,
             ),
         ] {
             let host = request(path, Some(FE), roles);
@@ -437,9 +458,9 @@ mod tests {
             assert!(proceed, "{path}");
             assert_eq!(host.sent_status(), None);
             let d = authz(&host);
-            assert_eq!((d.decision.as_str(), d.mode.as_str()), ("allow", "shadow"));
-            assert_eq!(d.shadow_decision.as_deref(), Some(would));
-            let shadow_denied = i64::from(would != "allow");
+            assert_eq!((d.decision, d.mode), (Verdict::Allow, AuthzMode::Shadow));
+            assert_eq!(d.shadow_decision, Some(would));
+            let shadow_denied = i64::from(would != Verdict::Allow);
             assert_eq!(host.counter("phi_guard.rbac.shadow_denied"), shadow_denied);
             assert_eq!(host.counter("phi_guard.rbac.allowed"), 1 - shadow_denied);
             assert_eq!(host.counter("phi_guard.rbac.denied"), 0);
@@ -508,7 +529,7 @@ mod tests {
                 tenant: Some("north".into()),
                 ..Default::default()
             };
-            host.insert_property(&[state::IDENTITY], &id.to_bytes());
+            host.insert_property(&[state::IDENTITY], &id.encode());
             let filter = Filter::configure(&host, config).unwrap();
             let proceed = filter.on_request_headers(&host);
             (proceed, host)
@@ -602,7 +623,7 @@ mod tests {
                 break_glass_reason: reason.map(str::to_string),
                 ..Default::default()
             };
-            host.insert_property(&[state::IDENTITY], &id.to_bytes());
+            host.insert_property(&[state::IDENTITY], &id.encode());
             let proceed = filter.on_request_headers(&host);
             (proceed, host)
         };
@@ -652,7 +673,7 @@ mod tests {
             !host.log_text().contains("John Doe"),
             "the free text is never logged"
         );
-        assert!(!String::from_utf8_lossy(&d.to_bytes()).contains("John Doe"));
+        assert!(!String::from_utf8_lossy(&d.encode()).contains("John Doe"));
     }
 
     #[test]

@@ -123,6 +123,9 @@ async fn run() -> Result<(), Error> {
         machine["summary"].as_str().unwrap_or("?")
     );
     let wasm_sizes = wasm_sizes()?;
+    let pipeline_size = std::fs::metadata(stack::wasm_dir()?.join("phi_guard.wasm"))
+        .ok()
+        .map(|m| m.len());
 
     // Variants are cut from the single-stage layout's rendered config (bench::variants).
     let stack = Stack::builder("bench")
@@ -222,6 +225,7 @@ async fn run() -> Result<(), Error> {
         runs: &summaries,
         native_mask_mb_s,
         native_fhir_mask_mb_s,
+        rss_full_chain_mib: rss_per_worker.0,
         wasm_sizes: &wasm_sizes,
     });
     println!("\nTargets:\n");
@@ -237,28 +241,41 @@ async fn run() -> Result<(), Error> {
             t.name, t.measured, t.unit, bound, t.limit, t.unit, t.how
         );
     }
-    println!("\nWhat each filter adds (Envoy CPU µs per GetPatient RPC, medians):\n");
+    println!(
+        "\nWhat each stage adds in the one-module layout (Envoy CPU µs per GetPatient RPC, medians):\n"
+    );
     for (filter, us) in bench::per_filter_cpu(&summaries) {
         println!("- {filter}: {us:.1}");
     }
     println!("\nThe two layouts (Envoy CPU µs per GetPatient RPC, medians; added over a):\n");
-    for (what, single, one) in [("jwt + rbac", "c", "pc"), ("full chain", "d", "pd")] {
+    for (what, modules, single, one) in [
+        ("jwt + rbac", "two", "c", "pc"),
+        ("full chain", "four", "d", "pd"),
+    ] {
         if let (Some(s), Some(p)) = (summaries.get(single), summaries.get(one)) {
             let (s, p) = (s.cpu_us_per_rpc.median, p.cpu_us_per_rpc.median);
+            let (added_s, added_p) = (s - baseline, p - baseline);
             println!(
-                "- {what}: four modules {s:.1} ({:.1}), one module {p:.1} ({:.1})",
-                s - baseline,
-                p - baseline
+                "- {what}: {modules} modules {s:.1} (adds {added_s:.1}), one module {p:.1} (adds {added_p:.1}): the one module adds {:.0}% of what the single-stage layout adds",
+                100.0 * added_p / added_s
             );
         }
     }
     println!(
-        "\n- Envoy RSS, full chain: {:.0} MiB with 1 worker; {:+.1} MiB for each further worker ({:.0} MiB with 2); passthrough {:.0} MiB",
-        summaries["d"].rss_mib.median,
+        "\n- Envoy RSS, full chain in one module: {:.0} MiB with 1 worker; {:+.1} MiB for each further worker ({:.0} MiB with 2); four modules {:.0} MiB, passthrough {:.0} MiB (medians over rounds, 1 worker)",
+        rss_per_worker.0,
         rss_per_worker.1 - rss_per_worker.0,
         rss_per_worker.1,
+        summaries["d"].rss_mib.median,
         summaries["a"].rss_mib.median,
     );
+    if let Some(size) = pipeline_size {
+        println!(
+            "- phi_guard.wasm (the one module): {:.0} KiB; the four single-stage modules {:.0} KiB together",
+            size as f64 / 1024.0,
+            wasm_sizes.values().sum::<u64>() as f64 / 1024.0
+        );
+    }
     let errors: u64 = summaries.values().map(|s| s.errors).sum();
     if errors > 0 {
         println!(
@@ -288,6 +305,7 @@ async fn run() -> Result<(), Error> {
         "native_mask_mb_s": native_mask_mb_s,
         "native_fhir_mask_mb_s": native_fhir_mask_mb_s,
         "wasm_bytes": wasm_sizes,
+        "pipeline_wasm_bytes": pipeline_size,
         "rss_full_chain_mib": {"workers_1": rss_per_worker.0, "workers_2": rss_per_worker.1},
         "errors": errors,
     });
@@ -561,8 +579,8 @@ fn native_throughput(stack: &Stack, method: &str, messages: Vec<Vec<u8>>) -> Res
     Ok(bytes as f64 / started.elapsed().as_secs_f64() / 1e6)
 }
 
-/// Full-chain Envoy RSS with 1 and with 2 workers, each after the same load (MiB): each
-/// worker holds its own V8 isolates and filter instances.
+/// Envoy RSS with the shipped full chain (one module) with 1 and with 2 workers, each after
+/// the same load (MiB): each worker holds its own V8 isolate and filter instances.
 async fn rss_per_worker(
     stack: &Stack,
     caller: &Caller,
@@ -570,18 +588,18 @@ async fn rss_per_worker(
 ) -> Result<(f64, f64), Error> {
     let full = bench::variants()
         .into_iter()
-        .find(|v| v.id == "d")
+        .find(|v| v.id == "q")
         .ok_or("no full-chain variant")?;
     let mut rss = Vec::new();
     for workers in [1, 2] {
         let v = full.clone();
         let envoy =
-            stack.start_inbound_variant(&format!("bench-d-{workers}w"), workers, move |yaml| {
+            stack.start_inbound_variant(&format!("bench-q-{workers}w"), workers, move |yaml| {
                 v.render(&yaml).expect("variant renders")
             })?;
         let run = Run {
             id: "rss",
-            variant: "d",
+            variant: "q",
             workload: Workload::Get,
             label: "",
         };

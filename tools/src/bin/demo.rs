@@ -404,7 +404,7 @@ async fn show_fhir(stack: &Stack, workload: &str, user: &str, view: &str) -> Res
 
 /// A FHIR message as proto3 JSON, through the committed descriptor set.
 fn fhir_json(type_name: &str, bytes: &[u8]) -> Result<serde_json::Value, Error> {
-    let text = phi_guard_mask::tool::to_json(phi_guard_proto::fhir::pool(), type_name, bytes)?;
+    let text = phi_guard_mask_cli::to_json(phi_guard_proto::fhir::pool(), type_name, bytes)?;
     Ok(serde_json::from_str(&text)?)
 }
 

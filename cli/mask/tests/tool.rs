@@ -1,7 +1,6 @@
-//! The `phi-guard-mask` tool (feature `cli`): build and prune, coverage, lint, apply, as a
+//! The `phi-guard-mask` tool: build and prune, coverage, lint, apply, as a
 //! library and as the binary a CI pipeline runs.
-#![cfg(feature = "cli")]
-
+#[path = "../../../filters/mask/tests/support/mod.rs"]
 mod support;
 
 use std::io::Read;
@@ -9,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use phi_guard_mask::rewriter::Counts;
-use phi_guard_mask::tool::{self, build, coverage, lint, Session};
+use phi_guard_mask_cli::{self as tool, build, coverage, lint, Session};
 use prost::Message;
 use support::{CANARY_PHONE, CANARY_SSN, KEY, KEY_ENV};
 
@@ -32,14 +31,18 @@ fn tmp(name: &str) -> PathBuf {
 /// The demo policy without its descriptor set, written to a file.
 fn policy_file() -> PathBuf {
     let path = tmp("policy.demo.json");
-    std::fs::write(&path, include_str!("../policy.demo.json")).unwrap();
+    std::fs::write(
+        &path,
+        include_str!("../../../filters/mask/policy.demo.json"),
+    )
+    .unwrap();
     path
 }
 
 fn demo_session(message_type: Option<&str>) -> Session {
     std::env::set_var(KEY_ENV, KEY);
     Session::new(
-        include_str!("../policy.demo.json").as_bytes(),
+        include_str!("../../../filters/mask/policy.demo.json").as_bytes(),
         Some(support::descriptor_set()),
         message_type,
     )
@@ -408,7 +411,7 @@ fn apply_masks_offline_with_the_filters_core() {
 fn fhir_session(set: &[u8], message_type: Option<&str>) -> Session {
     std::env::set_var(KEY_ENV, KEY);
     Session::new(
-        include_str!("../policy.fhir.json").as_bytes(),
+        include_str!("../../../filters/mask/policy.fhir.json").as_bytes(),
         Some(set),
         message_type,
     )
@@ -486,7 +489,11 @@ fn apply_round_trips_a_fhir_bundle_dump() {
     let set_path = tmp("bundle.pb");
     std::fs::write(&set_path, &bundle_set).unwrap();
     let policy = tmp("policy.fhir.json");
-    std::fs::write(&policy, include_str!("../policy.fhir.json")).unwrap();
+    std::fs::write(
+        &policy,
+        include_str!("../../../filters/mask/policy.fhir.json"),
+    )
+    .unwrap();
     let input = tmp("bundles.bin");
     std::fs::write(&input, &dump).unwrap();
     let run = |role: &str, output: &Path| {
@@ -573,7 +580,7 @@ fn coverage_and_lint_of_the_fhir_demo_service() {
     // OTHER_ID), but the sample's SSN-shaped values are still under OTHER_ID, so they are
     // tagged; drop the whole Identifier catalog and lint names `identifier[].value`.
     let mut doc: serde_json::Value =
-        serde_json::from_str(include_str!("../policy.fhir.json")).unwrap();
+        serde_json::from_str(include_str!("../../../filters/mask/policy.fhir.json")).unwrap();
     doc["catalog"]
         .as_array_mut()
         .unwrap()
@@ -878,7 +885,11 @@ fn lint_and_coverage_exit_quietly_when_the_reader_goes_away() {
     let fhir = tmp("fhir-pipe.pb");
     std::fs::write(&fhir, phi_guard_proto::fhir::DESCRIPTOR_SET).unwrap();
     let fhir_policy = tmp("fhir-pipe.json");
-    std::fs::write(&fhir_policy, include_str!("../policy.fhir.json")).unwrap();
+    std::fs::write(
+        &fhir_policy,
+        include_str!("../../../filters/mask/policy.fhir.json"),
+    )
+    .unwrap();
     for (cmd, policy, set, code) in [
         ("coverage", &fhir_policy, &fhir, 0),
         ("lint", &policy, &set_path, 1),

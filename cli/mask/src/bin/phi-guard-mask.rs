@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use base64::Engine;
 use clap::{Args, Parser, Subcommand};
 use phi_guard_mask::rewriter::Counts;
-use phi_guard_mask::tool::{self, build, coverage, lint, Session};
+use phi_guard_mask_cli::{self as tool, build, coverage, lint, Session};
 
 #[derive(Parser)]
 #[command(

@@ -1,6 +1,6 @@
 //! `phi-guard-audit-collector [--listen 127.0.0.1:4318] --out FILE [--fail-status N [--fail-count M]]`
 //!
-//! A stand-in OTLP/HTTP JSON logs collector (see `phi_guard_audit::collector`). Prints
+//! A stand-in OTLP/HTTP JSON logs collector (see `phi_guard_audit_cli::collector`). Prints
 //! `listening on ADDR` once bound; stops on SIGINT/SIGTERM.
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -17,7 +17,7 @@ mod native {
     use std::net::SocketAddr;
     use std::path::PathBuf;
 
-    use phi_guard_audit::collector::{Collector, FailMode};
+    use phi_guard_audit_cli::collector::{Collector, FailMode};
 
     const USAGE: &str = "usage: phi-guard-audit-collector [--listen 127.0.0.1:4318] --out FILE [--fail-status N [--fail-count M]]";
 

@@ -5,10 +5,10 @@
 
 use prost_reflect::{DynamicMessage, ReflectMessage, Value};
 
-use crate::plan::Node;
+use phi_guard_mask::plan::Node;
 
-use super::coverage::MethodCoverage;
-use super::Session;
+use crate::coverage::MethodCoverage;
+use crate::Session;
 
 /// Words (lower case) that name an identifier, with the identifier kind reported and the class
 /// `phi-guard init` suggests for such a field. A field name is split into words on `_`, `.`,
@@ -248,7 +248,7 @@ struct SampleWalk<'a> {
 
 impl SampleWalk<'_> {
     fn message(&mut self, msg: &DynamicMessage, plan: Option<usize>, prefix: &str, depth: usize) {
-        if depth > crate::rewriter::MAX_DEPTH {
+        if depth > phi_guard_mask::rewriter::MAX_DEPTH {
             return;
         }
         // The first conditional catalog entry that holds on this value picks its plan, as in
@@ -347,8 +347,8 @@ impl SampleWalk<'_> {
 
 /// Whether the leaf at `path` (field numbers; a repeated field holds when any element does)
 /// of `msg` passes `test`.
-fn holds(msg: &DynamicMessage, path: &[u32], test: &crate::catalog::Test) -> bool {
-    use crate::catalog::Test;
+fn holds(msg: &DynamicMessage, path: &[u32], test: &phi_guard_mask::catalog::Test) -> bool {
+    use phi_guard_mask::catalog::Test;
     let Some((&first, rest)) = path.split_first() else {
         return false;
     };

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use prost_reflect::{DescriptorPool, EnumDescriptor, Kind, MessageDescriptor};
 
-use crate::wire::{self, read_len_value, read_tag, skip_value, write_varint};
+use phi_guard_mask::wire::{self, read_len_value, read_tag, skip_value, write_varint};
 
 /// Compiles `protos` (paths relative to an include directory, or files under one) with protox,
 /// resolving imports from `includes`, then from the files of `sets` (encoded

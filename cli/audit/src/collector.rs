@@ -28,7 +28,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
-use crate::otlp::{collector_line, records_from_request};
+use phi_guard_audit::otlp::{collector_line, records_from_request};
 
 /// Larger request bodies are refused with 413.
 pub const MAX_BODY: usize = 16 * 1024 * 1024;

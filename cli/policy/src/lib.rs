@@ -14,9 +14,9 @@ use serde_json::{json, Value};
 use phi_guard_common::{ConfigError, GrpcMethod, Identity};
 use phi_guard_jwt::{Decision, Reason as JwtReason};
 
-use crate::evaluate::{evaluate, Evaluation, Request, Verdict};
-use crate::policy::Policy;
-use crate::principal::Peer;
+use phi_guard_rbac::evaluate::{evaluate, Evaluation, Request, Verdict};
+use phi_guard_rbac::policy::Policy;
+use phi_guard_rbac::principal::Peer;
 
 pub const USAGE: &str = "\
 usage:
@@ -742,7 +742,7 @@ fn check(args: &[String], out: &mut dyn Write) -> Result<i32, String> {
                     .unwrap_or_default()
             );
         }
-        if policy.mode == crate::policy::Mode::Shadow {
+        if policy.mode == phi_guard_rbac::policy::Mode::Shadow {
             let _ = writeln!(out, "note:     policy is in shadow mode; Envoy records this decision but lets the request through");
         }
     }
@@ -811,7 +811,7 @@ mod tests {
     }
 
     fn demo() -> String {
-        format!("{DIR}/policy.demo.json")
+        format!("{DIR}/../../filters/rbac/policy.demo.json")
     }
 
     /// The demo's chain: envoy/demo/jwt.json and the demo project's trust domain.
@@ -1094,7 +1094,7 @@ mod tests {
 
     #[test]
     fn demo_cases_all_pass() {
-        let suite = load_cases(&format!("{DIR}/policy.demo.test.json")).unwrap();
+        let suite = load_cases(&format!("{DIR}/../../filters/rbac/policy.demo.test.json")).unwrap();
         let policy = load_policy(&suite.policy.expect("case file names its policy")).unwrap();
         let chain = demo_chain();
         assert_eq!(chain.listener, suite.listener);
@@ -1103,7 +1103,10 @@ mod tests {
         assert!(report.failures.is_empty(), "{:#?}", report.failures);
         assert_eq!(report.passed, cases.len());
         assert!(cases.len() >= 20);
-        let (code, out, _) = run_args(&["test", &format!("{DIR}/policy.demo.test.json")]);
+        let (code, out, _) = run_args(&[
+            "test",
+            &format!("{DIR}/../../filters/rbac/policy.demo.test.json"),
+        ]);
         assert_eq!(code, 0, "{out}");
         assert_eq!(out.trim(), format!("{} passed, 0 failed", cases.len()));
     }

@@ -1,4 +1,4 @@
-//! The `phi-guard-mask` command-line tool's logic (feature `cli`): build a pruned descriptor
+//! The `phi-guard-mask` command-line tool's logic: build a pruned descriptor
 //! set, show what each role sees of every response field, lint for untagged identifiers, and
 //! mask messages offline. Everything that decides or transforms a value goes through the
 //! filter's own [`MaskConfig`], plans and rewriter: the tool never re-implements them.
@@ -10,8 +10,8 @@ pub mod lint;
 use base64::Engine;
 use serde_json::Value;
 
-use crate::config::MaskConfig;
-use crate::rewriter::Counts;
+use phi_guard_mask::config::MaskConfig;
+use phi_guard_mask::rewriter::Counts;
 
 /// The synthetic method through which [`Session`] plans a message type given by name: the
 /// filter plans per method, so the tool appends a one-method service returning that type.
@@ -147,7 +147,7 @@ impl Session {
     pub fn roles(&self) -> Vec<String> {
         let mut roles: Vec<String> = self.config.policy.roles.keys().cloned().collect();
         roles.sort();
-        roles.push(crate::policy::DEFAULT_ROLE.to_string());
+        roles.push(phi_guard_mask::policy::DEFAULT_ROLE.to_string());
         roles
     }
 
@@ -181,7 +181,7 @@ fn token_key_error(e: phi_guard_common::ConfigError, var: Option<&str>) -> Strin
     if e.field != "token_key_env" || e.reason.starts_with("must be") {
         return format!("policy: {e}");
     }
-    let min = crate::token::MIN_KEY_BYTES;
+    let min = phi_guard_mask::token::MIN_KEY_BYTES;
     match var {
         None => format!(
             "policy: a role uses the token action, which needs the HMAC key: pass \
@@ -227,8 +227,8 @@ fn apply_service_file(message_type: &str) -> Vec<u8> {
     };
     let bytes = file.encode_to_vec();
     let mut out = Vec::with_capacity(bytes.len() + 6);
-    crate::wire::write_varint(&mut out, 0x0a);
-    crate::wire::write_varint(&mut out, bytes.len() as u64);
+    phi_guard_mask::wire::write_varint(&mut out, 0x0a);
+    phi_guard_mask::wire::write_varint(&mut out, bytes.len() as u64);
     out.extend_from_slice(&bytes);
     out
 }
@@ -239,7 +239,8 @@ pub fn split_delimited(mut buf: &[u8]) -> Result<Vec<&[u8]>, String> {
     let mut out = Vec::new();
     while !buf.is_empty() {
         let mut pos = 0;
-        let len = crate::wire::read_varint(buf, &mut pos).ok_or("delimited stream: bad length")?;
+        let len = phi_guard_mask::wire::read_varint(buf, &mut pos)
+            .ok_or("delimited stream: bad length")?;
         let end = pos
             .checked_add(usize::try_from(len).map_err(|_| "delimited stream: length too large")?)
             .filter(|&e| e <= buf.len())
@@ -252,7 +253,7 @@ pub fn split_delimited(mut buf: &[u8]) -> Result<Vec<&[u8]>, String> {
 
 /// Appends `message` with its varint length prefix.
 pub fn put_delimited(out: &mut Vec<u8>, message: &[u8]) {
-    crate::wire::write_varint(out, message.len() as u64);
+    phi_guard_mask::wire::write_varint(out, message.len() as u64);
     out.extend_from_slice(message);
 }
 

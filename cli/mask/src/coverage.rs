@@ -12,11 +12,11 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde_json::{json, Value};
 
-use crate::descriptor::{DescriptorSet, FieldKind};
-use crate::plan::{Node, Plans};
-use crate::policy::Action;
+use phi_guard_mask::descriptor::{DescriptorSet, FieldKind};
+use phi_guard_mask::plan::{Node, Plans};
+use phi_guard_mask::policy::Action;
 
-use super::Session;
+use crate::Session;
 
 /// One field path of one method's response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +52,7 @@ pub fn coverage(session: &Session, only: &[String]) -> Result<Vec<MethodCoverage
     let roles = session.roles();
     let mut out = Vec::new();
     for m in &catalog.methods {
-        if m.full_name == super::APPLY_METHOD {
+        if m.full_name == crate::APPLY_METHOD {
             continue;
         }
         if !only.is_empty() && !only.iter().any(|o| m.full_name.starts_with(o.as_str())) {
@@ -163,10 +163,10 @@ impl Walk<'_> {
                         see: see.clone(),
                     });
                     if see.is_none() {
-                        if depth > crate::rewriter::MAX_DEPTH {
+                        if depth > phi_guard_mask::rewriter::MAX_DEPTH {
                             return Err(format!(
                                 "{path}: nesting deeper than {}",
-                                crate::rewriter::MAX_DEPTH
+                                phi_guard_mask::rewriter::MAX_DEPTH
                             ));
                         }
                         self.seen.insert(key, path.clone());
@@ -232,7 +232,7 @@ impl Walk<'_> {
 
     fn class_and_actions(
         &self,
-        class: Option<crate::plan::Class>,
+        class: Option<phi_guard_mask::plan::Class>,
         textual: bool,
     ) -> (Option<String>, BTreeMap<String, String>) {
         let Some(class) = class else {

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use phi_guard_audit::chain::ChainKey;
-use phi_guard_audit::collector::{Collector, FailMode};
 use phi_guard_audit::delivery::{CallOutcome, Delivery, DeliveryConfig};
 use phi_guard_audit::otlp::OtlpMeta;
+use phi_guard_audit_cli::collector::{Collector, FailMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -1,0 +1,287 @@
+//! The hand-off between the HTTP filter and the service: events leave a worker in batches, one
+//! shared-queue item per batch instead of one per RPC.
+//!
+//! One queue item is either
+//!
+//! - a **batch** (version 1): `"PGAB"` (4 bytes), the version byte `1`, the event count
+//!   (u16 big-endian, 1..=[`MAX_BATCH_EVENTS`]), then per event its length (u32 big-endian,
+//!   at least 1) and its canonical bytes; nothing may follow the last event, and the whole
+//!   item is at most [`MAX_BATCH_BYTES`]; or
+//! - a **bare event** (version 0, what filters queued before batching): one event's canonical
+//!   JSON, which starts with `{`. The service still takes it, so a filter of the previous
+//!   release keeps working against a new service.
+//!
+//! [`decode`] is strict: a wrong magic or version, a count of 0 or above the bound, a length
+//! that runs past the end, an empty event, trailing bytes or an oversized item refuse the
+//! whole item, and nothing of it is applied.
+//!
+//! The service publishes the newest version it reads in shared data ([`format_key`], value
+//! `"1"`) before it publishes the admission flag; a filter that finds no such key (a service
+//! of the previous release) queues bare events, one per RPC, as before.
+
+/// First bytes of a version-1 batch.
+pub const MAGIC: &[u8; 4] = b"PGAB";
+/// The batch format this crate writes.
+pub const VERSION: u8 = 1;
+/// Most events in one batch (the filter's `batch_max_events` cannot exceed it).
+pub const MAX_BATCH_EVENTS: usize = 1024;
+/// Largest queue item the service takes, header included (the filter's `batch_max_bytes`
+/// cannot exceed it).
+pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
+/// Bytes before the first event.
+pub const HEADER_LEN: usize = MAGIC.len() + 1 + 2;
+/// Bytes in front of each event.
+pub const EVENT_OVERHEAD: usize = 4;
+
+/// Shared-data key where the service says which batch version it reads (`"1"`).
+pub fn format_key(queue: &str) -> String {
+    format!("phi_guard.audit.{queue}.format")
+}
+
+/// Why a queue item was refused as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Malformed {
+    /// Neither a batch nor a bare event (first bytes are not the magic nor `{`).
+    Unknown,
+    /// A batch of another version.
+    Version(u8),
+    /// Count of 0 or above [`MAX_BATCH_EVENTS`].
+    Count,
+    /// The header or an event length runs past the end, or an event is empty.
+    Truncated,
+    /// Bytes after the last event.
+    Trailing,
+    /// More than [`MAX_BATCH_BYTES`].
+    TooLarge,
+}
+
+impl std::fmt::Display for Malformed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Malformed::Unknown => f.write_str("not an audit batch"),
+            Malformed::Version(v) => write!(f, "batch version {v} is not read by this service"),
+            Malformed::Count => f.write_str("event count out of bounds"),
+            Malformed::Truncated => f.write_str("truncated or empty event"),
+            Malformed::Trailing => f.write_str("bytes after the last event"),
+            Malformed::TooLarge => f.write_str("larger than the batch limit"),
+        }
+    }
+}
+
+/// The events of one queue item, in order, or why the item is refused.
+pub fn decode(item: &[u8]) -> Result<Vec<&[u8]>, Malformed> {
+    if item.len() > MAX_BATCH_BYTES {
+        return Err(Malformed::TooLarge);
+    }
+    if item.first() == Some(&b'{') {
+        return Ok(vec![item]);
+    }
+    let Some(rest) = item.strip_prefix(MAGIC.as_slice()) else {
+        return Err(Malformed::Unknown);
+    };
+    let (&version, rest) = rest.split_first().ok_or(Malformed::Truncated)?;
+    if version != VERSION {
+        return Err(Malformed::Version(version));
+    }
+    let (count, mut rest) = take_be::<2>(rest).ok_or(Malformed::Truncated)?;
+    let count = u16::from_be_bytes(count) as usize;
+    if count == 0 || count > MAX_BATCH_EVENTS {
+        return Err(Malformed::Count);
+    }
+    let mut events = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (len, after) = take_be::<4>(rest).ok_or(Malformed::Truncated)?;
+        let len = u32::from_be_bytes(len) as usize;
+        if len == 0 || len > after.len() {
+            return Err(Malformed::Truncated);
+        }
+        let (event, after) = after.split_at(len);
+        events.push(event);
+        rest = after;
+    }
+    if !rest.is_empty() {
+        return Err(Malformed::Trailing);
+    }
+    Ok(events)
+}
+
+fn take_be<const N: usize>(bytes: &[u8]) -> Option<([u8; N], &[u8])> {
+    if bytes.len() < N {
+        return None;
+    }
+    let (head, rest) = bytes.split_at(N);
+    let mut out = [0u8; N];
+    out.copy_from_slice(head);
+    Some((out, rest))
+}
+
+/// A batch being filled by one filter VM.
+#[derive(Debug)]
+pub struct BatchWriter {
+    bytes: Vec<u8>,
+    count: usize,
+    max_events: usize,
+    max_bytes: usize,
+}
+
+impl BatchWriter {
+    /// `max_events` is clamped to 1..=[`MAX_BATCH_EVENTS`], `max_bytes` to at most
+    /// [`MAX_BATCH_BYTES`] (the config parser refuses values outside them).
+    pub fn new(max_events: usize, max_bytes: usize) -> Self {
+        Self {
+            bytes: Vec::new(),
+            count: 0,
+            max_events: max_events.clamp(1, MAX_BATCH_EVENTS),
+            max_bytes: max_bytes.min(MAX_BATCH_BYTES),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Whether the batch holds `max_events` events.
+    pub fn is_full(&self) -> bool {
+        self.count >= self.max_events
+    }
+
+    /// Whether `event_len` more bytes keep the batch within `max_bytes`. An empty batch takes
+    /// any event that fits a batch of one within [`MAX_BATCH_BYTES`].
+    pub fn fits(&self, event_len: usize) -> bool {
+        let used = if self.count == 0 {
+            HEADER_LEN
+        } else {
+            self.bytes.len()
+        };
+        let after = used + EVENT_OVERHEAD + event_len;
+        if self.count == 0 {
+            after <= MAX_BATCH_BYTES
+        } else {
+            after <= self.max_bytes && self.count < self.max_events
+        }
+    }
+
+    /// Appends one event; `false` (and nothing appended) when it does not [`fit`](Self::fits)
+    /// or is empty.
+    pub fn push(&mut self, event: &[u8]) -> bool {
+        if event.is_empty() || !self.fits(event.len()) {
+            return false;
+        }
+        let Ok(len) = u32::try_from(event.len()) else {
+            return false;
+        };
+        if self.count == 0 {
+            self.bytes.clear();
+            self.bytes.extend_from_slice(MAGIC);
+            self.bytes.push(VERSION);
+            self.bytes.extend_from_slice(&[0, 0]);
+        }
+        self.bytes.extend_from_slice(&len.to_be_bytes());
+        self.bytes.extend_from_slice(event);
+        self.count += 1;
+        true
+    }
+
+    /// The encoded batch and its event count, leaving the writer empty; `None` when empty.
+    pub fn take(&mut self) -> Option<(Vec<u8>, usize)> {
+        if self.count == 0 {
+            return None;
+        }
+        let count = u16::try_from(self.count).unwrap_or(u16::MAX);
+        let mut bytes = std::mem::take(&mut self.bytes);
+        if let Some(slot) = bytes.get_mut(MAGIC.len() + 1..HEADER_LEN) {
+            slot.copy_from_slice(&count.to_be_bytes());
+        }
+        let n = self.count;
+        self.count = 0;
+        Some((bytes, n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(events: &[&[u8]]) -> Vec<u8> {
+        let mut w = BatchWriter::new(MAX_BATCH_EVENTS, MAX_BATCH_BYTES);
+        for e in events {
+            assert!(w.push(e));
+        }
+        w.take().unwrap().0
+    }
+
+    #[test]
+    fn round_trip_and_pinned_bytes() {
+        let bytes = batch(&[b"{\"a\":1}", b"{}"]);
+        assert_eq!(
+            bytes,
+            b"PGAB\x01\x00\x02\x00\x00\x00\x07{\"a\":1}\x00\x00\x00\x02{}".to_vec()
+        );
+        assert_eq!(decode(&bytes).unwrap(), vec![&b"{\"a\":1}"[..], b"{}"]);
+        // A bare event (version 0) is one event.
+        assert_eq!(decode(b"{\"x\":2}").unwrap(), vec![&b"{\"x\":2}"[..]]);
+    }
+
+    #[test]
+    fn malformed_items_are_refused_whole() {
+        let good = batch(&[b"{}", b"{}"]);
+        assert_eq!(decode(b""), Err(Malformed::Unknown));
+        assert_eq!(decode(b"PGAX\x01"), Err(Malformed::Unknown));
+        assert_eq!(decode(b"PGAB"), Err(Malformed::Truncated));
+        assert_eq!(decode(b"PGAB\x02\x00\x01"), Err(Malformed::Version(2)));
+        assert_eq!(decode(b"PGAB\x01\x00"), Err(Malformed::Truncated));
+        assert_eq!(decode(b"PGAB\x01\x00\x00"), Err(Malformed::Count));
+        assert_eq!(decode(b"PGAB\x01\xff\xff"), Err(Malformed::Count));
+        // Every truncation of a good batch is refused, none yields fewer events.
+        for cut in 0..good.len() {
+            assert!(decode(&good[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut trailing = good.clone();
+        trailing.push(b' ');
+        assert_eq!(decode(&trailing), Err(Malformed::Trailing));
+        // A count that claims fewer events than follow leaves trailing bytes.
+        let mut fewer = good.clone();
+        fewer[6] = 1;
+        assert_eq!(decode(&fewer), Err(Malformed::Trailing));
+        assert_eq!(
+            decode(b"PGAB\x01\x00\x01\x00\x00\x00\x00"),
+            Err(Malformed::Truncated)
+        );
+        let big = vec![b'{'; MAX_BATCH_BYTES + 1];
+        assert_eq!(decode(&big), Err(Malformed::TooLarge));
+    }
+
+    #[test]
+    fn the_writer_keeps_its_bounds() {
+        let mut w = BatchWriter::new(2, 40);
+        assert!(w.is_empty());
+        assert!(w.push(b"{\"n\":1}"));
+        assert!(w.push(b"{\"n\":2}"));
+        assert!(w.is_full());
+        assert!(!w.push(b"{\"n\":3}"), "count bound");
+        let (bytes, n) = w.take().unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(decode(&bytes).unwrap().len(), 2);
+        assert!(w.take().is_none());
+        // The byte bound: 7 + 4 + 20 = 31 fits, a second one would not.
+        let twenty = [b'x'; 20];
+        assert!(w.push(&twenty));
+        assert!(!w.fits(20));
+        assert!(!w.push(&twenty));
+        w.take();
+        // An event larger than max_bytes still goes alone, within MAX_BATCH_BYTES.
+        let large = vec![b'y'; 100];
+        assert!(w.push(&large));
+        assert!(!w.push(b"{}"));
+        let (bytes, n) = w.take().unwrap();
+        assert_eq!((n, bytes.len()), (1, HEADER_LEN + EVENT_OVERHEAD + 100));
+        let huge = vec![b'z'; MAX_BATCH_BYTES];
+        assert!(!w.push(&huge), "never above MAX_BATCH_BYTES");
+        assert!(!w.push(b""), "no empty events");
+        assert!(w.is_empty());
+    }
+}
