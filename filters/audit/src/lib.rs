@@ -5,12 +5,18 @@
 //! - [`delivery`]: the service's pure state machine (chain, batch, backlog, retry, flag);
 //! - [`otlp`]: OTLP/HTTP JSON logs encoding and reading;
 //! - [`verify`]: chain verification for the verifier command and tests;
-//! - [`filter`], [`service`]: the two shells, generic over the host traits in [`hostx`];
-//! - [`proxy`] (wasm32 only): the host traits over proxy-wasm; `wasm` (wasm32, feature
-//!   `module`): the module's entry points.
+//! - [`filter`], [`service`]: the two shells, generic over the sets of host traits in
+//!   [`hostx`]; [`root`]: the module's root and HTTP contexts over them (which root by
+//!   `root_id`); `wasm` (wasm32, feature `module`): the SDK's entry points, wiring only.
 //!
 //! The commands (`phi-guard-audit-verify`, `phi-guard-audit-collector`) are their own crate,
 //! cli/audit.
+
+// A panic traps the VM for every stream of its worker: none outside tests.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod batch;
 pub mod chain;
@@ -20,13 +26,10 @@ pub mod event;
 pub mod filter;
 pub mod hostx;
 pub mod otlp;
+pub mod root;
 pub mod service;
 pub mod time;
 pub mod verify;
 
-#[cfg(target_os = "wasi")]
-pub mod proxy;
-#[cfg(not(target_arch = "wasm32"))]
-pub mod testing;
 #[cfg(all(target_os = "wasi", feature = "module"))]
 mod wasm;

@@ -199,7 +199,12 @@ impl AuditService {
                 (":authority", cfg.authority()),
                 ("content-type", "application/json"),
             ];
-            match host.http_call(&cfg.cluster, &headers, &batch.body, cfg.request_timeout_ms) {
+            match host.dispatch_http_call(
+                &cfg.cluster,
+                &headers,
+                Some(&batch.body),
+                cfg.request_timeout_ms,
+            ) {
                 Some(token) => self.call = Some((token, batch.id)),
                 None => {
                     host.log(
@@ -240,11 +245,11 @@ impl AuditService {
             (m.batch_refused, s.refused_items, r.refused_items),
         ] {
             if let (Some(id), true) = (id, now > before) {
-                host.increment_metric(id, i64::try_from(now - before).unwrap_or(i64::MAX));
+                host.increment_counter(id, i64::try_from(now - before).unwrap_or(i64::MAX));
             }
         }
         if let Some(id) = m.backlog {
-            host.record_metric(id, backlog);
+            host.record_gauge(id, backlog);
         }
         self.reported = s;
     }

@@ -13,16 +13,16 @@ use phi_guard_audit::otlp::records_from_request;
 use phi_guard_audit::service::{
     AuditService, METRIC_BATCH_REFUSED, METRIC_CHAINED, METRIC_DROPPED, METRIC_SHIPPED,
 };
-use phi_guard_audit::testing::{bus, Bus, FakeAuditHost, FakeServiceHost};
 use phi_guard_audit::verify::{verify, Located, VerifyOptions};
 use phi_guard_common::{state, GrpcStatus};
+use phi_guard_host::{bus, Bus, FakeHost};
 
 const VM: &str = "phi_guard_audit";
 const QUEUE: &str = "phi_guard_audit_events";
 const KEY: &[u8] = b"batch-key-0123456789abcdef-0123456789";
 
-fn service(bus: &Bus, max_batch: usize, max_backlog: usize) -> (AuditService, FakeServiceHost) {
-    let host = FakeServiceHost::new(bus.clone(), VM);
+fn service(bus: &Bus, max_batch: usize, max_backlog: usize) -> (AuditService, FakeHost) {
+    let host = FakeHost::on_bus(bus.clone(), VM);
     host.set_env("PHI_GUARD_AUDIT_KEY", KEY);
     let doc = format!(
         r#"{{"cluster":"audit_collector","key_env":"PHI_GUARD_AUDIT_KEY","max_batch_events":{max_batch},"max_backlog_events":{max_backlog},"max_batch_delay_ms":100,"initial_backoff_ms":100,"max_backoff_ms":100}}"#
@@ -32,24 +32,23 @@ fn service(bus: &Bus, max_batch: usize, max_backlog: usize) -> (AuditService, Fa
     (svc, host)
 }
 
-fn filter(bus: &Bus, config: &str) -> (FilterRuntime, FakeAuditHost) {
-    let host = FakeAuditHost::new(bus.clone(), VM);
+fn filter(bus: &Bus, config: &str) -> (FilterRuntime, FakeHost) {
+    let host = FakeHost::on_bus(bus.clone(), VM);
     let rt = FilterRuntime::new(&host, FilterConfig::parse(config.as_bytes()).unwrap());
     (rt, host)
 }
 
 /// One RPC through the filter, no tick.
-fn rpc(rt: &FilterRuntime, host: &FakeAuditHost, n: u32) -> Admission {
-    *host.base.request_headers.borrow_mut() = vec![
+fn rpc(rt: &FilterRuntime, host: &FakeHost, n: u32) -> Admission {
+    *host.request_headers.borrow_mut() = vec![
         (
             ":path".into(),
             "/health.v1.PatientService/GetPatient".into(),
         ),
         ("x-request-id".into(), format!("req-{n:05}")),
     ];
-    host.base
-        .insert_property(&[state::RESOURCE], format!("p-{n:05}").as_bytes());
-    *host.base.sent.borrow_mut() = None;
+    host.insert_property(&[state::RESOURCE], format!("p-{n:05}").as_bytes());
+    *host.sent.borrow_mut() = None;
     host.set_response_trailers(&[("grpc-status", "0")]);
     let mut s = AuditStream::default();
     let a = s.on_request_headers(host, rt);
@@ -86,7 +85,7 @@ fn ids(range: std::ops::Range<u32>) -> Vec<String> {
     range.map(|n| format!("req-{n:05}")).collect()
 }
 
-fn records(host: &FakeServiceHost) -> Vec<Located> {
+fn records(host: &FakeHost) -> Vec<Located> {
     host.calls
         .borrow()
         .iter()
@@ -106,7 +105,7 @@ fn records(host: &FakeServiceHost) -> Vec<Located> {
 }
 
 /// Ticks the service and acknowledges every call until nothing is left.
-fn drain(svc: &mut AuditService, host: &FakeServiceHost) {
+fn drain(svc: &mut AuditService, host: &FakeHost) {
     for _ in 0..1000 {
         host.now_ms.set(host.now_ms.get() + 100);
         let before = host.calls.borrow().len();
@@ -133,15 +132,15 @@ fn events_leave_the_worker_one_item_per_batch() {
     // 32 events per item (the default): two items, six events still in the VM.
     assert_eq!(items(&bus).len(), 2);
     assert_eq!(rt.buffered(), 6);
-    assert_eq!(fhost.base.counter(METRIC_ENQUEUED), 64);
-    assert_eq!(fhost.base.counter(METRIC_BATCHES), 2);
+    assert_eq!(fhost.counter(METRIC_ENQUEUED), 64);
+    assert_eq!(fhost.counter(METRIC_BATCHES), 2);
     // The tick sends the rest; an empty tick sends nothing.
     rt.on_tick(&fhost);
     rt.on_tick(&fhost);
     assert_eq!(items(&bus).len(), 3);
     assert_eq!(rt.buffered(), 0);
-    assert_eq!(fhost.base.counter(METRIC_ENQUEUED), 70);
-    assert_eq!(fhost.base.counter(METRIC_BATCHES), 3);
+    assert_eq!(fhost.counter(METRIC_ENQUEUED), 70);
+    assert_eq!(fhost.counter(METRIC_BATCHES), 3);
     assert_eq!(queued_ids(&bus), ids(0..70), "in order, none twice");
     // The service takes each item's events and chains them in queue order.
     svc.on_queue_ready(&shost, 1);
@@ -181,7 +180,7 @@ fn a_batch_never_exceeds_its_byte_bound() {
         assert!(item.len() <= 1024, "{} bytes", item.len());
     }
     assert_eq!(queued_ids(&bus), ids(0..40));
-    assert_eq!(fhost.base.counter(METRIC_ENQUEUED), 40);
+    assert_eq!(fhost.counter(METRIC_ENQUEUED), 40);
 }
 
 #[test]
@@ -224,9 +223,9 @@ fn a_failed_enqueue_counts_every_event_of_the_batch() {
     // The service VM goes away with its queue.
     bus.borrow_mut().queues.clear();
     rt.on_tick(&fhost);
-    assert_eq!(fhost.base.counter(METRIC_ENQUEUE_FAILED), 3);
-    assert_eq!(fhost.base.counter(METRIC_ENQUEUED), 0);
-    let log = fhost.base.log_text();
+    assert_eq!(fhost.counter(METRIC_ENQUEUE_FAILED), 3);
+    assert_eq!(fhost.counter(METRIC_ENQUEUED), 0);
+    let log = fhost.log_text();
     assert!(log.contains("3 event(s) could not be enqueued"), "{log}");
     assert!(!log.contains("p-0000"), "no content in logs");
 }
@@ -247,8 +246,8 @@ fn a_restarted_service_gets_the_batch_on_its_new_queue() {
         b.queues.insert(7, Default::default());
     }
     rt.on_tick(&fhost);
-    assert_eq!(fhost.base.counter(METRIC_ENQUEUE_FAILED), 0);
-    assert_eq!(fhost.base.counter(METRIC_ENQUEUED), 3);
+    assert_eq!(fhost.counter(METRIC_ENQUEUE_FAILED), 0);
+    assert_eq!(fhost.counter(METRIC_ENQUEUED), 3);
     assert_eq!(queued_ids(&bus), ids(0..3));
 }
 
@@ -260,8 +259,7 @@ fn a_service_of_the_previous_release_gets_bare_events() {
         let mut b = bus.borrow_mut();
         b.names.insert((VM.into(), QUEUE.into()), 1);
         b.queues.insert(1, Default::default());
-        b.shared
-            .insert((VM.into(), backlog_flag_key(QUEUE)), b"0".to_vec());
+        b.set_shared(VM, &backlog_flag_key(QUEUE), b"0");
     }
     let (rt, fhost) = filter(&bus, "{}");
     for n in 0..2 {
@@ -287,13 +285,12 @@ fn a_service_of_the_previous_release_gets_bare_events() {
 fn the_service_writes_its_format_before_its_flag() {
     let bus = bus();
     let (_svc, shost) = service(&bus, 50, 1000);
-    let b = bus.borrow();
-    let keys: Vec<&String> = b.shared.keys().map(|(_, k)| k).collect();
-    assert!(keys.contains(&&batch::format_key(QUEUE)));
-    assert_eq!(
-        shost.shared(&backlog_flag_key(QUEUE)).as_deref(),
-        Some(&b"0"[..])
-    );
+    // The fake's CAS tokens count writes: the format's is the older.
+    let shared = shost.shared.borrow();
+    let (format, format_cas) = shared.get(&batch::format_key(QUEUE)).unwrap();
+    let (flag, flag_cas) = shared.get(&backlog_flag_key(QUEUE)).unwrap();
+    assert_eq!((format.as_slice(), flag.as_slice()), (&b"1"[..], &b"0"[..]));
+    assert!(format_cas < flag_cas);
 }
 
 #[test]
@@ -361,12 +358,11 @@ fn fail_closed_takes_whole_batches_refuses_new_rpcs_and_loses_nothing() {
     assert_eq!(svc.core().unwrap().backlog_len(), 6);
     assert_eq!(flag().as_deref(), Some(&b"1"[..]));
     assert_eq!(rpc(&rt, &fhost, 99), Admission::Refused);
-    assert_eq!(fhost.base.sent_status(), Some(GrpcStatus::Unavailable));
+    assert_eq!(fhost.sent_status(), Some(GrpcStatus::Unavailable));
     // RPCs admitted before the flag end now: their batch waits in Envoy's queue.
     for n in 6..8 {
         let mut s = AuditStream::default();
-        *fhost.base.request_headers.borrow_mut() =
-            vec![("x-request-id".into(), format!("req-{n:05}"))];
+        *fhost.request_headers.borrow_mut() = vec![("x-request-id".into(), format!("req-{n:05}"))];
         s.on_log(&fhost, &rt);
     }
     rt.on_tick(&fhost);

@@ -4,13 +4,13 @@
 use phi_guard_audit::event::{
     build_event, canonicalize, int_attribute, valid_traceparent, AuditEvent, EventOptions,
 };
-use phi_guard_audit::testing::{bus, FakeAuditHost};
 use phi_guard_common::state;
 use phi_guard_common::{
     AuthnOutcome, AuthnResult, AuthzDecision, AuthzMode, Identity, MaskSummary, StateContract,
     Verdict,
 };
 use phi_guard_host::Host;
+use phi_guard_host::{bus, FakeHost};
 
 const T0: u64 = 1_764_180_184_512; // 2025-11-26T18:03:04.512Z
 
@@ -49,8 +49,8 @@ fn authz() -> AuthzDecision {
     }
 }
 
-fn full_host() -> FakeAuditHost {
-    let host = FakeAuditHost::new(bus(), "phi_guard_audit").with_request_headers(&[
+fn full_host() -> FakeHost {
+    let host = FakeHost::on_bus(bus(), "phi_guard_audit").headers(&[
         (":path", "/health.v1.PatientService/GetPatient"),
         ("x-request-id", "4bf92f35-77b3-4da6-a3ce-929d0e0e4736"),
         (
@@ -65,13 +65,12 @@ fn full_host() -> FakeAuditHost {
         ),
     ]);
     host.now_ms.set(T0);
-    host.base.insert_property(
+    host.insert_property(
         &["connection", "uri_san_peer_certificate"],
         b"spiffe://phi-guard.test/ns/ehr/sa/frontend",
     );
-    host.base
-        .insert_property(&[state::IDENTITY], &identity().encode());
-    host.base.insert_property(
+    host.insert_property(&[state::IDENTITY], &identity().encode());
+    host.insert_property(
         &[state::AUTHN],
         &AuthnOutcome {
             result: AuthnResult::Ok,
@@ -80,9 +79,8 @@ fn full_host() -> FakeAuditHost {
         }
         .encode(),
     );
-    host.base
-        .insert_property(&[state::AUTHZ], &authz().encode());
-    host.base.insert_property(&[state::RESOURCE], b"p-0001");
+    host.insert_property(&[state::AUTHZ], &authz().encode());
+    host.insert_property(&[state::RESOURCE], b"p-0001");
     let mut mask = MaskSummary {
         role: "nurse".into(),
         messages: 2,
@@ -90,13 +88,10 @@ fn full_host() -> FakeAuditHost {
     };
     mask.fields.insert("SSN/partial".into(), 2);
     mask.fields.insert("DOB/redact".into(), 1);
-    host.base.insert_property(&[state::MASK], &mask.encode());
-    host.base
-        .insert_property(&["request", "duration"], &7_400_000i64.to_le_bytes());
-    host.base
-        .insert_property(&["request", "total_size"], &412i64.to_le_bytes());
-    host.base
-        .insert_property(&["response", "total_size"], &1890i64.to_le_bytes());
+    host.insert_property(&[state::MASK], &mask.encode());
+    host.insert_property(&["request", "duration"], &7_400_000i64.to_le_bytes());
+    host.insert_property(&["request", "total_size"], &412i64.to_le_bytes());
+    host.insert_property(&["response", "total_size"], &1890i64.to_le_bytes());
     host.set_response_headers(&[(":status", "200"), ("content-type", "application/grpc")]);
     host.set_response_trailers(&[("grpc-status", "0")]);
     host
@@ -147,7 +142,7 @@ fn builds_a_complete_event() {
 
 #[test]
 fn missing_state_leaves_fields_out() {
-    let host = FakeAuditHost::new(bus(), "vm");
+    let host = FakeHost::on_bus(bus(), "vm");
     host.now_ms.set(T0);
     let e = build_event(&host, &opts(), None);
     assert_eq!(e.time, "2025-11-26T18:03:04.512Z");
@@ -167,21 +162,18 @@ fn missing_state_leaves_fields_out() {
 
 #[test]
 fn garbage_state_is_ignored_not_fatal() {
-    let host = FakeAuditHost::new(bus(), "vm").with_request_headers(&[
+    let host = FakeHost::on_bus(bus(), "vm").headers(&[
         (":path", "/not a grpc path"),
         ("x-request-id", "has spaces and \"quotes\""),
         ("traceparent", "00-XYZ-bad"),
         ("x-patient-id", &"p".repeat(1000)),
     ]);
     for key in [state::IDENTITY, state::AUTHN, state::AUTHZ, state::MASK] {
-        host.base.insert_property(&[key], b"\xff\x00not json");
+        host.insert_property(&[key], b"\xff\x00not json");
     }
-    host.base
-        .insert_property(&["request", "duration"], b"\x01\x02");
-    host.base
-        .insert_property(&["request", "total_size"], &(-5i64).to_le_bytes());
-    host.base
-        .insert_property(&["connection", "uri_san_peer_certificate"], b"\xff\xfe");
+    host.insert_property(&["request", "duration"], b"\x01\x02");
+    host.insert_property(&["request", "total_size"], &(-5i64).to_le_bytes());
+    host.insert_property(&["connection", "uri_san_peer_certificate"], b"\xff\xfe");
     host.set_response_trailers(&[("grpc-status", "abc")]);
     let e = build_event(&host, &opts(), None);
     assert_eq!(e.who, Default::default());
@@ -198,10 +190,9 @@ fn values_outside_the_contracts_sets_leave_their_part_out() {
     let authz = String::from_utf8(authz().encode()).unwrap();
     let bad = authz.replacen(r#""decision":"allow""#, r#""decision":"permit""#, 1);
     assert_ne!(bad, authz);
-    host.base.insert_property(&[state::AUTHZ], bad.as_bytes());
-    host.base
-        .insert_property(&[state::AUTHN], br#"{"result":"maybe"}"#);
-    host.base.insert_property(
+    host.insert_property(&[state::AUTHZ], bad.as_bytes());
+    host.insert_property(&[state::AUTHN], br#"{"result":"maybe"}"#);
+    host.insert_property(
         &[state::MASK],
         br#"{"role":"nurse","messages":1,"fields":{},"failure":"oops"}"#,
     );
@@ -217,9 +208,8 @@ fn values_outside_the_contracts_sets_leave_their_part_out() {
 
 #[test]
 fn grpc_status_sources_in_order() {
-    let host = FakeAuditHost::new(bus(), "vm");
-    host.base
-        .insert_property(&["response", "grpc_status"], &14i64.to_le_bytes());
+    let host = FakeHost::on_bus(bus(), "vm");
+    host.insert_property(&["response", "grpc_status"], &14i64.to_le_bytes());
     assert_eq!(
         build_event(&host, &opts(), None).outcome.grpc_status,
         Some(14)
@@ -312,35 +302,31 @@ fn phi_canaries_never_reach_the_event() {
         "CANARY-BODY",
     ];
     let host = full_host();
-    host.base
-        .set_request_header("x-patient-name", "CANARY-NAME-Jane-Doe");
-    host.base
-        .set_request_header("x-ssn", "CANARY-SSN-078-05-1120");
-    host.base
-        .set_request_header("authorization", "Bearer CANARY-TOKEN");
-    host.base.set_request_header("cookie", "s=CANARY-TOKEN");
+    host.set_request_header("x-patient-name", "CANARY-NAME-Jane-Doe");
+    host.set_request_header("x-ssn", "CANARY-SSN-078-05-1120");
+    host.set_request_header("authorization", "Bearer CANARY-TOKEN");
+    host.set_request_header("cookie", "s=CANARY-TOKEN");
     host.set_response_headers(&[("x-dob", "CANARY-DOB-1960-01-01"), ("grpc-status", "0")]);
     let mut id = identity();
     id.purpose_of_use = Some("CANARY-PURPOSE".into());
     id.scopes = vec!["CANARY-SCOPE".into()];
-    host.base.insert_property(&[state::IDENTITY], &id.encode());
-    host.base.insert_property(
+    host.insert_property(&[state::IDENTITY], &id.encode());
+    host.insert_property(
         &["connection", "peer_certificate"],
         b"-----BEGIN CERTIFICATE-----CANARY-CERT-PEM",
     );
-    host.base.insert_property(
+    host.insert_property(
         &["request", "body"],
         b"{\"ssn\":\"CANARY-SSN-078-05-1120\"}",
     );
-    host.base
-        .insert_property(&["response", "body"], b"CANARY-BODY");
+    host.insert_property(&["response", "body"], b"CANARY-BODY");
     let text = String::from_utf8(build_event(&host, &opts(), None).canonical_bytes()).unwrap();
     for c in canaries {
         assert!(!text.contains(c), "{c} leaked into {text}");
     }
     assert!(text.contains("u-12345") && text.contains("p-0001"));
     // Nothing was logged while building either.
-    assert!(host.base.log_text().is_empty());
+    assert!(host.log_text().is_empty());
 }
 
 #[test]
@@ -351,7 +337,7 @@ fn the_resource_id_comes_from_filter_state_and_the_header_is_only_claimed() {
     assert_eq!(e.what.resource_id.as_deref(), Some("p-0001"));
     assert_eq!(e.what.claimed_resource_id, None);
     // Without mask's state there is no resource id, whatever the header says.
-    let host = FakeAuditHost::new(bus(), "phi_guard_audit").with_request_headers(&[
+    let host = FakeHost::on_bus(bus(), "phi_guard_audit").headers(&[
         (":path", "/health.v1.PatientService/GetPatient"),
         ("x-patient-id", "p-0002"),
     ]);
@@ -359,17 +345,16 @@ fn the_resource_id_comes_from_filter_state_and_the_header_is_only_claimed() {
     assert_eq!(e.what.resource_id, None);
     assert_eq!(e.what.claimed_resource_id.as_deref(), Some("p-0002"));
     // Both are sanitized here too (the state is mask's, but nothing is trusted blindly).
-    let host = FakeAuditHost::new(bus(), "phi_guard_audit").with_request_headers(&[
+    let host = FakeHost::on_bus(bus(), "phi_guard_audit").headers(&[
         (":path", "/health.v1.PatientService/GetPatient"),
         ("x-patient-id", "078-05-1120"),
     ]);
-    host.base
-        .insert_property(&[state::RESOURCE], b"555.867.5309");
+    host.insert_property(&[state::RESOURCE], b"555.867.5309");
     let e = build_event(&host, &opts(), None);
     assert_eq!(e.what.resource_id.as_deref(), Some("***.***.****"));
     assert_eq!(e.what.claimed_resource_id.as_deref(), Some("***-**-****"));
     for bad in [&b"jane@example.org"[..], b"has space", b"\xff\xfe", b""] {
-        host.base.insert_property(&[state::RESOURCE], bad);
+        host.insert_property(&[state::RESOURCE], bad);
         assert_eq!(build_event(&host, &opts(), None).what.resource_id, None);
     }
 }
@@ -382,7 +367,7 @@ fn an_identifier_shaped_subject_is_sanitized_like_a_client_id() {
     let mut id = identity();
     id.subject = "078-05-1120".into();
     id.tenant = Some("t-555-867-5309".into());
-    host.base.insert_property(&[state::IDENTITY], &id.encode());
+    host.insert_property(&[state::IDENTITY], &id.encode());
     let e = build_event(&host, &opts(), None);
     assert_eq!(e.who.subject.as_deref(), Some("***-**-****"));
     assert_eq!(e.who.tenant.as_deref(), Some("t-***-***-****"));
@@ -401,7 +386,7 @@ fn an_identifier_shaped_subject_is_sanitized_like_a_client_id() {
     ] {
         let mut id = identity();
         id.subject = sub.into();
-        host.base.insert_property(&[state::IDENTITY], &id.encode());
+        host.insert_property(&[state::IDENTITY], &id.encode());
         let e = build_event(&host, &opts(), None);
         assert_eq!(e.who.subject.as_deref(), want, "{sub}");
     }

@@ -12,9 +12,9 @@ use phi_guard_audit::service::{
     AuditService, METRIC_BACKLOG, METRIC_BACKLOG_FULL, METRIC_CHAINED, METRIC_DROPPED,
     METRIC_RETRIED, METRIC_SHIPPED,
 };
-use phi_guard_audit::testing::{bus, Bus, FakeAuditHost, FakeServiceHost};
 use phi_guard_audit::verify::{verify, Located, VerifyOptions};
 use phi_guard_common::{state, GrpcStatus};
+use phi_guard_host::{bus, Bus, FakeHost};
 
 const VM: &str = "phi_guard_audit";
 const KEY: &[u8] = b"shell-key-0123456789abcdef-0123456789";
@@ -26,16 +26,16 @@ fn service_config(extra: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-fn service(bus: &Bus, extra: &str) -> (AuditService, FakeServiceHost) {
-    let host = FakeServiceHost::new(bus.clone(), VM);
+fn service(bus: &Bus, extra: &str) -> (AuditService, FakeHost) {
+    let host = FakeHost::on_bus(bus.clone(), VM);
     host.set_env("PHI_GUARD_AUDIT_KEY", KEY);
     let mut svc = AuditService::default();
     assert!(svc.on_configure(&host, &service_config(extra)));
     (svc, host)
 }
 
-fn filter(bus: &Bus) -> (FilterRuntime, FakeAuditHost) {
-    let host = FakeAuditHost::new(bus.clone(), VM);
+fn filter(bus: &Bus) -> (FilterRuntime, FakeHost) {
+    let host = FakeHost::on_bus(bus.clone(), VM);
     let rt = FilterRuntime::new(
         &host,
         FilterConfig::parse(br#"{"claimed_resource_id_header":"x-patient-id"}"#).unwrap(),
@@ -46,8 +46,8 @@ fn filter(bus: &Bus) -> (FilterRuntime, FakeAuditHost) {
 /// One RPC through the filter, then the VM's tick (which queues the batch). The filter's
 /// host is reused per stream (one VM: counters are VM-wide); its headers and sent response
 /// are reset first.
-fn rpc(rt: &FilterRuntime, host: &FakeAuditHost, n: u32) -> (Admission, Option<GrpcStatus>) {
-    *host.base.request_headers.borrow_mut() = vec![
+fn rpc(rt: &FilterRuntime, host: &FakeHost, n: u32) -> (Admission, Option<GrpcStatus>) {
+    *host.request_headers.borrow_mut() = vec![
         (
             ":path".into(),
             "/health.v1.PatientService/GetPatient".into(),
@@ -55,18 +55,17 @@ fn rpc(rt: &FilterRuntime, host: &FakeAuditHost, n: u32) -> (Admission, Option<G
         ("x-patient-id".into(), format!("c-{n:04}")),
     ];
     // What mask read from the request message.
-    host.base
-        .insert_property(&[state::RESOURCE], format!("p-{n:04}").as_bytes());
-    *host.base.sent.borrow_mut() = None;
+    host.insert_property(&[state::RESOURCE], format!("p-{n:04}").as_bytes());
+    *host.sent.borrow_mut() = None;
     host.set_response_trailers(&[("grpc-status", "0")]);
     let mut s = AuditStream::default();
     let a = s.on_request_headers(host, rt);
     s.on_log(host, rt);
     rt.on_tick(host);
-    (a, host.base.sent_status())
+    (a, host.sent_status())
 }
 
-fn records(host: &FakeServiceHost) -> Vec<Located> {
+fn records(host: &FakeHost) -> Vec<Located> {
     host.calls
         .borrow()
         .iter()
@@ -98,7 +97,7 @@ fn filter_refuses_until_the_service_is_up() {
     );
     rpc(&rt, &fhost, 3);
     assert_eq!(
-        fhost.base.log_text().matches("refusing RPCs").count(),
+        fhost.log_text().matches("refusing RPCs").count(),
         1,
         "refusals are logged on change, not per RPC"
     );
@@ -106,9 +105,9 @@ fn filter_refuses_until_the_service_is_up() {
     let (a, sent) = rpc(&rt, &fhost, 2);
     assert_eq!(a, Admission::Continue);
     assert_eq!(sent, None);
-    assert_eq!(fhost.base.counter(METRIC_REFUSED), 2);
-    assert_eq!(fhost.base.counter(METRIC_ENQUEUED), 1);
-    assert!(fhost.base.log_text().contains("admitting RPCs again"));
+    assert_eq!(fhost.counter(METRIC_REFUSED), 2);
+    assert_eq!(fhost.counter(METRIC_ENQUEUED), 1);
+    assert!(fhost.log_text().contains("admitting RPCs again"));
 }
 
 #[test]
@@ -188,10 +187,10 @@ fn configure_twice_keeps_the_queue_and_the_chain() {
     .is_ok());
     // Metrics were defined once.
     let names: Vec<String> = shost
-        .metrics
+        .counters
         .borrow()
         .iter()
-        .map(|(n, _, _)| n.clone())
+        .map(|(n, _)| n.clone())
         .collect();
     assert_eq!(names.iter().filter(|n| *n == METRIC_SHIPPED).count(), 1);
 }
@@ -199,7 +198,7 @@ fn configure_twice_keeps_the_queue_and_the_chain() {
 #[test]
 fn configure_fails_closed_without_a_key() {
     let bus = bus();
-    let host = FakeServiceHost::new(bus.clone(), VM);
+    let host = FakeHost::on_bus(bus.clone(), VM);
     let mut svc = AuditService::default();
     assert!(!svc.on_configure(&host, &service_config("")));
     host.set_env("PHI_GUARD_AUDIT_KEY", b"tiny-key-value");
@@ -238,7 +237,7 @@ fn retries_on_503_429_and_failure_then_fail_closed_and_recover() {
     assert_eq!(a, Admission::Refused);
     assert_eq!(sent, Some(GrpcStatus::Unavailable));
     // An RPC admitted before the flag ends now: its event waits in Envoy's queue.
-    let late = FakeAuditHost::new(bus.clone(), VM);
+    let late = FakeHost::on_bus(bus.clone(), VM);
     let mut s = AuditStream::default();
     s.on_log(&late, &rt);
     rt.on_tick(&late);
@@ -292,7 +291,7 @@ fn retries_on_503_429_and_failure_then_fail_closed_and_recover() {
     assert_eq!(shost.metric(METRIC_RETRIED), 4);
     assert_eq!(shost.metric(METRIC_DROPPED), 0);
     assert_eq!(shost.metric(METRIC_BACKLOG_FULL), 1);
-    assert_eq!(fhost.base.counter(METRIC_REFUSED), 1);
+    assert_eq!(fhost.counter(METRIC_REFUSED), 1);
     assert!(
         !shost.log_text().contains("p-00"),
         "no event content in logs"
@@ -329,7 +328,7 @@ fn enqueue_failure_is_counted_and_re_resolves() {
     // The queue vanishes (service VM gone) between admission and stream end.
     bus.borrow_mut().queues.clear();
     rpc(&rt, &fhost, 1);
-    assert_eq!(fhost.base.counter(METRIC_ENQUEUE_FAILED), 1);
-    assert!(fhost.base.log_text().contains("could not be enqueued"));
-    assert!(!fhost.base.log_text().contains("p-0001"));
+    assert_eq!(fhost.counter(METRIC_ENQUEUE_FAILED), 1);
+    assert!(fhost.log_text().contains("could not be enqueued"));
+    assert!(!fhost.log_text().contains("p-0001"));
 }

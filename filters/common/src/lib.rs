@@ -7,6 +7,12 @@
 //! and the clock abstraction the pure cores take time from. It has no proxy-wasm dependency so
 //! every core can be tested natively.
 
+// A panic traps the VM for every stream of its worker: none outside tests.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod clock;
 pub mod config;
 pub mod fetch;

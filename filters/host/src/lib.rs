@@ -1,20 +1,43 @@
-//! The host behind a trait.
+//! The host behind traits: the one host surface of every phi-guard stage.
 //!
-//! Filter shells talk to Envoy only through [`Host`], so a shell can be unit-tested natively
-//! with [`FakeHost`], which records every call. [`ProxyHost`] is the real thing: a thin
-//! wrapper over the proxy-wasm host calls, compiled only for wasm32 because the host imports
-//! exist nowhere else (wasm32-wasip1, the target Envoy loads).
+//! Filter shells talk to Envoy only through the capability traits here, so a shell can be
+//! unit-tested natively with [`FakeHost`], which implements every one of them and records
+//! every call. [`ProxyHost`] is the real thing: a thin wrapper over the proxy-wasm host
+//! calls, compiled only for wasm32 because the host imports exist nowhere else
+//! (wasm32-wasip1, the target Envoy loads). No crate but this one calls
+//! `proxy_wasm::hostcalls`; the modules' `wasm.rs` files only wire the SDK's contexts to
+//! the shells, handing them a `ProxyHost`.
+//!
+//! | trait | what | used by |
+//! |---|---|---|
+//! | [`Host`] | request and response headers, properties and filter state, local replies, time in seconds, logs, counters | every stage |
+//! | [`Clock`] | time in milliseconds | audit |
+//! | [`SharedData`] | compare-and-swap shared data (per `vm_id`, across workers) | jwt (replay cache), audit (the backlog flag) |
+//! | [`BodyHost`] | request and response body buffers, response trailers written, reset | mask |
+//! | [`Trailers`] | response trailers read | audit |
+//! | [`Queues`] | shared queues: register, resolve, enqueue, dequeue | audit |
+//! | [`HttpCalls`] | `dispatch_http_call` and the answer's status and body | jwt (JWKS), mask (descriptor set), audit service (OTLP) |
+//! | [`Timers`] | the root context's tick period | jwt, mask, audit |
+//! | [`Gauges`] | gauge metrics | audit service |
+//! | [`Environment`] | VM environment variables (`vm_config.environment_variables`) | jwt, mask, audit service |
+//! | [`PluginConfig`] | the plugin's configuration bytes | every module's `on_configure` |
+
+// A panic traps the VM for every stream of its worker: none outside tests.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 use std::cell::RefCell;
 
 use phi_guard_common::{GrpcMethod, GrpcStatus, StateSlots, UnixSeconds};
 
-mod fake;
+pub mod fake;
 #[cfg(target_os = "wasi")]
 mod proxy;
 mod state;
 
-pub use fake::FakeHost;
+pub use fake::{bus, Bus, FakeCall, FakeHost};
 #[cfg(target_os = "wasi")]
 pub use proxy::ProxyHost;
 pub use state::{read_state, write_state, Unreadable};
@@ -63,6 +86,113 @@ pub trait Host {
     }
 }
 
+/// Milliseconds since the Unix epoch.
+pub type UnixMillis = u64;
+
+/// The host's wall clock in milliseconds ([`Host::now`] has whole seconds).
+pub trait Clock {
+    fn now_ms(&self) -> UnixMillis;
+}
+
+/// The current stream's body buffers and the response trailers it writes (mask).
+pub trait BodyHost {
+    /// `size` bytes of the current request body chunk from `start`; `None` if the host has none.
+    fn request_body(&self, start: usize, size: usize) -> Option<Vec<u8>>;
+    /// `size` bytes of the current body chunk from `start`; `None` if the host has none.
+    fn response_body(&self, start: usize, size: usize) -> Option<Vec<u8>>;
+    /// Replaces `size` bytes from `start` of the current chunk with `value`.
+    fn set_response_body(&self, start: usize, size: usize, value: &[u8]);
+    fn set_response_trailer(&self, name: &str, value: &str);
+    /// Resets the response stream (the last resort when no trailers will follow).
+    fn reset_response(&self);
+}
+
+/// The response trailers of the current stream, read (audit reads `grpc-status` at `on_log`).
+pub trait Trailers {
+    fn response_trailer(&self, name: &str) -> Option<String>;
+}
+
+/// proxy-wasm shared queues: one VM registers a queue by name, VMs of any worker resolve it
+/// by (vm_id, name) and enqueue; the registering VM dequeues on `on_queue_ready`.
+pub trait Queues {
+    /// `register_shared_queue`: returns the same id when called again with the same name.
+    fn register_queue(&self, name: &str) -> Option<u32>;
+    /// `resolve_shared_queue(vm_id, name)`; `None` when nobody registered it.
+    fn resolve_queue(&self, vm_id: &str, name: &str) -> Option<u32>;
+    /// `false` when the host refused (e.g. the queue is gone).
+    fn enqueue(&self, queue_id: u32, bytes: &[u8]) -> bool;
+    /// Next queued item; `None` when empty or on error.
+    fn dequeue(&self, queue_id: u32) -> Option<Vec<u8>>;
+}
+
+/// HTTP callouts from a root context.
+pub trait HttpCalls {
+    /// `dispatch_http_call` (no trailers); the call's token, `None` when the host refused
+    /// (unknown cluster, bad headers).
+    fn dispatch_http_call(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout_ms: u64,
+    ) -> Option<u32>;
+    /// The answer to a `dispatch_http_call`, read in `on_http_call_response`: the `:status`
+    /// header (absent when the host has none, e.g. the call failed) and at most `limit` bytes
+    /// of the body (empty when there is none or the host refused), so a caller can tell an
+    /// oversized body by asking for one byte more than it accepts; `limit` 0 reads the status
+    /// only.
+    fn http_call_response(&self, body_size: usize, limit: usize) -> (Option<String>, Vec<u8>);
+
+    /// A GET of a document (jwt's JWKS, mask's descriptor set): `:method`, `:path`,
+    /// `:authority` and `accept`, in that order, no body.
+    fn get_document(
+        &self,
+        cluster: &str,
+        path: &str,
+        authority: &str,
+        accept: &str,
+        timeout_ms: u64,
+    ) -> Option<u32> {
+        let headers = [
+            (":method", "GET"),
+            (":path", path),
+            (":authority", authority),
+            ("accept", accept),
+        ];
+        self.dispatch_http_call(cluster, &headers, None, timeout_ms)
+    }
+}
+
+/// The root context's timer.
+pub trait Timers {
+    /// `set_tick_period`; 0 stops the tick.
+    fn set_tick_period_ms(&self, ms: u64);
+}
+
+/// Gauge metrics (counters are in [`Host`]).
+pub trait Gauges {
+    /// Defines a gauge (`wasmcustom.<name>`); `None` if the host refused.
+    fn define_gauge(&self, name: &str) -> Option<u32>;
+    fn record_gauge(&self, id: u32, value: u64);
+}
+
+/// The VM's environment (Envoy `vm_config.environment_variables`, Istio `vmConfig.env`):
+/// where secrets come from, since a plugin's configuration cannot carry them.
+pub trait Environment {
+    fn env_var(&self, name: &str) -> Option<Vec<u8>>;
+
+    /// The variable as UTF-8; `None` when absent or not UTF-8.
+    fn env_string(&self, name: &str) -> Option<String> {
+        self.env_var(name).and_then(|v| String::from_utf8(v).ok())
+    }
+}
+
+/// The plugin's configuration (Envoy's `configuration` StringValue, Istio's `pluginConfig`).
+pub trait PluginConfig {
+    /// `None` when there is none or the host refused; callers treat both as empty.
+    fn plugin_configuration(&self) -> Option<Vec<u8>>;
+}
+
 /// Why a shared-data write did not happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SharedDataError {
@@ -86,6 +216,16 @@ pub trait SharedData {
         value: &[u8],
         cas: Option<u32>,
     ) -> Result<(), SharedDataError>;
+
+    /// The value of `key`; `None` when absent or on error.
+    fn shared_data(&self, key: &str) -> Option<Vec<u8>> {
+        self.get_shared_data_cas(key).ok().flatten().map(|(v, _)| v)
+    }
+
+    /// Writes `key` without CAS (a single writer); `false` when the host refused.
+    fn set_shared_data(&self, key: &str, value: &[u8]) -> bool {
+        self.set_shared_data_cas(key, value, None).is_ok()
+    }
 }
 
 /// What a shell's stream callback tells the host: go on, or hold the stream (proxy-wasm's

@@ -1,17 +1,21 @@
-//! [`Host`] over the proxy-wasm host calls.
+//! Every host trait over the proxy-wasm host calls: the only file of phi-guard that calls
+//! `proxy_wasm::hostcalls`.
 //!
 //! Host calls return `Err` only when Envoy refuses (e.g. a header map that is no longer
 //! available after the stream ended); the shells treat that like an absent value and fail
 //! closed where it matters, so errors are folded into `None` here rather than unwrapped: a
 //! panic would trap the VM for every stream on this worker.
 
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use phi_guard_common::{GrpcStatus, UnixSeconds};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, GrpcStatusCode, MapType, MetricType};
 
-use crate::{Host, LogLevel};
+use crate::{
+    BodyHost, Clock, Environment, Gauges, Host, HttpCalls, LogLevel, PluginConfig, Queues, Timers,
+    Trailers, UnixMillis,
+};
 
 fn proxy_level(level: LogLevel) -> proxy_wasm::types::LogLevel {
     use proxy_wasm::types::LogLevel as P;
@@ -40,20 +44,134 @@ fn grpc_code(status: GrpcStatus) -> GrpcStatusCode {
     }
 }
 
-impl ProxyHost {
-    /// The answer to a `dispatch_http_call`, read in `on_http_call_response`: the `:status`
-    /// header (absent when the host has none) and at most `limit` bytes of the body (empty
-    /// when there is none or the host refused), so a caller can tell an oversized body by
-    /// asking for one byte more than it accepts.
-    pub fn http_call_response(&self, body_size: usize, limit: usize) -> (Option<String>, Vec<u8>) {
+impl HttpCalls for ProxyHost {
+    fn dispatch_http_call(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout_ms: u64,
+    ) -> Option<u32> {
+        hostcalls::dispatch_http_call(
+            cluster,
+            headers.to_vec(),
+            body,
+            Vec::new(),
+            Duration::from_millis(timeout_ms),
+        )
+        .ok()
+    }
+
+    fn http_call_response(&self, body_size: usize, limit: usize) -> (Option<String>, Vec<u8>) {
         let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
             .ok()
             .flatten();
+        // A caller that wants only the status (the audit service) reads no body.
+        if limit == 0 {
+            return (status, Vec::new());
+        }
         let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size.min(limit))
             .ok()
             .flatten()
             .unwrap_or_default();
         (status, body)
+    }
+}
+
+impl Clock for ProxyHost {
+    fn now_ms(&self) -> UnixMillis {
+        hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    }
+}
+
+impl BodyHost for ProxyHost {
+    fn request_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
+        hostcalls::get_buffer(BufferType::HttpRequestBody, start, size)
+            .ok()
+            .flatten()
+    }
+
+    fn response_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
+        hostcalls::get_buffer(BufferType::HttpResponseBody, start, size)
+            .ok()
+            .flatten()
+    }
+
+    fn set_response_body(&self, start: usize, size: usize, value: &[u8]) {
+        let _ = hostcalls::set_buffer(BufferType::HttpResponseBody, start, size, value);
+    }
+
+    fn set_response_trailer(&self, name: &str, value: &str) {
+        let _ = hostcalls::set_map_value(MapType::HttpResponseTrailers, name, Some(value));
+    }
+
+    fn reset_response(&self) {
+        let _ = hostcalls::reset_http_response();
+    }
+}
+
+impl Trailers for ProxyHost {
+    fn response_trailer(&self, name: &str) -> Option<String> {
+        hostcalls::get_map_value(MapType::HttpResponseTrailers, name)
+            .ok()
+            .flatten()
+    }
+}
+
+impl Queues for ProxyHost {
+    fn register_queue(&self, name: &str) -> Option<u32> {
+        hostcalls::register_shared_queue(name).ok()
+    }
+
+    fn resolve_queue(&self, vm_id: &str, name: &str) -> Option<u32> {
+        hostcalls::resolve_shared_queue(vm_id, name).ok().flatten()
+    }
+
+    fn enqueue(&self, queue_id: u32, bytes: &[u8]) -> bool {
+        hostcalls::enqueue_shared_queue(queue_id, Some(bytes)).is_ok()
+    }
+
+    fn dequeue(&self, queue_id: u32) -> Option<Vec<u8>> {
+        hostcalls::dequeue_shared_queue(queue_id).ok().flatten()
+    }
+}
+
+impl Timers for ProxyHost {
+    fn set_tick_period_ms(&self, ms: u64) {
+        let _ = hostcalls::set_tick_period(Duration::from_millis(ms));
+    }
+}
+
+impl Gauges for ProxyHost {
+    fn define_gauge(&self, name: &str) -> Option<u32> {
+        hostcalls::define_metric(MetricType::Gauge, name).ok()
+    }
+
+    fn record_gauge(&self, id: u32, value: u64) {
+        let _ = hostcalls::record_metric(id, value);
+    }
+}
+
+impl Environment for ProxyHost {
+    fn env_var(&self, name: &str) -> Option<Vec<u8>> {
+        // Envoy hands `vm_config.environment_variables` to the VM through WASI environ.
+        std::env::var_os(name).map(|v| v.into_encoded_bytes())
+    }
+
+    fn env_string(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl PluginConfig for ProxyHost {
+    fn plugin_configuration(&self) -> Option<Vec<u8>> {
+        hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+            .ok()
+            .flatten()
     }
 }
 

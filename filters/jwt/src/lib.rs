@@ -21,6 +21,12 @@
 //! Host-facing logic in [`shell`], written against the `Host` trait; the proxy-wasm wiring is
 //! in `wasm.rs` (wasm32 only).
 
+// A panic traps the VM for every stream of its worker: none outside tests.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod alg;
 pub mod binding;
 pub mod cache;

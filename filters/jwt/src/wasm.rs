@@ -1,19 +1,17 @@
 //! proxy-wasm wiring: the root context owns the per-VM engine (one VM per Envoy worker) and
 //! drives JWKS fetches; each HTTP stream context borrows the same engine through an `Rc`.
 //!
-//! Host reads here go through `hostcalls` with errors folded into "absent" instead of the
-//! SDK's `Context` helpers, which `unwrap()`: a panic would trap the VM for every stream on
-//! this worker.
+//! Wiring only: every host call goes through `phi_guard_host::ProxyHost`, which folds errors
+//! into "absent" instead of the SDK's `Context` helpers, which `unwrap()`: a panic would trap
+//! the VM for every stream on this worker.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::Duration;
 
-use phi_guard_host::ProxyHost;
-use proxy_wasm::hostcalls;
+use phi_guard_host::{Environment, HttpCalls, PluginConfig, ProxyHost, Timers};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
 
 use crate::engine::Engine;
 use crate::shell::{self, Metrics, JWKS_READ_LIMIT};
@@ -24,7 +22,7 @@ proxy_wasm::main! {{
 }}
 
 /// Due fetches are checked every second; the JWKS intervals themselves are in the config.
-const TICK: Duration = Duration::from_secs(1);
+const TICK_MS: u64 = 1_000;
 
 #[derive(Clone)]
 struct Shared {
@@ -45,18 +43,18 @@ impl JwtRoot {
             return;
         };
         for fetch in shell::due_fetches(&ProxyHost, &shared.engine) {
-            let headers = vec![
-                (":method", "GET"),
-                (":path", fetch.path.as_str()),
-                (":authority", fetch.authority.as_str()),
-                ("accept", "application/json"),
-            ];
-            let timeout = Duration::from_millis(fetch.timeout_ms);
-            match hostcalls::dispatch_http_call(&fetch.cluster, headers, None, vec![], timeout) {
-                Ok(token) => {
+            let token = ProxyHost.get_document(
+                &fetch.cluster,
+                &fetch.path,
+                &fetch.authority,
+                "application/json",
+                fetch.timeout_ms,
+            );
+            match token {
+                Some(token) => {
                     self.pending.insert(token, fetch.provider);
                 }
-                Err(_) => shell::on_jwks_dispatch_failed(
+                None => shell::on_jwks_dispatch_failed(
                     &ProxyHost,
                     &shared.engine,
                     &shared.metrics,
@@ -95,12 +93,10 @@ impl Context for JwtRoot {
 
 impl RootContext for JwtRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let configuration = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
-            .ok()
-            .flatten();
+        let configuration = ProxyHost.plugin_configuration();
         // Envoy's vm_config.environment_variables (Istio vmConfig.env) reach the VM as WASI
         // environment variables.
-        let env = |name: &str| std::env::var(name).ok();
+        let env = |name: &str| ProxyHost.env_string(name);
         let Some((engine, metrics)) = shell::configure(&ProxyHost, configuration.as_deref(), &env)
         else {
             return false;
@@ -111,7 +107,7 @@ impl RootContext for JwtRoot {
             engine: Rc::new(RefCell::new(engine)),
             metrics: Rc::new(metrics),
         });
-        let _ = hostcalls::set_tick_period(TICK);
+        ProxyHost.set_tick_period_ms(TICK_MS);
         self.dispatch_due();
         true
     }

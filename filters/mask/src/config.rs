@@ -180,7 +180,9 @@ impl MaskConfig {
         extra_keys: &[&str],
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let doc: Value = serde_json::from_slice(json).map_err(|e| ConfigError::from_json(&e))?;
+        // The one entry point every filter reads its document through: an empty document, a
+        // repeated member at any depth and a non-object top level are refused here too.
+        let doc = phi_guard_common::config::parse_document(json, "mask")?;
         Self::build(&doc, set, extra_keys, env, false)
     }
 
@@ -970,6 +972,15 @@ mod tests {
         );
         let err = MaskConfig::parse(doc.as_bytes(), &|_| None).unwrap_err();
         assert_eq!(err.field, "SSN");
+        // The same through the entry point a fetched set and `phi-guard-mask apply --policy`
+        // use: the set comes separately, the document is read as strictly.
+        let set = phi_guard_proto::DESCRIPTOR_SET;
+        let doc = br#"{"roles":{"nurse":{"SSN":"redact"},"nurse":{"SSN":"reveal"}}}"#;
+        let err = MaskConfig::parse_with_descriptor_set(doc, set, &[], &|_| None).unwrap_err();
+        assert_eq!(err.field, "nurse");
+        assert!(err.reason.contains("twice"), "{err}");
+        let err = MaskConfig::parse_with_descriptor_set(b" ", set, &[], &|_| None).unwrap_err();
+        assert!(err.reason.contains("mask configuration is empty"), "{err}");
     }
 
     #[test]

@@ -157,7 +157,13 @@ impl MaskSource {
         let doc = phi_guard_common::config::parse_document(json, "mask")?;
         match doc.get("descriptor_set") {
             Some(set @ Value::Object(_)) => {
-                let top = doc.as_object().expect("parse_document returns an object");
+                let Some(top) = doc.as_object() else {
+                    // parse_document returns objects only; refuse rather than trust that.
+                    return Err(ConfigError::new(
+                        "",
+                        "the mask configuration must be a JSON object",
+                    ));
+                };
                 if let Some(k) = top.keys().find(|k| !TOP_KEYS.contains(&k.as_str())) {
                     return Err(ConfigError::new(
                         k.as_str(),

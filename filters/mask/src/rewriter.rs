@@ -592,9 +592,8 @@ fn age_scalar(
             wire::I32 => {
                 let b: [u8; 4] = v
                     .get(*p..*p + 4)
-                    .ok_or(MaskError::Malformed)?
-                    .try_into()
-                    .unwrap();
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or(MaskError::Malformed)?;
                 *p += 4;
                 let n = f32::from_le_bytes(b);
                 if f64::from(n) > cap {
@@ -606,9 +605,8 @@ fn age_scalar(
             _ => {
                 let b: [u8; 8] = v
                     .get(*p..*p + 8)
-                    .ok_or(MaskError::Malformed)?
-                    .try_into()
-                    .unwrap();
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or(MaskError::Malformed)?;
                 *p += 8;
                 let n = f64::from_le_bytes(b);
                 if n > cap {

@@ -28,18 +28,8 @@ use crate::policy::ActionKind;
 use crate::resource::{Read, RequestReader};
 
 /// What the shell needs beyond [`Host`]: the request and response body buffers of the current
-/// callback, the response trailers, and a stream reset.
-pub trait BodyHost {
-    /// `size` bytes of the current request body chunk from `start`; `None` if the host has none.
-    fn request_body(&self, start: usize, size: usize) -> Option<Vec<u8>>;
-    /// `size` bytes of the current body chunk from `start`; `None` if the host has none.
-    fn response_body(&self, start: usize, size: usize) -> Option<Vec<u8>>;
-    /// Replaces `size` bytes from `start` of the current chunk with `value`.
-    fn set_response_body(&self, start: usize, size: usize, value: &[u8]);
-    fn set_response_trailer(&self, name: &str, value: &str);
-    /// Resets the response stream (the last resort when no trailers will follow).
-    fn reset_response(&self);
-}
+/// callback, the response trailers, and a stream reset (`filters/host`'s capability trait).
+pub use phi_guard_host::BodyHost;
 
 /// A counter that can be bumped by more than one. (`phi_guard_host::Counter` only has `inc`;
 /// field counts come in batches per message.)

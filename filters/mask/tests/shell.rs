@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use phi_guard_common::{
@@ -11,66 +10,15 @@ use phi_guard_common::{
     StateContract, Verdict,
 };
 use phi_guard_host::Flow as Action;
-use phi_guard_host::{read_state, FakeHost, Host};
-use phi_guard_mask::{BodyHost, MaskStream, Metrics};
+use phi_guard_host::{read_state, FakeHost, Host, Trailers};
+use phi_guard_mask::{MaskStream, Metrics};
 use phi_guard_proto::health::v1::{GetPatientRequest, ListEncountersRequest, Patient};
 use prost::Message;
 use support::*;
 
-#[derive(Default)]
-struct FakeBody {
-    /// The request body chunk of the current callback (the trait cannot change it).
-    request: RefCell<Vec<u8>>,
-    chunk: RefCell<Vec<u8>>,
-    trailers: RefCell<Vec<(String, String)>>,
-    reset: Cell<bool>,
-}
-
-impl BodyHost for FakeBody {
-    fn request_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
-        self.request
-            .borrow()
-            .get(start..start + size)
-            .map(<[u8]>::to_vec)
-    }
-
-    fn response_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
-        self.chunk
-            .borrow()
-            .get(start..start + size)
-            .map(<[u8]>::to_vec)
-    }
-
-    fn set_response_body(&self, start: usize, size: usize, value: &[u8]) {
-        self.chunk
-            .borrow_mut()
-            .splice(start..start + size, value.iter().copied());
-    }
-
-    fn set_response_trailer(&self, name: &str, value: &str) {
-        let mut t = self.trailers.borrow_mut();
-        t.retain(|(k, _)| k != name);
-        t.push((name.to_string(), value.to_string()));
-    }
-
-    fn reset_response(&self) {
-        self.reset.set(true);
-    }
-}
-
-impl FakeBody {
-    fn trailer(&self, name: &str) -> Option<String> {
-        self.trailers
-            .borrow()
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    }
-}
-
+/// The shell against the recording fake, which is its `Host` and its `BodyHost` both.
 struct Harness {
     host: FakeHost,
-    body: FakeBody,
     stream: MaskStream,
 }
 
@@ -101,11 +49,7 @@ fn harness(method: &str, role: Option<&str>, content_type: &str) -> Harness {
     ];
     let metrics = Rc::new(Metrics::define(&host));
     let stream = MaskStream::new(Rc::new(demo_config()), metrics);
-    Harness {
-        host,
-        body: FakeBody::default(),
-        stream,
-    }
+    Harness { host, stream }
 }
 
 impl Harness {
@@ -118,20 +62,20 @@ impl Harness {
     fn body(&mut self, chunks: &[&[u8]], end_of_stream: bool) -> Vec<u8> {
         let mut sent = Vec::new();
         for (i, c) in chunks.iter().enumerate() {
-            *self.body.chunk.borrow_mut() = c.to_vec();
+            *self.host.response_body.borrow_mut() = c.to_vec();
             let eos = end_of_stream && i + 1 == chunks.len();
             let action = self
                 .stream
-                .on_response_body(&self.host, &self.body, c.len(), eos);
+                .on_response_body(&self.host, &self.host, c.len(), eos);
             assert_eq!(action, Action::Continue);
-            sent.extend(self.body.chunk.borrow().iter().copied());
+            sent.extend(self.host.response_body.borrow().iter().copied());
         }
         sent
     }
 
     fn trailers(&mut self) {
-        *self.body.trailers.borrow_mut() = vec![("grpc-status".into(), "0".into())];
-        self.stream.on_response_trailers(&self.host, &self.body);
+        *self.host.response_trailers.borrow_mut() = vec![("grpc-status".into(), "0".into())];
+        self.stream.on_response_trailers(&self.host, &self.host);
     }
 
     fn stream_summary_role(&mut self) -> String {
@@ -161,7 +105,7 @@ fn masks_for_the_role_rbac_decided() {
     let chunks: Vec<&[u8]> = stream.chunks(100).collect();
     let sent = h.body(&chunks, false);
     h.trailers();
-    assert_eq!(h.body.trailer("grpc-status").as_deref(), Some("0"));
+    assert_eq!(h.host.response_trailer("grpc-status").as_deref(), Some("0"));
     let frames = unframe(&sent);
     assert_eq!(frames.len(), 2);
     let p = Patient::decode(&frames[1].1[..]).unwrap();
@@ -247,9 +191,12 @@ fn malformed_message_ends_the_rpc_with_internal() {
     let sent_bad = h.body(&[&bad[..50], &bad[50..], &good], false);
     assert!(sent_bad.is_empty(), "nothing after the failure");
     h.trailers();
-    assert_eq!(h.body.trailer("grpc-status").as_deref(), Some("13"));
     assert_eq!(
-        h.body.trailer("grpc-message").as_deref(),
+        h.host.response_trailer("grpc-status").as_deref(),
+        Some("13")
+    );
+    assert_eq!(
+        h.host.response_trailer("grpc-message").as_deref(),
         Some("internal error")
     );
     let summary = h.summary().unwrap();
@@ -268,7 +215,7 @@ fn truncated_stream_without_trailers_is_reset() {
     let stream = patient_frames(1);
     let sent = h.body(&[&stream[..stream.len() - 3]], true);
     assert!(sent.is_empty());
-    assert!(h.body.reset.get());
+    assert!(h.host.reset.get());
     assert_eq!(
         h.summary().unwrap().failure,
         Some(MaskFailure::TruncatedFrame)
@@ -282,7 +229,10 @@ fn partial_frame_at_trailers_fails() {
     let stream = patient_frames(1);
     h.body(&[&stream[..10]], false);
     h.trailers();
-    assert_eq!(h.body.trailer("grpc-status").as_deref(), Some("13"));
+    assert_eq!(
+        h.host.response_trailer("grpc-status").as_deref(),
+        Some("13")
+    );
 }
 
 #[test]
@@ -316,7 +266,10 @@ fn methods_outside_the_descriptor_set_are_refused_before_the_service_sees_them()
         h.stream.on_response_headers(&h.host, false);
         assert!(h.body(&[&patient_frames(1)], false).is_empty());
         h.trailers();
-        assert_eq!(h.body.trailer("grpc-status").as_deref(), Some("13"));
+        assert_eq!(
+            h.host.response_trailer("grpc-status").as_deref(),
+            Some("13")
+        );
     }
     // A path that is not a gRPC method at all.
     let mut h = harness("not a method", Some("nurse"), "text/plain");
@@ -392,8 +345,8 @@ impl Harness {
     /// Sends each chunk through the request body callback; every call must go on.
     fn request_body(&mut self, chunks: &[&[u8]]) {
         for c in chunks {
-            *self.body.request.borrow_mut() = c.to_vec();
-            let action = self.stream.on_request_body(&self.host, &self.body, c.len());
+            *self.host.request_body.borrow_mut() = c.to_vec();
+            let action = self.stream.on_request_body(&self.host, &self.host, c.len());
             assert_eq!(action, Action::Continue);
         }
     }

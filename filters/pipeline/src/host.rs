@@ -19,16 +19,18 @@
 
 use std::cell::RefCell;
 
-use phi_guard_audit::hostx::AuditHost;
-use phi_guard_audit::time::UnixMillis;
 use phi_guard_common::{GrpcStatus, StateSlots, UnixSeconds};
-use phi_guard_host::{Host, LogLevel, SharedData, SharedDataError};
+use phi_guard_host::{
+    Clock, Host, LogLevel, Queues, SharedData, SharedDataError, Trailers, UnixMillis,
+};
 
-/// Everything a stage may ask of the host: the base surface, shared data (jwt's replay
-/// cache) and audit's additions (millisecond time, trailers, the queue).
-pub trait StageHost: Host + SharedData + AuditHost {}
+/// Everything a stage may ask of the host during a stream, as `filters/host`'s capability
+/// traits: the base surface, shared data (jwt's replay cache, audit's flag), millisecond
+/// time, response trailers and shared queues (audit). Body buffers come beside it, as a
+/// `phi_guard_host::BodyHost`, to the callbacks that have a body.
+pub trait StageHost: Host + SharedData + Clock + Trailers + Queues {}
 
-impl<H: Host + SharedData + AuditHost> StageHost for H {}
+impl<H: Host + SharedData + Clock + Trailers + Queues> StageHost for H {}
 
 /// A stream's in-memory copies.
 #[derive(Debug, Default)]
@@ -161,6 +163,10 @@ impl<H: StageHost> SharedData for Cached<'_, H> {
         self.inner.get_shared_data_cas(key)
     }
 
+    fn shared_data(&self, key: &str) -> Option<Vec<u8>> {
+        self.inner.shared_data(key)
+    }
+
     fn set_shared_data_cas(
         &self,
         key: &str,
@@ -171,13 +177,21 @@ impl<H: StageHost> SharedData for Cached<'_, H> {
     }
 }
 
-impl<H: StageHost> AuditHost for Cached<'_, H> {
+impl<H: StageHost> Clock for Cached<'_, H> {
     fn now_ms(&self) -> UnixMillis {
         self.clock_ms()
     }
+}
 
+impl<H: StageHost> Trailers for Cached<'_, H> {
     fn response_trailer(&self, name: &str) -> Option<String> {
         self.inner.response_trailer(name)
+    }
+}
+
+impl<H: StageHost> Queues for Cached<'_, H> {
+    fn register_queue(&self, name: &str) -> Option<u32> {
+        self.inner.register_queue(name)
     }
 
     fn resolve_queue(&self, vm_id: &str, name: &str) -> Option<u32> {
@@ -188,7 +202,7 @@ impl<H: StageHost> AuditHost for Cached<'_, H> {
         self.inner.enqueue(queue_id, bytes)
     }
 
-    fn shared_data(&self, key: &str) -> Option<Vec<u8>> {
-        self.inner.shared_data(key)
+    fn dequeue(&self, queue_id: u32) -> Option<Vec<u8>> {
+        self.inner.dequeue(queue_id)
     }
 }

@@ -1,67 +1,23 @@
-//! proxy-wasm wiring: the root context owns the [`Pipeline`] (one per VM, i.e. per Envoy
-//! worker), dispatches the stages' fetches on a tick and hands each answer to the stage that
-//! asked; each HTTP context forwards every callback to its [`Stream`].
+//! proxy-wasm wiring only: the root context forwards to [`PipelineRoot`], each HTTP context
+//! every callback to its [`Stream`], with a `phi_guard_host::ProxyHost`.
 
-use std::time::Duration;
-
-use phi_guard_audit::proxy::Proxy;
-use phi_guard_host::{Host, LogLevel, ProxyHost};
-use phi_guard_mask::proxy::ProxyBody;
-use proxy_wasm::hostcalls;
+use phi_guard_host::ProxyHost;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType};
+use proxy_wasm::types::{Action, ContextType};
 
-use crate::pipeline::{Pipeline, Stream};
+use crate::pipeline::Stream;
+use crate::root::PipelineRoot;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { pipeline: None, ticks_per_fetch_check: 1, ticks: 0 }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root(PipelineRoot::default())) });
 }}
 
-/// Due fetches are checked every second; the intervals themselves are in the stages' configs.
-/// The tick itself may be faster (audit's `batch_flush_ms`).
-const FETCH_CHECK_MS: u64 = 1_000;
-
-/// Envoy's vm_config.environment_variables (Istio vmConfig.env) reach the VM through WASI.
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok()
-}
-
-struct Root {
-    pipeline: Option<Pipeline>,
-    /// Ticks per fetch check, and ticks since the last one.
-    ticks_per_fetch_check: u64,
-    ticks: u64,
-}
-
-impl Root {
-    fn dispatch_due(&mut self) {
-        let Some(pipeline) = self.pipeline.as_mut() else {
-            return;
-        };
-        for fetch in pipeline.due_fetches(&ProxyHost) {
-            let headers = vec![
-                (":method", "GET"),
-                (":path", fetch.path.as_str()),
-                (":authority", fetch.authority.as_str()),
-                ("accept", fetch.accept),
-            ];
-            let timeout = Duration::from_millis(fetch.timeout_ms);
-            let token =
-                hostcalls::dispatch_http_call(&fetch.cluster, headers, None, vec![], timeout).ok();
-            pipeline.on_dispatched(&ProxyHost, fetch.owner, token);
-        }
-    }
-}
+struct Root(PipelineRoot);
 
 impl Context for Root {
-    /// The VM is shutting down: the audit stage queues the events it holds, and any stream
-    /// that still ends queues its event at once.
     fn on_done(&mut self) -> bool {
-        if let Some(pipeline) = &self.pipeline {
-            pipeline.retire(&Proxy::default());
-        }
-        true
+        self.0.on_done(&ProxyHost)
     }
 
     fn on_http_call_response(
@@ -71,70 +27,24 @@ impl Context for Root {
         body_size: usize,
         _trailers: usize,
     ) {
-        let Some(pipeline) = self.pipeline.as_mut() else {
-            return;
-        };
-        let Some(limit) = pipeline.response_limit(token_id) else {
-            return;
-        };
-        let (status, body) = ProxyHost.http_call_response(body_size, limit);
-        pipeline.on_http_call_response(&ProxyHost, token_id, status.as_deref(), &body, &env);
+        self.0
+            .on_http_call_response(&ProxyHost, token_id, body_size);
     }
 }
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let configuration = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        match Pipeline::configure(&Proxy::default(), &configuration, &env) {
-            Ok(pipeline) => {
-                // A reconfiguration starts over: answers to the old stages' fetches are dropped,
-                // the old audit stage's batch is queued.
-                let fetches = pipeline.fetches();
-                let tick_ms = pipeline.tick_ms(FETCH_CHECK_MS);
-                if let Some(old) = self.pipeline.replace(pipeline) {
-                    old.retire(&Proxy::default());
-                }
-                if let Some(ms) = tick_ms {
-                    let _ = hostcalls::set_tick_period(Duration::from_millis(ms));
-                    self.ticks_per_fetch_check = FETCH_CHECK_MS.div_ceil(ms.max(1));
-                    self.ticks = 0;
-                }
-                if fetches {
-                    self.dispatch_due();
-                }
-                true
-            }
-            Err(err) => {
-                // Names the field, never a value (ConfigError's contract).
-                ProxyHost.log(LogLevel::Error, &format!("phi-guard pipeline: {err}"));
-                if let Some(old) = self.pipeline.take() {
-                    old.retire(&Proxy::default());
-                }
-                false
-            }
-        }
+        self.0.on_configure(&ProxyHost)
     }
 
     fn on_tick(&mut self) {
-        if let Some(pipeline) = &self.pipeline {
-            pipeline.flush(&Proxy::default());
-        }
-        self.ticks += 1;
-        if self.ticks >= self.ticks_per_fetch_check {
-            self.ticks = 0;
-            self.dispatch_due();
-        }
+        self.0.on_tick(&ProxyHost);
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let stream = match &self.pipeline {
-            Some(pipeline) => pipeline.stream(),
-            None => Stream::refusing(),
-        };
-        Some(Box::new(Http { stream }))
+        Some(Box::new(Http {
+            stream: self.0.stream(),
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -150,34 +60,34 @@ impl Context for Http {}
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        self.stream.on_request_headers(&Proxy::default()).into()
+        self.stream.on_request_headers(&ProxyHost).into()
     }
 
     fn on_http_request_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
         self.stream
-            .on_request_body(&Proxy::default(), &ProxyBody, body_size)
+            .on_request_body(&ProxyHost, &ProxyHost, body_size)
             .into()
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         self.stream
-            .on_response_headers(&Proxy::default(), end_of_stream)
+            .on_response_headers(&ProxyHost, end_of_stream)
             .into()
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         self.stream
-            .on_response_body(&Proxy::default(), &ProxyBody, body_size, end_of_stream)
+            .on_response_body(&ProxyHost, &ProxyHost, body_size, end_of_stream)
             .into()
     }
 
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
         self.stream
-            .on_response_trailers(&Proxy::default(), &ProxyBody)
+            .on_response_trailers(&ProxyHost, &ProxyHost)
             .into()
     }
 
     fn on_log(&mut self) {
-        self.stream.on_log(&Proxy::default());
+        self.stream.on_log(&ProxyHost);
     }
 }

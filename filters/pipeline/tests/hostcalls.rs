@@ -14,13 +14,13 @@ use base64::Engine as _;
 use phi_guard::{Pipeline, StageName};
 use phi_guard_audit::config::FilterConfig;
 use phi_guard_audit::filter::{Admission, AuditStream, FilterRuntime};
-use phi_guard_audit::hostx::AuditHost;
-use phi_guard_audit::testing::{bus, Bus, FakeAuditHost};
-use phi_guard_audit::time::UnixMillis;
 use phi_guard_common::{state, AuthzDecision, GrpcStatus, UnixSeconds, Verdict};
-use phi_guard_host::{read_state, Flow, Host, LogLevel, SharedData, SharedDataError};
+use phi_guard_host::{
+    bus, read_state, BodyHost, Bus, Clock, FakeHost, Flow, Host, LogLevel, Queues, SharedData,
+    SharedDataError, Trailers, UnixMillis,
+};
 use phi_guard_mask::remote::MaskSource;
-use phi_guard_mask::shell::{BodyHost, MaskStream, Metrics as MaskMetrics};
+use phi_guard_mask::shell::{MaskStream, Metrics as MaskMetrics};
 use prost::Message;
 
 const FE: &str = "spiffe://phi-guard.test/ns/clinic/sa/ehr-frontend";
@@ -109,13 +109,11 @@ fn frame(message: &impl Message) -> Vec<u8> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The recording host: a FakeAuditHost (headers, properties, clock, the audit bus) plus body
-// buffers, counting every call by the stage it is made for.
+// The recording host: a FakeHost on the audit bus (headers, properties, clock, trailers,
+// queues, shared data, body buffers), counting every call by the stage it is made for.
 
 struct Recorder {
-    base: FakeAuditHost,
-    request_body: RefCell<Vec<u8>>,
-    response_body: RefCell<Vec<u8>>,
+    base: FakeHost,
     /// The stage calls are attributed to right now.
     stage: Cell<Option<&'static str>>,
     /// (stage, host call) → count.
@@ -140,22 +138,20 @@ impl Recorder {
         if let Some(role) = role {
             headers.push(("authorization".into(), format!("Bearer {}", token(role))));
         }
-        let base = FakeAuditHost::new(bus, VM_ID);
-        *base.base.request_headers.borrow_mut() = headers;
+        let base = FakeHost::on_bus(bus, VM_ID);
+        *base.request_headers.borrow_mut() = headers;
         base.now_ms.set(NOW_MS);
-        base.base.insert_property(&["connection", "mtls"], &[1]);
-        base.base
-            .insert_property(&["connection", "peer_certificate"], FE_PEM.as_bytes());
-        base.base
-            .insert_property(&["connection", "uri_san_peer_certificate"], FE.as_bytes());
-        base.base.insert_property(&["plugin_root_id"], b"phi_guard");
+        base.insert_property(&["connection", "mtls"], &[1]);
+        base.insert_property(&["connection", "peer_certificate"], FE_PEM.as_bytes());
+        base.insert_property(&["connection", "uri_san_peer_certificate"], FE.as_bytes());
+        base.insert_property(&["plugin_root_id"], b"phi_guard");
         let request = phi_guard_proto::health::v1::GetPatientRequest {
             patient_id: phi_guard_proto::demo::PATIENT_ID.into(),
         };
+        *base.request_body.borrow_mut() = frame(&request);
+        *base.response_body.borrow_mut() = frame(&phi_guard_proto::demo::patient());
         Recorder {
             base,
-            request_body: RefCell::new(frame(&request)),
-            response_body: RefCell::new(frame(&phi_guard_proto::demo::patient())),
             stage: Cell::new(None),
             calls: RefCell::default(),
         }
@@ -257,7 +253,7 @@ impl Host for Recorder {
 impl SharedData for Recorder {
     fn get_shared_data_cas(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, SharedDataError> {
         self.count("get_shared_data");
-        self.base.base.get_shared_data_cas(key)
+        self.base.get_shared_data_cas(key)
     }
     fn set_shared_data_cas(
         &self,
@@ -266,18 +262,28 @@ impl SharedData for Recorder {
         cas: Option<u32>,
     ) -> Result<(), SharedDataError> {
         self.count("set_shared_data");
-        self.base.base.set_shared_data_cas(key, value, cas)
+        self.base.set_shared_data_cas(key, value, cas)
     }
 }
 
-impl AuditHost for Recorder {
+impl Clock for Recorder {
     fn now_ms(&self) -> UnixMillis {
         self.count("get_time");
         self.base.now_ms()
     }
+}
+
+impl Trailers for Recorder {
     fn response_trailer(&self, name: &str) -> Option<String> {
         self.count("get_header");
         self.base.response_trailer(name)
+    }
+}
+
+impl Queues for Recorder {
+    fn register_queue(&self, name: &str) -> Option<u32> {
+        self.count("register_queue");
+        self.base.register_queue(name)
     }
     fn resolve_queue(&self, vm_id: &str, name: &str) -> Option<u32> {
         self.count("resolve_queue");
@@ -287,41 +293,32 @@ impl AuditHost for Recorder {
         self.count("enqueue");
         self.base.enqueue(queue_id, bytes)
     }
-    fn shared_data(&self, key: &str) -> Option<Vec<u8>> {
-        self.count("get_shared_data");
-        self.base.shared_data(key)
+    fn dequeue(&self, queue_id: u32) -> Option<Vec<u8>> {
+        self.count("dequeue");
+        self.base.dequeue(queue_id)
     }
 }
 
 impl BodyHost for Recorder {
     fn request_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
         self.count("get_body");
-        self.request_body
-            .borrow()
-            .get(start..start + size)
-            .map(<[u8]>::to_vec)
+        self.base.request_body(start, size)
     }
     fn response_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
         self.count("get_body");
-        self.response_body
-            .borrow()
-            .get(start..start + size)
-            .map(<[u8]>::to_vec)
+        self.base.response_body(start, size)
     }
     fn set_response_body(&self, start: usize, size: usize, value: &[u8]) {
         self.count("set_body");
-        let mut body = self.response_body.borrow_mut();
-        body.splice(start..start + size, value.iter().copied());
+        self.base.set_response_body(start, size, value)
     }
     fn set_response_trailer(&self, name: &str, value: &str) {
         self.count("set_trailer");
-        self.base
-            .response_trailers
-            .borrow_mut()
-            .push((name.into(), value.into()));
+        self.base.set_response_trailer(name, value)
     }
     fn reset_response(&self) {
         self.count("reset");
+        self.base.reset_response()
     }
 }
 
@@ -333,16 +330,11 @@ fn audit_bus() -> Bus {
         let mut b = bus.borrow_mut();
         b.names.insert((VM_ID.into(), QUEUE.into()), 1);
         b.queues.insert(1, Default::default());
-        b.shared.insert(
-            (VM_ID.into(), phi_guard_audit::batch::format_key(QUEUE)),
-            b"1".to_vec(),
-        );
-        b.shared.insert(
-            (
-                VM_ID.into(),
-                phi_guard_audit::config::backlog_flag_key(QUEUE),
-            ),
-            b"0".to_vec(),
+        b.set_shared(VM_ID, &phi_guard_audit::batch::format_key(QUEUE), b"1");
+        b.set_shared(
+            VM_ID,
+            &phi_guard_audit::config::backlog_flag_key(QUEUE),
+            b"0",
         );
     }
     bus
@@ -374,11 +366,11 @@ fn run_pipeline_with(host: &Rc<Recorder>, config: &[u8]) -> Flow {
     let h = host.as_ref();
     let flow = stream.on_request_headers(h);
     if flow == Flow::Continue {
-        let size = h.request_body.borrow().len();
+        let size = h.base.request_body.borrow().len();
         stream.on_request_body(h, h, size);
         h.respond();
         stream.on_response_headers(h, false);
-        let size = h.response_body.borrow().len();
+        let size = h.base.response_body.borrow().len();
         stream.on_response_body(h, h, size, false);
         stream.on_response_trailers(h, h);
     }
@@ -434,11 +426,11 @@ fn run_single(h: &Recorder) -> Flow {
     }
     if flow == Flow::Continue {
         at("mask");
-        let size = h.request_body.borrow().len();
+        let size = h.base.request_body.borrow().len();
         mask.on_request_body(h, h, size);
         h.respond();
         mask.on_response_headers(h, false);
-        let size = h.response_body.borrow().len();
+        let size = h.base.response_body.borrow().len();
         mask.on_response_body(h, h, size, false);
         mask.on_response_trailers(h, h);
     }
@@ -453,18 +445,18 @@ fn run_single(h: &Recorder) -> Flow {
 }
 
 fn authz(host: &Recorder) -> AuthzDecision {
-    read_state(&host.base.base).unwrap().unwrap()
+    read_state(&host.base).unwrap().unwrap()
 }
 
 #[test]
 fn an_allowed_call_is_masked_by_role_and_audited() {
     let host = Rc::new(Recorder::new(audit_bus(), Some("nurse")));
     assert_eq!(run_pipeline(&host), Flow::Continue);
-    assert_eq!(host.base.base.sent_status(), None);
+    assert_eq!(host.base.sent_status(), None);
     // The spoofed role header is gone before the service sees the request.
-    assert_eq!(host.base.base.request_header("x-phi-guard-role"), None);
+    assert_eq!(host.base.request_header("x-phi-guard-role"), None);
     // The nurse sees the last four digits of the SSN, never the whole number.
-    let body = host.response_body.borrow().clone();
+    let body = host.base.response_body.borrow().clone();
     let text = String::from_utf8_lossy(&body);
     assert!(
         !text.contains(phi_guard_proto::demo::canary::SSN),
@@ -482,10 +474,7 @@ fn an_allowed_call_is_masked_by_role_and_audited() {
         state::METHOD,
         state::REQUEST_ID,
     ] {
-        assert!(
-            host.base.base.property(&[key]).is_some(),
-            "{key} not written"
-        );
+        assert!(host.base.property(&[key]).is_some(), "{key} not written");
     }
     let decision = authz(&host);
     assert_eq!(
@@ -507,14 +496,14 @@ fn an_allowed_call_is_masked_by_role_and_audited() {
     assert_eq!(e["outcome"]["mask"]["messages"], 1);
     assert_eq!(e["correlation"]["request_id"], "req-0001");
     // No token in any log line.
-    assert!(!host.base.base.log_text().contains("eyJ"));
+    assert!(!host.base.log_text().contains("eyJ"));
 }
 
 #[test]
 fn the_billing_clerk_sees_everything() {
     let host = Rc::new(Recorder::new(audit_bus(), Some("billing")));
     assert_eq!(run_pipeline(&host), Flow::Continue);
-    let body = host.response_body.borrow().clone();
+    let body = host.base.response_body.borrow().clone();
     assert!(String::from_utf8_lossy(&body).contains(phi_guard_proto::demo::canary::SSN));
     assert_eq!(host.events()[0]["who"]["role"], "billing");
 }
@@ -524,10 +513,7 @@ fn a_denied_call_is_refused_and_audited() {
     // research may not read through the EHR frontend.
     let host = Rc::new(Recorder::new(audit_bus(), Some("research")));
     assert_eq!(run_pipeline(&host), Flow::Pause);
-    assert_eq!(
-        host.base.base.sent_status(),
-        Some(GrpcStatus::PermissionDenied)
-    );
+    assert_eq!(host.base.sent_status(), Some(GrpcStatus::PermissionDenied));
     assert_eq!(authz(&host).decision, Verdict::Deny);
     let events = host.events();
     assert_eq!(events.len(), 1);
@@ -539,11 +525,8 @@ fn a_denied_call_is_refused_and_audited() {
 fn a_call_without_a_token_is_refused_and_audited() {
     let host = Rc::new(Recorder::new(audit_bus(), None));
     assert_eq!(run_pipeline(&host), Flow::Pause);
-    assert_eq!(
-        host.base.base.sent_status(),
-        Some(GrpcStatus::Unauthenticated)
-    );
-    assert_eq!(host.base.base.property(&[state::AUTHZ]), None);
+    assert_eq!(host.base.sent_status(), Some(GrpcStatus::Unauthenticated));
+    assert_eq!(host.base.property(&[state::AUTHZ]), None);
     let events = host.events();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["outcome"]["authn"]["result"], "failed");
@@ -577,8 +560,8 @@ fn a_module_before_the_pipeline_hands_its_contracts_over() {
         run_pipeline_with(&host, &pipeline_without_jwt()),
         Flow::Continue
     );
-    assert_eq!(host.base.base.sent_status(), None);
-    let body = host.response_body.borrow().clone();
+    assert_eq!(host.base.sent_status(), None);
+    let body = host.base.response_body.borrow().clone();
     let text = String::from_utf8_lossy(&body);
     assert!(
         !text.contains(phi_guard_proto::demo::canary::SSN),
@@ -597,7 +580,7 @@ fn a_module_before_the_pipeline_hands_its_contracts_over() {
 #[test]
 fn an_unreadable_contract_from_before_the_pipeline_fails_closed() {
     let host = Rc::new(Recorder::new(audit_bus(), Some("nurse")));
-    host.base.base.insert_property(
+    host.base.insert_property(
         &[state::IDENTITY],
         br#"{"subject":"nurse","roles":["admin"]}"#,
     );
@@ -605,13 +588,9 @@ fn an_unreadable_contract_from_before_the_pipeline_fails_closed() {
         run_pipeline_with(&host, &pipeline_without_jwt()),
         Flow::Pause
     );
-    assert_eq!(
-        host.base.base.sent_status(),
-        Some(GrpcStatus::Unauthenticated)
-    );
+    assert_eq!(host.base.sent_status(), Some(GrpcStatus::Unauthenticated));
     assert_eq!(authz(&host).decision, Verdict::Unauthenticated);
     assert!(host
-        .base
         .base
         .log_text()
         .contains("identity filter state unreadable"));
@@ -623,7 +602,7 @@ fn an_unreadable_contract_from_before_the_pipeline_fails_closed() {
 fn without_the_audit_service_calls_are_refused() {
     let host = Rc::new(Recorder::new(bus(), Some("nurse")));
     assert_eq!(run_pipeline(&host), Flow::Pause);
-    assert_eq!(host.base.base.sent_status(), Some(GrpcStatus::Unavailable));
+    assert_eq!(host.base.sent_status(), Some(GrpcStatus::Unavailable));
     assert!(host.events().is_empty());
 }
 
@@ -656,8 +635,8 @@ fn host_calls_per_allowed_unary_rpc_single_and_pipeline() {
     assert_eq!(run_pipeline(&piped), Flow::Continue);
     // Both layouts answer the same: same body, same event (but for the time fields).
     assert_eq!(
-        *single.response_body.borrow(),
-        *piped.response_body.borrow()
+        *single.base.response_body.borrow(),
+        *piped.base.response_body.borrow()
     );
     let strip = |mut e: serde_json::Value| {
         e["time"] = serde_json::Value::Null;
@@ -675,8 +654,8 @@ fn host_calls_per_allowed_unary_rpc_single_and_pipeline() {
         state::RESOURCE,
     ] {
         assert_eq!(
-            single.base.base.property(&[key]),
-            piped.base.base.property(&[key]),
+            single.base.property(&[key]),
+            piped.base.property(&[key]),
             "{key}"
         );
     }

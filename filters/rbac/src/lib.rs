@@ -10,6 +10,12 @@
 //! `&dyn Host`; `wasm` holds the proxy-wasm contexts. The native policy checker,
 //! `phi-guard-policy`, is its own crate (cli/policy) over this one.
 
+// A panic traps the VM for every stream of its worker: none outside tests.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod cert;
 pub mod decision;
 pub mod evaluate;

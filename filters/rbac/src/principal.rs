@@ -120,6 +120,10 @@ pub struct Principals {
     patterns: Option<dense::DFA<Vec<u32>>>,
 }
 
+/// The shape of one `principals` entry, for the error on anything else.
+const PRINCIPAL_SHAPE: &str =
+    "expected a SPIFFE ID string or an object with one of `prefix`, `dns`, `any_authenticated`";
+
 impl Principals {
     /// Compiles a `principals` list; `path` is its field path, e.g. `rules[3].principals`.
     pub fn compile(values: &[Value], path: &str) -> Result<Self, ConfigError> {
@@ -143,7 +147,9 @@ impl Principals {
                     }
                 }
                 Value::Object(map) if map.len() == 1 => {
-                    let (key, inner) = map.iter().next().expect("one entry");
+                    let Some((key, inner)) = map.iter().next() else {
+                        return Err(ConfigError::new(at, PRINCIPAL_SHAPE));
+                    };
                     let key_at = format!("{at}.{key}");
                     match key.as_str() {
                         "prefix" => {
@@ -173,12 +179,7 @@ impl Principals {
                         }
                     }
                 }
-                _ => {
-                    return Err(ConfigError::new(
-                        at,
-                        "expected a SPIFFE ID string or an object with one of `prefix`, `dns`, `any_authenticated`",
-                    ))
-                }
+                _ => return Err(ConfigError::new(at, PRINCIPAL_SHAPE)),
             }
         }
         if !regexes.is_empty() {

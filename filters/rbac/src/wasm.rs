@@ -6,7 +6,7 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 
-use phi_guard_host::{Host, LogLevel, ProxyHost};
+use phi_guard_host::{Host, LogLevel, PluginConfig, ProxyHost};
 
 use crate::shell::{deny_without_policy, Filter};
 
@@ -24,7 +24,8 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let config = self.get_plugin_configuration().unwrap_or_default();
+        // Through ProxyHost, not the SDK's getter, which unwraps.
+        let config = ProxyHost.plugin_configuration().unwrap_or_default();
         match Filter::configure(&ProxyHost, &config) {
             Ok(filter) => {
                 self.filter = Some(Rc::new(filter));

@@ -1,0 +1,157 @@
+//! The module's roots over the recording fake, as `wasm.rs` drives them with `ProxyHost`:
+//! which root by `root_id`, the filter's tick and batch at reconfiguration and `on_done`, the
+//! service's collector answers, and the fail-closed stream of an unconfigured root.
+
+use phi_guard_audit::batch;
+use phi_guard_audit::filter::{METRIC_ENQUEUED, METRIC_REFUSED};
+use phi_guard_audit::otlp::records_from_request;
+use phi_guard_audit::root::AuditRoot;
+use phi_guard_audit::service::METRIC_SHIPPED;
+use phi_guard_common::GrpcStatus;
+use phi_guard_host::{bus, Bus, FakeHost, Flow};
+
+const VM: &str = "phi_guard_audit";
+const KEY: &[u8] = b"root-key-0123456789abcdef-0123456789";
+
+fn host(bus: &Bus, root_id: &str, config: &str) -> FakeHost {
+    let host = FakeHost::on_bus(bus.clone(), VM);
+    host.insert_property(&["plugin_root_id"], root_id.as_bytes());
+    *host.plugin_config.borrow_mut() = Some(config.as_bytes().to_vec());
+    host.set_env("PHI_GUARD_AUDIT_KEY", KEY);
+    host
+}
+
+fn service(bus: &Bus) -> (AuditRoot, FakeHost) {
+    let h = host(
+        bus,
+        "phi_guard_audit_service",
+        r#"{"cluster":"audit_collector","key_env":"PHI_GUARD_AUDIT_KEY","max_batch_events":2,"max_batch_delay_ms":100}"#,
+    );
+    let mut root = AuditRoot::default();
+    assert!(root.on_configure(&h));
+    (root, h)
+}
+
+fn rpc(root: &AuditRoot, h: &FakeHost) -> Flow {
+    *h.request_headers.borrow_mut() = vec![(
+        ":path".into(),
+        "/health.v1.PatientService/GetPatient".into(),
+    )];
+    *h.sent.borrow_mut() = None;
+    let mut s = root.stream();
+    let flow = s.on_request_headers(h);
+    s.on_log(h);
+    flow
+}
+
+#[test]
+fn the_root_id_picks_the_role_and_an_unknown_one_is_refused() {
+    let bus = bus();
+    let h = host(&bus, "phi_guard_other", "{}");
+    let mut root = AuditRoot::default();
+    assert!(!root.on_configure(&h));
+    assert!(h.log_text().contains("unknown root_id"), "{}", h.log_text());
+    // Its streams refuse every RPC.
+    assert_eq!(rpc(&root, &h), Flow::Pause);
+    assert_eq!(h.sent_status(), Some(GrpcStatus::Unavailable));
+    // A filter config error names the field and the plugin does not start.
+    let h = host(&bus, "phi_guard_audit", r#"{"batch_flush_ms":0}"#);
+    assert!(!AuditRoot::default().on_configure(&h));
+    assert!(h.log_text().contains("batch_flush_ms"), "{}", h.log_text());
+    // No configuration at all is refused too.
+    let h = host(&bus, "phi_guard_audit", "");
+    *h.plugin_config.borrow_mut() = None;
+    assert!(!AuditRoot::default().on_configure(&h));
+}
+
+#[test]
+fn the_filter_root_ticks_batches_and_queues_what_it_holds_when_replaced_or_done() {
+    let bus = bus();
+    let (mut svc, sh) = service(&bus);
+    let fh = host(&bus, "phi_guard_audit", r#"{"batch_flush_ms":50}"#);
+    let mut root = AuditRoot::default();
+    assert!(root.on_configure(&fh));
+    assert_eq!(fh.tick_ms.get(), Some(50), "the tick is batch_flush_ms");
+    for _ in 0..3 {
+        assert_eq!(rpc(&root, &fh), Flow::Continue);
+    }
+    assert_eq!(sh.queued(1), 0, "held in the VM");
+    root.on_tick(&fh);
+    assert_eq!(sh.queued(1), 1, "one item for three events");
+    rpc(&root, &fh);
+    // A stream that began under the old configuration ends after a reconfiguration.
+    let mut late = root.stream();
+    *fh.request_headers.borrow_mut() = vec![];
+    assert_eq!(late.on_request_headers(&fh), Flow::Continue);
+    assert!(root.on_configure(&fh));
+    assert_eq!(sh.queued(1), 2, "the old batch went at reconfiguration");
+    late.on_log(&fh);
+    assert_eq!(
+        sh.queued(1),
+        3,
+        "the old configuration's late event goes at once"
+    );
+    rpc(&root, &fh);
+    assert!(root.on_done(&fh));
+    assert_eq!(sh.queued(1), 4, "on_done sends the last batch");
+    // Each configuration defined its counters (Envoy would hand back the same id; the fake
+    // keeps one entry per definition): sum them.
+    let enqueued: i64 = fh
+        .counters
+        .borrow()
+        .iter()
+        .filter(|(n, _)| n == METRIC_ENQUEUED)
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(enqueued, 6);
+    let items: Vec<Vec<u8>> = bus.borrow().queues[&1].iter().cloned().collect();
+    let events: usize = items.iter().map(|i| batch::decode(i).unwrap().len()).sum();
+    assert_eq!(events, 6);
+    // The service takes them and ships them; the collector's answer comes back by token.
+    svc.on_queue_ready(&sh, 1);
+    for _ in 0..3 {
+        let call = sh.last_call().unwrap();
+        *sh.call_response.borrow_mut() = (Some("200".into()), Vec::new());
+        svc.on_http_call_response(&sh, call.token);
+        sh.now_ms.set(sh.now_ms.get() + 100);
+        svc.on_tick(&sh);
+    }
+    assert_eq!(sh.metric(METRIC_SHIPPED), 6);
+    assert_eq!(fh.counter(METRIC_REFUSED), 0);
+}
+
+#[test]
+fn a_collector_call_without_a_status_is_retried() {
+    let bus = bus();
+    let (mut svc, sh) = service(&bus);
+    let fh = host(&bus, "phi_guard_audit", r#"{"batch_max_events":2}"#);
+    let mut root = AuditRoot::default();
+    assert!(root.on_configure(&fh));
+    rpc(&root, &fh);
+    rpc(&root, &fh);
+    svc.on_queue_ready(&sh, 1);
+    let first = sh.last_call().unwrap();
+    // No `:status`: the call failed; the batch is retained and resent after the backoff.
+    svc.on_http_call_response(&sh, first.token);
+    sh.now_ms.set(10_000);
+    svc.on_tick(&sh);
+    let again = sh.last_call().unwrap();
+    assert_ne!(again.token, first.token);
+    let records = |body: &[u8]| -> Vec<(u64, String)> {
+        let doc: serde_json::Value = serde_json::from_slice(body).unwrap();
+        records_from_request(&doc)
+            .unwrap()
+            .into_iter()
+            .map(|r| {
+                let r = r.unwrap();
+                (r.seq, r.event)
+            })
+            .collect()
+    };
+    assert_eq!(records(&again.body).len(), 2);
+    assert_eq!(
+        records(&again.body),
+        records(&first.body),
+        "resent unchanged"
+    );
+}
