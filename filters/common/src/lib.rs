@@ -30,4 +30,4 @@ pub use identity::Identity;
 pub use outcome::{
     AuthnOutcome, AuthnResult, AuthzDecision, AuthzMode, MaskFailure, MaskSummary, Verdict,
 };
-pub use state::{MethodLabel, RequestId, ResourceId, StateContract};
+pub use state::{MethodLabel, RequestId, ResourceId, StateContract, StateSlots};

@@ -47,14 +47,36 @@ pub trait StateContract: Sized + Clone {
 
     /// `None` when `bytes` are not this contract's format.
     fn decode(bytes: &[u8]) -> Option<Self>;
+
+    /// This contract's place in a stream's [`StateSlots`].
+    fn slot(slots: &mut StateSlots) -> &mut Option<Self>;
+}
+
+/// One typed slot per contract: what a host that runs several stages in one stream (the
+/// pipeline) keeps of each value a stage wrote, so a later stage gets the value itself and
+/// nothing is serialised for one stage and parsed again by the next. A new contract gets a
+/// field here and its [`StateContract::slot`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StateSlots {
+    pub identity: Option<Identity>,
+    pub authn: Option<AuthnOutcome>,
+    pub authz: Option<AuthzDecision>,
+    pub mask: Option<MaskSummary>,
+    pub resource: Option<ResourceId>,
+    pub method: Option<MethodLabel>,
+    pub request_id: Option<RequestId>,
 }
 
 /// JSON contracts: serde's encoding, read back strictly (`deny_unknown_fields` on each type,
 /// every closed set an enum).
 macro_rules! json_contract {
-    ($($t:ty => $key:expr),* $(,)?) => {$(
+    ($($t:ty => $key:expr, $slot:ident),* $(,)?) => {$(
         impl StateContract for $t {
             const KEY: &'static str = $key;
+
+            fn slot(slots: &mut StateSlots) -> &mut Option<Self> {
+                &mut slots.$slot
+            }
 
             fn encode(&self) -> Vec<u8> {
                 // Plain structs of strings, integers and string-keyed maps always serialise;
@@ -71,21 +93,25 @@ macro_rules! json_contract {
 }
 
 json_contract!(
-    Identity => IDENTITY,
-    AuthnOutcome => AUTHN,
-    AuthzDecision => AUTHZ,
-    MaskSummary => MASK,
+    Identity => IDENTITY, identity,
+    AuthnOutcome => AUTHN, authn,
+    AuthzDecision => AUTHZ, authz,
+    MaskSummary => MASK, mask,
 );
 
 /// Plain-text contracts: the UTF-8 bytes of one string.
 macro_rules! text_contract {
-    ($($(#[$meta:meta])* $t:ident => $key:expr),* $(,)?) => {$(
+    ($($(#[$meta:meta])* $t:ident => $key:expr, $slot:ident),* $(,)?) => {$(
         $(#[$meta])*
         #[derive(Debug, Clone, PartialEq, Eq)]
         pub struct $t(pub String);
 
         impl StateContract for $t {
             const KEY: &'static str = $key;
+
+            fn slot(slots: &mut StateSlots) -> &mut Option<Self> {
+                &mut slots.$slot
+            }
 
             fn encode(&self) -> Vec<u8> {
                 self.0.as_bytes().to_vec()
@@ -100,11 +126,11 @@ macro_rules! text_contract {
 
 text_contract!(
     /// Under [`RESOURCE`]: the resource id mask read from the first request message.
-    ResourceId => RESOURCE,
+    ResourceId => RESOURCE, resource,
     /// Under [`METHOD`]: [`crate::grpc::method_label`] of the request.
-    MethodLabel => METHOD,
+    MethodLabel => METHOD, method,
     /// Under [`REQUEST_ID`]: the sanitized `x-request-id`.
-    RequestId => REQUEST_ID,
+    RequestId => REQUEST_ID, request_id,
 );
 
 /// Prefix of every request header phi-guard could emit. Identity travels in filter state,
@@ -147,6 +173,21 @@ mod tests {
         assert_eq!(
             keys,
             [IDENTITY, AUTHN, AUTHZ, MASK, RESOURCE, METHOD, REQUEST_ID]
+        );
+    }
+
+    #[test]
+    fn each_contract_has_its_own_slot() {
+        let mut slots = StateSlots::default();
+        *Identity::slot(&mut slots) = Some(Identity::default());
+        *ResourceId::slot(&mut slots) = Some(ResourceId("p-1".into()));
+        *MethodLabel::slot(&mut slots) = Some(MethodLabel("a.B/C".into()));
+        assert_eq!(slots.identity, Some(Identity::default()));
+        assert_eq!(slots.resource, Some(ResourceId("p-1".into())));
+        assert_eq!(slots.method, Some(MethodLabel("a.B/C".into())));
+        assert_eq!(
+            (&slots.authn, &slots.authz, &slots.mask, &slots.request_id),
+            (&None, &None, &None, &None)
         );
     }
 

@@ -28,7 +28,9 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
-use phi_guard_common::{GrpcMethod, GrpcStatus, UnixSeconds};
+use std::cell::RefCell;
+
+use phi_guard_common::{GrpcMethod, GrpcStatus, StateSlots, UnixSeconds};
 
 pub mod fake;
 #[cfg(target_os = "wasi")]
@@ -75,6 +77,13 @@ pub trait Host {
     /// Defines a counter (Envoy shows it as `wasmcustom.<name>`); `None` if the host refused.
     fn define_counter(&self, name: &str) -> Option<u32>;
     fn increment_counter(&self, id: u32, by: i64);
+    /// The stream's typed filter-state slots, for a host that runs several stages in one
+    /// stream (the pipeline): [`write_state`] keeps each value there besides writing its
+    /// bytes, and [`read_state`] answers from there. `None` (the default, every single-stage
+    /// host): state goes through filter-state bytes only.
+    fn state_slots(&self) -> Option<&RefCell<StateSlots>> {
+        None
+    }
 }
 
 /// Milliseconds since the Unix epoch.

@@ -18,8 +18,9 @@
 //! - [`cache`]: the verified-token cache; [`replay`]: the shared `jti` replay cache;
 //! - [`engine`]: the per-VM state and the decision for one request, tying the above together.
 //!
-//! Host-facing logic in [`shell`], written against the `Host` trait; the proxy-wasm wiring is
-//! in `wasm.rs` (wasm32 only).
+//! Host-facing logic in [`shell`], written against the `Host` trait, and the root context in
+//! [`root`] (the engine, the JWKS fetches) over `filters/host`'s traits; the proxy-wasm
+//! wiring is in `wasm.rs` (wasm32 only).
 
 // A panic traps the VM for every stream of its worker: none outside tests.
 #![cfg_attr(
@@ -40,6 +41,7 @@ pub mod matcher;
 pub mod reason;
 pub mod replay;
 pub mod requirement;
+pub mod root;
 pub mod shell;
 pub mod token;
 pub mod verify;

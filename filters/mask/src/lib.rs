@@ -8,7 +8,8 @@
 //! the first request message. [`config`] parses the JSON config;
 //! [`remote`] keeps the config of a descriptor set fetched from a cluster.
 //! [`shell`] is the per-stream logic behind narrow host traits ([`remote_shell`]: the fetches'
-//! metrics and logs, and the refusal before the first set); `wasm` wires it to proxy-wasm.
+//! metrics and logs, and the refusal before the first set; [`root`]: the root context over
+//! the host traits); `wasm` wires them to proxy-wasm.
 //! The `phi-guard-mask` command-line tool is its own crate (cli/mask) over this one.
 
 // A panic traps the VM for every stream of its worker: none outside tests.
@@ -29,6 +30,7 @@ pub mod remote;
 pub mod remote_shell;
 pub mod resource;
 pub mod rewriter;
+pub mod root;
 pub mod shell;
 pub mod token;
 pub mod wire;

@@ -2,22 +2,24 @@
 //! between stages kept in memory.
 //!
 //! In the single-stage layout each filter writes its result to Envoy filter state and the next
-//! filter reads it back through a host call (`phi_guard.identity` from jwt to rbac,
-//! `phi_guard.authz` from rbac to mask and audit, ...), and each filter reads the request
+//! filter reads it back through a host call and parses it (`phi_guard.identity` from jwt to
+//! rbac, `phi_guard.authz` from rbac to mask and audit, ...), and each filter reads the request
 //! headers and the clock through host calls of its own. [`Cached`] wraps the host for one
-//! stream: a filter-state write still goes to the host (Envoy's access log and any filter
-//! after the pipeline read it there) and is kept; a later read of that key in the same stream
-//! is answered from memory. Keys this stream did not write are read from the host, so a
-//! phi-guard single-stage module placed before the pipeline still hands its results over.
+//! stream. It gives the stages the stream's typed slots ([`StateSlots`], one per contract):
+//! `phi_guard_host::write_state` still writes the bytes to the host once (Envoy's access log
+//! and any filter after the pipeline read them there) and keeps the value itself in its slot;
+//! a later stage's `read_state` gets that value, with no host call and nothing parsed. A
+//! contract no stage of this stream wrote is read from the host, so a phi-guard single-stage
+//! module placed before the pipeline still hands its results over.
 //!
 //! Within one callback the request header map is read once (one `get_map`) and the clock once;
 //! header writes go to the host and to the copy, so every stage sees what the host would show.
 //! Both are dropped when the callback ends ([`StreamCache::end_callback`]): between callbacks
-//! other Envoy filters may change the headers, and time moves.
+//! other Envoy filters may change the headers, and time moves. The slots last the stream.
 
 use std::cell::RefCell;
 
-use phi_guard_common::{GrpcStatus, UnixSeconds};
+use phi_guard_common::{GrpcStatus, StateSlots, UnixSeconds};
 use phi_guard_host::{
     Clock, Host, LogLevel, Queues, SharedData, SharedDataError, Trailers, UnixMillis,
 };
@@ -33,8 +35,6 @@ impl<H: Host + SharedData + Clock + Trailers + Queues> StageHost for H {}
 /// A stream's in-memory copies.
 #[derive(Debug, Default)]
 pub struct StreamCache {
-    /// phi-guard filter-state keys this stream wrote, with what it wrote.
-    state: Vec<(String, Vec<u8>)>,
     /// The request header map as the host has it, for the current callback.
     headers: Option<Vec<(String, String)>>,
     /// The host clock, for the current callback.
@@ -53,19 +53,21 @@ impl StreamCache {
 pub struct Cached<'a, H> {
     pub inner: &'a H,
     pub cache: &'a RefCell<StreamCache>,
+    /// The stream's contracts, as the stages wrote them.
+    pub slots: &'a RefCell<StateSlots>,
 }
 
 impl<'a, H> Cached<'a, H> {
-    pub fn new(inner: &'a H, cache: &'a RefCell<StreamCache>) -> Self {
-        Cached { inner, cache }
-    }
-}
-
-/// A filter-state key (one path element, `phi_guard.*`), as opposed to an Envoy attribute.
-fn state_key<'p>(path: &[&'p str]) -> Option<&'p str> {
-    match path {
-        [key] if key.starts_with("phi_guard.") => Some(key),
-        _ => None,
+    pub fn new(
+        inner: &'a H,
+        cache: &'a RefCell<StreamCache>,
+        slots: &'a RefCell<StateSlots>,
+    ) -> Self {
+        Cached {
+            inner,
+            cache,
+            slots,
+        }
     }
 }
 
@@ -124,24 +126,11 @@ impl<H: StageHost> Host for Cached<'_, H> {
     }
 
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
-        if let Some(key) = state_key(path) {
-            let cache = self.cache.borrow();
-            if let Some((_, value)) = cache.state.iter().find(|(k, _)| k == key) {
-                return Some(value.clone());
-            }
-        }
         self.inner.property(path)
     }
 
     fn set_property(&self, path: &[&str], value: &[u8]) {
-        self.inner.set_property(path, value);
-        if let Some(key) = state_key(path) {
-            let mut cache = self.cache.borrow_mut();
-            match cache.state.iter_mut().find(|(k, _)| k == key) {
-                Some((_, v)) => *v = value.to_vec(),
-                None => cache.state.push((key.to_string(), value.to_vec())),
-            }
-        }
+        self.inner.set_property(path, value)
     }
 
     fn send_grpc_error(&self, status: GrpcStatus, extra_headers: &[(&str, &str)]) {
@@ -162,6 +151,10 @@ impl<H: StageHost> Host for Cached<'_, H> {
 
     fn increment_counter(&self, id: u32, by: i64) {
         self.inner.increment_counter(id, by)
+    }
+
+    fn state_slots(&self) -> Option<&RefCell<StateSlots>> {
+        Some(self.slots)
     }
 }
 

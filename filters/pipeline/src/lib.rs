@@ -7,7 +7,8 @@
 //!   touches;
 //! - [`host`]: the host as the stages see it inside the pipeline (filter-state hand-off,
 //!   request headers and the clock kept in memory);
-//! - `wasm` (wasm32, feature `module`): the proxy-wasm entry point.
+//! - [`root`]: the root context over the host traits (configure, tick, fetches, done);
+//! - `wasm` (wasm32, feature `module`): the proxy-wasm entry point, wiring only.
 //!
 //! The audit service (the singleton VM that owns the queue, the chain and the shipping) is
 //! not a stage: it stays `phi_guard_audit.wasm` in `bootstrap_extensions`, and the pipeline
@@ -22,9 +23,11 @@
 pub mod config;
 pub mod host;
 pub mod pipeline;
+pub mod root;
 
 #[cfg(all(target_os = "wasi", feature = "module"))]
 mod wasm;
 
 pub use config::{PipelineConfig, StageName};
 pub use pipeline::{Fetch, FetchOwner, Pipeline, Stream};
+pub use root::PipelineRoot;

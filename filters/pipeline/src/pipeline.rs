@@ -16,9 +16,12 @@
 //!    [`Pipeline::due_fetches`] and its answers in [`Pipeline::on_http_call_response`].
 //!
 //! Adding a fifth stage: its name in [`crate::config::StageName`] at its place in the order,
-//! then the four points above. Stages hand results to later stages the way they always have,
-//! through filter state (`phi_guard_common::state`); inside the pipeline those reads are
-//! answered from memory ([`crate::host::Cached`]), so the contract stays one contract.
+//! then the four points above. Stages hand results to later stages through their typed
+//! contracts (`phi_guard_common::state::StateContract`, read and written only with
+//! `phi_guard_host::{read_state, write_state}`), the same calls in both layouts: inside the
+//! pipeline a later stage gets the value the earlier one wrote, in memory
+//! ([`crate::host::Cached`], the stream's `StateSlots`), while the bytes still reach Envoy's
+//! filter state once per key.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -26,7 +29,7 @@ use std::rc::Rc;
 
 use phi_guard_audit::config::FilterConfig as AuditConfig;
 use phi_guard_audit::filter::{Admission, AuditStream, FilterRuntime};
-use phi_guard_common::{ConfigError, GrpcStatus};
+use phi_guard_common::{ConfigError, GrpcStatus, StateSlots};
 use phi_guard_host::{Flow, Host, LogLevel};
 use phi_guard_jwt::engine::Engine as JwtEngine;
 use phi_guard_jwt::shell as jwt_shell;
@@ -317,6 +320,7 @@ impl Pipeline {
                 stream: AuditStream::default(),
             }),
             cache: RefCell::default(),
+            slots: RefCell::default(),
             observer: None,
         }
     }
@@ -342,6 +346,8 @@ pub struct Stream {
     mask: MaskState,
     audit: Option<AuditState>,
     cache: RefCell<StreamCache>,
+    /// The contracts the stages wrote, one typed slot each, for the stream's life.
+    slots: RefCell<StateSlots>,
     observer: Option<StageObserver>,
 }
 
@@ -364,6 +370,7 @@ impl Stream {
             mask: MaskState::Off,
             audit: None,
             cache: RefCell::default(),
+            slots: RefCell::default(),
             observer: None,
         }
     }
@@ -380,10 +387,11 @@ impl Stream {
             mask,
             audit,
             cache,
+            slots,
             observer,
             ..
         } = self;
-        let cached = Cached::new(host, cache);
+        let cached = Cached::new(host, cache, slots);
         let mut stages = StageSet {
             jwt,
             rbac,

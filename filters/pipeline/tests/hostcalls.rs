@@ -350,8 +350,12 @@ const PER_BATCH: &str = "audit tick";
 /// The pipeline layout: one module, one stream, then the root's tick (audit queues its
 /// batch). Returns the request flow.
 fn run_pipeline(host: &Rc<Recorder>) -> Flow {
-    let mut pipeline = Pipeline::configure(host.as_ref(), &pipeline_config(), &env)
-        .unwrap_or_else(|e| panic!("{e}"));
+    run_pipeline_with(host, &pipeline_config())
+}
+
+fn run_pipeline_with(host: &Rc<Recorder>, config: &[u8]) -> Flow {
+    let mut pipeline =
+        Pipeline::configure(host.as_ref(), config, &env).unwrap_or_else(|e| panic!("{e}"));
     let _ = pipeline.due_fetches(host.as_ref());
     host.calls.borrow_mut().clear();
     let mut stream = pipeline.stream();
@@ -527,6 +531,71 @@ fn a_call_without_a_token_is_refused_and_audited() {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["outcome"]["authn"]["result"], "failed");
     assert_eq!(events[0]["outcome"]["authn"]["reason"], "missing");
+}
+
+/// The stages after jwt, as a pipeline placed after jwt's single-stage module.
+fn pipeline_without_jwt() -> Vec<u8> {
+    serde_json::json!({"stages": [
+        {"rbac": rbac_config()}, {"mask": mask_config()}, {"audit": audit_config()}
+    ]})
+    .to_string()
+    .into_bytes()
+}
+
+/// No stage of the pipeline wrote the identity: its stages read what the module before it
+/// left in filter state, through the same `read_state`.
+#[test]
+fn a_module_before_the_pipeline_hands_its_contracts_over() {
+    let host = Rc::new(Recorder::new(audit_bus(), Some("nurse")));
+    let jwt_doc = jwt_config().to_string().into_bytes();
+    let (engine, metrics) =
+        phi_guard_jwt::shell::configure(host.as_ref(), Some(&jwt_doc), &env).unwrap();
+    let engine = RefCell::new(engine);
+    assert!(phi_guard_jwt::shell::on_request_headers(
+        host.as_ref(),
+        &engine,
+        &metrics
+    ));
+    assert_eq!(
+        run_pipeline_with(&host, &pipeline_without_jwt()),
+        Flow::Continue
+    );
+    assert_eq!(host.base.sent_status(), None);
+    let body = host.base.response_body.borrow().clone();
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        !text.contains(phi_guard_proto::demo::canary::SSN),
+        "SSN leaked"
+    );
+    assert!(text.contains("***-**-1234"), "not masked for the nurse");
+    assert_eq!(authz(&host).role, "nurse");
+    let e = &host.events()[0];
+    assert_eq!(e["outcome"]["authn"]["result"], "ok");
+    assert_eq!(e["outcome"]["authz"]["decision"], "allow");
+    assert_eq!(e["who"]["subject"], "nurse");
+}
+
+/// An identity the module before the pipeline left unreadable is no end user: rbac refuses
+/// (UNAUTHENTICATED), as in the single-stage layout.
+#[test]
+fn an_unreadable_contract_from_before_the_pipeline_fails_closed() {
+    let host = Rc::new(Recorder::new(audit_bus(), Some("nurse")));
+    host.base.insert_property(
+        &[state::IDENTITY],
+        br#"{"subject":"nurse","roles":["admin"]}"#,
+    );
+    assert_eq!(
+        run_pipeline_with(&host, &pipeline_without_jwt()),
+        Flow::Pause
+    );
+    assert_eq!(host.base.sent_status(), Some(GrpcStatus::Unauthenticated));
+    assert_eq!(authz(&host).decision, Verdict::Unauthenticated);
+    assert!(host
+        .base
+        .log_text()
+        .contains("identity filter state unreadable"));
+    let e = &host.events()[0];
+    assert_eq!(e["who"].get("subject"), None);
 }
 
 #[test]
