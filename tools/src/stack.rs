@@ -263,8 +263,17 @@ impl StackBuilder {
         };
         let env = keys.envoy_env()?;
         let patch = self.inbound_patch;
+        let wait_for_keys = !self.jwks_failing;
         tokio::task::spawn_blocking(move || {
-            start_blocking(dir2, workloads, egress_workload, ports, env, patch)
+            start_blocking(
+                dir2,
+                workloads,
+                egress_workload,
+                ports,
+                env,
+                patch,
+                wait_for_keys,
+            )
         })
         .await?
         .map(|(pki, inbound, egress, workloads)| Stack {
@@ -541,6 +550,7 @@ fn start_blocking(
     ports: UpstreamPorts,
     env: Vec<(String, String)>,
     inbound_patch: Option<ConfigPatch>,
+    wait_for_keys: bool,
 ) -> Result<Started, Error> {
     let pki = Pki::init(&dir.join("pki"))?;
     pki.issue(
@@ -571,6 +581,10 @@ fn start_blocking(
 
     let logs = dir.join("logs");
     let inbound = start_inbound("inbound", 1, inbound_patch, &env, &dir, &ports)?;
+    if wait_for_keys {
+        // The main thread's VM and the one worker's.
+        inbound.wait_for_key_sets(2, ENVOY_READY_TIMEOUT)?;
+    }
     let inbound_listen = inbound.listen.port();
 
     let egress = match egress_workload {
@@ -856,6 +870,30 @@ impl Envoy {
                 .into());
             }
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until `vms` of the jwt stage's VMs (the main thread's and one per worker) have
+    /// installed a key set. `/ready` says the listener is up, not that each VM's first JWKS
+    /// fetch (dispatched at its on_configure) has been answered; a request in that window is
+    /// refused (`jwks_unavailable`), as it must be, so callers that expect to be let in start
+    /// after it. A config without the jwt stage has no such counter: nothing to wait for.
+    pub fn wait_for_key_sets(&self, vms: u64, within: Duration) -> Result<(), Error> {
+        const FETCH_OK: &str = "wasmcustom.phi_guard.jwt.jwks_fetch_ok";
+        let deadline = Instant::now() + within;
+        loop {
+            match self.stat(FETCH_OK) {
+                None => return Ok(()),
+                Some(n) if n >= vms => return Ok(()),
+                Some(_) if Instant::now() > deadline => {
+                    return Err(format!(
+                        "the jwt stage had no key set in {vms} VMs within {within:?}:\n{}",
+                        tail(&self.log, 30)
+                    )
+                    .into())
+                }
+                Some(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
         }
     }
 
