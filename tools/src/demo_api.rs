@@ -53,7 +53,8 @@ pub fn mask_config() -> Result<Value, String> {
     let mut sources = MASK_SOURCES.iter().map(|path| {
         let text = std::fs::read_to_string(crate::repo_root().join(path))
             .map_err(|e| format!("{path}: {e}"))?;
-        serde_json::from_str::<Value>(&text).map_err(|e| format!("{path}: {e}"))
+        phi_guard_common::config::parse_document(text.as_bytes(), "mask")
+            .map_err(|e| format!("{path}: {e}"))
     });
     let mut merged = sources.next().ok_or("no mask source")??;
     for (source, path) in sources.zip(&MASK_SOURCES[1..]) {

@@ -1307,16 +1307,15 @@ fn load_json(path: &Path, field: &str) -> Result<Value, FieldError> {
             format!("cannot read {}: {}", path.display(), e.kind()),
         )
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        FieldError::new(
-            field,
-            format!(
-                "{} is not JSON (line {}, column {})",
-                path.display(),
-                e.line(),
-                e.column()
-            ),
-        )
+    // Strictly, as the filter will: serde_json alone keeps the last of a repeated member, and
+    // the rendered config would no longer show the repetition the filter refuses.
+    phi_guard_common::config::parse_document(&bytes, field).map_err(|e| {
+        let at = if e.field.is_empty() {
+            String::new()
+        } else {
+            format!(" (at `{}`)", e.field)
+        };
+        FieldError::new(field, format!("{}: {}{at}", path.display(), e.reason))
     })
 }
 
@@ -1909,6 +1908,30 @@ mod tests {
             )),
             "{shown}"
         );
+        // A member repeated in a stage file is refused, not resolved to the last copy: the
+        // rendered config would have handed the filter only `"SSN": "reveal"` (trial finding:
+        // a physician then saw the whole SSN the file's first entry masked).
+        let mask = dir.join("mask.json");
+        std::fs::write(
+            &mask,
+            r#"{"roles": {"physician": {"SSN": {"action": "partial", "keep_last": 4}, "SSN": "reveal"}}}"#,
+        )
+        .unwrap();
+        let text = demo.replace(
+            &format!(
+                "= \"{}/envoy/demo/mask.json\"",
+                crate::repo_root().display()
+            ),
+            "= \"mask.json\"",
+        );
+        assert_ne!(text, demo, "the demo project names envoy/demo/mask.json");
+        std::fs::write(&project, text).unwrap();
+        let err = Inbound::from_project(&project)
+            .and_then(|inbound| inbound.render().map(drop))
+            .unwrap_err();
+        assert!(err.field.starts_with("mask"), "{err}");
+        assert!(err.reason.contains("appears twice"), "{err}");
+        assert!(err.reason.contains("`SSN`"), "{err}");
         // What render fills in itself stays the project file's.
         let filled = FieldError::new("mask.config: descriptor_set", "x");
         assert!(inbound.locate(&project, &filled).starts_with(&format!(

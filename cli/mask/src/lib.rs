@@ -81,8 +81,9 @@ impl Session {
         token_key_env: Option<&str>,
         inspection: bool,
     ) -> Result<Self, String> {
-        let mut doc: Value =
-            serde_json::from_slice(policy).map_err(|e| format!("policy: not JSON: {e}"))?;
+        // Strictly, as the filter reads it: a repeated member is refused, not resolved.
+        let mut doc: Value = phi_guard_common::config::parse_document(policy, "mask")
+            .map_err(|e| format!("policy: {e}"))?;
         let obj = doc.as_object_mut().ok_or("policy: must be a JSON object")?;
         if message_type.is_some() {
             // Masking messages offline never reads a request: a dump's set (a Bundle's

@@ -913,3 +913,28 @@ fn lint_and_coverage_exit_quietly_when_the_reader_goes_away() {
         assert!(stderr.is_empty(), "{cmd}: {stderr}");
     }
 }
+
+#[test]
+fn a_member_repeated_in_the_policy_is_refused_like_the_filter_does() {
+    // Trial finding: coverage showed `physician=reveal` for a policy whose first SSN entry
+    // masked it; the filter refuses such a document, so the tool must too.
+    let policy = tmp("policy.repeated.json");
+    std::fs::write(
+        &policy,
+        r#"{"roles": {"nurse": {"SSN": "redact", "SSN": "reveal"}}}"#,
+    )
+    .unwrap();
+    let out = bin()
+        .args(["coverage", "--policy"])
+        .arg(&policy)
+        .arg("--descriptor-set")
+        .arg(write_demo_set())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`SSN`") && err.contains("appears twice"),
+        "{err}"
+    );
+}

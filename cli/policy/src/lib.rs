@@ -555,7 +555,8 @@ pub fn load_policy(path: &str) -> Result<Policy, String> {
 /// placeholder source that is never fetched.
 pub fn load_jwt_config(path: &str) -> Result<phi_guard_jwt::Config, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
-    let mut doc: Value = serde_json::from_slice(&bytes).map_err(|e| format!("{path}: {e}"))?;
+    let mut doc: Value = phi_guard_common::config::parse_document(&bytes, "jwt")
+        .map_err(|e| format!("{path}: {e}"))?;
     if let Some(providers) = doc.get_mut("providers").and_then(Value::as_array_mut) {
         for provider in providers.iter_mut().filter_map(Value::as_object_mut) {
             provider.entry("jwks").or_insert_with(|| {
@@ -575,7 +576,9 @@ pub fn load_jwt_config(path: &str) -> Result<phi_guard_jwt::Config, String> {
 /// against the file's folder.
 pub fn load_cases(path: &str) -> Result<Suite, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
-    let file: Value = serde_json::from_slice(&bytes).map_err(|e| format!("{path}: {e}"))?;
+    // A repeated member (`"expect"` twice) would otherwise be decided by serde_json's choice.
+    let file: Value = phi_guard_common::config::parse_json(&bytes, "policy test")
+        .map_err(|e| format!("{path}: {e}"))?;
     Ok(match file {
         Value::Array(cases) => Suite {
             cases: parse_cases(cases).map_err(|e| format!("{path}: {e}"))?,
@@ -705,7 +708,8 @@ fn check(args: &[String], out: &mut dyn Write) -> Result<i32, String> {
         }
         (Some(path), false) => {
             let bytes = std::fs::read(&path).map_err(|e| format!("{path}: {e}"))?;
-            let v: Value = serde_json::from_slice(&bytes).map_err(|e| format!("{path}: {e}"))?;
+            let v: Value = phi_guard_common::config::parse_json(&bytes, "claims")
+                .map_err(|e| format!("{path}: {e}"))?;
             Some(Claims::parse(v)?)
         }
         (None, true) => Some(claims.into_identity()),
@@ -1085,6 +1089,23 @@ mod tests {
         let top = write("top.json", r#"{"polcy": "p.json", "cases": []}"#);
         let err = load_cases(&top).unwrap_err();
         assert!(err.contains("unknown field `polcy`"), "{err}");
+        // A repeated member is refused, not decided by the parser (trial finding: a case with
+        // `expect` twice ran as the last one).
+        let twice = write(
+            "twice.json",
+            r#"[{"name": "x", "method": "/a.B/C", "expect": "refused_by_jwt", "expect": "allow"}]"#,
+        );
+        let err = load_cases(&twice).unwrap_err();
+        assert!(
+            err.contains("`expect`") && err.contains("appears twice"),
+            "{err}"
+        );
+        let jwt = write(
+            "jwt.json",
+            r#"{"providers": [], "rules": [], "clock_skew_s": 60, "clock_skew_s": 600}"#,
+        );
+        let err = load_jwt_config(&jwt).unwrap_err();
+        assert!(err.contains("appears twice"), "{err}");
         let scalar = write("scalar.json", "42");
         assert!(load_cases(&scalar)
             .unwrap_err()

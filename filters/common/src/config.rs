@@ -38,6 +38,22 @@ pub const MIN_REPLAY_KEY_BYTES: usize = 32;
 /// policy`, `mask`, `audit`, `audit service`): refuses an empty document, invalid JSON, a
 /// top level other than an object and repeated member names at any depth.
 pub fn parse_document(bytes: &[u8], document: &str) -> Result<Value, ConfigError> {
+    match parse_json(bytes, document)? {
+        value @ Value::Object(_) => Ok(value),
+        _ => Err(ConfigError::new(
+            "",
+            format!("the {document} configuration must be a JSON object"),
+        )),
+    }
+}
+
+/// [`parse_document`] for a document of any JSON shape (a list of test cases, a claims file):
+/// refuses an empty document, invalid JSON and repeated member names at any depth. The
+/// command-line tools and the renderer read every file a user writes through this or
+/// [`parse_document`], so a repeated member is refused before a filter would see the file
+/// (serde_json alone keeps the last of two: a renderer that re-serialises would hand the
+/// filter a document that no longer shows the repetition).
+pub fn parse_json(bytes: &[u8], document: &str) -> Result<Value, ConfigError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ConfigError::new(
             "",
@@ -45,11 +61,7 @@ pub fn parse_document(bytes: &[u8], document: &str) -> Result<Value, ConfigError
         ));
     }
     match json::parse_value_naming(bytes) {
-        Ok(value @ Value::Object(_)) => Ok(value),
-        Ok(_) => Err(ConfigError::new(
-            "",
-            format!("the {document} configuration must be a JSON object"),
-        )),
+        Ok(value) => Ok(value),
         Err((JsonError::Duplicate, name)) => {
             // A member name is a key, not a value; still, only a plain name is shown.
             let name = name.filter(|n| {
