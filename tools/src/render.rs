@@ -176,9 +176,10 @@ pub struct TrustSection {
     /// The SPIFFE trust domain of the callers, e.g. `labs.example`.
     pub domain: String,
     /// When set, only these SPIFFE IDs may connect (all within `domain`); otherwise any ID of
-    /// the trust domain passes the handshake and rbac decides.
+    /// the trust domain passes the handshake and rbac decides. An empty list is refused: it
+    /// reads as "no caller" but the absent key means "every caller of the domain".
     #[serde(default)]
-    pub allowed_spiffe_ids: Vec<String>,
+    pub allowed_spiffe_ids: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -725,7 +726,15 @@ impl Inbound {
             },
             admin_port: file.listener.admin_port,
             trust_domain: file.trust.domain.clone(),
-            allowed_spiffe_ids: file.trust.allowed_spiffe_ids.clone(),
+            allowed_spiffe_ids: match &file.trust.allowed_spiffe_ids {
+                Some(ids) if ids.is_empty() => {
+                    return Err(FieldError::new(
+                        "trust.allowed_spiffe_ids",
+                        "is empty: list the SPIFFE IDs that may connect, or leave the key out to let every ID of trust.domain through the handshake (rbac then decides)",
+                    ))
+                }
+                ids => ids.clone().unwrap_or_default(),
+            },
             out_dir: at(&file.paths.out),
             sds_dir: at(&file.paths.sds),
             log_dir: at(&file.paths.logs),
@@ -1588,6 +1597,23 @@ mod tests {
             inbound.check_trust().unwrap_err().field,
             "trust.allowed_spiffe_ids[0]"
         );
+    }
+
+    #[test]
+    fn an_empty_allowed_ids_list_is_refused_not_read_as_the_whole_domain() {
+        // Trial finding: `allowed_spiffe_ids = []` rendered the trust domain's prefix matcher.
+        let dir =
+            std::env::temp_dir().join(format!("phi-guard-render-trust-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let demo = demo_project_text();
+        let project = dir.join("phi-guard.toml");
+        let text = demo.replace("[trust]\n", "[trust]\nallowed_spiffe_ids = []\n");
+        assert_ne!(text, demo, "the demo project has a [trust] table");
+        std::fs::write(&project, text).unwrap();
+        let err = Inbound::from_project(&project).unwrap_err();
+        assert_eq!(err.field, "trust.allowed_spiffe_ids", "{err}");
+        assert!(err.reason.contains("is empty"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

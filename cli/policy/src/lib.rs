@@ -171,10 +171,11 @@ impl Expect {
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     pub trust_domain: String,
-    /// The project's `[trust] allowed_spiffe_ids`: when not empty, the listener's SAN matcher
-    /// lets only these SPIFFE IDs through (exact match), as render writes it.
+    /// The project's `[trust] allowed_spiffe_ids`: when given, the listener's SAN matcher
+    /// lets only these SPIFFE IDs through (exact match), as render writes it. An empty list is
+    /// refused when the file is read, as `phi-guard render` refuses it.
     #[serde(default)]
-    pub allowed_spiffe_ids: Vec<String>,
+    pub allowed_spiffe_ids: Option<Vec<String>>,
 }
 
 impl Listener {
@@ -204,8 +205,10 @@ impl Listener {
                 Some("SPIFFE ID outside the trust domain")
             }
             Some(_)
-                if !self.allowed_spiffe_ids.is_empty()
-                    && !self.allowed_spiffe_ids.contains(uri) =>
+                if self
+                    .allowed_spiffe_ids
+                    .as_ref()
+                    .is_some_and(|ids| !ids.contains(uri)) =>
             {
                 Some("SPIFFE ID not in allowed_spiffe_ids")
             }
@@ -591,6 +594,16 @@ pub fn load_cases(path: &str) -> Result<Suite, String> {
                 .parent()
                 .unwrap_or(std::path::Path::new(""));
             let resolve = |p: String| base.join(p).to_string_lossy().into_owned();
+            if file
+                .listener
+                .as_ref()
+                .and_then(|l| l.allowed_spiffe_ids.as_ref())
+                .is_some_and(Vec::is_empty)
+            {
+                return Err(format!(
+                    "{path}: listener.allowed_spiffe_ids is empty: list the SPIFFE IDs that may connect, or leave it out for the whole trust domain"
+                ));
+            }
             Suite {
                 policy: file.policy.map(resolve),
                 jwt_config: file.jwt_config.map(resolve),
@@ -784,7 +797,17 @@ fn test(args: &[String], out: &mut dyn Write) -> Result<i32, String> {
             .map(|p| load_jwt_config(&p))
             .transpose()?,
     };
+    if suite.cases.is_empty() {
+        // A suite that tests nothing must not be a green CI step.
+        return Err(format!("{cases_path}: no cases"));
+    }
     let report = run_cases(&policy, &chain, &suite.cases);
+    if policy.mode == phi_guard_rbac::policy::Mode::Shadow {
+        let _ = writeln!(
+            out,
+            "note: {policy_path} is in shadow mode: the cases check what enforce mode would decide; Envoy records those decisions but lets every request through"
+        );
+    }
     for line in &report.failures {
         let _ = writeln!(out, "FAIL {line}");
     }
@@ -823,7 +846,7 @@ mod tests {
         Chain {
             listener: Some(Listener {
                 trust_domain: "phi-guard.test".into(),
-                allowed_spiffe_ids: Vec::new(),
+                allowed_spiffe_ids: None,
             }),
             jwt: Some(load_jwt_config(&format!("{DIR}/../../envoy/demo/jwt.json")).unwrap()),
         }
@@ -1106,6 +1129,21 @@ mod tests {
         );
         let err = load_jwt_config(&jwt).unwrap_err();
         assert!(err.contains("appears twice"), "{err}");
+        // Trial findings: an empty suite was a green run; an empty allow list read as "all".
+        let policy = format!("{DIR}/../../filters/rbac/policy.demo.json");
+        let empty = write(
+            "empty.json",
+            &format!(r#"{{"policy": "{policy}", "cases": []}}"#),
+        );
+        let (code, _, err) = run_args(&["test", &empty]);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("no cases"), "{err}");
+        let listener = write(
+            "listener.json",
+            r#"{"listener": {"trust_domain": "rx.example", "allowed_spiffe_ids": []}, "cases": []}"#,
+        );
+        let err = load_cases(&listener).unwrap_err();
+        assert!(err.contains("allowed_spiffe_ids is empty"), "{err}");
         let scalar = write("scalar.json", "42");
         assert!(load_cases(&scalar)
             .unwrap_err()
