@@ -665,8 +665,12 @@ fn parse_action(v: &Value, path: &str) -> Result<Action, ConfigError> {
                     Ok(Action::Zip3 { restricted })
                 }
                 other => {
+                    // The name first: a misspelled `partial` must be reported as the action,
+                    // not as its `keep_last` being unexpected.
+                    let action = simple(other)
+                        .map_err(|e| ConfigError::new(join(path, "action"), e.reason))?;
                     reject_unknown(obj, &["action"], path)?;
-                    simple(other).map_err(|e| ConfigError::new(join(path, "action"), e.reason))
+                    Ok(action)
                 }
             }
         }
@@ -928,6 +932,14 @@ mod tests {
                 json!({"nurse": {"SSN": {"action": "partial", "keep_last": 4, "x": 1}}})
             )),
             "roles.nurse.SSN.x"
+        );
+        // Trial finding: a misspelled action was reported as its keep_last being unknown.
+        assert_eq!(
+            field_of(with(
+                "roles",
+                json!({"nurse": {"SSN": {"action": "partail", "keep_last": 4}}})
+            )),
+            "roles.nurse.SSN.action"
         );
         assert_eq!(
             field_of(with(
