@@ -128,16 +128,10 @@ fn events_flow_to_the_collector_call_chained() {
     svc.on_queue_ready(&shost, 1);
     let call = shost.last_call().expect("a full batch is sent at once");
     assert_eq!(call.cluster, "audit_collector");
-    let h = |k: &str| {
-        call.headers
-            .iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.clone())
-    };
-    assert_eq!(h(":method").as_deref(), Some("POST"));
-    assert_eq!(h(":path").as_deref(), Some("/v1/logs"));
-    assert_eq!(h(":authority").as_deref(), Some("audit_collector"));
-    assert_eq!(h("content-type").as_deref(), Some("application/json"));
+    assert_eq!(call.header(":method"), Some("POST"));
+    assert_eq!(call.header(":path"), Some("/v1/logs"));
+    assert_eq!(call.header(":authority"), Some("audit_collector"));
+    assert_eq!(call.header("content-type"), Some("application/json"));
     svc.on_http_call_response(&shost, call.token, Some(200));
     // A third event waits for the delay, then goes on a tick.
     rpc(&rt, &fhost, 2);

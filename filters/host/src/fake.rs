@@ -64,6 +64,16 @@ pub struct FakeCall {
     pub timeout_ms: u64,
 }
 
+impl FakeCall {
+    /// The value of the call's header `name` (exact, lower-case as the shells send them).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct FakeHost {
     pub request_headers: RefCell<Vec<(String, String)>>,

@@ -143,14 +143,8 @@ mod tests {
         assert_eq!(host.tick_ms.get(), Some(TICK_MS));
         let call = host.last_call().expect("the JWKS fetch");
         assert_eq!(call.cluster, "idp");
-        let header = |k: &str| {
-            call.headers
-                .iter()
-                .find(|(n, _)| n == k)
-                .map(|(_, v)| v.clone())
-        };
-        assert_eq!(header(":path").as_deref(), Some("/jwks"));
-        assert_eq!(header("accept").as_deref(), Some("application/json"));
+        assert_eq!(call.header(":path"), Some("/jwks"));
+        assert_eq!(call.header("accept"), Some("application/json"));
         // Another token is not ours; the fetch's 503 is counted once.
         root.on_http_call_response(&host, call.token + 7, 0);
         *host.call_response.borrow_mut() = (Some("503".into()), Vec::new());

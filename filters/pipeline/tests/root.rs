@@ -65,14 +65,8 @@ fn ticks_send_the_audit_batch_and_check_fetches_once_a_second() {
     // The JWKS is fetched at once, as a GET with the stage's accept header.
     let call = h.last_call().expect("the JWKS fetch");
     assert_eq!(call.cluster, "idp");
-    let header = |k: &str| {
-        call.headers
-            .iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.clone())
-    };
-    assert_eq!(header(":path").as_deref(), Some("/jwks"));
-    assert_eq!(header("accept").as_deref(), Some("application/json"));
+    assert_eq!(call.header(":path"), Some("/jwks"));
+    assert_eq!(call.header("accept"), Some("application/json"));
     // The answer is handed to jwt by token: a failed fetch is counted.
     *h.call_response.borrow_mut() = (Some("503".into()), Vec::new());
     root.on_http_call_response(&h, call.token, 0);
