@@ -3,19 +3,21 @@
 //! it whole; the fail-closed rule and "every event delivered" hold with batches; a service of
 //! the previous release still gets bare events.
 
+mod support;
+
 use phi_guard_audit::batch::{self, BatchWriter};
 use phi_guard_audit::chain::ChainKey;
 use phi_guard_audit::config::{backlog_flag_key, FilterConfig};
 use phi_guard_audit::filter::{
     Admission, AuditStream, FilterRuntime, METRIC_BATCHES, METRIC_ENQUEUED, METRIC_ENQUEUE_FAILED,
 };
-use phi_guard_audit::otlp::records_from_request;
 use phi_guard_audit::service::{
     AuditService, METRIC_BATCH_REFUSED, METRIC_CHAINED, METRIC_DROPPED, METRIC_SHIPPED,
 };
-use phi_guard_audit::verify::{verify, Located, VerifyOptions};
+use phi_guard_audit::verify::{verify, VerifyOptions};
 use phi_guard_common::{state, GrpcStatus};
 use phi_guard_host::{bus, Bus, FakeHost};
+use support::records;
 
 const VM: &str = "phi_guard_audit";
 const QUEUE: &str = "phi_guard_audit_events";
@@ -83,25 +85,6 @@ fn queued_ids(bus: &Bus) -> Vec<String> {
 
 fn ids(range: std::ops::Range<u32>) -> Vec<String> {
     range.map(|n| format!("req-{n:05}")).collect()
-}
-
-fn records(host: &FakeHost) -> Vec<Located> {
-    host.calls
-        .borrow()
-        .iter()
-        .enumerate()
-        .flat_map(|(c, call)| {
-            let doc: serde_json::Value = serde_json::from_slice(&call.body).unwrap();
-            records_from_request(&doc)
-                .unwrap()
-                .into_iter()
-                .enumerate()
-                .map(move |(i, record)| Located {
-                    at: format!("call{c}#{i}"),
-                    record,
-                })
-        })
-        .collect()
 }
 
 /// Ticks the service and acknowledges every call until nothing is left.

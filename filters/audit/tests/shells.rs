@@ -2,19 +2,21 @@
 //! service's idempotent configure, batching, retries, the fail-closed flag seen by the
 //! filter, and metrics.
 
+mod support;
+
 use phi_guard_audit::chain::ChainKey;
 use phi_guard_audit::config::{backlog_flag_key, FilterConfig};
 use phi_guard_audit::filter::{
     Admission, AuditStream, FilterRuntime, METRIC_ENQUEUED, METRIC_ENQUEUE_FAILED, METRIC_REFUSED,
 };
-use phi_guard_audit::otlp::records_from_request;
 use phi_guard_audit::service::{
     AuditService, METRIC_BACKLOG, METRIC_BACKLOG_FULL, METRIC_CHAINED, METRIC_DROPPED,
     METRIC_RETRIED, METRIC_SHIPPED,
 };
-use phi_guard_audit::verify::{verify, Located, VerifyOptions};
+use phi_guard_audit::verify::{verify, VerifyOptions};
 use phi_guard_common::{state, GrpcStatus};
 use phi_guard_host::{bus, Bus, FakeHost};
+use support::records;
 
 const VM: &str = "phi_guard_audit";
 const KEY: &[u8] = b"shell-key-0123456789abcdef-0123456789";
@@ -63,25 +65,6 @@ fn rpc(rt: &FilterRuntime, host: &FakeHost, n: u32) -> (Admission, Option<GrpcSt
     s.on_log(host, rt);
     rt.on_tick(host);
     (a, host.sent_status())
-}
-
-fn records(host: &FakeHost) -> Vec<Located> {
-    host.calls
-        .borrow()
-        .iter()
-        .enumerate()
-        .flat_map(|(c, call)| {
-            let doc: serde_json::Value = serde_json::from_slice(&call.body).unwrap();
-            records_from_request(&doc)
-                .unwrap()
-                .into_iter()
-                .enumerate()
-                .map(move |(i, record)| Located {
-                    at: format!("call{c}#{i}"),
-                    record,
-                })
-        })
-        .collect()
 }
 
 #[test]
