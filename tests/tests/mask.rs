@@ -103,9 +103,12 @@ async fn one_patient_as_each_role_sees_it() {
     for value in canary::ALL.iter().chain([&canary::note().as_str()]) {
         assert!(!text.contains(value), "research saw {value}");
     }
+    // Outside the keyed tokens, whose random hex digits may spell a digit run by chance.
+    let rest = phi_guard_e2e::without_keyed_tokens(&bytes);
+    let rest = String::from_utf8_lossy(&rest);
     for digits in ["1234", "4477", "8822", "7788"] {
         assert!(
-            !text.contains(digits),
+            !rest.contains(digits),
             "research saw part of an identifier: {digits}"
         );
     }
