@@ -6,6 +6,9 @@
 //! small. When two patterns match at the same position the earlier one in [`Detectors::new`]'s
 //! list wins; the leftmost match always wins over a later one.
 
+mod prefilter;
+
+use std::ops::Range;
 use std::sync::Mutex;
 
 use regex_automata::hybrid::regex::{Cache, Regex};
@@ -45,14 +48,25 @@ pub const DEFAULT_MRN_PATTERN: &str = r"(?i)\bMRN[-:# ]*[A-Z0-9]+(?:-[A-Z0-9]+)*
 /// A compiled set of detectors, each tagged with the class its matches belong to.
 ///
 /// A lazy DFA (built on demand, states cached): the meta regex engine would add a PikeVM and
-/// literal optimisations for little gain here, and doubled the wasm module's size. The cache
-/// sits behind a `Mutex`, which is uncontended in a (single-threaded) proxy-wasm VM and lets
-/// native tests and benches share one config across threads.
+/// literal optimisations for little gain here, and doubled the wasm module's size. In front
+/// of it, a prefilter ([`prefilter`]) finds the windows of the text where some pattern can
+/// match, from what the patterns require; the DFA searches only those. The cache sits behind
+/// a `Mutex`, which is uncontended in a (single-threaded) proxy-wasm VM and lets native tests
+/// and benches share one config across threads.
 #[derive(Debug)]
 pub struct Detectors {
     regex: Regex,
-    cache: Mutex<Cache>,
+    prefilter: Option<prefilter::Prefilter>,
+    scratch: Mutex<Scratch>,
     classes: Vec<Class>,
+}
+
+/// Per-search state kept between searches: the DFA's cache and the prefilter's buffers.
+#[derive(Debug)]
+struct Scratch {
+    cache: Cache,
+    windows: Vec<Range<usize>>,
+    covered: Vec<usize>,
 }
 
 /// The lazy DFA could not finish a search (it has no quit bytes and never gives up as
@@ -85,30 +99,82 @@ impl Detectors {
             .thompson(thompson::Config::new().utf8(false))
             .build_many(&patterns.iter().map(|(_, p)| p.as_str()).collect::<Vec<_>>())
             .map_err(|e| (0, e.to_string()))?;
-        let cache = Mutex::new(regex.create_cache());
+        // The same trees the DFA was built from (all parsed above, so this cannot fail; if
+        // it did, there would only be no prefilter).
+        let hirs: Option<Vec<_>> = patterns
+            .iter()
+            .map(|(_, p)| syntax::parse_with(p, &syntax).ok())
+            .collect();
+        let prefilter = hirs.and_then(|h| prefilter::Prefilter::new(&h));
+        let scratch = Mutex::new(Scratch {
+            cache: regex.create_cache(),
+            windows: Vec::new(),
+            covered: Vec::new(),
+        });
         Ok(Self {
             regex,
-            cache,
+            prefilter,
+            scratch,
             classes: patterns.iter().map(|(c, _)| *c).collect(),
         })
     }
 
     /// Calls `f` for each non-overlapping, non-empty match, left to right.
-    pub fn each(&self, text: &[u8], mut f: impl FnMut(Found)) -> Result<(), ScanFailed> {
-        let mut cache = match self.cache.lock() {
+    pub fn each(&self, text: &[u8], f: impl FnMut(Found)) -> Result<(), ScanFailed> {
+        // Each search has a fixed cost (its start state, the reverse search for a match's
+        // start); past one window per 64 bytes one pass over every byte is cheaper, and finds
+        // the same matches.
+        self.scan(text, text.len() / 64, f)
+    }
+
+    /// [`Detectors::each`], searching only the prefilter's windows unless there are more
+    /// than `max_windows` of them.
+    fn scan(
+        &self,
+        text: &[u8],
+        max_windows: usize,
+        mut f: impl FnMut(Found),
+    ) -> Result<(), ScanFailed> {
+        let mut guard = match self.scratch.lock() {
             Ok(guard) => guard,
             // A panic elsewhere mid-search: start over with a fresh cache.
             Err(poisoned) => {
                 let mut guard = poisoned.into_inner();
-                *guard = self.regex.create_cache();
+                guard.cache = self.regex.create_cache();
                 guard
             }
         };
-        let mut input = Input::new(text);
-        while input.start() <= text.len() {
+        let scratch = &mut *guard;
+        if let Some(pf) = &self.prefilter {
+            if pf.windows(
+                text,
+                max_windows,
+                &mut scratch.windows,
+                &mut scratch.covered,
+            ) {
+                for w in &scratch.windows {
+                    self.search(&mut scratch.cache, text, w.clone(), &mut f)?;
+                }
+                return Ok(());
+            }
+        }
+        self.search(&mut scratch.cache, text, 0..text.len(), &mut f)
+    }
+
+    /// The matches inside `span` of `text`; look-arounds see the whole text.
+    fn search(
+        &self,
+        cache: &mut Cache,
+        text: &[u8],
+        span: Range<usize>,
+        f: &mut impl FnMut(Found),
+    ) -> Result<(), ScanFailed> {
+        let end = span.end;
+        let mut input = Input::new(text).range(span);
+        while input.start() <= end {
             let Some(m) = self
                 .regex
-                .try_search(&mut cache, &input)
+                .try_search(cache, &input)
                 .map_err(|_| ScanFailed)?
             else {
                 break;
@@ -129,6 +195,14 @@ impl Detectors {
             input.set_start(m.end());
         }
         Ok(())
+    }
+
+    /// [`Detectors::each`] without the prefilter: every byte searched. The reference the
+    /// prefilter is tested against.
+    #[cfg(test)]
+    fn each_unfiltered(&self, text: &[u8], mut f: impl FnMut(Found)) -> Result<(), ScanFailed> {
+        let mut guard = self.scratch.lock().map_err(|_| ScanFailed)?;
+        self.search(&mut guard.cache, text, 0..text.len(), &mut f)
     }
 }
 
@@ -210,6 +284,79 @@ mod tests {
         )
         .is_empty());
         assert!(found(&d, "x900-55-12345").is_empty());
+    }
+
+    /// Detector sets the prefilter is checked on: the defaults, and custom patterns of the
+    /// shapes a deployment writes (prefixed ids, case-insensitive words, classes with negation,
+    /// non-ASCII literals, optional parts, alternations).
+    fn sets() -> &'static [Detectors] {
+        static SETS: std::sync::OnceLock<Vec<Detectors>> = std::sync::OnceLock::new();
+        SETS.get_or_init(build_sets)
+    }
+
+    fn build_sets() -> Vec<Detectors> {
+        let custom = [
+            r"\bPT-[0-9]{6}\b",
+            r"(?i)patient\s+id[: ]*[0-9]+",
+            r"[^ ,]{2}@[a-z]+",
+            "é+[0-9]{2}",
+            r"(?:ab|cd)[0-9]",
+            "x[0-9]*y",
+            r"\(?[0-9]{3}\)?",
+            r"^[0-9]{2}",
+            r"[0-9]{2}$",
+        ];
+        let mut sets = vec![demo()];
+        let with_custom: Vec<(Class, String)> = custom
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (10 + i as Class, p.to_string()))
+            .chain([
+                (7, EMAIL_PATTERN.into()),
+                (1, SSN_PATTERN.into()),
+                (6, PHONE_PATTERN.into()),
+                (2, DEFAULT_MRN_PATTERN.into()),
+            ])
+            .collect();
+        sets.push(Detectors::new(&with_custom).unwrap());
+        for p in custom {
+            sets.push(Detectors::new(&[(3, p.into()), (1, SSN_PATTERN.into())]).unwrap());
+        }
+        assert!(sets.iter().all(|d| d.prefilter.is_some()));
+        sets
+    }
+
+    fn all_found(d: &Detectors, text: &[u8], windowed: bool) -> Vec<Found> {
+        let mut v = Vec::new();
+        let push = |f| v.push(f);
+        if windowed {
+            // Always through the windows, however many there are.
+            d.scan(text, usize::MAX, push).unwrap();
+        } else {
+            d.each_unfiltered(text, push).unwrap();
+        }
+        v
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+
+        /// The prefilter changes how much is searched, never what is found.
+        #[test]
+        fn the_prefilter_finds_what_a_search_of_every_byte_finds(
+            parts in proptest::collection::vec(proptest::sample::select(&[
+                "555", "-", "0199", "900-55-1234", "12", "7", "MRN", "mrn", " ", "@", "ab",
+                "example", ".", ".test", "+1", "(", ")", "é", "\u{fffd}", "x", "y", "PT-", ",",
+                ":", "#", "\n", "Patient", " ID", "cd", "%", "_",
+            ][..]), 0..40),
+            raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..8),
+        ) {
+            let mut text = parts.concat().into_bytes();
+            text.extend_from_slice(&raw);
+            for d in sets() {
+                proptest::prop_assert_eq!(all_found(d, &text, true), all_found(d, &text, false));
+            }
+        }
     }
 
     #[test]
