@@ -141,8 +141,5 @@ fn status_line(code: u16) -> String {
 /// Lower-case hex SHA-256 of `bytes`: the pin of a document (`sha256sum`'s output).
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest as _;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    phi_guard_common::hex::encode(&sha2::Sha256::digest(bytes))
 }

@@ -351,9 +351,7 @@ pub fn write_keys(dir: &Path, specs: &[KeySpec], force: bool) -> Result<Vec<Path
                 path.display()
             ));
         }
-        let mut raw = vec![0u8; spec.bytes];
-        getrandom::fill(&mut raw).map_err(|e| format!("no OS randomness: {e}"))?;
-        let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = random_hex(spec.bytes).map_err(|e| format!("no OS randomness: {e}"))?;
         let _ = std::fs::remove_file(&path);
         let mut file = std::fs::OpenOptions::new()
             .write(true)
@@ -405,6 +403,14 @@ pub fn key_instructions(dir: &Path, specs: &[KeySpec], envoy_config: &Path) -> S
         ));
     }
     out
+}
+
+/// `bytes` random bytes from the OS, as lower-case hex: a key's file contents (the key is
+/// the hex text itself, `2 * bytes` characters).
+pub fn random_hex(bytes: usize) -> Result<String, getrandom::Error> {
+    let mut raw = vec![0u8; bytes];
+    getrandom::fill(&mut raw)?;
+    Ok(phi_guard_common::hex::encode(&raw))
 }
 
 #[cfg(test)]

@@ -496,7 +496,10 @@ impl Keys {
             mask: keys_dir.join("mask.key"),
         };
         for path in [&keys.audit, &keys.mask] {
-            std::fs::write(path, random_hex(32)?)?;
+            std::fs::write(
+                path,
+                crate::project::random_hex(32).map_err(std::io::Error::other)?,
+            )?;
         }
         Ok(keys)
     }
@@ -513,14 +516,6 @@ impl Keys {
             ),
         ])
     }
-}
-
-/// `bytes` random bytes from the OS, hex-encoded (the key is the hex text itself).
-fn random_hex(bytes: usize) -> std::io::Result<String> {
-    use std::io::Read as _;
-    let mut buf = vec![0u8; bytes];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Where scripts/build-wasm leaves the filter modules.

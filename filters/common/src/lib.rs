@@ -17,6 +17,7 @@ pub mod clock;
 pub mod config;
 pub mod fetch;
 pub mod grpc;
+pub mod hex;
 pub mod identity;
 pub mod json;
 pub mod outcome;

@@ -63,16 +63,7 @@ pub fn check(bound_to: Option<&str>, peer_thumbprint: Option<&str>) -> Result<()
 /// is not exactly 64 hex digits yields `None`, which the verifier treats as "no certificate":
 /// a bound token then fails closed.
 pub fn thumbprint_from_hex(hex: &str) -> Option<String> {
-    let hex = hex.as_bytes();
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut digest = [0u8; 32];
-    for (byte, pair) in digest.iter_mut().zip(hex.chunks_exact(2)) {
-        let nibble = |c: u8| (c as char).to_digit(16);
-        *byte = (nibble(pair[0])? * 16 + nibble(pair[1])?) as u8;
-    }
-    Some(URL_SAFE_NO_PAD.encode(digest))
+    Some(URL_SAFE_NO_PAD.encode(phi_guard_common::hex::digest(hex)?))
 }
 
 /// The thumbprint of DER bytes, for tests and tools.

@@ -123,21 +123,12 @@ fn parse_pins(v: &Value) -> Result<Vec<[u8; 32]>, ConfigError> {
 }
 
 fn hex32(s: &str) -> Option<[u8; 32]> {
-    let b = s.as_bytes();
-    if b.len() != 64 {
-        return None;
-    }
-    let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    let mut out = [0u8; 32];
-    for (i, pair) in b.chunks(2).enumerate() {
-        out[i] = nibble(pair[0])? << 4 | nibble(pair[1])?;
-    }
-    Some(out)
+    phi_guard_common::hex::digest(s)
 }
 
 /// Lower-case hex of a digest (for tests and tools; never logged for a fetched body).
 pub fn hex(digest: &[u8; 32]) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    phi_guard_common::hex::encode(digest)
 }
 
 /// Where the filter's descriptor set comes from, as the configuration says.

@@ -41,11 +41,7 @@ impl TokenKey {
         mac.update(value);
         let digest = mac.finalize().into_bytes();
         out.extend_from_slice(TOKEN_PREFIX.as_bytes());
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        for b in &digest[..16] {
-            out.push(HEX[(b >> 4) as usize]);
-            out.push(HEX[(b & 15) as usize]);
-        }
+        phi_guard_common::hex::encode_into(&digest[..16], out);
     }
 }
 
