@@ -1,12 +1,13 @@
 //! Masking throughput on Google's FHIR R4 Patient (the FHIR demo's GetPatient response) per
 //! role, under `policy.fhir.json`: catalog entries with conditions (Identifier by system and
 //! type code, ContactPoint by system), type entries (HumanName, Address), an extension by URL,
-//! a contained resource in an `Any`, and the safe_harbor profile's date and ZIP actions.
+//! a contained resource in an `Any`, and the safe_harbor profile's date and ZIP actions; and
+//! the FHIR demo's stream of 1,000 Observations for the nurse, as `scripts/bench` masks it.
 
 use base64::Engine;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use phi_guard_mask::rewriter::Counts;
-use phi_guard_mask::MaskConfig;
+use phi_guard_mask::{Encoding, MaskConfig, StreamMasker};
 use phi_guard_proto::fhir;
 
 fn bench(c: &mut Criterion) {
@@ -40,6 +41,33 @@ fn bench(c: &mut Criterion) {
             },
         );
     }
+    group.finish();
+
+    // The FHIR demo's Observation stream (phi-bench's `pm_fhir`), as the nurse sees it: 1,000
+    // length-prefixed messages in the 16 KiB chunks Envoy hands the filter.
+    let root = cfg.plans.method(fhir::LIST_OBSERVATIONS).unwrap();
+    let mut stream = Vec::new();
+    for i in 0..1000 {
+        let m = fhir::observation(i);
+        stream.push(0u8);
+        stream.extend_from_slice(&(m.len() as u32).to_be_bytes());
+        stream.extend_from_slice(&m);
+    }
+    let mut group = c.benchmark_group("fhir_observations");
+    group.throughput(Throughput::Bytes(stream.len() as u64));
+    let (_, block) = cfg.policy.for_role(Some("nurse"));
+    let rw = cfg.rewriter(block);
+    group.bench_function("nurse/1000", |b| {
+        b.iter(|| {
+            let mut m = StreamMasker::new(root, Encoding::Identity, cfg.max_message_bytes);
+            let mut n = 0;
+            for chunk in stream.chunks(16 * 1024) {
+                n += m.feed(&rw, chunk).unwrap().len();
+            }
+            m.finish().unwrap();
+            n
+        })
+    });
     group.finish();
 }
 

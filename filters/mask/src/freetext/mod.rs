@@ -205,12 +205,30 @@ impl Detectors {
         Ok(())
     }
 
-    /// [`Detectors::each`] without the prefilter: every byte searched. The reference the
-    /// prefilter is tested against.
-    #[cfg(test)]
-    fn each_unfiltered(&self, text: &[u8], mut f: impl FnMut(Found)) -> Result<(), ScanFailed> {
+    /// The two searches [`Detectors::each`] chooses between, for differential tests and the
+    /// `freetext_prefilter` fuzz target: through the prefilter's windows however many there
+    /// are (`windowed`; every byte when the set has no prefilter), or every byte, the
+    /// reference the prefilter is checked against.
+    #[cfg(any(test, fuzzing))]
+    #[doc(hidden)]
+    pub fn each_by(
+        &self,
+        windowed: bool,
+        text: &[u8],
+        mut f: impl FnMut(Found),
+    ) -> Result<(), ScanFailed> {
+        if windowed {
+            return self.scan(text, usize::MAX, f);
+        }
         let mut guard = self.scratch.lock().map_err(|_| ScanFailed)?;
         self.search(&mut guard.cache, text, 0..text.len(), &mut f)
+    }
+
+    /// Whether the set has a prefilter (for the fuzz target's statistics and tests).
+    #[cfg(any(test, fuzzing))]
+    #[doc(hidden)]
+    pub fn has_prefilter(&self) -> bool {
+        self.prefilter.is_some()
     }
 }
 
@@ -330,19 +348,14 @@ mod tests {
         for p in custom {
             sets.push(Detectors::new(&[(3, p.into()), (1, SSN_PATTERN.into())]).unwrap());
         }
-        assert!(sets.iter().all(|d| d.prefilter.is_some()));
+        assert!(sets.iter().all(Detectors::has_prefilter));
         sets
     }
 
     fn all_found(d: &Detectors, text: &[u8], windowed: bool) -> Vec<Found> {
         let mut v = Vec::new();
         let push = |f| v.push(f);
-        if windowed {
-            // Always through the windows, however many there are.
-            d.scan(text, usize::MAX, push).unwrap();
-        } else {
-            d.each_unfiltered(text, push).unwrap();
-        }
+        d.each_by(windowed, text, push).unwrap();
         v
     }
 
