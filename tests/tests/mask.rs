@@ -135,17 +135,21 @@ async fn streamed_encounters_are_masked_message_by_message() {
         let mut stream = stack
             .client_as(workload, Some(user))
             .await
-            .unwrap()
+            .unwrap_or_else(|e| panic!("{user}: connect: {e}"))
             .list_encounters(ListEncountersRequest {
                 patient_id: PATIENT_ID.into(),
                 limit: 30,
                 note_bytes: 50_000,
             })
             .await
-            .unwrap()
+            .unwrap_or_else(|status| panic!("{user}: ListEncounters: {status:?}"))
             .into_inner();
         let mut count = 0;
-        while let Some(encounter) = stream.message().await.unwrap() {
+        while let Some(encounter) = stream
+            .message()
+            .await
+            .unwrap_or_else(|status| panic!("{user}: after {count} messages: {status:?}"))
+        {
             count += 1;
             let note_has_ssn = encounter.note.contains(canary::SSN);
             let attending = encounter.attending.clone().unwrap_or_default();

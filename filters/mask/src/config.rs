@@ -843,7 +843,7 @@ fn detectors(
         let field = patterns
             .get(i)
             .map_or("free_text", |(at, _, _)| at.as_str());
-        ConfigError::new(field, format!("pattern does not compile: {reason}"))
+        ConfigError::new(field, format!("pattern {reason}"))
     })?;
     Ok((detectors, classes))
 }

@@ -57,6 +57,11 @@ fn catalog() -> serde_json::Value {
 }
 
 fn config_with(extra: serde_json::Value) -> MaskConfig {
+    try_config_with(extra).unwrap()
+}
+
+/// The test config with `extra`'s members added, as the filter would parse it.
+fn try_config_with(extra: serde_json::Value) -> Result<MaskConfig, phi_guard_common::ConfigError> {
     let mut doc = serde_json::json!({
         "descriptor_set": base64::engine::general_purpose::STANDARD.encode(set()),
         "catalog": catalog(),
@@ -74,7 +79,7 @@ fn config_with(extra: serde_json::Value) -> MaskConfig {
             d.insert(k.clone(), v.clone());
         }
     }
-    MaskConfig::parse(doc.to_string().as_bytes(), &|_| None).unwrap()
+    MaskConfig::parse(doc.to_string().as_bytes(), &|_| None)
 }
 
 fn config() -> &'static MaskConfig {
@@ -456,6 +461,33 @@ fn free_text_detectors_are_tunable() {
     let note = at(&decode(&out), "note.value");
     assert!(!note.contains(PHONE), "{note}");
     assert!(!note.contains(SSN), "{note}");
+}
+
+#[test]
+fn detector_patterns_that_could_hide_others_or_do_not_compile_are_refused_by_name() {
+    let refused = |free_text: serde_json::Value| {
+        let Err(err) = try_config_with(serde_json::json!({ "free_text": free_text })) else {
+            panic!("accepted");
+        };
+        (err.field, err.reason)
+    };
+    // A trial's failing input: an optional NPI listed first matched the empty string before
+    // the SSN and the phone, and they went through unmasked.
+    let (field, message) = refused(serde_json::json!({"detectors": [
+        {"name": "npi", "class": "OTHER_ID", "pattern": "(?:NPI[0-9]{10})?"},
+        {"name": "ssn"}, {"name": "phone"}
+    ]}));
+    assert_eq!(field, "free_text.detectors[0].pattern");
+    assert!(message.contains("can match the empty string"), "{message}");
+    let (field, _) = refused(serde_json::json!({"mrn_pattern": "\\b"}));
+    assert_eq!(field, "free_text.mrn_pattern");
+    // A syntax error says what it is, on one line.
+    let (field, message) = refused(serde_json::json!({"detectors": [
+        {"name": "ssn"}, {"name": "x", "class": "OTHER_ID", "pattern": "(NPI"}
+    ]}));
+    assert_eq!(field, "free_text.detectors[1].pattern");
+    assert!(message.ends_with("unclosed group"), "{message}");
+    assert!(!message.contains('\n'), "{message}");
 }
 
 /// `tests/protos/fhirish.binpb` is this set, committed for the `mask_rewrite` fuzz target

@@ -69,6 +69,32 @@ struct Scratch {
     covered: Vec<usize>,
 }
 
+/// One line saying what is wrong: the innermost cause's message, after the error's own when
+/// they differ. regex-syntax prints the pattern with a caret above its message ("error:
+/// unclosed group"): only the message is kept.
+fn why(e: &dyn std::error::Error) -> String {
+    fn message(err: &dyn std::error::Error) -> String {
+        let text = err.to_string();
+        let line = text
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("error: "))
+            .or_else(|| text.lines().next())
+            .unwrap_or_default();
+        line.trim().to_string()
+    }
+    let mut inner = e;
+    while let Some(next) = inner.source() {
+        inner = next;
+    }
+    let (outer, cause) = (message(e), message(inner));
+    if outer == cause {
+        outer
+    } else {
+        format!("{outer}: {cause}")
+    }
+}
+
 /// The lazy DFA could not finish a search (it has no quit bytes and never gives up as
 /// configured, so this is not expected; callers fail closed on it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,22 +109,37 @@ pub struct Found {
 }
 
 impl Detectors {
-    /// Compiles `(class, pattern)` pairs; `Err((index, reason))` names the failing pattern.
+    /// Compiles `(class, pattern)` pairs; `Err((index, reason))` names the failing pattern and
+    /// says what is wrong with it (a phrase to follow "pattern"). A pattern that can match the empty string is refused: it
+    /// finds nothing to mask, and as the leftmost match at a position it would hide a later
+    /// detector's match there (an SSN after `(?:NPI[0-9]{10})?` went unmasked).
     pub fn new(patterns: &[(Class, String)]) -> Result<Self, (usize, String)> {
         let syntax = syntax::Config::new().unicode(false).utf8(false);
         // Compile one by one first so an error names its pattern.
         for (i, (_, p)) in patterns.iter().enumerate() {
+            // Parsed first: the parser's error says what is wrong ("unclosed group"), the
+            // builder's only "error building NFA".
+            let hir = syntax::parse_with(p, &syntax)
+                .map_err(|e| (i, format!("does not compile: {}", why(&e))))?;
             Regex::builder()
                 .syntax(syntax)
                 .thompson(thompson::Config::new().utf8(false))
                 .build(p)
-                .map_err(|e| (i, e.to_string()))?;
+                .map_err(|e| (i, format!("does not compile: {}", why(&e))))?;
+            if hir.properties().minimum_len() == Some(0) {
+                return Err((
+                    i,
+                    "can match the empty string (it would hide the detectors after it); \
+                     require at least one character"
+                        .into(),
+                ));
+            }
         }
         let regex = Regex::builder()
             .syntax(syntax)
             .thompson(thompson::Config::new().utf8(false))
             .build_many(&patterns.iter().map(|(_, p)| p.as_str()).collect::<Vec<_>>())
-            .map_err(|e| (0, e.to_string()))?;
+            .map_err(|e| (0, format!("does not compile: {}", why(&e))))?;
         // The same trees the DFA was built from (all parsed above, so this cannot fail; if
         // it did, there would only be no prefilter).
         let hirs: Option<Vec<_>> = patterns
@@ -381,9 +422,27 @@ mod tests {
     }
 
     #[test]
-    fn bad_patterns_are_named() {
+    fn bad_patterns_are_named_with_what_is_wrong() {
         let err = Detectors::new(&[(1, SSN_PATTERN.into()), (2, "(".into())]).unwrap_err();
         assert_eq!(err.0, 1);
+        assert!(err.1.ends_with("unclosed group"), "{}", err.1);
+        assert!(!err.1.contains('\n'), "one line: {}", err.1);
+    }
+
+    #[test]
+    fn patterns_that_can_match_nothing_at_all_are_refused() {
+        // The trial's failing input: the optional NPI hid the SSN and the phone after it.
+        for p in ["(?:NPI[0-9]{10})?", r"\b", "x*", "(?:|y)"] {
+            let err = Detectors::new(&[(3, p.into()), (1, SSN_PATTERN.into())]).unwrap_err();
+            assert_eq!(err.0, 0, "{p}");
+            assert!(err.1.contains("empty string"), "{p}: {}", err.1);
+        }
+        let d = Detectors::new(&[(3, "NPI[0-9]{10}".into()), (1, SSN_PATTERN.into())]).unwrap();
+        assert_eq!(
+            found(&d, "SSN 900-55-1234 NPI1234567890").len(),
+            2,
+            "both detectors find theirs"
+        );
     }
 
     #[test]
