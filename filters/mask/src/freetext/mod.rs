@@ -69,29 +69,14 @@ struct Scratch {
     covered: Vec<usize>,
 }
 
-/// One line saying what is wrong: the innermost cause's message, after the error's own when
-/// they differ. regex-syntax prints the pattern with a caret above its message ("error:
-/// unclosed group"): only the message is kept.
-fn why(e: &dyn std::error::Error) -> String {
-    fn message(err: &dyn std::error::Error) -> String {
-        let text = err.to_string();
-        let line = text
-            .lines()
-            .rev()
-            .find_map(|l| l.strip_prefix("error: "))
-            .or_else(|| text.lines().next())
-            .unwrap_or_default();
-        line.trim().to_string()
-    }
-    let mut inner = e;
-    while let Some(next) = inner.source() {
-        inner = next;
-    }
-    let (outer, cause) = (message(e), message(inner));
-    if outer == cause {
-        outer
-    } else {
-        format!("{outer}: {cause}")
+/// What is wrong with a pattern, in the parser's own words ("unclosed group"), on one line:
+/// the kind alone, not regex-syntax's full message (the pattern reprinted with a caret), whose
+/// formatter would also add to the wasm module.
+fn syntax_reason(e: &regex_syntax::Error) -> String {
+    match e {
+        regex_syntax::Error::Parse(e) => e.kind().to_string(),
+        regex_syntax::Error::Translate(e) => e.kind().to_string(),
+        other => other.to_string(),
     }
 }
 
@@ -118,14 +103,15 @@ impl Detectors {
         // Compile one by one first so an error names its pattern.
         for (i, (_, p)) in patterns.iter().enumerate() {
             // Parsed first: the parser's error says what is wrong ("unclosed group"), the
-            // builder's only "error building NFA".
+            // builder's only "error building NFA" (left for what parses but does not build,
+            // such as a pattern over the size limit).
             let hir = syntax::parse_with(p, &syntax)
-                .map_err(|e| (i, format!("does not compile: {}", why(&e))))?;
+                .map_err(|e| (i, format!("does not compile: {}", syntax_reason(&e))))?;
             Regex::builder()
                 .syntax(syntax)
                 .thompson(thompson::Config::new().utf8(false))
                 .build(p)
-                .map_err(|e| (i, format!("does not compile: {}", why(&e))))?;
+                .map_err(|e| (i, format!("does not compile: {e}")))?;
             if hir.properties().minimum_len() == Some(0) {
                 return Err((
                     i,
@@ -139,7 +125,7 @@ impl Detectors {
             .syntax(syntax)
             .thompson(thompson::Config::new().utf8(false))
             .build_many(&patterns.iter().map(|(_, p)| p.as_str()).collect::<Vec<_>>())
-            .map_err(|e| (0, format!("does not compile: {}", why(&e))))?;
+            .map_err(|e| (0, format!("does not compile: {e}")))?;
         // The same trees the DFA was built from (all parsed above, so this cannot fail; if
         // it did, there would only be no prefilter).
         let hirs: Option<Vec<_>> = patterns
