@@ -4,10 +4,13 @@
 //! a contained resource in an `Any`, and the safe_harbor profile's date and ZIP actions; and
 //! the FHIR demo's stream of 1,000 Observations for the nurse, as `scripts/bench` masks it.
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use base64::Engine;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use phi_guard_mask::rewriter::Counts;
-use phi_guard_mask::{Encoding, MaskConfig, StreamMasker};
+use phi_guard_mask::MaskConfig;
 use phi_guard_proto::fhir;
 
 fn bench(c: &mut Criterion) {
@@ -46,27 +49,15 @@ fn bench(c: &mut Criterion) {
     // The FHIR demo's Observation stream (phi-bench's `pm_fhir`), as the nurse sees it: 1,000
     // length-prefixed messages in the 16 KiB chunks Envoy hands the filter.
     let root = cfg.plans.method(fhir::LIST_OBSERVATIONS).unwrap();
-    let mut stream = Vec::new();
-    for i in 0..1000 {
-        let m = fhir::observation(i);
-        stream.push(0u8);
-        stream.extend_from_slice(&(m.len() as u32).to_be_bytes());
-        stream.extend_from_slice(&m);
-    }
+    let stream: Vec<u8> = (0..1000)
+        .flat_map(|i| support::frame(&fhir::observation(i)))
+        .collect();
     let mut group = c.benchmark_group("fhir_observations");
     group.throughput(Throughput::Bytes(stream.len() as u64));
     let (_, block) = cfg.policy.for_role(Some("nurse"));
     let rw = cfg.rewriter(block);
     group.bench_function("nurse/1000", |b| {
-        b.iter(|| {
-            let mut m = StreamMasker::new(root, Encoding::Identity, cfg.max_message_bytes);
-            let mut n = 0;
-            for chunk in stream.chunks(16 * 1024) {
-                n += m.feed(&rw, chunk).unwrap().len();
-            }
-            m.finish().unwrap();
-            n
-        })
+        b.iter(|| support::mask_stream(&rw, root, cfg.max_message_bytes, &stream))
     });
     group.finish();
 }

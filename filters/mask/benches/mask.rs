@@ -5,7 +5,6 @@ mod support;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use phi_guard_mask::rewriter::Counts;
-use phi_guard_mask::{Encoding, StreamMasker};
 use prost::Message;
 use support::*;
 
@@ -68,15 +67,7 @@ fn bench(c: &mut Criterion) {
     let (_, block) = cfg.policy.for_role(Some("nurse"));
     let rw = cfg.rewriter(block);
     group.bench_function("nurse/16x64KiB", |b| {
-        b.iter(|| {
-            let mut m = StreamMasker::new(root, Encoding::Identity, cfg.max_message_bytes);
-            let mut n = 0;
-            for chunk in stream.chunks(16 * 1024) {
-                n += m.feed(&rw, chunk).unwrap().len();
-            }
-            m.finish().unwrap();
-            n
-        })
+        b.iter(|| mask_stream(&rw, root, cfg.max_message_bytes, &stream))
     });
     group.finish();
 }

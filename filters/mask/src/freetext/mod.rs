@@ -49,8 +49,8 @@ pub const DEFAULT_MRN_PATTERN: &str = r"(?i)\bMRN[-:# ]*[A-Z0-9]+(?:-[A-Z0-9]+)*
 ///
 /// A lazy DFA (built on demand, states cached): the meta regex engine would add a PikeVM and
 /// literal optimisations for little gain here, and doubled the wasm module's size. In front
-/// of it, a prefilter (`freetext::prefilter`) finds the windows of the text where some pattern can
-/// match, from what the patterns require; the DFA searches only those. The cache sits behind
+/// of it, a prefilter (`freetext::prefilter`) finds the windows of the text where some
+/// pattern can match, from what the patterns require; the DFA searches only those. The cache sits behind
 /// a `Mutex`, which is uncontended in a (single-threaded) proxy-wasm VM and lets native tests
 /// and benches share one config across threads.
 #[derive(Debug)]
@@ -95,12 +95,15 @@ pub struct Found {
 
 impl Detectors {
     /// Compiles `(class, pattern)` pairs; `Err((index, reason))` names the failing pattern and
-    /// says what is wrong with it (a phrase to follow "pattern"). A pattern that can match the empty string is refused: it
-    /// finds nothing to mask, and as the leftmost match at a position it would hide a later
-    /// detector's match there (an SSN after `(?:NPI[0-9]{10})?` went unmasked).
+    /// says what is wrong with it (a phrase to follow "pattern"). A pattern that can match the
+    /// empty string is refused: it finds nothing to mask, and as the leftmost match at a
+    /// position it would hide a later detector's match there (an SSN after
+    /// `(?:NPI[0-9]{10})?` went unmasked).
     pub fn new(patterns: &[(Class, String)]) -> Result<Self, (usize, String)> {
         let syntax = syntax::Config::new().unicode(false).utf8(false);
-        // Compile one by one first so an error names its pattern.
+        // Compile one by one first so an error names its pattern; the syntax trees are kept
+        // for the prefilter (the same trees the DFA is built from).
+        let mut hirs = Vec::with_capacity(patterns.len());
         for (i, (_, p)) in patterns.iter().enumerate() {
             // Parsed first: the parser's error says what is wrong ("unclosed group"), the
             // builder's only "error building NFA" (left for what parses but does not build,
@@ -120,19 +123,14 @@ impl Detectors {
                         .into(),
                 ));
             }
+            hirs.push(hir);
         }
         let regex = Regex::builder()
             .syntax(syntax)
             .thompson(thompson::Config::new().utf8(false))
             .build_many(&patterns.iter().map(|(_, p)| p.as_str()).collect::<Vec<_>>())
             .map_err(|e| (0, format!("does not compile: {e}")))?;
-        // The same trees the DFA was built from (all parsed above, so this cannot fail; if
-        // it did, there would only be no prefilter).
-        let hirs: Option<Vec<_>> = patterns
-            .iter()
-            .map(|(_, p)| syntax::parse_with(p, &syntax).ok())
-            .collect();
-        let prefilter = hirs.and_then(|h| prefilter::Prefilter::new(&h));
+        let prefilter = prefilter::Prefilter::new(&hirs);
         let scratch = Mutex::new(Scratch {
             cache: regex.create_cache(),
             windows: Vec::new(),
@@ -215,8 +213,9 @@ impl Detectors {
                 break;
             };
             if m.is_empty() {
-                // An empty match would insert text (a token, a replacement) between
-                // characters: skip it and search on from the next byte.
+                // `new` refuses patterns that can match the empty string; were one to get
+                // here anyway, it would insert text between characters and, without this
+                // step, search again from the same place forever.
                 input.set_start(m.end() + 1);
                 continue;
             }
@@ -242,13 +241,10 @@ impl Detectors {
         &self,
         windowed: bool,
         text: &[u8],
-        mut f: impl FnMut(Found),
+        f: impl FnMut(Found),
     ) -> Result<(), ScanFailed> {
-        if windowed {
-            return self.scan(text, usize::MAX, f);
-        }
-        let mut guard = self.scratch.lock().map_err(|_| ScanFailed)?;
-        self.search(&mut guard.cache, text, 0..text.len(), &mut f)
+        // No window allowed: every byte.
+        self.scan(text, if windowed { usize::MAX } else { 0 }, f)
     }
 
     /// Whether the set has a prefilter (for the fuzz target's statistics and tests).

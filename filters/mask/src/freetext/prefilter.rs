@@ -292,16 +292,7 @@ fn fixed(hir: &Hir) -> Option<Vec<ByteSet>> {
         HirKind::Class(class) => one_byte(class).then(|| vec![ByteSet::of_class(class)]),
         HirKind::Capture(cap) => fixed(&cap.sub),
         HirKind::Repetition(rep) if rep.max == Some(rep.min) => {
-            let one = fixed(&rep.sub)?;
-            // Past MAX_ANCHOR positions the rest is never looked at.
-            let copies = (rep.min as usize).min(MAX_ANCHOR);
-            Some(
-                one.iter()
-                    .copied()
-                    .cycle()
-                    .take(one.len() * copies)
-                    .collect(),
-            )
+            Some(repeated(&fixed(&rep.sub)?, rep.min))
         }
         HirKind::Concat(subs) => {
             let mut out = Vec::new();
@@ -314,6 +305,18 @@ fn fixed(hir: &Hir) -> Option<Vec<ByteSet>> {
         // need it.
         HirKind::Repetition(_) | HirKind::Alternation(_) => None,
     }
+}
+
+/// The positions of `min` copies of `one` back to back, at most [`MAX_ANCHOR`] copies: the
+/// copies repeat, so every window of up to `MAX_ANCHOR` positions of the shortened run, also
+/// one reaching into what comes before or after it, is a window of the whole run too.
+fn repeated(one: &[ByteSet], min: u32) -> Vec<ByteSet> {
+    let copies = (min as usize).min(MAX_ANCHOR);
+    one.iter()
+        .copied()
+        .cycle()
+        .take(one.len() * copies)
+        .collect()
 }
 
 /// Anchors every match of `hir` contains at least one of; `None` when there is no such
@@ -332,14 +335,7 @@ fn required(hir: &Hir) -> Option<Vec<Anchor>> {
             // positions, a variable one its own anchors.
             match fixed(&rep.sub) {
                 Some(one) if !one.is_empty() => {
-                    let copies = (rep.min as usize).min(MAX_ANCHOR);
-                    let positions: Vec<ByteSet> = one
-                        .iter()
-                        .copied()
-                        .cycle()
-                        .take(one.len() * copies)
-                        .collect();
-                    best_window(&positions).map(|a| vec![a])
+                    best_window(&repeated(&one, rep.min)).map(|a| vec![a])
                 }
                 _ => required(&rep.sub),
             }

@@ -72,6 +72,28 @@ pub fn frame_with_flag(flag: u8, payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// Masks a whole response stream as the filter does: `stream` (gRPC frames) fed to a
+/// `StreamMasker` for method plan `root` in the 16 KiB chunks Envoy hands the filter; the
+/// number of bytes it gave back.
+pub fn mask_stream(
+    rw: &phi_guard_mask::rewriter::Rewriter<'_>,
+    root: usize,
+    max_message_bytes: usize,
+    stream: &[u8],
+) -> usize {
+    let mut m = phi_guard_mask::StreamMasker::new(
+        root,
+        phi_guard_mask::Encoding::Identity,
+        max_message_bytes,
+    );
+    let mut n = 0;
+    for chunk in stream.chunks(16 * 1024) {
+        n += m.feed(rw, chunk).unwrap().len();
+    }
+    m.finish().unwrap();
+    n
+}
+
 /// Splits a stream of frames back into payloads (flag, payload).
 pub fn unframe(mut stream: &[u8]) -> Vec<(u8, Vec<u8>)> {
     let mut out = Vec::new();
