@@ -212,23 +212,32 @@ pub fn logged_reasons(stack: &phi_guard_tools::stack::Stack, field: &str) -> Vec
         .collect()
 }
 
+/// Length of a mask keyed token: `tok_` and 32 lower-case hex digits (phi-guard-mask's
+/// `token::TOKEN_LEN`).
+pub const KEYED_TOKEN_LEN: usize = 36;
+
+/// Whether `value` is exactly one keyed token as the mask filter writes it.
+pub fn is_keyed_token(value: &[u8]) -> bool {
+    value.len() == KEYED_TOKEN_LEN
+        && value.starts_with(b"tok_")
+        && value[4..]
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+}
+
 /// `bytes` with every keyed token (`tok_` + 32 lower-case hex digits) cut out. A token is an
 /// HMAC under the stack's random key, so its hex digits spell a given short digit run now and
 /// then by chance (a 4-digit run in 32 digits: about once in 2,000 tokens); a scan for
 /// fragments of an identifier runs on what is left.
 pub fn without_keyed_tokens(bytes: &[u8]) -> Vec<u8> {
-    const PREFIX: &[u8] = b"tok_";
-    const DIGITS: usize = 32;
-    let is_hex = |b: &u8| b.is_ascii_digit() || (b'a'..=b'f').contains(b);
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let rest = &bytes[i..];
-        if rest.starts_with(PREFIX)
-            && rest.len() >= PREFIX.len() + DIGITS
-            && rest[PREFIX.len()..PREFIX.len() + DIGITS].iter().all(is_hex)
+        if bytes[i..]
+            .get(..KEYED_TOKEN_LEN)
+            .is_some_and(is_keyed_token)
         {
-            i += PREFIX.len() + DIGITS;
+            i += KEYED_TOKEN_LEN;
         } else {
             out.push(bytes[i]);
             i += 1;

@@ -43,9 +43,7 @@ fn assert_last_four(value: &str, original: &str) {
 }
 
 fn is_token(value: &str) -> bool {
-    value.starts_with("tok_")
-        && value.len() == 36
-        && value[4..].bytes().all(|b| b.is_ascii_hexdigit())
+    phi_guard_e2e::is_keyed_token(value.as_bytes())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
