@@ -27,6 +27,12 @@ pub enum Filter {
     /// `phi_guard` (filters/pipeline, one module) running these stages, each with the config
     /// its single-stage filter has in `envoy/inbound.yaml`.
     Pipeline(&'static [&'static str]),
+    /// The measuring module (`tools/hostcost`): `n` host calls of `kind` per request, then
+    /// on to the router; see [`hostcost_variants`].
+    HostCost {
+        kind: &'static str,
+        n: u32,
+    },
 }
 
 /// An Envoy configuration under test.
@@ -72,6 +78,9 @@ impl Variant {
                 }
                 Filter::NativeRbac => out.push_str(NATIVE_RBAC),
                 Filter::Pipeline(stages) => out.push_str(&pipeline_block(&blocks, stages)?),
+                Filter::HostCost { kind, n } => {
+                    out.push_str(&hostcost_block(&wasm_dir_of(&blocks)?, kind, *n))
+                }
             }
         }
         let router = blocks
@@ -119,12 +128,7 @@ fn pipeline_block(blocks: &[(&str, &str)], stages: &[&str]) -> Result<String, St
             }
         }
     }
-    let jwt = block("jwt")?;
-    let wasm_dir = jwt
-        .split("filename: \"")
-        .nth(1)
-        .and_then(|rest| rest.split("/phi_guard_jwt.wasm").next())
-        .ok_or("phi_guard.jwt: no module file name")?;
+    let wasm_dir = wasm_dir_of(blocks)?;
     let config = serde_json::to_string_pretty(&serde_json::json!({ "stages": configs }))
         .map_err(|e| e.to_string())?;
     let mut out = format!(
@@ -153,6 +157,82 @@ fn pipeline_block(blocks: &[(&str, &str)], stages: &[&str]) -> Result<String, St
         out.push('\n');
     }
     Ok(out)
+}
+
+/// The directory of the wasm modules, as the rendered jwt filter names its module.
+fn wasm_dir_of(blocks: &[(&str, &str)]) -> Result<String, String> {
+    blocks
+        .iter()
+        .find(|(n, _)| *n == "phi_guard.jwt")
+        .and_then(|(_, jwt)| jwt.split("filename: \"").nth(1))
+        .and_then(|rest| rest.split("/phi_guard_jwt.wasm").next())
+        .map(str::to_string)
+        .ok_or_else(|| "phi_guard.jwt: no module file name".to_string())
+}
+
+/// The measuring module's filter block: `n` calls of `kind` per request, in a VM of its own.
+fn hostcost_block(wasm_dir: &str, kind: &str, n: u32) -> String {
+    format!(
+        "          - name: phi_guard.hostcost
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: phi_guard_hostcost
+                failure_policy: FAIL_CLOSED
+                vm_config:
+                  vm_id: phi_guard_hostcost
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{local: {{filename: \"{wasm_dir}/phi_guard_hostcost.wasm\"}}}}
+                configuration:
+                  \"@type\": type.googleapis.com/google.protobuf.StringValue
+                  value: '{{\"kind\": \"{kind}\", \"n\": {n}}}'
+"
+    )
+}
+
+/// Host calls per request in each `phi-bench --hostcost` variant but `h0`.
+pub const HOSTCOST_CALLS: u32 = 40;
+
+/// The host-call kinds `phi-bench --hostcost` prices (`tools/hostcost`'s `Kind`), with their
+/// variant ids.
+pub const HOSTCOST_KINDS: [(&str, &str); 8] = [
+    ("hh", "request_header"),
+    ("hm", "request_headers"),
+    ("ha", "attribute"),
+    ("hp", "peer_certificate"),
+    ("hs", "set_filter_state"),
+    ("hg", "get_filter_state"),
+    ("hc", "increment_counter"),
+    ("ht", "now"),
+];
+
+/// `phi-bench --hostcost`'s configurations: the passthrough `a`, the measuring module making
+/// no call (`h0`: the cost of one wasm filter as such), and one per kind making
+/// [`HOSTCOST_CALLS`] calls per request.
+pub fn hostcost_variants() -> Vec<Variant> {
+    let mut out = vec![
+        Variant {
+            id: "a",
+            label: "mTLS passthrough (no HTTP filters)",
+            filters: vec![],
+        },
+        Variant {
+            id: "h0",
+            label: "one wasm module, no host call",
+            filters: vec![Filter::HostCost { kind: "none", n: 0 }],
+        },
+    ];
+    for (id, kind) in HOSTCOST_KINDS {
+        out.push(Variant {
+            id,
+            label: kind,
+            filters: vec![Filter::HostCost {
+                kind,
+                n: HOSTCOST_CALLS,
+            }],
+        });
+    }
+    out
 }
 
 /// The configurations `scripts/bench` compares (the letters are the issue's).
@@ -797,6 +877,48 @@ mod tests {
                     "{}",
                     variant.id
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn hostcost_variants_put_the_measuring_module_alone_before_the_router() {
+        let yaml = inbound();
+        let (head, _, tail) = split_http_filters(&yaml).unwrap();
+        let stripped = without_bootstrap_extensions(&yaml).unwrap();
+        let variants = hostcost_variants();
+        assert_eq!(variants.len(), HOSTCOST_KINDS.len() + 2);
+        for variant in &variants {
+            let rendered = variant.render(&yaml).unwrap();
+            let names = filter_names(&rendered);
+            let (h, _, t) = split_http_filters(&rendered).unwrap();
+            assert_eq!(t, tail, "{}", variant.id);
+            assert_eq!(
+                h,
+                split_http_filters(&stripped).unwrap().0,
+                "{}",
+                variant.id
+            );
+            assert_ne!(h, head);
+            match &variant.filters[..] {
+                [] => assert_eq!(names, ["envoy.filters.http.router"]),
+                [Filter::HostCost { kind, n }] => {
+                    assert_eq!(names, ["phi_guard.hostcost", "envoy.filters.http.router"]);
+                    assert!(
+                        rendered.contains("/phi_guard_hostcost.wasm\""),
+                        "{}",
+                        variant.id
+                    );
+                    assert!(
+                        rendered.contains(&format!("'{{\"kind\": \"{kind}\", \"n\": {n}}}'")),
+                        "{}",
+                        variant.id
+                    );
+                    // The module's own parser takes what the bench renders.
+                    let config = format!("{{\"kind\": \"{kind}\", \"n\": {n}}}");
+                    phi_guard_hostcost::Config::parse(config.as_bytes()).unwrap();
+                }
+                other => panic!("{other:?}"),
             }
         }
     }

@@ -12,12 +12,23 @@
 //! contract no stage of this stream wrote is read from the host, so a phi-guard single-stage
 //! module placed before the pipeline still hands its results over.
 //!
-//! Within one callback the request header map is read once (one `get_map`) and the clock once;
-//! header writes go to the host and to the copy, so every stage sees what the host would show.
-//! Both are dropped when the callback ends ([`StreamCache::end_callback`]): between callbacks
-//! other Envoy filters may change the headers, and time moves. The slots last the stream.
+//! The request header map is read once per stream (one `get_map`, at the request headers) and
+//! kept for the stream: header writes go to the host and to the copy, so every stage, audit's
+//! `on_log` included, sees the request as the pipeline's stages left it (a filter placed after
+//! the pipeline may still change the host's map; what phi-guard authorised and records is
+//! this copy). The clock is read once per callback ([`StreamCache::end_callback`] drops it:
+//! time moves). The slots last the stream.
+//!
+//! Connection attributes that cannot change during a connection (its TLS session's peer
+//! certificate, SANs, digest, SNI, version: [`CONNECTION_FACTS`]) are kept per connection, in
+//! the VM's [`ConnectionFacts`] keyed by Envoy's `connection.id` (unique within the process):
+//! a stream reads `connection.id` once and its stages' reads of those attributes are answered
+//! from there after the connection's first stream. Host calls that return data are the dear
+//! ones in V8 (`phi-bench --hostcost`, docs/PERFORMANCE.md): each costs an allocation call
+//! back into the module besides the call itself.
 
 use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 
 use phi_guard_common::{GrpcStatus, StateSlots, UnixSeconds};
 use phi_guard_host::{
@@ -32,19 +43,86 @@ pub trait StageHost: Host + SharedData + Clock + Trailers + Queues {}
 
 impl<H: Host + SharedData + Clock + Trailers + Queues> StageHost for H {}
 
+/// The `connection.*` attributes fixed for a connection's life (Envoy's attributes over the
+/// downstream TLS session), which [`ConnectionFacts`] keeps per connection.
+pub const CONNECTION_FACTS: [&str; 8] = [
+    "mtls",
+    "peer_certificate",
+    "uri_san_peer_certificate",
+    "dns_san_peer_certificate",
+    "subject_peer_certificate",
+    "sha256_peer_certificate_digest",
+    "requested_server_name",
+    "tls_version",
+];
+
+/// Connections whose facts a VM keeps; the oldest is dropped first. A worker's VM sees only
+/// its own connections, and a dropped one costs only its reads again.
+pub const MAX_CONNECTIONS: usize = 512;
+
+/// One connection's facts read so far: attribute → the host's answer.
+type Facts = Vec<(&'static str, Option<Vec<u8>>)>;
+
+/// One VM's [`CONNECTION_FACTS`] per connection: `connection.id` (its bytes as Envoy gives
+/// them) → attribute → the host's answer (`None` cached too: no certificate stays none).
+#[derive(Debug, Default)]
+pub struct ConnectionFacts {
+    by_connection: HashMap<Vec<u8>, Facts>,
+    /// Insertion order, for dropping the oldest connection.
+    order: VecDeque<Vec<u8>>,
+}
+
+impl ConnectionFacts {
+    fn get(&self, connection: &[u8], attribute: &str) -> Option<&Option<Vec<u8>>> {
+        self.by_connection
+            .get(connection)?
+            .iter()
+            .find(|(a, _)| *a == attribute)
+            .map(|(_, v)| v)
+    }
+
+    fn insert(&mut self, connection: &[u8], attribute: &'static str, value: Option<Vec<u8>>) {
+        if !self.by_connection.contains_key(connection) {
+            while self.order.len() >= MAX_CONNECTIONS {
+                match self.order.pop_front() {
+                    Some(oldest) => {
+                        self.by_connection.remove(&oldest);
+                    }
+                    None => break,
+                }
+            }
+            self.order.push_back(connection.to_vec());
+        }
+        self.by_connection
+            .entry(connection.to_vec())
+            .or_default()
+            .push((attribute, value));
+    }
+
+    /// Connections kept (tests).
+    pub fn len(&self) -> usize {
+        self.by_connection.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_connection.is_empty()
+    }
+}
+
 /// A stream's in-memory copies.
 #[derive(Debug, Default)]
 pub struct StreamCache {
-    /// The request header map as the host has it, for the current callback.
+    /// The request header map, read at the first stage's first look and kept for the stream.
     headers: Option<Vec<(String, String)>>,
     /// The host clock, for the current callback.
     now_ms: Option<UnixMillis>,
+    /// `connection.id`, read once per stream (`Some(None)`: the host has none).
+    connection: Option<Option<Vec<u8>>>,
 }
 
 impl StreamCache {
-    /// Drops what holds only for one callback.
+    /// Drops what holds only for one callback: the clock.
     pub fn end_callback(&mut self) {
-        self.headers = None;
         self.now_ms = None;
     }
 }
@@ -55,6 +133,8 @@ pub struct Cached<'a, H> {
     pub cache: &'a RefCell<StreamCache>,
     /// The stream's contracts, as the stages wrote them.
     pub slots: &'a RefCell<StateSlots>,
+    /// The VM's connection facts.
+    pub connections: &'a RefCell<ConnectionFacts>,
 }
 
 impl<'a, H> Cached<'a, H> {
@@ -62,11 +142,13 @@ impl<'a, H> Cached<'a, H> {
         inner: &'a H,
         cache: &'a RefCell<StreamCache>,
         slots: &'a RefCell<StateSlots>,
+        connections: &'a RefCell<ConnectionFacts>,
     ) -> Self {
         Cached {
             inner,
             cache,
             slots,
+            connections,
         }
     }
 }
@@ -78,6 +160,29 @@ impl<H: StageHost> Cached<'_, H> {
             .headers
             .get_or_insert_with(|| self.inner.request_headers());
         f(headers)
+    }
+
+    /// A [`CONNECTION_FACTS`] attribute, from the connection's facts when this VM has read it
+    /// on the connection before. Without a `connection.id` every read goes to the host.
+    fn connection_fact(&self, attribute: &'static str) -> Option<Vec<u8>> {
+        let path = ["connection", attribute];
+        let id = self
+            .cache
+            .borrow_mut()
+            .connection
+            .get_or_insert_with(|| self.inner.property(&["connection", "id"]))
+            .clone();
+        let Some(id) = id else {
+            return self.inner.property(&path);
+        };
+        if let Some(value) = self.connections.borrow().get(&id, attribute) {
+            return value.clone();
+        }
+        let value = self.inner.property(&path);
+        self.connections
+            .borrow_mut()
+            .insert(&id, attribute, value.clone());
+        value
     }
 
     fn clock_ms(&self) -> UnixMillis {
@@ -126,6 +231,11 @@ impl<H: StageHost> Host for Cached<'_, H> {
     }
 
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        if let ["connection", attribute] = path {
+            if let Some(fact) = CONNECTION_FACTS.iter().find(|f| *f == attribute) {
+                return self.connection_fact(fact);
+            }
+        }
         self.inner.property(path)
     }
 
@@ -204,5 +314,250 @@ impl<H: StageHost> Queues for Cached<'_, H> {
 
     fn dequeue(&self, queue_id: u32) -> Option<Vec<u8>> {
         self.inner.dequeue(queue_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use phi_guard_host::FakeHost;
+
+    /// A FakeHost that counts its property reads.
+    struct Counting {
+        base: FakeHost,
+        reads: RefCell<Vec<String>>,
+    }
+
+    impl Counting {
+        fn on_connection(id: u64) -> Counting {
+            let base = FakeHost::with_request_headers(&[
+                (":path", "/health.v1.PatientService/GetPatient"),
+                ("x-request-id", "req-1"),
+            ]);
+            base.insert_property(&["connection", "id"], &id.to_le_bytes());
+            base.insert_property(&["connection", "mtls"], &[1]);
+            base.insert_property(&["connection", "peer_certificate"], b"PEM-A");
+            base.insert_property(&["connection", "termination_details"], b"t1");
+            Counting {
+                base,
+                reads: RefCell::default(),
+            }
+        }
+
+        fn reads_of(&self, path: &str) -> usize {
+            self.reads.borrow().iter().filter(|p| *p == path).count()
+        }
+    }
+
+    impl Host for Counting {
+        fn request_header(&self, name: &str) -> Option<String> {
+            self.base.request_header(name)
+        }
+        fn request_headers(&self) -> Vec<(String, String)> {
+            self.reads.borrow_mut().push("request_headers".into());
+            self.base.request_headers()
+        }
+        fn set_request_header(&self, name: &str, value: &str) {
+            self.base.set_request_header(name, value)
+        }
+        fn remove_request_header(&self, name: &str) {
+            self.base.remove_request_header(name)
+        }
+        fn response_header(&self, name: &str) -> Option<String> {
+            self.base.response_header(name)
+        }
+        fn remove_response_header(&self, name: &str) {
+            self.base.remove_response_header(name)
+        }
+        fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+            self.reads.borrow_mut().push(path.join("."));
+            self.base.property(path)
+        }
+        fn set_property(&self, path: &[&str], value: &[u8]) {
+            self.base.set_property(path, value)
+        }
+        fn send_grpc_error(&self, status: GrpcStatus, extra_headers: &[(&str, &str)]) {
+            self.base.send_grpc_error(status, extra_headers)
+        }
+        fn now(&self) -> UnixSeconds {
+            self.base.now()
+        }
+        fn log(&self, level: LogLevel, message: &str) {
+            self.base.log(level, message)
+        }
+        fn define_counter(&self, name: &str) -> Option<u32> {
+            self.base.define_counter(name)
+        }
+        fn increment_counter(&self, id: u32, by: i64) {
+            self.base.increment_counter(id, by)
+        }
+    }
+
+    impl SharedData for Counting {
+        fn get_shared_data_cas(
+            &self,
+            key: &str,
+        ) -> Result<Option<(Vec<u8>, u32)>, SharedDataError> {
+            self.base.get_shared_data_cas(key)
+        }
+        fn set_shared_data_cas(
+            &self,
+            key: &str,
+            value: &[u8],
+            cas: Option<u32>,
+        ) -> Result<(), SharedDataError> {
+            self.base.set_shared_data_cas(key, value, cas)
+        }
+    }
+
+    impl Clock for Counting {
+        fn now_ms(&self) -> UnixMillis {
+            self.base.now_ms()
+        }
+    }
+
+    impl Trailers for Counting {
+        fn response_trailer(&self, name: &str) -> Option<String> {
+            self.base.response_trailer(name)
+        }
+    }
+
+    impl Queues for Counting {
+        fn register_queue(&self, name: &str) -> Option<u32> {
+            self.base.register_queue(name)
+        }
+        fn resolve_queue(&self, vm_id: &str, name: &str) -> Option<u32> {
+            self.base.resolve_queue(vm_id, name)
+        }
+        fn enqueue(&self, queue_id: u32, bytes: &[u8]) -> bool {
+            self.base.enqueue(queue_id, bytes)
+        }
+        fn dequeue(&self, queue_id: u32) -> Option<Vec<u8>> {
+            self.base.dequeue(queue_id)
+        }
+    }
+
+    /// One stream's reads of `path` through a fresh stream cache over `facts`.
+    fn stream_reads(
+        host: &Counting,
+        facts: &RefCell<ConnectionFacts>,
+        path: &[&str],
+    ) -> Option<Vec<u8>> {
+        let (cache, slots) = (RefCell::default(), RefCell::default());
+        let cached = Cached::new(host, &cache, &slots, facts);
+        let first = cached.property(path);
+        assert_eq!(cached.property(path), first, "the same answer twice");
+        first
+    }
+
+    #[test]
+    fn connection_facts_are_read_once_per_connection() {
+        let facts = RefCell::default();
+        let host = Counting::on_connection(7);
+        for _ in 0..3 {
+            assert_eq!(
+                stream_reads(&host, &facts, &["connection", "peer_certificate"]).as_deref(),
+                Some(&b"PEM-A"[..])
+            );
+        }
+        // Three streams: connection.id once each, the certificate once in all.
+        assert_eq!(host.reads_of("connection.id"), 3);
+        assert_eq!(host.reads_of("connection.peer_certificate"), 1);
+        // An absent fact is kept as absent.
+        for _ in 0..2 {
+            assert_eq!(
+                stream_reads(&host, &facts, &["connection", "uri_san_peer_certificate"]),
+                None
+            );
+        }
+        assert_eq!(host.reads_of("connection.uri_san_peer_certificate"), 1);
+    }
+
+    #[test]
+    fn another_connection_reads_its_own_facts() {
+        let facts = RefCell::default();
+        let a = Counting::on_connection(7);
+        stream_reads(&a, &facts, &["connection", "peer_certificate"]);
+        let b = Counting::on_connection(8);
+        b.base
+            .insert_property(&["connection", "peer_certificate"], b"PEM-B");
+        assert_eq!(
+            stream_reads(&b, &facts, &["connection", "peer_certificate"]).as_deref(),
+            Some(&b"PEM-B"[..])
+        );
+        assert_eq!(b.reads_of("connection.peer_certificate"), 1);
+        assert_eq!(facts.borrow().len(), 2);
+    }
+
+    #[test]
+    fn other_attributes_and_hosts_without_a_connection_id_always_read() {
+        let facts = RefCell::default();
+        let host = Counting::on_connection(7);
+        for _ in 0..2 {
+            stream_reads(&host, &facts, &["connection", "termination_details"]);
+            stream_reads(&host, &facts, &["request", "duration"]);
+        }
+        assert_eq!(host.reads_of("connection.termination_details"), 4);
+        assert_eq!(host.reads_of("request.duration"), 4);
+
+        let anonymous = Counting::on_connection(7);
+        anonymous
+            .base
+            .properties
+            .borrow_mut()
+            .remove("connection.id");
+        stream_reads(&anonymous, &facts, &["connection", "peer_certificate"]);
+        assert_eq!(anonymous.reads_of("connection.peer_certificate"), 2);
+        assert!(facts.borrow().is_empty());
+    }
+
+    #[test]
+    fn the_oldest_connection_is_dropped_past_the_bound() {
+        let facts = RefCell::default();
+        for id in 0..(MAX_CONNECTIONS as u64 + 3) {
+            stream_reads(
+                &Counting::on_connection(id),
+                &facts,
+                &["connection", "mtls"],
+            );
+        }
+        assert_eq!(facts.borrow().len(), MAX_CONNECTIONS);
+        // Connection 0 was dropped: read again; the newest is still kept.
+        let first = Counting::on_connection(0);
+        stream_reads(&first, &facts, &["connection", "mtls"]);
+        assert_eq!(first.reads_of("connection.mtls"), 1);
+        let newest = Counting::on_connection(MAX_CONNECTIONS as u64 + 2);
+        stream_reads(&newest, &facts, &["connection", "mtls"]);
+        assert_eq!(newest.reads_of("connection.mtls"), 0);
+    }
+
+    #[test]
+    fn the_request_headers_are_read_once_per_stream_and_follow_writes() {
+        let facts = RefCell::default();
+        let host = Counting::on_connection(7);
+        let (cache, slots) = (RefCell::new(StreamCache::default()), RefCell::default());
+        {
+            let cached = Cached::new(&host, &cache, &slots, &facts);
+            assert_eq!(
+                cached.request_header("x-request-id").as_deref(),
+                Some("req-1")
+            );
+            cached.set_request_header("x-request-id", "req-2");
+            cached.remove_request_header(":path");
+        }
+        cache.borrow_mut().end_callback();
+        // A later callback (audit's on_log) sees the request as the stages left it.
+        let cached = Cached::new(&host, &cache, &slots, &facts);
+        assert_eq!(
+            cached.request_header("x-request-id").as_deref(),
+            Some("req-2")
+        );
+        assert_eq!(cached.request_header(":path"), None);
+        assert_eq!(host.reads_of("request_headers"), 1);
+        // And the host got the same writes.
+        assert_eq!(
+            host.base.request_header("x-request-id").as_deref(),
+            Some("req-2")
+        );
     }
 }

@@ -40,7 +40,7 @@ use phi_guard_mask::MaskConfig;
 use phi_guard_rbac::shell::Filter as RbacFilter;
 
 use crate::config::{PipelineConfig, StageName};
-use crate::host::{Cached, StageHost, StreamCache};
+use crate::host::{Cached, ConnectionFacts, StageHost, StreamCache};
 
 /// The jwt stage: the per-VM engine (token cache, JWKS) and its counters.
 pub struct JwtStage {
@@ -84,6 +84,8 @@ pub struct Pipeline {
     audit: Option<Rc<FilterRuntime>>,
     /// dispatch_http_call token → whose fetch it is.
     pending: HashMap<u32, FetchOwner>,
+    /// The VM's connection attributes, per connection (`crate::host`).
+    connections: Rc<RefCell<ConnectionFacts>>,
 }
 
 fn refused(stage: StageName, index: usize) -> ConfigError {
@@ -111,6 +113,7 @@ impl Pipeline {
             mask: None,
             audit: None,
             pending: HashMap::new(),
+            connections: Rc::default(),
         };
         for (index, (stage, doc)) in config.stages.iter().enumerate() {
             let within = format!("stages[{index}].{}", stage.name());
@@ -321,6 +324,7 @@ impl Pipeline {
             }),
             cache: RefCell::default(),
             slots: RefCell::default(),
+            connections: Rc::clone(&self.connections),
             observer: None,
         }
     }
@@ -348,6 +352,7 @@ pub struct Stream {
     cache: RefCell<StreamCache>,
     /// The contracts the stages wrote, one typed slot each, for the stream's life.
     slots: RefCell<StateSlots>,
+    connections: Rc<RefCell<ConnectionFacts>>,
     observer: Option<StageObserver>,
 }
 
@@ -371,6 +376,7 @@ impl Stream {
             audit: None,
             cache: RefCell::default(),
             slots: RefCell::default(),
+            connections: Rc::default(),
             observer: None,
         }
     }
@@ -388,10 +394,11 @@ impl Stream {
             audit,
             cache,
             slots,
+            connections,
             observer,
             ..
         } = self;
-        let cached = Cached::new(host, cache, slots);
+        let cached = Cached::new(host, cache, slots, connections);
         let mut stages = StageSet {
             jwt,
             rbac,

@@ -10,6 +10,11 @@
 //! `phi-bench [--rounds N] [--rpcs N] [--quick] [--only RUN,..] [--out FILE]`
 //!
 //! `--only` measures some runs (ids as in the table) and skips the summary of targets.
+//!
+//! `phi-bench --hostcost [--rounds N] [--rpcs N]` prices the host calls instead: the passthrough,
+//! the measuring module `tools/hostcost` making no call, and the module making
+//! [`bench::HOSTCOST_CALLS`] calls of one kind per request, one Envoy each; it prints what one
+//! wasm filter costs as such and what one call of each kind costs (Envoy CPU µs, medians).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -56,6 +61,8 @@ struct Options {
     out: PathBuf,
     /// Run ids to measure (default: all), for looking at one config closely.
     only: Option<Vec<String>>,
+    /// Price the host calls (`--hostcost`) instead of comparing the layouts.
+    hostcost: bool,
 }
 
 impl Options {
@@ -70,6 +77,7 @@ impl Options {
             connections: 4,
             out: phi_guard_tools::repo_root().join("target/bench/results.json"),
             only: None,
+            hostcost: false,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -79,6 +87,7 @@ impl Options {
                 "--rpcs" => o.rpcs = value()?.parse()?,
                 "--out" => o.out = PathBuf::from(value()?),
                 "--only" => o.only = Some(value()?.split(',').map(str::to_string).collect()),
+                "--hostcost" => o.hostcost = true,
                 // A smoke run: every config and figure, too few samples to trust.
                 "--quick" => {
                     o.rounds = 1;
@@ -134,8 +143,23 @@ async fn run() -> Result<(), Error> {
         .workload(WORKLOAD.0, WORKLOAD.1, WORKLOAD.2)
         .start()
         .await?;
+    let (variants, runs): (Vec<bench::Variant>, Vec<Run>) = if options.hostcost {
+        let variants = bench::hostcost_variants();
+        let runs = variants
+            .iter()
+            .map(|v| Run {
+                id: v.id,
+                variant: v.id,
+                workload: Workload::Get,
+                label: v.label,
+            })
+            .collect();
+        (variants, runs)
+    } else {
+        (bench::variants(), RUNS.to_vec())
+    };
     let mut envoys = BTreeMap::new();
-    for variant in bench::variants() {
+    for variant in variants {
         let v = variant.clone();
         let envoy = stack.start_inbound_variant(&format!("bench-{}", v.id), 1, move |yaml| {
             v.render(&yaml)
@@ -176,8 +200,8 @@ async fn run() -> Result<(), Error> {
     let mut samples: BTreeMap<&'static str, Vec<Sample>> = BTreeMap::new();
     let mut fresh_used: BTreeMap<&'static str, usize> = BTreeMap::new();
     for round in 0..options.rounds {
-        for i in 0..RUNS.len() {
-            let run = RUNS[(i + round) % RUNS.len()];
+        for i in 0..runs.len() {
+            let run = runs[(i + round) % runs.len()];
             if let Some(only) = &options.only {
                 if !only.iter().any(|id| id == run.id) {
                     continue;
@@ -204,6 +228,10 @@ async fn run() -> Result<(), Error> {
         }
     }
 
+    if options.hostcost {
+        print_hostcost(&samples);
+        return Ok(());
+    }
     if options.only.is_some() {
         return Ok(());
     }
@@ -318,6 +346,34 @@ async fn run() -> Result<(), Error> {
         return Err(format!("{errors} RPCs failed").into());
     }
     Ok(())
+}
+
+/// `--hostcost`'s report: one wasm filter's floor over the passthrough, then each kind's cost
+/// per call over the module making none.
+fn print_hostcost(samples: &BTreeMap<&'static str, Vec<Sample>>) {
+    let median = |id: &str| samples.get(id).map(|s| Summary::of(s).cpu_us_per_rpc);
+    let (Some(a), Some(h0)) = (median("a"), median("h0")) else {
+        return;
+    };
+    println!(
+        "\nEnvoy CPU µs per GetPatient RPC, medians (min–max):\n\n- passthrough: {:.1} ({:.1}–{:.1})\n- one wasm module making no host call: {:.1}, adds {:.1} over the passthrough",
+        a.median, a.min, a.max, h0.median, h0.median - a.median
+    );
+    println!(
+        "\n| host call (through phi_guard_host::ProxyHost) | module µs/RPC with {} calls | µs per call |\n|---|---|---|",
+        bench::HOSTCOST_CALLS
+    );
+    for (id, kind) in bench::HOSTCOST_KINDS {
+        if let Some(k) = median(id) {
+            println!(
+                "| {kind} | {:.1} ({:.1}–{:.1}) | {:.2} |",
+                k.median,
+                k.min,
+                k.max,
+                (k.median - h0.median) / f64::from(bench::HOSTCOST_CALLS)
+            );
+        }
+    }
 }
 
 /// One measured run: warm up, then `n` RPCs with Envoy's CPU read before and after.
