@@ -27,6 +27,12 @@ pub enum Filter {
     /// `phi_guard` (filters/pipeline, one module) running these stages, each with the config
     /// its single-stage filter has in `envoy/inbound.yaml`.
     Pipeline(&'static [&'static str]),
+    /// [`Filter::Pipeline`] with `phi_guard.wasm` from another build's directory (`phi-bench
+    /// --baseline DIR`): the same stages and configs, another commit's module, in one run.
+    PipelineAt {
+        stages: &'static [&'static str],
+        dir: &'static str,
+    },
     /// The measuring module (`tools/hostcost`): `n` host calls of `kind` per request, then
     /// on to the router; see [`hostcost_variants`].
     HostCost {
@@ -48,7 +54,9 @@ impl Variant {
     fn audits(&self) -> bool {
         self.filters.iter().any(|f| match f {
             Filter::PhiGuard(name) => *name == "audit",
-            Filter::Pipeline(stages) => stages.contains(&"audit"),
+            Filter::Pipeline(stages) | Filter::PipelineAt { stages, .. } => {
+                stages.contains(&"audit")
+            }
             _ => false,
         })
     }
@@ -77,7 +85,10 @@ impl Variant {
                     out.push_str(&without);
                 }
                 Filter::NativeRbac => out.push_str(NATIVE_RBAC),
-                Filter::Pipeline(stages) => out.push_str(&pipeline_block(&blocks, stages)?),
+                Filter::Pipeline(stages) => out.push_str(&pipeline_block(&blocks, stages, None)?),
+                Filter::PipelineAt { stages, dir } => {
+                    out.push_str(&pipeline_block(&blocks, stages, Some(dir))?)
+                }
                 Filter::HostCost { kind, n } => {
                     out.push_str(&hostcost_block(&wasm_dir_of(&blocks)?, kind, *n))
                 }
@@ -99,7 +110,11 @@ impl Variant {
 /// The `phi_guard` pipeline filter running `stages`, from the single-stage blocks of a rendered
 /// `envoy/inbound.yaml`: each stage's JSON, the wasm directory and the secrets' variables as
 /// they are there (what `envoy/inbound.pipeline.yaml` renders to for the same project).
-fn pipeline_block(blocks: &[(&str, &str)], stages: &[&str]) -> Result<String, String> {
+fn pipeline_block(
+    blocks: &[(&str, &str)],
+    stages: &[&str],
+    module_dir: Option<&str>,
+) -> Result<String, String> {
     let block = |stage: &str| {
         let name = format!("phi_guard.{stage}");
         blocks
@@ -128,7 +143,10 @@ fn pipeline_block(blocks: &[(&str, &str)], stages: &[&str]) -> Result<String, St
             }
         }
     }
-    let wasm_dir = wasm_dir_of(blocks)?;
+    let wasm_dir = match module_dir {
+        Some(dir) => dir.to_string(),
+        None => wasm_dir_of(blocks)?,
+    };
     let config = serde_json::to_string_pretty(&serde_json::json!({ "stages": configs }))
         .map_err(|e| e.to_string())?;
     let mut out = format!(
@@ -190,12 +208,51 @@ fn hostcost_block(wasm_dir: &str, kind: &str, n: u32) -> String {
     )
 }
 
+/// `phi-bench --baseline DIR`'s extra configurations: the one-module jwt + rbac (`pb`) and
+/// full chain (`qb`) with the `phi_guard.wasm` of `dir`, beside this build's `p` and `q`.
+pub fn baseline_variants(dir: &'static str) -> Vec<Variant> {
+    vec![
+        Variant {
+            id: "pb",
+            label: "phi-guard pipeline: jwt + rbac (one module, the baseline build)",
+            filters: vec![Filter::PipelineAt {
+                stages: &["jwt", "rbac"],
+                dir,
+            }],
+        },
+        Variant {
+            id: "qb",
+            label: "phi-guard pipeline: full chain (one module, the baseline build)",
+            filters: vec![Filter::PipelineAt {
+                stages: &["jwt", "rbac", "mask", "audit"],
+                dir,
+            }],
+        },
+    ]
+}
+
+/// The runs of [`baseline_variants`], GetPatient with a reused token as `pc` and `pd`.
+pub const BASELINE_RUNS: [Run; 2] = [
+    Run {
+        id: "pcb",
+        variant: "pb",
+        workload: Workload::Get,
+        label: "phi-guard jwt + rbac (one module, the baseline build)",
+    },
+    Run {
+        id: "pdb",
+        variant: "qb",
+        workload: Workload::Get,
+        label: "phi-guard full chain (one module, the baseline build)",
+    },
+];
+
 /// Host calls per request in each `phi-bench --hostcost` variant but `h0`.
 pub const HOSTCOST_CALLS: u32 = 40;
 
 /// The host-call kinds `phi-bench --hostcost` prices (`tools/hostcost`'s `Kind`), with their
 /// variant ids.
-pub const HOSTCOST_KINDS: [(&str, &str); 8] = [
+pub const HOSTCOST_KINDS: [(&str, &str); 10] = [
     ("hh", "request_header"),
     ("hm", "request_headers"),
     ("ha", "attribute"),
@@ -204,6 +261,8 @@ pub const HOSTCOST_KINDS: [(&str, &str); 8] = [
     ("hg", "get_filter_state"),
     ("hc", "increment_counter"),
     ("ht", "now"),
+    ("hr", "remove_request_header"),
+    ("hd", "shared_data"),
 ];
 
 /// `phi-bench --hostcost`'s configurations: the passthrough `a`, the measuring module making
@@ -920,6 +979,34 @@ mod tests {
                 }
                 other => panic!("{other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn baseline_variants_differ_from_theirs_only_in_the_module_file() {
+        let yaml = inbound();
+        let ours = variants();
+        for (twin, run) in baseline_variants("/elsewhere/release")
+            .iter()
+            .zip(BASELINE_RUNS)
+        {
+            assert_eq!(run.variant, twin.id);
+            let own = ours
+                .iter()
+                .find(|v| v.id == twin.id.trim_end_matches('b'))
+                .unwrap();
+            let (theirs, mine) = (twin.render(&yaml).unwrap(), own.render(&yaml).unwrap());
+            let dir = wasm_dir_of(&split_http_filters(&yaml).unwrap().1).unwrap();
+            assert!(theirs.contains("\"/elsewhere/release/phi_guard.wasm\""));
+            assert_eq!(
+                theirs.replace(
+                    "/elsewhere/release/phi_guard.wasm",
+                    &format!("{dir}/phi_guard.wasm")
+                ),
+                mine,
+                "{}",
+                twin.id
+            );
         }
     }
 

@@ -13,7 +13,7 @@
 )]
 
 use phi_guard_common::ConfigError;
-use phi_guard_host::Host;
+use phi_guard_host::{Host, SharedData};
 use serde::Deserialize;
 
 #[cfg(target_os = "wasi")]
@@ -41,6 +41,10 @@ pub enum Kind {
     IncrementCounter,
     /// `get_current_time_nanoseconds`.
     Now,
+    /// `remove_header_map_value` of a request header that is not there.
+    RemoveRequestHeader,
+    /// `get_shared_data` of a key (audit's admission flag, jwt's replay cache).
+    SharedData,
 }
 
 /// The module's configuration.
@@ -70,7 +74,7 @@ impl Config {
 
 /// Makes the configured calls once (one request's worth); returns how many answered, so the
 /// optimiser cannot drop them.
-pub fn run(host: &dyn Host, counter: Option<u32>, config: Config) -> u32 {
+pub fn run<H: Host + SharedData>(host: &H, counter: Option<u32>, config: Config) -> u32 {
     let mut answered = 0;
     for _ in 0..config.n {
         let got = match config.kind {
@@ -94,6 +98,11 @@ pub fn run(host: &dyn Host, counter: Option<u32>, config: Config) -> u32 {
                 None => false,
             },
             Kind::Now => host.now() > 0,
+            Kind::RemoveRequestHeader => {
+                host.remove_request_header("x-phi-guard-hostcost");
+                true
+            }
+            Kind::SharedData => host.shared_data(STATE_KEY).is_some(),
         };
         answered += u32::from(got);
     }
@@ -133,6 +142,9 @@ mod tests {
         assert_eq!(run(&host, counter, config(Kind::RequestHeader)), n);
         assert_eq!(run(&host, counter, config(Kind::SetFilterState)), n);
         assert_eq!(run(&host, counter, config(Kind::GetFilterState)), n);
+        assert_eq!(run(&host, counter, config(Kind::RemoveRequestHeader)), n);
+        assert!(host.set_shared_data(STATE_KEY, b"0"));
+        assert_eq!(run(&host, counter, config(Kind::SharedData)), n);
         assert_eq!(run(&host, counter, config(Kind::None)), 0);
     }
 }

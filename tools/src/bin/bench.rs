@@ -11,6 +11,10 @@
 //!
 //! `--only` measures some runs (ids as in the table) and skips the summary of targets.
 //!
+//! `--baseline DIR` adds the one-module jwt + rbac and full chain with the `phi_guard.wasm` in
+//! DIR (another commit's `target/wasm32-wasip1/release`), runs `pcb` and `pdb`, interleaved
+//! with the rest: what a change gained, measured in one run.
+//!
 //! `phi-bench --hostcost [--rounds N] [--rpcs N]` prices the host calls instead: the passthrough,
 //! the measuring module `tools/hostcost` making no call, and the module making
 //! [`bench::HOSTCOST_CALLS`] calls of one kind per request, one Envoy each; it prints what one
@@ -63,6 +67,8 @@ struct Options {
     only: Option<Vec<String>>,
     /// Price the host calls (`--hostcost`) instead of comparing the layouts.
     hostcost: bool,
+    /// Another build's wasm directory to run its pipeline beside this one (`--baseline`).
+    baseline: Option<&'static str>,
 }
 
 impl Options {
@@ -78,6 +84,7 @@ impl Options {
             out: phi_guard_tools::repo_root().join("target/bench/results.json"),
             only: None,
             hostcost: false,
+            baseline: None,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -88,6 +95,8 @@ impl Options {
                 "--out" => o.out = PathBuf::from(value()?),
                 "--only" => o.only = Some(value()?.split(',').map(str::to_string).collect()),
                 "--hostcost" => o.hostcost = true,
+                // Lives as long as the run: the variants borrow it.
+                "--baseline" => o.baseline = Some(String::leak(value()?)),
                 // A smoke run: every config and figure, too few samples to trust.
                 "--quick" => {
                     o.rounds = 1;
@@ -156,7 +165,16 @@ async fn run() -> Result<(), Error> {
             .collect();
         (variants, runs)
     } else {
-        (bench::variants(), RUNS.to_vec())
+        let (mut variants, mut runs) = (bench::variants(), RUNS.to_vec());
+        if let Some(dir) = options.baseline {
+            let module = std::path::Path::new(dir).join("phi_guard.wasm");
+            if !module.exists() {
+                return Err(format!("--baseline: no {}", module.display()).into());
+            }
+            variants.extend(bench::baseline_variants(dir));
+            runs.extend(bench::BASELINE_RUNS);
+        }
+        (variants, runs)
     };
     let mut envoys = BTreeMap::new();
     for variant in variants {
@@ -242,7 +260,7 @@ async fn run() -> Result<(), Error> {
         .map(|(id, s)| (*id, Summary::of(s)))
         .collect();
     let baseline = summaries["a"].cpu_us_per_rpc.median;
-    let rows: Vec<(Run, &Summary)> = RUNS.iter().map(|r| (*r, &summaries[r.id])).collect();
+    let rows: Vec<(Run, &Summary)> = runs.iter().map(|r| (*r, &summaries[r.id])).collect();
     println!(
         "\nEnvoy 1 worker, {} rounds, medians (min–max over rounds):\n",
         options.rounds
@@ -289,6 +307,21 @@ async fn run() -> Result<(), Error> {
             );
         }
     }
+    if let Some(dir) = options.baseline {
+        println!("\nThis build against the baseline build ({dir}), one run (added over a):\n");
+        for (what, now, base) in [("jwt + rbac", "pc", "pcb"), ("full chain", "pd", "pdb")] {
+            let (n, b) = (
+                summaries[now].cpu_us_per_rpc.median,
+                summaries[base].cpu_us_per_rpc.median,
+            );
+            println!(
+                "- {what}: {n:.1} µs/RPC (adds {:.1}) against {b:.1} (adds {:.1}): {:+.1} µs",
+                n - baseline,
+                b - baseline,
+                n - b
+            );
+        }
+    }
     println!(
         "\n- Envoy RSS, full chain in one module: {:.0} MiB with 1 worker; {:+.1} MiB for each further worker ({:.0} MiB with 2); four modules {:.0} MiB, passthrough {:.0} MiB (medians over rounds, 1 worker)",
         rss_per_worker.0,
@@ -321,7 +354,7 @@ async fn run() -> Result<(), Error> {
             "fhir_stream": {"observations": FHIR_OBSERVATIONS},
         },
         "variants": bench::variants().iter().map(|v| json!({"id": v.id, "label": v.label})).collect::<Vec<_>>(),
-        "runs": RUNS.iter().map(|r| json!({
+        "runs": runs.iter().map(|r| json!({
             "id": r.id, "variant": r.variant, "workload": r.workload, "label": r.label,
             "summary": summaries[r.id], "samples": samples[r.id],
         })).collect::<Vec<_>>(),
