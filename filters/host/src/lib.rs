@@ -42,6 +42,9 @@ pub use fake::{bus, Bus, FakeCall, FakeHost};
 pub use proxy::ProxyHost;
 pub use state::{read_state, write_state, Unreadable};
 
+/// A header as the host lists it: name (lower-case, as Envoy keeps them) and value.
+pub type Header = (String, String);
+
 /// Log levels, as proxy-wasm has them. Defined here rather than re-exported so that the
 /// cores and their tests build for wasm32-unknown-unknown (wasm-bindgen-test) without the
 /// proxy-wasm crate, whose exported entry points import Envoy's host functions.
@@ -59,6 +62,12 @@ pub enum LogLevel {
 pub trait Host {
     fn request_header(&self, name: &str) -> Option<String>;
     fn request_headers(&self) -> Vec<(String, String)>;
+    /// Calls `f` with the request header list as [`Host::request_headers`] returns it; a host
+    /// that keeps the list (the pipeline's) lends it without copying every name and value.
+    /// `f` must not call the host.
+    fn with_request_headers(&self, f: &mut dyn FnMut(&[Header])) {
+        f(&self.request_headers());
+    }
     fn set_request_header(&self, name: &str, value: &str);
     fn remove_request_header(&self, name: &str);
     fn response_header(&self, name: &str) -> Option<String>;
@@ -247,6 +256,16 @@ impl From<Flow> for proxy_wasm::types::Action {
 }
 
 /// Helpers every shell needs, built on [`Host`] so there is one copy of each.
+/// The names in `headers` that only phi-guard may set (`x-phi-guard-*`): what a client sent
+/// there is a spoof attempt, removed before any stage reads headers.
+pub fn reserved_header_names(headers: &[(String, String)]) -> Vec<String> {
+    headers
+        .iter()
+        .filter(|(name, _)| phi_guard_common::state::is_reserved_header(name))
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
 pub trait HostExt: Host {
     /// The gRPC method of the request, or `None` when `:path` is not a well-formed method.
     fn grpc_method(&self) -> Option<GrpcMethod> {
@@ -257,16 +276,10 @@ pub trait HostExt: Host {
     /// Removes every incoming `x-phi-guard-*` header: identity travels in filter state, so
     /// such a header can only be an attempt to spoof it.
     fn strip_reserved_headers(&self) {
-        self.strip_reserved_headers_of(&self.request_headers());
-    }
-
-    /// [`HostExt::strip_reserved_headers`] for a caller that already holds the request's
-    /// header list (one host call for both jobs).
-    fn strip_reserved_headers_of(&self, headers: &[(String, String)]) {
-        for (name, _) in headers {
-            if phi_guard_common::state::is_reserved_header(name) {
-                self.remove_request_header(name);
-            }
+        let mut reserved = Vec::new();
+        self.with_request_headers(&mut |headers| reserved = reserved_header_names(headers));
+        for name in &reserved {
+            self.remove_request_header(name);
         }
     }
 

@@ -32,7 +32,7 @@ use std::collections::{HashMap, VecDeque};
 
 use phi_guard_common::{GrpcStatus, StateSlots, UnixSeconds};
 use phi_guard_host::{
-    Clock, Host, LogLevel, Queues, SharedData, SharedDataError, Trailers, UnixMillis,
+    Clock, Header, Host, LogLevel, Queues, SharedData, SharedDataError, Trailers, UnixMillis,
 };
 
 /// Everything a stage may ask of the host during a stream, as `filters/host`'s capability
@@ -204,6 +204,10 @@ impl<H: StageHost> Host for Cached<'_, H> {
 
     fn request_headers(&self) -> Vec<(String, String)> {
         self.with_headers(<[(String, String)]>::to_vec)
+    }
+
+    fn with_request_headers(&self, f: &mut dyn FnMut(&[Header])) {
+        self.with_headers(|headers| f(headers))
     }
 
     fn set_request_header(&self, name: &str, value: &str) {

@@ -2,7 +2,9 @@
 //! acts on the decision. Written against `&dyn Host` so it is unit-tested with `FakeHost`.
 
 use phi_guard_common::{ConfigError, Identity, Verdict};
-use phi_guard_host::{read_state, write_state, Counter, Host, HostExt, LogLevel};
+use phi_guard_host::{
+    read_state, reserved_header_names, write_state, Counter, Host, HostExt, LogLevel,
+};
 
 use crate::cert;
 use crate::decision::{decide, Decision};
@@ -88,17 +90,22 @@ impl Filter {
     pub fn on_request_headers(&self, host: &dyn Host) -> bool {
         // The whole header list, not `request_header` per name: that hostcall returns only the
         // first entry of a repeated header, and a repetition must be seen to be refused.
-        let all_headers = host.request_headers();
+        let (mut reserved, mut headers) = (Vec::new(), Vec::new());
+        host.with_request_headers(&mut |all| {
+            reserved = reserved_header_names(all);
+            headers = self
+                .policy
+                .select_headers(all.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        });
         // Before anything reads headers: an incoming x-phi-guard-* header is a spoof attempt
         // (the policy cannot name one, so `select_headers` never passes one on either).
-        host.strip_reserved_headers_of(&all_headers);
+        for name in &reserved {
+            host.remove_request_header(name);
+        }
 
         let peer = self.read_peer(host);
         let identity = read_identity(host);
         let method = host.grpc_method();
-        let headers = self
-            .policy
-            .select_headers(all_headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let eval = evaluate(
             &self.policy,
             &Request {
