@@ -251,23 +251,26 @@ pub const BASELINE_RUNS: [Run; 2] = [
 pub const HOSTCOST_CALLS: u32 = 40;
 
 /// The host-call kinds `phi-bench --hostcost` prices (`tools/hostcost`'s `Kind`), with their
-/// variant ids.
-pub const HOSTCOST_KINDS: [(&str, &str); 10] = [
-    ("hh", "request_header"),
-    ("hm", "request_headers"),
-    ("ha", "attribute"),
-    ("hp", "peer_certificate"),
-    ("hs", "set_filter_state"),
-    ("hg", "get_filter_state"),
-    ("hc", "increment_counter"),
-    ("ht", "now"),
-    ("hr", "remove_request_header"),
-    ("hd", "shared_data"),
+/// variant ids and repetitions per request.
+pub const HOSTCOST_KINDS: [(&str, &str, u32); 12] = [
+    ("hh", "request_header", HOSTCOST_CALLS),
+    ("hm", "request_headers", HOSTCOST_CALLS),
+    ("ha", "attribute", HOSTCOST_CALLS),
+    ("hp", "peer_certificate", HOSTCOST_CALLS),
+    ("hs", "set_filter_state", HOSTCOST_CALLS),
+    ("hg", "get_filter_state", HOSTCOST_CALLS),
+    ("hc", "increment_counter", HOSTCOST_CALLS),
+    ("ht", "now", HOSTCOST_CALLS),
+    ("hr", "remove_request_header", HOSTCOST_CALLS),
+    ("hd", "shared_data", HOSTCOST_CALLS),
+    // Four keys once per request: what a stage's contracts cost Envoy, printed or not.
+    ("hl", "logged_state", 1),
+    ("hu", "unlogged_state", 1),
 ];
 
 /// `phi-bench --hostcost`'s configurations: the passthrough `a`, the measuring module making
-/// no call (`h0`: the cost of one wasm filter as such), and one per kind making
-/// [`HOSTCOST_CALLS`] calls per request.
+/// no call (`h0`: the cost of one wasm filter as such), and one per kind making its calls per
+/// request ([`HOSTCOST_CALLS`] for single calls).
 pub fn hostcost_variants() -> Vec<Variant> {
     let mut out = vec![
         Variant {
@@ -281,14 +284,11 @@ pub fn hostcost_variants() -> Vec<Variant> {
             filters: vec![Filter::HostCost { kind: "none", n: 0 }],
         },
     ];
-    for (id, kind) in HOSTCOST_KINDS {
+    for (id, kind, n) in HOSTCOST_KINDS {
         out.push(Variant {
             id,
             label: kind,
-            filters: vec![Filter::HostCost {
-                kind,
-                n: HOSTCOST_CALLS,
-            }],
+            filters: vec![Filter::HostCost { kind, n }],
         });
     }
     out
@@ -585,6 +585,19 @@ impl Spread {
             max: v[v.len() - 1],
         }
     }
+}
+
+/// The per-round differences of CPU µs per RPC between two runs measured in the same rounds
+/// (`x[i]` and `y[i]` seconds apart): their median and spread. A shared machine's speed drifts
+/// between rounds; a difference taken within a round cancels most of that drift, which the
+/// difference of two runs' medians does not.
+pub fn paired_difference(x: &[Sample], y: &[Sample]) -> Spread {
+    let d: Vec<f64> = x
+        .iter()
+        .zip(y)
+        .map(|(x, y)| x.cpu_us_per_rpc() - y.cpu_us_per_rpc())
+        .collect();
+    Spread::of(&d)
 }
 
 /// A run's figures over every round.
@@ -1046,6 +1059,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn paired_differences_are_taken_within_rounds() {
+        let sample = |cpu_us: f64| Sample {
+            rpcs: 10,
+            errors: 0,
+            envoy_cpu_us: cpu_us * 10.0,
+            wall_s: 1.0,
+            p50_us: 0,
+            p99_us: 0,
+            envoy_rss_kib: 0,
+            response_bytes: 0,
+        };
+        // The machine slows down round by round; x stays 5 µs above y in every round.
+        let y: Vec<Sample> = [50.0, 80.0, 120.0].into_iter().map(sample).collect();
+        let x: Vec<Sample> = [55.0, 85.0, 125.0].into_iter().map(sample).collect();
+        let d = paired_difference(&x, &y);
+        assert!((d.median - 5.0).abs() < 1e-9, "{d:?}");
+        assert!((d.min - 5.0).abs() < 1e-9 && (d.max - 5.0).abs() < 1e-9);
+        // The medians' difference happens to agree here, but a missing round does not pair.
+        assert!((paired_difference(&x[..2], &y).median - 5.0).abs() < 1e-9);
+        assert!(paired_difference(&[], &y).median.is_nan());
     }
 
     #[test]

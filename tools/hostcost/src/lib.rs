@@ -45,7 +45,24 @@ pub enum Kind {
     RemoveRequestHeader,
     /// `get_shared_data` of a key (audit's admission flag, jwt's replay cache).
     SharedData,
+    /// The four filter-state keys Envoy's access log prints (`phi_guard.method`,
+    /// `.request_id`, `.authn`, `.authz`), each written once per repetition with a value of
+    /// the shape a stage writes: what being printed adds to a write.
+    LoggedState,
+    /// Four other keys written the same way (the contracts nothing in Envoy prints).
+    UnloggedState,
 }
+
+/// What [`Kind::LoggedState`] and [`Kind::UnloggedState`] write: key suffix and value.
+const STATE_VALUES: [(&str, &[u8]); 4] = [
+    ("method", b"health.v1.PatientService/GetPatient"),
+    ("request_id", b"4bf92f35-77b3-4da6-a3ce-929d0e0e4736"),
+    ("authn", br#"{"provider":"demo-idp","result":"ok"}"#),
+    (
+        "authz",
+        br#"{"decision":"allow","mode":"enforce","policy_version":"2026-11-01","reason":"matched_allow","role":"nurse","rule":"frontend-clinical-reads"}"#,
+    ),
+];
 
 /// The module's configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -103,6 +120,17 @@ pub fn run<H: Host + SharedData>(host: &H, counter: Option<u32>, config: Config)
                 true
             }
             Kind::SharedData => host.shared_data(STATE_KEY).is_some(),
+            Kind::LoggedState | Kind::UnloggedState => {
+                let prefix = if config.kind == Kind::LoggedState {
+                    "phi_guard"
+                } else {
+                    "phi_guard.hostcost"
+                };
+                for (key, value) in STATE_VALUES {
+                    host.set_property(&[&format!("{prefix}.{key}")], value);
+                }
+                true
+            }
         };
         answered += u32::from(got);
     }
@@ -145,6 +173,10 @@ mod tests {
         assert_eq!(run(&host, counter, config(Kind::RemoveRequestHeader)), n);
         assert!(host.set_shared_data(STATE_KEY, b"0"));
         assert_eq!(run(&host, counter, config(Kind::SharedData)), n);
+        assert_eq!(run(&host, counter, config(Kind::LoggedState)), n);
+        assert!(host.property(&["phi_guard.authz"]).is_some());
+        assert_eq!(run(&host, counter, config(Kind::UnloggedState)), n);
+        assert!(host.property(&["phi_guard.hostcost.authz"]).is_some());
         assert_eq!(run(&host, counter, config(Kind::None)), 0);
     }
 }
