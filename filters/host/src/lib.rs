@@ -255,10 +255,9 @@ impl From<Flow> for proxy_wasm::types::Action {
     }
 }
 
-/// Helpers every shell needs, built on [`Host`] so there is one copy of each.
 /// The names in `headers` that only phi-guard may set (`x-phi-guard-*`): what a client sent
 /// there is a spoof attempt, removed before any stage reads headers.
-pub fn reserved_header_names(headers: &[(String, String)]) -> Vec<String> {
+pub fn reserved_header_names(headers: &[Header]) -> Vec<String> {
     headers
         .iter()
         .filter(|(name, _)| phi_guard_common::state::is_reserved_header(name))
@@ -266,6 +265,7 @@ pub fn reserved_header_names(headers: &[(String, String)]) -> Vec<String> {
         .collect()
 }
 
+/// Helpers every shell needs, built on [`Host`] so there is one copy of each.
 pub trait HostExt: Host {
     /// The gRPC method of the request, or `None` when `:path` is not a well-formed method.
     fn grpc_method(&self) -> Option<GrpcMethod> {

@@ -247,7 +247,19 @@ async fn run() -> Result<(), Error> {
     }
 
     if options.hostcost {
-        print_hostcost(&samples);
+        let report = hostcost_report(&samples);
+        let result = json!({
+            "machine": machine,
+            "options": {"rounds": options.rounds, "rpcs": options.rpcs,
+                        "calls": bench::HOSTCOST_CALLS},
+            "hostcost": report,
+            "samples": samples,
+        });
+        if let Some(dir) = options.out.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&options.out, serde_json::to_vec_pretty(&result)?)?;
+        println!("\nresults: {}", options.out.display());
         return Ok(());
     }
     if options.only.is_some() {
@@ -384,11 +396,12 @@ async fn run() -> Result<(), Error> {
     Ok(())
 }
 
-/// `--hostcost`'s report: one wasm filter's floor over the passthrough, then each kind's cost
-/// per call over the module making none. Differences are taken within each round (the runs of
-/// a round are seconds apart) and their median reported, which a shared host's drift between
-/// rounds does not move as it moves the medians of each run.
-fn print_hostcost(samples: &BTreeMap<&'static str, Vec<Sample>>) {
+/// `--hostcost`'s report, printed and returned for the result file: one wasm filter's floor
+/// over the passthrough, then each kind's cost per repetition over the module making none.
+/// Differences are taken within each round (the runs of a round are seconds apart) and their
+/// median reported, which a shared host's drift between rounds does not move as it moves the
+/// medians of each run.
+fn hostcost_report(samples: &BTreeMap<&'static str, Vec<Sample>>) -> serde_json::Value {
     let paired = |x: &str, y: &str| match (samples.get(x), samples.get(y)) {
         (Some(x), Some(y)) => Some(bench::paired_difference(x, y).median),
         _ => None,
@@ -397,18 +410,24 @@ fn print_hostcost(samples: &BTreeMap<&'static str, Vec<Sample>>) {
         samples.get("a").map(|s| Summary::of(s).cpu_us_per_rpc),
         paired("h0", "a"),
     ) else {
-        return;
+        return serde_json::Value::Null;
     };
     println!(
         "\nEnvoy CPU µs per GetPatient RPC (medians of the differences within each round):\n\n- passthrough: {:.1} ({:.1}–{:.1})\n- one wasm module making no host call adds {h0:.1} over the passthrough",
         a.median, a.min, a.max
     );
     println!("\n| host call (through phi_guard_host::ProxyHost) | repetitions per request | adds | µs per repetition |\n|---|---|---|---|");
+    let mut kinds = Vec::new();
     for (id, kind, n) in bench::HOSTCOST_KINDS {
         if let Some(d) = paired(id, "h0") {
-            println!("| {kind} | {n} | {d:.1} | {:.2} |", d / f64::from(n));
+            let each = d / f64::from(n);
+            println!("| {kind} | {n} | {d:.1} | {each:.2} |");
+            kinds.push(
+                json!({"id": id, "kind": kind, "per_request": n, "adds_us": d, "us_each": each}),
+            );
         }
     }
+    json!({"passthrough_us": a, "module_floor_us": h0, "kinds": kinds})
 }
 
 /// One measured run: warm up, then `n` RPCs with Envoy's CPU read before and after.
