@@ -86,6 +86,9 @@ pub struct FakeHost {
     pub reset: Cell<bool>,
     /// Properties keyed by their path joined with '.'.
     pub properties: RefCell<BTreeMap<String, Vec<u8>>>,
+    /// How often each property (its path joined with '.') and the request header map
+    /// (`request_headers`) was read: what a caching host saves ([`FakeHost::reads_of`]).
+    pub reads: RefCell<BTreeMap<String, usize>>,
     /// The gRPC error sent, with its extra headers, if any.
     pub sent: RefCell<Option<SentError>>,
     pub logs: RefCell<Vec<(LogLevel, String)>>,
@@ -225,6 +228,15 @@ impl FakeHost {
         self.calls.borrow().last().cloned()
     }
 
+    /// How often `what` (a property path joined with '.', or `request_headers`) was read.
+    pub fn reads_of(&self, what: &str) -> usize {
+        self.reads.borrow().get(what).copied().unwrap_or(0)
+    }
+
+    fn count_read(&self, what: &str) {
+        *self.reads.borrow_mut().entry(what.to_string()).or_default() += 1;
+    }
+
     pub fn insert_property(&self, path: &[&str], value: &[u8]) {
         self.properties
             .borrow_mut()
@@ -275,6 +287,7 @@ impl Host for FakeHost {
     }
 
     fn request_headers(&self) -> Vec<(String, String)> {
+        self.count_read("request_headers");
         self.request_headers.borrow().clone()
     }
 
@@ -302,7 +315,9 @@ impl Host for FakeHost {
     }
 
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
-        self.properties.borrow().get(&path.join(".")).cloned()
+        let key = path.join(".");
+        self.count_read(&key);
+        self.properties.borrow().get(&key).cloned()
     }
 
     fn set_property(&self, path: &[&str], value: &[u8]) {

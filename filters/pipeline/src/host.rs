@@ -326,124 +326,22 @@ mod tests {
     use super::*;
     use phi_guard_host::FakeHost;
 
-    /// A FakeHost that counts its property reads.
-    struct Counting {
-        base: FakeHost,
-        reads: RefCell<Vec<String>>,
-    }
-
-    impl Counting {
-        fn on_connection(id: u64) -> Counting {
-            let base = FakeHost::with_request_headers(&[
-                (":path", "/health.v1.PatientService/GetPatient"),
-                ("x-request-id", "req-1"),
-            ]);
-            base.insert_property(&["connection", "id"], &id.to_le_bytes());
-            base.insert_property(&["connection", "mtls"], &[1]);
-            base.insert_property(&["connection", "peer_certificate"], b"PEM-A");
-            base.insert_property(&["connection", "termination_details"], b"t1");
-            Counting {
-                base,
-                reads: RefCell::default(),
-            }
-        }
-
-        fn reads_of(&self, path: &str) -> usize {
-            self.reads.borrow().iter().filter(|p| *p == path).count()
-        }
-    }
-
-    impl Host for Counting {
-        fn request_header(&self, name: &str) -> Option<String> {
-            self.base.request_header(name)
-        }
-        fn request_headers(&self) -> Vec<(String, String)> {
-            self.reads.borrow_mut().push("request_headers".into());
-            self.base.request_headers()
-        }
-        fn set_request_header(&self, name: &str, value: &str) {
-            self.base.set_request_header(name, value)
-        }
-        fn remove_request_header(&self, name: &str) {
-            self.base.remove_request_header(name)
-        }
-        fn response_header(&self, name: &str) -> Option<String> {
-            self.base.response_header(name)
-        }
-        fn remove_response_header(&self, name: &str) {
-            self.base.remove_response_header(name)
-        }
-        fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
-            self.reads.borrow_mut().push(path.join("."));
-            self.base.property(path)
-        }
-        fn set_property(&self, path: &[&str], value: &[u8]) {
-            self.base.set_property(path, value)
-        }
-        fn send_grpc_error(&self, status: GrpcStatus, extra_headers: &[(&str, &str)]) {
-            self.base.send_grpc_error(status, extra_headers)
-        }
-        fn now(&self) -> UnixSeconds {
-            self.base.now()
-        }
-        fn log(&self, level: LogLevel, message: &str) {
-            self.base.log(level, message)
-        }
-        fn define_counter(&self, name: &str) -> Option<u32> {
-            self.base.define_counter(name)
-        }
-        fn increment_counter(&self, id: u32, by: i64) {
-            self.base.increment_counter(id, by)
-        }
-    }
-
-    impl SharedData for Counting {
-        fn get_shared_data_cas(
-            &self,
-            key: &str,
-        ) -> Result<Option<(Vec<u8>, u32)>, SharedDataError> {
-            self.base.get_shared_data_cas(key)
-        }
-        fn set_shared_data_cas(
-            &self,
-            key: &str,
-            value: &[u8],
-            cas: Option<u32>,
-        ) -> Result<(), SharedDataError> {
-            self.base.set_shared_data_cas(key, value, cas)
-        }
-    }
-
-    impl Clock for Counting {
-        fn now_ms(&self) -> UnixMillis {
-            self.base.now_ms()
-        }
-    }
-
-    impl Trailers for Counting {
-        fn response_trailer(&self, name: &str) -> Option<String> {
-            self.base.response_trailer(name)
-        }
-    }
-
-    impl Queues for Counting {
-        fn register_queue(&self, name: &str) -> Option<u32> {
-            self.base.register_queue(name)
-        }
-        fn resolve_queue(&self, vm_id: &str, name: &str) -> Option<u32> {
-            self.base.resolve_queue(vm_id, name)
-        }
-        fn enqueue(&self, queue_id: u32, bytes: &[u8]) -> bool {
-            self.base.enqueue(queue_id, bytes)
-        }
-        fn dequeue(&self, queue_id: u32) -> Option<Vec<u8>> {
-            self.base.dequeue(queue_id)
-        }
+    /// A FakeHost on connection `id` (its reads are counted: `FakeHost::reads_of`).
+    fn on_connection(id: u64) -> FakeHost {
+        let host = FakeHost::with_request_headers(&[
+            (":path", "/health.v1.PatientService/GetPatient"),
+            ("x-request-id", "req-1"),
+        ]);
+        host.insert_property(&["connection", "id"], &id.to_le_bytes());
+        host.insert_property(&["connection", "mtls"], &[1]);
+        host.insert_property(&["connection", "peer_certificate"], b"PEM-A");
+        host.insert_property(&["connection", "termination_details"], b"t1");
+        host
     }
 
     /// One stream's reads of `path` through a fresh stream cache over `facts`.
     fn stream_reads(
-        host: &Counting,
+        host: &FakeHost,
         facts: &RefCell<ConnectionFacts>,
         path: &[&str],
     ) -> Option<Vec<u8>> {
@@ -457,7 +355,7 @@ mod tests {
     #[test]
     fn connection_facts_are_read_once_per_connection() {
         let facts = RefCell::default();
-        let host = Counting::on_connection(7);
+        let host = on_connection(7);
         for _ in 0..3 {
             assert_eq!(
                 stream_reads(&host, &facts, &["connection", "peer_certificate"]).as_deref(),
@@ -480,11 +378,10 @@ mod tests {
     #[test]
     fn another_connection_reads_its_own_facts() {
         let facts = RefCell::default();
-        let a = Counting::on_connection(7);
+        let a = on_connection(7);
         stream_reads(&a, &facts, &["connection", "peer_certificate"]);
-        let b = Counting::on_connection(8);
-        b.base
-            .insert_property(&["connection", "peer_certificate"], b"PEM-B");
+        let b = on_connection(8);
+        b.insert_property(&["connection", "peer_certificate"], b"PEM-B");
         assert_eq!(
             stream_reads(&b, &facts, &["connection", "peer_certificate"]).as_deref(),
             Some(&b"PEM-B"[..])
@@ -496,7 +393,7 @@ mod tests {
     #[test]
     fn other_attributes_and_hosts_without_a_connection_id_always_read() {
         let facts = RefCell::default();
-        let host = Counting::on_connection(7);
+        let host = on_connection(7);
         for _ in 0..2 {
             stream_reads(&host, &facts, &["connection", "termination_details"]);
             stream_reads(&host, &facts, &["request", "duration"]);
@@ -504,12 +401,8 @@ mod tests {
         assert_eq!(host.reads_of("connection.termination_details"), 4);
         assert_eq!(host.reads_of("request.duration"), 4);
 
-        let anonymous = Counting::on_connection(7);
-        anonymous
-            .base
-            .properties
-            .borrow_mut()
-            .remove("connection.id");
+        let anonymous = on_connection(7);
+        anonymous.properties.borrow_mut().remove("connection.id");
         stream_reads(&anonymous, &facts, &["connection", "peer_certificate"]);
         assert_eq!(anonymous.reads_of("connection.peer_certificate"), 2);
         assert!(facts.borrow().is_empty());
@@ -519,18 +412,14 @@ mod tests {
     fn the_oldest_connection_is_dropped_past_the_bound() {
         let facts = RefCell::default();
         for id in 0..(MAX_CONNECTIONS as u64 + 3) {
-            stream_reads(
-                &Counting::on_connection(id),
-                &facts,
-                &["connection", "mtls"],
-            );
+            stream_reads(&on_connection(id), &facts, &["connection", "mtls"]);
         }
         assert_eq!(facts.borrow().len(), MAX_CONNECTIONS);
         // Connection 0 was dropped: read again; the newest is still kept.
-        let first = Counting::on_connection(0);
+        let first = on_connection(0);
         stream_reads(&first, &facts, &["connection", "mtls"]);
         assert_eq!(first.reads_of("connection.mtls"), 1);
-        let newest = Counting::on_connection(MAX_CONNECTIONS as u64 + 2);
+        let newest = on_connection(MAX_CONNECTIONS as u64 + 2);
         stream_reads(&newest, &facts, &["connection", "mtls"]);
         assert_eq!(newest.reads_of("connection.mtls"), 0);
     }
@@ -538,7 +427,7 @@ mod tests {
     #[test]
     fn the_request_headers_are_read_once_per_stream_and_follow_writes() {
         let facts = RefCell::default();
-        let host = Counting::on_connection(7);
+        let host = on_connection(7);
         let (cache, slots) = (RefCell::new(StreamCache::default()), RefCell::default());
         {
             let cached = Cached::new(&host, &cache, &slots, &facts);
@@ -560,7 +449,7 @@ mod tests {
         assert_eq!(host.reads_of("request_headers"), 1);
         // And the host got the same writes.
         assert_eq!(
-            host.base.request_header("x-request-id").as_deref(),
+            host.request_header("x-request-id").as_deref(),
             Some("req-2")
         );
     }

@@ -684,20 +684,18 @@ fn a_stage_config_error_names_the_stage_and_field() {
 fn host_calls_per_allowed_unary_rpc_single_and_pipeline() {
     // The first RPC on a fresh VM and connection, then the steady state: the second RPC on
     // the same connection (what every further RPC costs).
-    let first_single = Recorder::new(audit_bus(), Some("nurse"));
-    assert_eq!(run_single(&first_single, 1), Flow::Continue);
-    let first_piped = Rc::new(Recorder::new(audit_bus(), Some("nurse")));
-    assert_eq!(
-        run_pipeline_rpcs(&first_piped, &pipeline_config(), 1),
-        Flow::Continue
-    );
-    let single = Recorder::new(audit_bus(), Some("nurse"));
-    assert_eq!(run_single(&single, 2), Flow::Continue);
-    let piped = Rc::new(Recorder::new(audit_bus(), Some("nurse")));
-    assert_eq!(
-        run_pipeline_rpcs(&piped, &pipeline_config(), 2),
-        Flow::Continue
-    );
+    let both_layouts = |rpcs: usize| {
+        let single = Recorder::new(audit_bus(), Some("nurse"));
+        assert_eq!(run_single(&single, rpcs), Flow::Continue);
+        let piped = Rc::new(Recorder::new(audit_bus(), Some("nurse")));
+        assert_eq!(
+            run_pipeline_rpcs(&piped, &pipeline_config(), rpcs),
+            Flow::Continue
+        );
+        (single, piped)
+    };
+    let (first_single, first_piped) = both_layouts(1);
+    let (single, piped) = both_layouts(2);
     // Both layouts answer the same: same body, same event (but for the time fields).
     assert_eq!(
         *single.base.response_body.borrow(),

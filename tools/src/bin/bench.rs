@@ -18,7 +18,8 @@
 //! `phi-bench --hostcost [--rounds N] [--rpcs N]` prices the host calls instead: the passthrough,
 //! the measuring module `tools/hostcost` making no call, and the module making
 //! [`bench::HOSTCOST_CALLS`] calls of one kind per request, one Envoy each; it prints what one
-//! wasm filter costs as such and what one call of each kind costs (Envoy CPU µs, medians).
+//! wasm filter costs as such and what one call of each kind costs (Envoy CPU µs, medians of
+//! the differences taken within each round).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
