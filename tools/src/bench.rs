@@ -527,6 +527,8 @@ pub struct Sample {
     pub errors: u64,
     /// Envoy's process CPU (user + system, all threads) over the run.
     pub envoy_cpu_us: f64,
+    /// The same CPU by thread: [`ThreadCpu`].
+    pub threads: ThreadCpu,
     pub wall_s: f64,
     pub p50_us: u64,
     pub p99_us: u64,
@@ -540,8 +542,67 @@ impl Sample {
         self.envoy_cpu_us / self.rpcs.max(1) as f64
     }
 
+    /// [`ThreadCpu`] per RPC (µs).
+    pub fn threads_per_rpc(&self) -> ThreadCpu {
+        let n = self.rpcs.max(1) as f64;
+        ThreadCpu {
+            workers_us: self.threads.workers_us / n,
+            main_us: self.threads.main_us / n,
+            v8_us: self.threads.v8_us / n,
+            other_us: self.threads.other_us / n,
+        }
+    }
+
     pub fn rps(&self) -> f64 {
         self.rpcs as f64 / self.wall_s.max(1e-9)
+    }
+}
+
+/// Envoy's CPU time split by the thread that spent it (µs), told apart by the names Envoy and
+/// V8 give their threads (`/proc/PID/task/TID/comm`). Where a filter's cost lands says what it
+/// is: the HTTP filters and the codecs run on the workers; the audit service's singleton VM,
+/// its HTTP callouts to the collector and the stats flush on the main thread; V8's background
+/// compilation and garbage collection on V8's own threads.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct ThreadCpu {
+    /// Worker threads, named `wrk:worker_N`.
+    pub workers_us: f64,
+    /// Envoy's main thread, named `envoy` (as the process).
+    pub main_us: f64,
+    /// V8's platform threads, named `V8 DefaultWorker` and the like.
+    pub v8_us: f64,
+    /// Everything else: watchdogs, the access-log flusher, gRPC client threads.
+    pub other_us: f64,
+}
+
+impl ThreadCpu {
+    /// Adds `us` of CPU to the class of the thread named `comm`.
+    pub fn add(&mut self, comm: &str, us: f64) {
+        let slot = if comm.starts_with("wrk:") {
+            &mut self.workers_us
+        } else if comm == "envoy" {
+            &mut self.main_us
+        } else if comm.starts_with("V8 ") {
+            &mut self.v8_us
+        } else {
+            &mut self.other_us
+        };
+        *slot += us;
+    }
+
+    /// The sum over every class.
+    pub fn total_us(&self) -> f64 {
+        self.workers_us + self.main_us + self.v8_us + self.other_us
+    }
+
+    /// `self - before`, class by class: the CPU spent between two readings.
+    pub fn since(&self, before: &ThreadCpu) -> ThreadCpu {
+        ThreadCpu {
+            workers_us: self.workers_us - before.workers_us,
+            main_us: self.main_us - before.main_us,
+            v8_us: self.v8_us - before.v8_us,
+            other_us: self.other_us - before.other_us,
+        }
     }
 }
 
@@ -604,6 +665,12 @@ pub fn paired_difference(x: &[Sample], y: &[Sample]) -> Spread {
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub cpu_us_per_rpc: Spread,
+    /// The worker threads' share of `cpu_us_per_rpc` ([`ThreadCpu`]).
+    pub workers_us_per_rpc: Spread,
+    /// Envoy's main thread's share.
+    pub main_us_per_rpc: Spread,
+    /// V8's own threads' share.
+    pub v8_us_per_rpc: Spread,
     pub rps: Spread,
     pub p50_us: Spread,
     pub p99_us: Spread,
@@ -618,6 +685,9 @@ impl Summary {
             |f: &dyn Fn(&Sample) -> f64| Spread::of(&samples.iter().map(f).collect::<Vec<_>>());
         Summary {
             cpu_us_per_rpc: spread(&Sample::cpu_us_per_rpc),
+            workers_us_per_rpc: spread(&|s| s.threads_per_rpc().workers_us),
+            main_us_per_rpc: spread(&|s| s.threads_per_rpc().main_us),
+            v8_us_per_rpc: spread(&|s| s.threads_per_rpc().v8_us),
             rps: spread(&Sample::rps),
             p50_us: spread(&|s| s.p50_us as f64),
             p99_us: spread(&|s| s.p99_us as f64),
@@ -682,6 +752,11 @@ pub struct Inputs<'a> {
 /// The CPU per RPC a run adds over another, medians.
 fn cpu(runs: &BTreeMap<&'static str, Summary>, id: &str) -> f64 {
     runs.get(id).map_or(f64::NAN, |s| s.cpu_us_per_rpc.median)
+}
+
+/// One thread class's median CPU per RPC ([`ThreadCpu`]) in a run.
+fn thread(runs: &BTreeMap<&'static str, Summary>, id: &str, class: fn(&Summary) -> Spread) -> f64 {
+    runs.get(id).map_or(f64::NAN, |s| class(s).median)
 }
 
 /// Masking throughput in Envoy: the stream's bytes over what masking adds to the RPC (MB/s).
@@ -819,6 +894,15 @@ pub fn per_filter_cpu(runs: &BTreeMap<&'static str, Summary>) -> Vec<(&'static s
         ("rbac", cpu(runs, "pc") - cpu(runs, "j")),
         ("mask (1 KiB response)", cpu(runs, "pm") - cpu(runs, "pc")),
         ("audit (stage + service)", cpu(runs, "pd") - cpu(runs, "pm")),
+        (
+            "audit on the worker (the stage, the batches' enqueue)",
+            thread(runs, "pd", |s| s.workers_us_per_rpc)
+                - thread(runs, "pm", |s| s.workers_us_per_rpc),
+        ),
+        (
+            "audit on the main thread (the service: chain, OTLP, shipping)",
+            thread(runs, "pd", |s| s.main_us_per_rpc) - thread(runs, "pm", |s| s.main_us_per_rpc),
+        ),
         ("all four", cpu(runs, "pd") - cpu(runs, "a")),
     ]
 }
@@ -826,13 +910,13 @@ pub fn per_filter_cpu(runs: &BTreeMap<&'static str, Summary>) -> Vec<(&'static s
 /// The table of runs, as Markdown (readable as plain text too).
 pub fn markdown_table(runs: &[(Run, &Summary)], baseline: f64) -> String {
     let mut out = String::from(
-        "| run | config | Envoy CPU µs/RPC (median, min–max) | added over a | RPC/s | p50 ms | p99 ms | Envoy RSS MiB |\n\
-         |---|---|---|---|---|---|---|---|\n",
+        "| run | config | Envoy CPU µs/RPC (median, min–max) | added over a | worker · main · V8 µs/RPC | RPC/s | p50 ms | p99 ms | Envoy RSS MiB |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
     );
     for (run, s) in runs {
         let c = s.cpu_us_per_rpc;
         out.push_str(&format!(
-            "| {} | {} | {:.1} ({:.1}–{:.1}) | {} | {:.0} | {:.2} | {:.2} | {:.0} |\n",
+            "| {} | {} | {:.1} ({:.1}–{:.1}) | {} | {:.1} · {:.1} · {:.1} | {:.0} | {:.2} | {:.2} | {:.0} |\n",
             run.id,
             run.label,
             c.median,
@@ -843,6 +927,9 @@ pub fn markdown_table(runs: &[(Run, &Summary)], baseline: f64) -> String {
             } else {
                 format!("{:.1}", c.median - baseline)
             },
+            s.workers_us_per_rpc.median,
+            s.main_us_per_rpc.median,
+            s.v8_us_per_rpc.median,
             s.rps.median,
             s.p50_us.median / 1e3,
             s.p99_us.median / 1e3,
@@ -1067,6 +1154,7 @@ mod tests {
             rpcs: 10,
             errors: 0,
             envoy_cpu_us: cpu_us * 10.0,
+            threads: ThreadCpu::default(),
             wall_s: 1.0,
             p50_us: 0,
             p99_us: 0,
@@ -1097,6 +1185,34 @@ mod tests {
     }
 
     #[test]
+    fn thread_cpu_is_classed_by_the_names_envoy_and_v8_give_their_threads() {
+        let mut before = ThreadCpu::default();
+        before.add("wrk:worker_0", 5.0);
+        let mut after = before;
+        for (comm, us) in [
+            ("wrk:worker_0", 10.0),
+            ("wrk:worker_1", 1.0),
+            ("envoy", 3.0),
+            ("V8 DefaultWorke", 2.0),
+            ("dog:main_thread", 0.5),
+            ("AccessLogFlush", 0.25),
+        ] {
+            after.add(comm, us);
+        }
+        let spent = after.since(&before);
+        assert_eq!(
+            spent,
+            ThreadCpu {
+                workers_us: 11.0,
+                main_us: 3.0,
+                v8_us: 2.0,
+                other_us: 0.75,
+            }
+        );
+        assert_eq!(spent.total_us(), 16.75);
+    }
+
+    #[test]
     fn targets_compare_medians() {
         let summary = |cpu: f64, bytes: f64| Summary {
             cpu_us_per_rpc: Spread {
@@ -1104,6 +1220,9 @@ mod tests {
                 min: cpu,
                 max: cpu,
             },
+            workers_us_per_rpc: Spread::of(&[cpu / 2.0]),
+            main_us_per_rpc: Spread::of(&[cpu / 4.0]),
+            v8_us_per_rpc: Spread::of(&[0.0]),
             rps: Spread::of(&[1.0]),
             p50_us: Spread::of(&[1.0]),
             p99_us: Spread::of(&[1.0]),
@@ -1160,6 +1279,9 @@ mod tests {
         assert_eq!(per_filter[1].1, 6.0);
         assert_eq!(per_filter[2].1, 14.0);
         assert_eq!(per_filter[3].1, 20.0);
-        assert_eq!(per_filter[4].1, 50.0);
+        // The summaries put half of each run's CPU on the worker and a quarter on main.
+        assert_eq!(per_filter[4].1, 10.0);
+        assert_eq!(per_filter[5].1, 5.0);
+        assert_eq!(per_filter[6], ("all four", 50.0));
     }
 }

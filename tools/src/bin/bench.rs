@@ -33,7 +33,7 @@ use phi_guard_proto::fhir;
 use phi_guard_proto::fhir::service::fhir_service_client::FhirServiceClient;
 use phi_guard_proto::health::v1::patient_service_client::PatientServiceClient;
 use phi_guard_proto::health::v1::{GetPatientRequest, ListEncountersRequest};
-use phi_guard_tools::bench::{self, Run, Sample, Summary, Workload, RUNS};
+use phi_guard_tools::bench::{self, Run, Sample, Summary, ThreadCpu, Workload, RUNS};
 use phi_guard_tools::client::{self, ClientCert, MtlsTarget};
 use phi_guard_tools::issuer::{self, UserClaims};
 use phi_guard_tools::stack::{self, Envoy, Error, Stack};
@@ -229,12 +229,16 @@ async fn run() -> Result<(), Error> {
             let envoy = &envoys[run.variant];
             let offset = fresh_used.entry(run.variant).or_default();
             let sample = measure(&caller, envoy, run, &options, offset).await?;
+            let threads = sample.threads_per_rpc();
             println!(
-                "round {}/{} {:<9} {:>7.1} µs/RPC {:>7.0} RPC/s p99 {:>6.2} ms{}",
+                "round {}/{} {:<9} {:>7.1} µs/RPC (worker {:.1}, main {:.1}, V8 {:.1}) {:>7.0} RPC/s p99 {:>6.2} ms{}",
                 round + 1,
                 options.rounds,
                 run.id,
                 sample.cpu_us_per_rpc(),
+                threads.workers_us,
+                threads.main_us,
+                threads.v8_us,
                 sample.rps(),
                 sample.p99_us as f64 / 1e3,
                 if sample.errors > 0 {
@@ -485,12 +489,14 @@ async fn measure(
     let outcome = drive(caller, &channels, run.workload, n, concurrency, fresh).await;
     let wall = started.elapsed();
     let cpu_after = process_cpu_us(pid)?;
+    let threads = cpu_after.since(&cpu_before);
     let mut latencies = outcome.latencies_us;
     latencies.sort_unstable();
     Ok(Sample {
         rpcs: n,
         errors: outcome.errors,
-        envoy_cpu_us: cpu_after - cpu_before,
+        envoy_cpu_us: threads.total_us(),
+        threads,
         wall_s: wall.as_secs_f64(),
         p50_us: bench::percentile(&latencies, 50.0),
         p99_us: bench::percentile(&latencies, 99.0),
@@ -725,17 +731,20 @@ async fn rss_per_worker(
     Ok((rss[0], rss[1]))
 }
 
-/// CPU time of a process, all threads, user and system (µs): the sum of each thread's time on
-/// a CPU from `/proc/PID/task/TID/schedstat` (nanoseconds, the scheduler's own accounting).
-/// `/proc/PID/stat`'s utime + stime count clock ticks (10 ms at the usual 100 Hz), which over a
-/// run of a few hundred milliseconds is too coarse for the few µs per RPC a native filter adds.
-/// Envoy's threads live as long as the process, so none of the run's time is lost with an
-/// exited thread. A kernel without schedstat files (no `CONFIG_SCHED_INFO`) gets the ticks.
-fn process_cpu_us(pid: u32) -> Result<f64, Error> {
-    let mut ns: u64 = 0;
+/// CPU time of a process, all threads, user and system (µs), by thread class
+/// ([`bench::ThreadCpu`]): each thread's time on a CPU from `/proc/PID/task/TID/schedstat`
+/// (nanoseconds, the scheduler's own accounting), classed by its `comm`. `/proc/PID/stat`'s
+/// utime + stime count clock ticks (10 ms at the usual 100 Hz), which over a run of a few
+/// hundred milliseconds is too coarse for the few µs per RPC a native filter adds. Envoy's
+/// threads live as long as the process, so none of the run's time is lost with an exited
+/// thread. A kernel without schedstat files (no `CONFIG_SCHED_INFO`) gets the ticks, all of
+/// them counted as `other`.
+fn process_cpu_us(pid: u32) -> Result<ThreadCpu, Error> {
+    let mut cpu = ThreadCpu::default();
     let mut read = false;
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let path = task?.path().join("schedstat");
+        let dir = task?.path();
+        let path = dir.join("schedstat");
         // A thread that ended between the listing and the read has nothing left to count.
         let Ok(text) = std::fs::read_to_string(&path) else {
             continue;
@@ -744,13 +753,14 @@ fn process_cpu_us(pid: u32) -> Result<f64, Error> {
             .split_whitespace()
             .next()
             .ok_or_else(|| format!("empty {}", path.display()))?;
-        ns += on_cpu.parse::<u64>()?;
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        cpu.add(comm.trim_end(), on_cpu.parse::<u64>()? as f64 / 1e3);
         read = true;
     }
     if !read {
-        return process_cpu_ticks_us(pid);
+        cpu.add("", process_cpu_ticks_us(pid)?);
     }
-    Ok(ns as f64 / 1e3)
+    Ok(cpu)
 }
 
 /// User + system CPU of a process, all threads, from /proc/PID/stat, in clock ticks (µs).
