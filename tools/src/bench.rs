@@ -85,9 +85,16 @@ impl Variant {
                     out.push_str(&without);
                 }
                 Filter::NativeRbac => out.push_str(NATIVE_RBAC),
-                Filter::Pipeline(stages) => out.push_str(&pipeline_block(&blocks, stages, None)?),
+                Filter::Pipeline(stages) => {
+                    // As `phi-guard render` ships it: writing to Envoy only the filter state
+                    // the access log prints.
+                    let logged =
+                        crate::render::logged_filter_state(inbound).map_err(|e| e.to_string())?;
+                    out.push_str(&pipeline_block(&blocks, stages, None, Some(&logged))?)
+                }
+                // Another commit's module may not know `filter_state`: it writes them all.
                 Filter::PipelineAt { stages, dir } => {
-                    out.push_str(&pipeline_block(&blocks, stages, Some(dir))?)
+                    out.push_str(&pipeline_block(&blocks, stages, Some(dir), None)?)
                 }
                 Filter::HostCost { kind, n } => {
                     out.push_str(&hostcost_block(&wasm_dir_of(&blocks)?, kind, *n))
@@ -114,6 +121,7 @@ fn pipeline_block(
     blocks: &[(&str, &str)],
     stages: &[&str],
     module_dir: Option<&str>,
+    filter_state: Option<&[&str]>,
 ) -> Result<String, String> {
     let block = |stage: &str| {
         let name = format!("phi_guard.{stage}");
@@ -147,8 +155,11 @@ fn pipeline_block(
         Some(dir) => dir.to_string(),
         None => wasm_dir_of(blocks)?,
     };
-    let config = serde_json::to_string_pretty(&serde_json::json!({ "stages": configs }))
-        .map_err(|e| e.to_string())?;
+    let mut envelope = serde_json::json!({ "stages": configs });
+    if let Some(keys) = filter_state {
+        envelope["filter_state"] = serde_json::json!(keys);
+    }
+    let config = serde_json::to_string_pretty(&envelope).map_err(|e| e.to_string())?;
     let mut out = format!(
         "          - name: phi_guard
             typed_config:
@@ -1082,8 +1093,27 @@ mod tests {
         }
     }
 
+    /// `yaml` without the pipeline's `filter_state` member (its pretty-printed lines).
+    fn without_filter_state(yaml: &str) -> String {
+        let mut out = String::new();
+        let mut inside = false;
+        for line in yaml.split_inclusive('\n') {
+            if line.trim_start().starts_with("\"filter_state\": [") {
+                inside = true;
+            } else if inside {
+                inside = line.trim() != "],";
+            } else {
+                out.push_str(line);
+            }
+        }
+        out
+    }
+
+    /// The baseline runs another build's module as that build shipped: the same stages and
+    /// stage configs, the module file of the other build, and no `filter_state` (a build from
+    /// before it refuses the member), so it writes every contract to filter state.
     #[test]
-    fn baseline_variants_differ_from_theirs_only_in_the_module_file() {
+    fn baseline_variants_differ_from_theirs_only_in_the_module_file_and_filter_state() {
         let yaml = inbound();
         let ours = variants();
         for (twin, run) in baseline_variants("/elsewhere/release")
@@ -1103,10 +1133,12 @@ mod tests {
                     "/elsewhere/release/phi_guard.wasm",
                     &format!("{dir}/phi_guard.wasm")
                 ),
-                mine,
+                without_filter_state(&mine),
                 "{}",
                 twin.id
             );
+            assert!(!theirs.contains("filter_state"), "{}", twin.id);
+            assert!(mine.contains("\"filter_state\": ["), "{}", twin.id);
         }
     }
 

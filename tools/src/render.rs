@@ -991,10 +991,12 @@ impl Inbound {
             .map_err(|e| stage("audit.config", e))?;
         phi_guard_audit::config::ServiceConfig::parse(&bytes(&service))
             .map_err(|e| stage("audit.service", e))?;
-        // The pipeline layout's one config: each stage's JSON nested unchanged, in stage order.
-        let pipeline = json!({"stages": [
-            {"jwt": jwt}, {"rbac": self.rbac}, {"mask": mask}, {"audit": self.audit}
-        ]});
+        // The pipeline layout's one config: each stage's JSON nested unchanged, in stage order,
+        // and the filter state its template's access log prints (the rest stays in memory).
+        let pipeline = json!({
+            "stages": [{"jwt": jwt}, {"rbac": self.rbac}, {"mask": mask}, {"audit": self.audit}],
+            "filter_state": logged_filter_state(&template(Layout::Pipeline.template())?)?,
+        });
         phi_guard::PipelineConfig::parse(&bytes(&pipeline)).map_err(|e| stage("pipeline", e))?;
         Ok(vec![
             ("JWT_CONFIG", jwt),
@@ -1274,6 +1276,33 @@ fn upstream_tls(up: &Upstream) -> Result<String, String> {
     }
 }
 
+/// The phi-guard filter-state keys a template's access log prints
+/// (`%FILTER_STATE(wasm.phi_guard.<key>…)%`), in `phi_guard_common::state::KEYS` order: the
+/// pipeline's `filter_state`, so that it writes to Envoy exactly what the log reads. A key no
+/// stage writes is refused: the log would print `-` for it forever.
+pub fn logged_filter_state(template: &str) -> Result<Vec<&'static str>, FieldError> {
+    const PREFIX: &str = "%FILTER_STATE(wasm.";
+    let mut logged = Vec::new();
+    for (at, _) in template.match_indices(PREFIX) {
+        let rest = &template[at + PREFIX.len()..];
+        let key = &rest[..rest.find([':', ')']).unwrap_or(rest.len())];
+        if !key.starts_with("phi_guard.") {
+            continue;
+        }
+        let Some(known) = phi_guard_common::state::KEYS.iter().find(|k| **k == key) else {
+            return Err(FieldError::new(
+                "layout",
+                "the template's access log prints a phi_guard filter-state key no stage writes",
+            ));
+        };
+        if !logged.contains(known) {
+            logged.push(*known);
+        }
+    }
+    logged.sort_by_key(|k| phi_guard_common::state::KEYS.iter().position(|x| x == k));
+    Ok(logged)
+}
+
 /// A template of the repository's `envoy/` directory.
 fn template(name: &str) -> Result<String, FieldError> {
     let path = envoy_dir().join(name);
@@ -1494,6 +1523,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out, "a:\n  x: 1\n  y:\n    z: 2\nc: 3\n");
+    }
+
+    #[test]
+    fn the_pipeline_publishes_the_filter_state_its_access_log_prints() {
+        use phi_guard_common::state;
+        let shipped = template(Layout::Pipeline.template()).unwrap();
+        assert_eq!(
+            logged_filter_state(&shipped).unwrap(),
+            [state::AUTHN, state::AUTHZ, state::METHOD, state::REQUEST_ID]
+        );
+        // Other filters' keys are theirs; a phi_guard key no stage writes is refused.
+        let t = "a: \"%FILTER_STATE(wasm.phi_guard.identity)%\"\nb: \"%FILTER_STATE(envoy.x:PLAIN)%\"\n\
+                 c: \"%FILTER_STATE(wasm.phi_guard.identity:PLAIN)%\"";
+        assert_eq!(logged_filter_state(t).unwrap(), [state::IDENTITY]);
+        assert_eq!(
+            logged_filter_state("no access log").unwrap(),
+            Vec::<&str>::new()
+        );
+        let err = logged_filter_state("%FILTER_STATE(wasm.phi_guard.roles:PLAIN)%").unwrap_err();
+        assert_eq!(err.field, "layout");
     }
 
     #[test]

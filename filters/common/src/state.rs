@@ -35,6 +35,44 @@ pub const METHOD: &str = "phi_guard.method";
 /// when refused), written by jwt so access logs never print the raw client header.
 pub const REQUEST_ID: &str = "phi_guard.request_id";
 
+/// Every contract's key, in the order the stages write them.
+pub const KEYS: [&str; 7] = [IDENTITY, AUTHN, AUTHZ, MASK, RESOURCE, METHOD, REQUEST_ID];
+
+/// The contracts a host writes to Envoy's filter state, a subset of [`KEYS`]. A single-stage
+/// module writes every one (the next filter reads it there). The pipeline hands its stages'
+/// values over in memory and writes only these (its `filter_state` setting; all by
+/// default): each new filter-state key costs Envoy an object and a map entry on every RPC
+/// (about 1.2 µs in V8, docs/PERFORMANCE.md), worth paying only for a key something reads, an
+/// access log's `%FILTER_STATE(wasm.phi_guard.<key>)%` or a filter after the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published(u8);
+
+impl Published {
+    /// Every contract.
+    pub const ALL: Published = Published((1 << KEYS.len()) - 1);
+    /// None: nothing reads phi-guard's filter state.
+    pub const NONE: Published = Published(0);
+
+    fn bit(key: &str) -> Option<u8> {
+        KEYS.iter().position(|k| *k == key).map(|i| 1 << i)
+    }
+
+    /// This set and `key`; `None` when `key` is not one of [`KEYS`].
+    pub fn with(self, key: &str) -> Option<Published> {
+        Self::bit(key).map(|b| Published(self.0 | b))
+    }
+
+    pub fn contains(self, key: &str) -> bool {
+        Self::bit(key).is_some_and(|b| self.0 & b != 0)
+    }
+}
+
+impl Default for Published {
+    fn default() -> Self {
+        Published::ALL
+    }
+}
+
 /// The type a filter-state key carries: its key and its byte format. Implemented once per key
 /// (below); `phi_guard_host::{read_state, write_state}` are the only code that turns one into
 /// bytes or back.

@@ -93,6 +93,14 @@ pub trait Host {
     fn state_slots(&self) -> Option<&RefCell<StateSlots>> {
         None
     }
+    /// Whether [`write_state`] writes the contract under `key` to the host's filter state.
+    /// `true` (the default, every single-stage host): the next filter reads it there. The
+    /// pipeline answers from its `filter_state` setting
+    /// ([`phi_guard_common::state::Published`]); its own stages read the typed slots either way.
+    fn publishes_state(&self, key: &str) -> bool {
+        let _ = key;
+        true
+    }
 }
 
 /// Milliseconds since the Unix epoch.

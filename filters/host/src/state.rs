@@ -2,8 +2,9 @@
 //! ([`phi_guard_common::state::StateContract`]): no stage names a `phi_guard.*` key or
 //! encodes its bytes itself.
 //!
-//! Writes always reach the host's filter state (Envoy's access log prints them; a filter
-//! after this one, in another module, reads them there). A host with typed slots
+//! Writes reach the host's filter state (Envoy's access log prints them; a filter after this
+//! one, in another module, reads them there), except those the host does not publish
+//! ([`Host::publishes_state`], the pipeline's `filter_state` setting). A host with typed slots
 //! ([`Host::state_slots`], the pipeline) also keeps the value, and a later read of it in the
 //! same stream is that value: no bytes are parsed between stages of one module. A contract
 //! no stage of this stream wrote is read from filter state, so a single-stage module placed
@@ -33,9 +34,13 @@ pub fn read_state<T: StateContract, H: Host + ?Sized>(host: &H) -> Result<Option
     }
 }
 
-/// Writes `value` as this stream's `T`, for the filters after this one and Envoy's access log.
+/// Writes `value` as this stream's `T`, for the filters after this one and Envoy's access log
+/// (unless the host does not publish `T`: [`Host::publishes_state`]), and into the host's typed
+/// slot, if it has one.
 pub fn write_state<T: StateContract, H: Host + ?Sized>(host: &H, value: &T) {
-    host.set_property(&[T::KEY], &value.encode());
+    if host.publishes_state(T::KEY) {
+        host.set_property(&[T::KEY], &value.encode());
+    }
     if let Some(slots) = host.state_slots() {
         *T::slot(&mut slots.borrow_mut()) = Some(value.clone());
     }

@@ -3,11 +3,18 @@
 //! single-stage module of the filter takes as its whole configuration), and is checked by
 //! that filter's own parser when the pipeline configures it.
 //!
+//! `filter_state` (optional) lists the contracts the pipeline writes to Envoy's filter state,
+//! by key (`["phi_guard.authn", "phi_guard.authz"]`): what the access log prints or a filter
+//! after the pipeline reads. Absent, all seven are written, as the single-stage modules write
+//! them; the stages themselves hand their values over in memory either way. An unknown or
+//! repeated key is refused.
+//!
 //! Read through the one config parser (`phi_guard_common::config::parse_document`): an empty
 //! document, a repeated member at any depth and unknown top-level fields are refused. A stage
 //! list that is empty, names an unknown stage, names one twice or puts them out of order is
 //! refused, the error naming the field (`stages[2]`). Errors never carry a value.
 
+use phi_guard_common::state::{self, Published};
 use phi_guard_common::ConfigError;
 use serde_json::Value;
 
@@ -48,6 +55,8 @@ impl StageName {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PipelineConfig {
     pub stages: Vec<(StageName, Vec<u8>)>,
+    /// The contracts written to Envoy's filter state (`filter_state`; all when absent).
+    pub published: Published,
 }
 
 impl PipelineConfig {
@@ -56,14 +65,21 @@ impl PipelineConfig {
         let Value::Object(top) = doc else {
             return Err(ConfigError::new("", "must be a JSON object"));
         };
-        if let Some(other) = top.keys().find(|k| k.as_str() != "stages") {
+        if let Some(other) = top
+            .keys()
+            .find(|k| !matches!(k.as_str(), "stages" | "filter_state"))
+        {
             // The member name is a key of the envelope, not a value; still shown only if plain.
             let field = if plain(other) { other.as_str() } else { "" };
             return Err(ConfigError::new(
                 field,
-                "unknown field: the pipeline configuration has only `stages`",
+                "unknown field: the pipeline configuration has `stages` and `filter_state`",
             ));
         }
+        let published = match top.get("filter_state") {
+            None => Published::ALL,
+            Some(list) => published(list)?,
+        };
         let Some(Value::Array(list)) = top.get("stages") else {
             return Err(ConfigError::new(
                 "stages",
@@ -119,7 +135,7 @@ impl PipelineConfig {
             }
             stages.push((stage, config.to_string().into_bytes()));
         }
-        Ok(PipelineConfig { stages })
+        Ok(PipelineConfig { stages, published })
     }
 
     /// The configuration document of `stage`, if configured.
@@ -129,6 +145,39 @@ impl PipelineConfig {
             .find(|(s, _)| *s == stage)
             .map(|(_, c)| c.as_slice())
     }
+}
+
+/// `filter_state`: a list of contract keys, each once.
+fn published(list: &Value) -> Result<Published, ConfigError> {
+    let Value::Array(keys) = list else {
+        return Err(ConfigError::new(
+            "filter_state",
+            "must be a list of filter-state keys, e.g. [\"phi_guard.authn\", \"phi_guard.authz\"]",
+        ));
+    };
+    let mut set = Published::NONE;
+    for (i, key) in keys.iter().enumerate() {
+        let field = format!("filter_state[{i}]");
+        let Some(key) = key.as_str() else {
+            return Err(ConfigError::new(
+                field,
+                "must be a string, a filter-state key",
+            ));
+        };
+        if set.contains(key) {
+            return Err(ConfigError::new(field, "the key appears twice"));
+        }
+        set = set.with(key).ok_or_else(|| {
+            ConfigError::new(
+                field.clone(),
+                format!(
+                    "not a phi-guard filter-state key (the keys are {})",
+                    state::KEYS.join(", ")
+                ),
+            )
+        })?;
+    }
+    Ok(set)
 }
 
 fn plain(name: &str) -> bool {
@@ -188,6 +237,44 @@ mod tests {
         // A member repeated inside a stage's config is refused by the one parser.
         let repeated = err(r#"{"stages":[{"rbac":{"mode":"enforce","mode":"shadow"}}]}"#);
         assert_eq!(repeated.field, "mode");
+    }
+
+    #[test]
+    fn filter_state_lists_the_keys_written_to_envoy() {
+        let all = PipelineConfig::parse(br#"{"stages":[{"audit":{}}]}"#).unwrap();
+        assert_eq!(all.published, Published::ALL);
+        let some = PipelineConfig::parse(
+            br#"{"stages":[{"audit":{}}],"filter_state":["phi_guard.authz","phi_guard.authn"]}"#,
+        )
+        .unwrap();
+        for key in state::KEYS {
+            let expected = key == state::AUTHN || key == state::AUTHZ;
+            assert_eq!(some.published.contains(key), expected, "{key}");
+        }
+        let none = PipelineConfig::parse(br#"{"stages":[{"audit":{}}],"filter_state":[]}"#);
+        assert_eq!(none.unwrap().published, Published::NONE);
+
+        let bad = |list: &str| {
+            err(&format!(
+                r#"{{"stages":[{{"audit":{{}}}}],"filter_state":{list}}}"#
+            ))
+        };
+        assert_eq!(bad(r#""phi_guard.authn""#).field, "filter_state");
+        assert_eq!(bad("[1]").field, "filter_state[0]");
+        let unknown = bad(r#"["phi_guard.authn","wasm.phi_guard.authz"]"#);
+        assert_eq!(unknown.field, "filter_state[1]");
+        assert!(
+            unknown.reason.contains("phi_guard.identity"),
+            "{}",
+            unknown.reason
+        );
+        let twice = bad(r#"["phi_guard.authn","phi_guard.authn"]"#);
+        assert_eq!(twice.field, "filter_state[1]");
+        assert!(twice.reason.contains("twice"), "{}", twice.reason);
+        // The reason lists the keys phi-guard knows, never what the config held.
+        assert!(!bad(r#"["SECRET-VALUE-123"]"#)
+            .to_string()
+            .contains("SECRET"));
     }
 
     #[test]

@@ -30,6 +30,7 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 
+use phi_guard_common::state::Published;
 use phi_guard_common::{GrpcStatus, StateSlots, UnixSeconds};
 use phi_guard_host::{
     Clock, Header, Host, LogLevel, Queues, SharedData, SharedDataError, Trailers, UnixMillis,
@@ -135,6 +136,9 @@ pub struct Cached<'a, H> {
     pub slots: &'a RefCell<StateSlots>,
     /// The VM's connection facts.
     pub connections: &'a RefCell<ConnectionFacts>,
+    /// The contracts written to Envoy's filter state besides the slots (all unless
+    /// [`Cached::publishing`] says otherwise).
+    pub published: Published,
 }
 
 impl<'a, H> Cached<'a, H> {
@@ -149,7 +153,14 @@ impl<'a, H> Cached<'a, H> {
             cache,
             slots,
             connections,
+            published: Published::ALL,
         }
+    }
+
+    /// Writes only the contracts in `published` to Envoy's filter state (the pipeline's
+    /// `filter_state` setting); the slots still get every one.
+    pub fn publishing(self, published: Published) -> Self {
+        Cached { published, ..self }
     }
 }
 
@@ -269,6 +280,10 @@ impl<H: StageHost> Host for Cached<'_, H> {
 
     fn state_slots(&self) -> Option<&RefCell<StateSlots>> {
         Some(self.slots)
+    }
+
+    fn publishes_state(&self, key: &str) -> bool {
+        self.published.contains(key)
     }
 }
 

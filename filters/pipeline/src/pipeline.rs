@@ -29,6 +29,7 @@ use std::rc::Rc;
 
 use phi_guard_audit::config::FilterConfig as AuditConfig;
 use phi_guard_audit::filter::{Admission, AuditStream, FilterRuntime};
+use phi_guard_common::state::Published;
 use phi_guard_common::{ConfigError, GrpcStatus, StateSlots};
 use phi_guard_host::{Flow, Host, LogLevel};
 use phi_guard_jwt::engine::Engine as JwtEngine;
@@ -86,6 +87,8 @@ pub struct Pipeline {
     pending: HashMap<u32, FetchOwner>,
     /// The VM's connection attributes, per connection (`crate::host`).
     connections: Rc<RefCell<ConnectionFacts>>,
+    /// The contracts written to Envoy's filter state (`filter_state`).
+    published: Published,
 }
 
 fn refused(stage: StageName, index: usize) -> ConfigError {
@@ -114,6 +117,7 @@ impl Pipeline {
             audit: None,
             pending: HashMap::new(),
             connections: Rc::default(),
+            published: config.published,
         };
         for (index, (stage, doc)) in config.stages.iter().enumerate() {
             let within = format!("stages[{index}].{}", stage.name());
@@ -325,6 +329,7 @@ impl Pipeline {
             cache: RefCell::default(),
             slots: RefCell::default(),
             connections: Rc::clone(&self.connections),
+            published: self.published,
             observer: None,
         }
     }
@@ -353,6 +358,7 @@ pub struct Stream {
     /// The contracts the stages wrote, one typed slot each, for the stream's life.
     slots: RefCell<StateSlots>,
     connections: Rc<RefCell<ConnectionFacts>>,
+    published: Published,
     observer: Option<StageObserver>,
 }
 
@@ -377,6 +383,7 @@ impl Stream {
             cache: RefCell::default(),
             slots: RefCell::default(),
             connections: Rc::default(),
+            published: Published::NONE,
             observer: None,
         }
     }
@@ -395,10 +402,11 @@ impl Stream {
             cache,
             slots,
             connections,
+            published,
             observer,
             ..
         } = self;
-        let cached = Cached::new(host, cache, slots, connections);
+        let cached = Cached::new(host, cache, slots, connections).publishing(*published);
         let mut stages = StageSet {
             jwt,
             rbac,

@@ -659,6 +659,72 @@ fn without_the_audit_service_calls_are_refused() {
     assert!(host.events().is_empty());
 }
 
+/// The shipped pipeline's `filter_state`: what `envoy/inbound.pipeline.yaml`'s access log
+/// prints (`phi-guard render` derives it from the template).
+const LOGGED: [&str; 4] = [state::AUTHN, state::AUTHZ, state::METHOD, state::REQUEST_ID];
+
+#[test]
+fn the_pipeline_writes_only_the_filter_state_it_is_told_to() {
+    let with = |published: Option<&[&str]>| {
+        let mut doc: serde_json::Value = serde_json::from_slice(&pipeline_config()).unwrap();
+        if let Some(keys) = published {
+            doc["filter_state"] = serde_json::json!(keys);
+        }
+        let host = Rc::new(Recorder::new(audit_bus(), Some("nurse")));
+        assert_eq!(
+            run_pipeline_rpcs(&host, doc.to_string().as_bytes(), 2),
+            Flow::Continue
+        );
+        host
+    };
+    let (all, logged, none) = (with(None), with(Some(&LOGGED)), with(Some(&[])));
+    for key in state::KEYS {
+        assert!(all.base.property(&[key]).is_some(), "{key} not written");
+        assert_eq!(
+            logged.base.property(&[key]).is_some(),
+            LOGGED.contains(&key),
+            "{key}"
+        );
+        assert_eq!(none.base.property(&[key]), None, "{key}");
+        if LOGGED.contains(&key) {
+            assert_eq!(
+                logged.base.property(&[key]),
+                all.base.property(&[key]),
+                "{key}"
+            );
+        }
+    }
+    // The stages hand every value over in memory all the same: the same answer, the same
+    // decision, the same audit event.
+    for host in [&logged, &none] {
+        assert_eq!(
+            *host.base.response_body.borrow(),
+            *all.base.response_body.borrow()
+        );
+        let strip = |mut e: serde_json::Value| {
+            e["time"] = serde_json::Value::Null;
+            e
+        };
+        assert_eq!(
+            strip(host.events().last().unwrap().clone()),
+            strip(all.events().last().unwrap().clone())
+        );
+    }
+    let writes = |r: &Recorder| {
+        r.calls
+            .borrow()
+            .iter()
+            .filter(|((_, call), _)| *call == "set_filter_state")
+            .map(|(_, n)| n)
+            .sum::<u32>()
+    };
+    assert_eq!(
+        (writes(&all), writes(&logged), writes(&none)),
+        (7, 4, 0),
+        "filter-state writes per steady-state RPC"
+    );
+}
+
 #[test]
 fn a_stage_config_error_names_the_stage_and_field() {
     let host = Recorder::new(audit_bus(), None);
