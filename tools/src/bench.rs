@@ -88,8 +88,8 @@ impl Variant {
                 Filter::Pipeline(stages) => {
                     // As `phi-guard render` ships it: writing to Envoy only the filter state
                     // the access log prints.
-                    let logged =
-                        crate::render::logged_filter_state(inbound).map_err(|e| e.to_string())?;
+                    let logged = crate::render::logged_filter_state(inbound, "envoy/inbound.yaml")
+                        .map_err(|e| e.to_string())?;
                     out.push_str(&pipeline_block(&blocks, stages, None, Some(&logged))?)
                 }
                 // Another commit's module may not know `filter_state`: it writes them all.

@@ -131,6 +131,10 @@ impl std::str::FromStr for Layout {
 pub struct ProjectFile {
     #[serde(default)]
     pub layout: Layout,
+    /// Filter-state keys the pipeline writes besides those its template reads (for a filter
+    /// placed after it, outside the template): `["phi_guard.identity"]`.
+    #[serde(default)]
+    pub filter_state: Vec<String>,
     pub service: ServiceSection,
     pub listener: ListenerSection,
     pub trust: TrustSection,
@@ -563,6 +567,9 @@ pub struct Inbound {
     pub descriptor_set_remote: Option<RemoteDescriptorSet>,
     pub collector: Upstream,
     pub keys: KeyEnv,
+    /// The project file's `filter_state`: keys the pipeline writes besides those its template
+    /// reads ([`logged_filter_state`]), each one of `phi_guard_common::state::KEYS`.
+    pub filter_state: Vec<&'static str>,
 }
 
 /// What [`Inbound::render`] produces.
@@ -715,7 +722,30 @@ impl Inbound {
                 stage_files.insert(field, at(p));
             }
         }
+        let mut filter_state: Vec<&'static str> = Vec::new();
+        for (i, key) in file.filter_state.iter().enumerate() {
+            let known = phi_guard_common::state::KEYS
+                .into_iter()
+                .find(|k| k == key)
+                .ok_or_else(|| {
+                    FieldError::new(
+                        format!("filter_state[{i}]"),
+                        format!(
+                            "not a phi-guard filter-state key (the keys are {})",
+                            phi_guard_common::state::KEYS.join(", ")
+                        ),
+                    )
+                })?;
+            if filter_state.contains(&known) {
+                return Err(FieldError::new(
+                    format!("filter_state[{i}]"),
+                    "the key appears twice",
+                ));
+            }
+            filter_state.push(known);
+        }
         let inbound = Inbound {
+            filter_state,
             stage_files,
             layout: file.layout,
             service_name: file.service.name.clone(),
@@ -992,10 +1022,20 @@ impl Inbound {
         phi_guard_audit::config::ServiceConfig::parse(&bytes(&service))
             .map_err(|e| stage("audit.service", e))?;
         // The pipeline layout's one config: each stage's JSON nested unchanged, in stage order,
-        // and the filter state its template's access log prints (the rest stays in memory).
+        // and the filter state its template reads plus the project's own (the rest stays in
+        // memory). Read from the template being rendered: a single-layout render needs no
+        // pipeline template.
+        let name = self.layout.template();
+        let mut filter_state = logged_filter_state(&template(name)?, name)?;
+        for key in &self.filter_state {
+            if !filter_state.contains(key) {
+                filter_state.push(key);
+            }
+        }
+        filter_state.sort_by_key(|k| phi_guard_common::state::KEYS.iter().position(|x| x == k));
         let pipeline = json!({
             "stages": [{"jwt": jwt}, {"rbac": self.rbac}, {"mask": mask}, {"audit": self.audit}],
-            "filter_state": logged_filter_state(&template(Layout::Pipeline.template())?)?,
+            "filter_state": filter_state,
         });
         phi_guard::PipelineConfig::parse(&bytes(&pipeline)).map_err(|e| stage("pipeline", e))?;
         Ok(vec![
@@ -1276,27 +1316,36 @@ fn upstream_tls(up: &Upstream) -> Result<String, String> {
     }
 }
 
-/// The phi-guard filter-state keys a template's access log prints
-/// (`%FILTER_STATE(wasm.phi_guard.<key>…)%`), in `phi_guard_common::state::KEYS` order: the
-/// pipeline's `filter_state`, so that it writes to Envoy exactly what the log reads. A key no
-/// stage writes is refused: the log would print `-` for it forever.
-pub fn logged_filter_state(template: &str) -> Result<Vec<&'static str>, FieldError> {
-    const PREFIX: &str = "%FILTER_STATE(wasm.";
+/// The phi-guard filter-state keys a template reads: every `wasm.phi_guard.<key>` it names,
+/// whatever reads it (`%FILTER_STATE(wasm.phi_guard.authn:PLAIN)%` in an access log, a
+/// `%CEL(filter_state[...])%`, a filter's matcher), in `phi_guard_common::state::KEYS`
+/// order: the pipeline's `filter_state`, so it writes to Envoy what the config reads. A key
+/// no stage writes is refused, naming it and the template (`template`, for the message): the
+/// config would read nothing there forever.
+pub fn logged_filter_state(text: &str, template: &str) -> Result<Vec<&'static str>, FieldError> {
+    const PREFIX: &str = "wasm.phi_guard.";
     let mut logged = Vec::new();
-    for (at, _) in template.match_indices(PREFIX) {
-        let rest = &template[at + PREFIX.len()..];
-        let key = &rest[..rest.find([':', ')']).unwrap_or(rest.len())];
-        if !key.starts_with("phi_guard.") {
-            continue;
-        }
-        let Some(known) = phi_guard_common::state::KEYS.iter().find(|k| **k == key) else {
+    for (at, _) in text.match_indices(PREFIX) {
+        let rest = &text[at + PREFIX.len()..];
+        let len = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
+        let key = format!("phi_guard.{}", &rest[..len]);
+        let Some(known) = phi_guard_common::state::KEYS
+            .into_iter()
+            .find(|k| *k == key)
+        else {
+            // Only the letters, digits and underscores read above: nothing else is echoed.
             return Err(FieldError::new(
                 "layout",
-                "the template's access log prints a phi_guard filter-state key no stage writes",
+                format!(
+                    "template {template} reads filter state wasm.{key}, which no phi-guard stage writes (the keys are {})",
+                    phi_guard_common::state::KEYS.join(", ")
+                ),
             ));
         };
-        if !logged.contains(known) {
-            logged.push(*known);
+        if !logged.contains(&known) {
+            logged.push(known);
         }
     }
     logged.sort_by_key(|k| phi_guard_common::state::KEYS.iter().position(|x| x == k));
@@ -1528,21 +1577,63 @@ mod tests {
     #[test]
     fn the_pipeline_publishes_the_filter_state_its_access_log_prints() {
         use phi_guard_common::state;
-        let shipped = template(Layout::Pipeline.template()).unwrap();
+        let name = Layout::Pipeline.template();
+        let shipped = template(name).unwrap();
+        let logged = [state::AUTHN, state::AUTHZ, state::METHOD, state::REQUEST_ID];
+        assert_eq!(logged_filter_state(&shipped, name).unwrap(), logged);
+        // The single-stage template's access log reads the same keys.
+        let single = template(Layout::Single.template()).unwrap();
+        assert_eq!(logged_filter_state(&single, "t").unwrap(), logged);
+        // Any reader counts, in key order, once; other filters' keys are theirs.
+        let t = "a: \"%FILTER_STATE(wasm.phi_guard.resource)%\"\nb: \"%FILTER_STATE(envoy.x:PLAIN)%\"\n\
+                 c: \"%CEL(filter_state['wasm.phi_guard.identity'])%\"\n\
+                 d: \"%FILTER_STATE(wasm.phi_guard.identity:PLAIN)%\"";
         assert_eq!(
-            logged_filter_state(&shipped).unwrap(),
-            [state::AUTHN, state::AUTHZ, state::METHOD, state::REQUEST_ID]
+            logged_filter_state(t, "t").unwrap(),
+            [state::IDENTITY, state::RESOURCE]
         );
-        // Other filters' keys are theirs; a phi_guard key no stage writes is refused.
-        let t = "a: \"%FILTER_STATE(wasm.phi_guard.identity)%\"\nb: \"%FILTER_STATE(envoy.x:PLAIN)%\"\n\
-                 c: \"%FILTER_STATE(wasm.phi_guard.identity:PLAIN)%\"";
-        assert_eq!(logged_filter_state(t).unwrap(), [state::IDENTITY]);
         assert_eq!(
-            logged_filter_state("no access log").unwrap(),
+            logged_filter_state("no access log", "t").unwrap(),
             Vec::<&str>::new()
         );
-        let err = logged_filter_state("%FILTER_STATE(wasm.phi_guard.roles:PLAIN)%").unwrap_err();
+        let err = logged_filter_state("%FILTER_STATE(wasm.phi_guard.roles:PLAIN)%", "mine.yaml")
+            .unwrap_err();
         assert_eq!(err.field, "layout");
+        assert!(
+            err.reason.contains("mine.yaml") && err.reason.contains("wasm.phi_guard.roles"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_project_adds_filter_state_for_filters_after_the_pipeline() {
+        use phi_guard_common::state;
+        let config = |inbound: &Inbound| -> Vec<String> {
+            let (_, pipeline) = inbound
+                .stage_configs()
+                .unwrap()
+                .into_iter()
+                .find(|(var, _)| *var == "PIPELINE_CONFIG")
+                .unwrap();
+            serde_json::from_value(pipeline["filter_state"].clone()).unwrap()
+        };
+        let mut inbound = demo();
+        inbound.layout = Layout::Pipeline;
+        assert_eq!(
+            config(&inbound),
+            [state::AUTHN, state::AUTHZ, state::METHOD, state::REQUEST_ID]
+        );
+        inbound.filter_state = vec![state::IDENTITY, state::AUTHZ];
+        assert_eq!(
+            config(&inbound),
+            [
+                state::IDENTITY,
+                state::AUTHN,
+                state::AUTHZ,
+                state::METHOD,
+                state::REQUEST_ID
+            ]
+        );
     }
 
     #[test]
@@ -1959,6 +2050,29 @@ mod tests {
             assert_eq!(err.field, "layout", "{bad}: {err}");
             assert!(!err.to_string().contains("xxxx"), "{err}");
         }
+        // `filter_state` takes phi-guard's keys, each once, and never echoes a bad one.
+        for (bad, field) in [
+            (
+                "[\"phi_guard.identity\", \"SECRET-VALUE-123\"]",
+                "filter_state[1]",
+            ),
+            (
+                "[\"phi_guard.identity\", \"phi_guard.identity\"]",
+                "filter_state[1]",
+            ),
+        ] {
+            std::fs::write(&project, format!("filter_state = {bad}\n{demo}")).unwrap();
+            let err = Inbound::from_project(&project).unwrap_err();
+            assert_eq!(err.field, field, "{bad}: {err}");
+            assert!(!err.to_string().contains("SECRET"), "{err}");
+        }
+        std::fs::write(
+            &project,
+            format!("filter_state = [\"phi_guard.mask\"]\n{demo}"),
+        )
+        .unwrap();
+        let added = Inbound::from_project(&project).unwrap();
+        assert_eq!(added.filter_state, [phi_guard_common::state::MASK]);
         // An error inside a stage config file names that file.
         let jwt = dir.join("jwt.json");
         let mut doc: Value = serde_json::from_slice(

@@ -7,7 +7,10 @@
 //! by key (`["phi_guard.authn", "phi_guard.authz"]`): what the access log prints or a filter
 //! after the pipeline reads. Absent, all seven are written, as the single-stage modules write
 //! them; the stages themselves hand their values over in memory either way. An unknown or
-//! repeated key is refused.
+//! repeated key is refused. A stage the pipeline does not run may run after it as its own
+//! module (audit after a jwt + rbac + mask pipeline, as in an Istio mesh): the contracts that
+//! stage reads ([`StageName::reads`]) are written whatever the list says, so such a module
+//! never finds its inputs missing.
 //!
 //! Read through the one config parser (`phi_guard_common::config::parse_document`): an empty
 //! document, a repeated member at any depth and unknown top-level fields are refused. A stage
@@ -45,6 +48,22 @@ impl StageName {
         }
     }
 
+    /// The contracts this stage reads from the stages before it, by filter-state key.
+    pub fn reads(self) -> &'static [&'static str] {
+        match self {
+            StageName::Jwt => &[],
+            StageName::Rbac => &[state::IDENTITY],
+            StageName::Mask => &[state::AUTHZ],
+            StageName::Audit => &[
+                state::IDENTITY,
+                state::AUTHN,
+                state::AUTHZ,
+                state::MASK,
+                state::RESOURCE,
+            ],
+        }
+    }
+
     fn from_name(name: &str) -> Option<Self> {
         StageName::ALL.into_iter().find(|s| s.name() == name)
     }
@@ -55,7 +74,8 @@ impl StageName {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PipelineConfig {
     pub stages: Vec<(StageName, Vec<u8>)>,
-    /// The contracts written to Envoy's filter state (`filter_state`; all when absent).
+    /// The contracts written to Envoy's filter state: `filter_state` (all when absent) and what
+    /// the stages it does not run read.
     pub published: Published,
 }
 
@@ -134,6 +154,16 @@ impl PipelineConfig {
                 ));
             }
             stages.push((stage, config.to_string().into_bytes()));
+        }
+        // What a stage left out of the pipeline reads, if it runs after it as its own module.
+        let mut published = published;
+        for absent in StageName::ALL
+            .into_iter()
+            .filter(|s| !stages.iter().any(|(t, _)| t == s))
+        {
+            for key in absent.reads() {
+                published = published.with(key).unwrap_or(published);
+            }
         }
         Ok(PipelineConfig { stages, published })
     }
@@ -241,22 +271,27 @@ mod tests {
 
     #[test]
     fn filter_state_lists_the_keys_written_to_envoy() {
-        let all = PipelineConfig::parse(br#"{"stages":[{"audit":{}}]}"#).unwrap();
+        let all = PipelineConfig::parse(
+            br#"{"stages":[{"jwt":{}},{"rbac":{}},{"mask":{}},{"audit":{}}]}"#,
+        )
+        .unwrap();
         assert_eq!(all.published, Published::ALL);
         let some = PipelineConfig::parse(
-            br#"{"stages":[{"audit":{}}],"filter_state":["phi_guard.authz","phi_guard.authn"]}"#,
+            br#"{"stages":[{"jwt":{}},{"rbac":{}},{"mask":{}},{"audit":{}}],"filter_state":["phi_guard.authz","phi_guard.authn"]}"#,
         )
         .unwrap();
         for key in state::KEYS {
             let expected = key == state::AUTHN || key == state::AUTHZ;
             assert_eq!(some.published.contains(key), expected, "{key}");
         }
-        let none = PipelineConfig::parse(br#"{"stages":[{"audit":{}}],"filter_state":[]}"#);
+        let none = PipelineConfig::parse(
+            br#"{"stages":[{"jwt":{}},{"rbac":{}},{"mask":{}},{"audit":{}}],"filter_state":[]}"#,
+        );
         assert_eq!(none.unwrap().published, Published::NONE);
 
         let bad = |list: &str| {
             err(&format!(
-                r#"{{"stages":[{{"audit":{{}}}}],"filter_state":{list}}}"#
+                r#"{{"stages":[{{"jwt":{{}}}},{{"rbac":{{}}}},{{"mask":{{}}}},{{"audit":{{}}}}],"filter_state":{list}}}"#
             ))
         };
         assert_eq!(bad(r#""phi_guard.authn""#).field, "filter_state");
@@ -275,6 +310,40 @@ mod tests {
         assert!(!bad(r#"["SECRET-VALUE-123"]"#)
             .to_string()
             .contains("SECRET"));
+    }
+
+    #[test]
+    fn what_a_stage_left_out_reads_is_always_written() {
+        let parse = |doc: &str| PipelineConfig::parse(doc.as_bytes()).unwrap().published;
+        let written = |p: Published| -> Vec<&str> {
+            state::KEYS.into_iter().filter(|k| p.contains(k)).collect()
+        };
+        // Audit after the pipeline (an Istio mesh's layout): its five inputs.
+        let no_audit = parse(
+            r#"{"stages":[{"jwt":{}},{"rbac":{}},{"mask":{}}],"filter_state":["phi_guard.method"]}"#,
+        );
+        assert_eq!(
+            written(no_audit),
+            [
+                state::IDENTITY,
+                state::AUTHN,
+                state::AUTHZ,
+                state::MASK,
+                state::RESOURCE,
+                state::METHOD
+            ]
+        );
+        // Mask after a jwt + rbac pipeline with audit in it: the decision, for mask.
+        let no_mask =
+            parse(r#"{"stages":[{"jwt":{}},{"rbac":{}},{"audit":{}}],"filter_state":[]}"#);
+        assert_eq!(written(no_mask), [state::AUTHZ]);
+        let no_rbac =
+            parse(r#"{"stages":[{"jwt":{}},{"mask":{}},{"audit":{}}],"filter_state":[]}"#);
+        assert_eq!(written(no_rbac), [state::IDENTITY]);
+        let all = parse(
+            r#"{"stages":[{"jwt":{}},{"rbac":{}},{"mask":{}},{"audit":{}}],"filter_state":[]}"#,
+        );
+        assert_eq!(all, Published::NONE);
     }
 
     #[test]

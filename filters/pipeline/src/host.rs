@@ -6,8 +6,9 @@
 //! rbac, `phi_guard.authz` from rbac to mask and audit, ...), and each filter reads the request
 //! headers and the clock through host calls of its own. [`Cached`] wraps the host for one
 //! stream. It gives the stages the stream's typed slots ([`StateSlots`], one per contract):
-//! `phi_guard_host::write_state` still writes the bytes to the host once (Envoy's access log
-//! and any filter after the pipeline read them there) and keeps the value itself in its slot;
+//! `phi_guard_host::write_state` writes the bytes to the host once if the pipeline publishes
+//! the contract (its `filter_state`: what Envoy's access log and filters after the pipeline
+//! read) and keeps the value itself in its slot;
 //! a later stage's `read_state` gets that value, with no host call and nothing parsed. A
 //! contract no stage of this stream wrote is read from the host, so a phi-guard single-stage
 //! module placed before the pipeline still hands its results over.

@@ -725,6 +725,47 @@ fn the_pipeline_writes_only_the_filter_state_it_is_told_to() {
     );
 }
 
+/// Audit as its own module after a jwt + rbac + mask pipeline (an Istio mesh's layout,
+/// envoy/istio/pipeline.wasmplugin.yaml): however short the pipeline's `filter_state`, what
+/// audit reads is written, and its event is the one the four-stage pipeline records.
+#[test]
+fn a_module_after_the_pipeline_gets_what_it_reads() {
+    let host = Rc::new(Recorder::new(audit_bus(), Some("nurse")));
+    let doc = serde_json::json!({"stages": [
+        {"jwt": jwt_config()}, {"rbac": rbac_config()}, {"mask": mask_config()}
+    ], "filter_state": []});
+    assert_eq!(
+        run_pipeline_with(&host, doc.to_string().as_bytes()),
+        Flow::Continue
+    );
+    let audit_rt = FilterRuntime::new(
+        host.as_ref(),
+        FilterConfig::parse(audit_config().to_string().as_bytes()).unwrap(),
+    );
+    let mut audit = AuditStream::default();
+    assert_eq!(
+        audit.on_request_headers(host.as_ref(), &audit_rt),
+        Admission::Continue
+    );
+    audit.on_log(host.as_ref(), &audit_rt);
+    audit_rt.on_tick(host.as_ref());
+    let after = host.events().last().unwrap().clone();
+
+    let whole = Rc::new(Recorder::new(audit_bus(), Some("nurse")));
+    assert_eq!(run_pipeline(&whole), Flow::Continue);
+    let strip = |mut e: serde_json::Value| {
+        e["time"] = serde_json::Value::Null;
+        e
+    };
+    assert_eq!(strip(after.clone()), strip(whole.events()[0].clone()));
+    assert_eq!(after["who"]["subject"], "nurse");
+    assert_eq!(after["what"]["resource_id"], "p-0001");
+    assert_eq!(after["outcome"]["mask"]["messages"], 1);
+    // Only what audit reads was written: not the access log's method and request id.
+    assert_eq!(host.base.property(&[state::METHOD]), None);
+    assert_eq!(host.base.property(&[state::REQUEST_ID]), None);
+}
+
 #[test]
 fn a_stage_config_error_names_the_stage_and_field() {
     let host = Recorder::new(audit_bus(), None);
