@@ -16,12 +16,13 @@
 //!    [`Pipeline::due_fetches`] and its answers in [`Pipeline::on_http_call_response`].
 //!
 //! Adding a fifth stage: its name in [`crate::config::StageName`] at its place in the order,
-//! then the four points above. Stages hand results to later stages through their typed
+//! with the contracts it reads ([`crate::config::StageName::reads`]), then the four points
+//! above. Stages hand results to later stages through their typed
 //! contracts (`phi_guard_common::state::StateContract`, read and written only with
 //! `phi_guard_host::{read_state, write_state}`), the same calls in both layouts: inside the
 //! pipeline a later stage gets the value the earlier one wrote, in memory
-//! ([`crate::host::Cached`], the stream's `StateSlots`), while the bytes still reach Envoy's
-//! filter state once per key.
+//! ([`crate::host::Cached`], the stream's `StateSlots`), while the bytes reach Envoy's filter
+//! state once per key the pipeline publishes (its `filter_state`).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
