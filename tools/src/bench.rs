@@ -664,11 +664,12 @@ impl Spread {
 /// between rounds; a difference taken within a round cancels most of that drift, which the
 /// difference of two runs' medians does not.
 pub fn paired_difference(x: &[Sample], y: &[Sample]) -> Spread {
-    let d: Vec<f64> = x
-        .iter()
-        .zip(y)
-        .map(|(x, y)| x.cpu_us_per_rpc() - y.cpu_us_per_rpc())
-        .collect();
+    paired_difference_by(x, y, Sample::cpu_us_per_rpc)
+}
+
+/// [`paired_difference`] of any per-RPC figure of a sample.
+pub fn paired_difference_by(x: &[Sample], y: &[Sample], f: impl Fn(&Sample) -> f64) -> Spread {
+    let d: Vec<f64> = x.iter().zip(y).map(|(x, y)| f(x) - f(y)).collect();
     Spread::of(&d)
 }
 
@@ -763,11 +764,6 @@ pub struct Inputs<'a> {
 /// The CPU per RPC a run adds over another, medians.
 fn cpu(runs: &BTreeMap<&'static str, Summary>, id: &str) -> f64 {
     runs.get(id).map_or(f64::NAN, |s| s.cpu_us_per_rpc.median)
-}
-
-/// One thread class's median CPU per RPC ([`ThreadCpu`]) in a run.
-fn thread(runs: &BTreeMap<&'static str, Summary>, id: &str, class: fn(&Summary) -> Spread) -> f64 {
-    runs.get(id).map_or(f64::NAN, |s| class(s).median)
 }
 
 /// Masking throughput in Envoy: the stream's bytes over what masking adds to the RPC (MB/s).
@@ -897,25 +893,87 @@ pub fn targets(inputs: &Inputs<'_>) -> Vec<Target> {
     out
 }
 
-/// What each stage adds per RPC on the GetPatient workload in the shipped layout, from the
-/// medians: jwt over passthrough, each further stage over the chain before it.
-pub fn per_filter_cpu(runs: &BTreeMap<&'static str, Summary>) -> Vec<(&'static str, f64)> {
-    vec![
-        ("jwt (cached token)", cpu(runs, "j") - cpu(runs, "a")),
-        ("rbac", cpu(runs, "pc") - cpu(runs, "j")),
-        ("mask (1 KiB response)", cpu(runs, "pm") - cpu(runs, "pc")),
-        ("audit (stage + service)", cpu(runs, "pd") - cpu(runs, "pm")),
-        (
-            "audit on the worker (the stage, the batches' enqueue)",
-            thread(runs, "pd", |s| s.workers_us_per_rpc)
-                - thread(runs, "pm", |s| s.workers_us_per_rpc),
-        ),
-        (
-            "audit on the main thread (the service: chain, OTLP, shipping)",
-            thread(runs, "pd", |s| s.main_us_per_rpc) - thread(runs, "pm", |s| s.main_us_per_rpc),
-        ),
-        ("all four", cpu(runs, "pd") - cpu(runs, "a")),
-    ]
+/// Which of a sample's CPU a stage's addition counts ([`ThreadCpu`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuOf {
+    /// Every thread.
+    Envoy,
+    /// The worker threads.
+    Workers,
+    /// Envoy's main thread.
+    Main,
+}
+
+impl CpuOf {
+    fn of_sample(self, s: &Sample) -> f64 {
+        match self {
+            CpuOf::Envoy => s.cpu_us_per_rpc(),
+            CpuOf::Workers => s.threads_per_rpc().workers_us,
+            CpuOf::Main => s.threads_per_rpc().main_us,
+        }
+    }
+
+    fn of_summary(self, s: &Summary) -> f64 {
+        match self {
+            CpuOf::Envoy => s.cpu_us_per_rpc.median,
+            CpuOf::Workers => s.workers_us_per_rpc.median,
+            CpuOf::Main => s.main_us_per_rpc.median,
+        }
+    }
+}
+
+/// What each stage adds per RPC on the GetPatient workload in the shipped layout: jwt over
+/// the passthrough, each further stage over the chain before it (what, the run with it, the
+/// run without it, the CPU counted).
+pub const STAGE_ADDITIONS: [(&str, &str, &str, CpuOf); 7] = [
+    ("jwt (cached token)", "j", "a", CpuOf::Envoy),
+    ("rbac", "pc", "j", CpuOf::Envoy),
+    ("mask (1 KiB response)", "pm", "pc", CpuOf::Envoy),
+    ("audit (stage + service)", "pd", "pm", CpuOf::Envoy),
+    (
+        "audit on the worker (the stage, the batches' enqueue)",
+        "pd",
+        "pm",
+        CpuOf::Workers,
+    ),
+    (
+        "audit on the main thread (the service: chain, OTLP, shipping)",
+        "pd",
+        "pm",
+        CpuOf::Main,
+    ),
+    ("all four", "pd", "a", CpuOf::Envoy),
+];
+
+/// One stage's addition, two ways: the difference of the two runs' medians, and the median
+/// (with its spread) of the differences taken within each round ([`paired_difference`]),
+/// which a host drifting between rounds moves less.
+#[derive(Debug, Clone, Serialize)]
+pub struct Addition {
+    pub what: &'static str,
+    pub of_medians: f64,
+    pub within_rounds: Spread,
+}
+
+/// [`STAGE_ADDITIONS`], measured; a run that did not run gives NaN.
+pub fn per_filter_cpu(
+    runs: &BTreeMap<&'static str, Summary>,
+    samples: &BTreeMap<&'static str, Vec<Sample>>,
+) -> Vec<Addition> {
+    STAGE_ADDITIONS
+        .iter()
+        .map(|&(what, with, without, of)| {
+            let median = |id: &str| runs.get(id).map_or(f64::NAN, |s| of.of_summary(s));
+            Addition {
+                what,
+                of_medians: median(with) - median(without),
+                within_rounds: match (samples.get(with), samples.get(without)) {
+                    (Some(x), Some(y)) => paired_difference_by(x, y, |s| of.of_sample(s)),
+                    _ => Spread::of(&[]),
+                },
+            }
+        })
+        .collect()
 }
 
 /// The table of runs, as Markdown (readable as plain text too).
@@ -1306,14 +1364,39 @@ mod tests {
         assert!(!t[8].met());
         assert!((t[8].miss_factor() - 1.2).abs() < 1e-9);
         assert!(t[9].met());
-        let per_filter = per_filter_cpu(&runs);
-        assert_eq!(per_filter[0], ("jwt (cached token)", 10.0));
-        assert_eq!(per_filter[1].1, 6.0);
-        assert_eq!(per_filter[2].1, 14.0);
-        assert_eq!(per_filter[3].1, 20.0);
+        // Two rounds of pd and pm, the second on a host 40 µs slower: within each round audit
+        // adds 20 µs, 12 on the worker and 8 on the main thread.
+        let sample = |cpu: f64, main: f64| Sample {
+            rpcs: 10,
+            errors: 0,
+            envoy_cpu_us: cpu * 10.0,
+            threads: ThreadCpu {
+                workers_us: (cpu - main) * 10.0,
+                main_us: main * 10.0,
+                v8_us: 0.0,
+                other_us: 0.0,
+            },
+            wall_s: 1.0,
+            p50_us: 0,
+            p99_us: 0,
+            envoy_rss_kib: 0,
+            response_bytes: 0,
+        };
+        let samples: BTreeMap<&'static str, Vec<Sample>> = [
+            ("pd", vec![sample(90.0, 8.0), sample(130.0, 8.0)]),
+            ("pm", vec![sample(70.0, 0.0), sample(110.0, 0.0)]),
+        ]
+        .into_iter()
+        .collect();
+        let per_filter = per_filter_cpu(&runs, &samples);
+        let of_medians: Vec<f64> = per_filter.iter().map(|a| a.of_medians).collect();
         // The summaries put half of each run's CPU on the worker and a quarter on main.
-        assert_eq!(per_filter[4].1, 10.0);
-        assert_eq!(per_filter[5].1, 5.0);
-        assert_eq!(per_filter[6], ("all four", 50.0));
+        assert_eq!(of_medians, [10.0, 6.0, 14.0, 20.0, 10.0, 5.0, 50.0]);
+        assert_eq!(per_filter[0].what, "jwt (cached token)");
+        assert_eq!(per_filter[6].what, "all four");
+        let within: Vec<f64> = per_filter.iter().map(|a| a.within_rounds.median).collect();
+        assert_eq!(&within[3..6], [20.0, 12.0, 8.0]);
+        // Runs without samples have no within-round figure.
+        assert!(within[0].is_nan() && within[6].is_nan());
     }
 }

@@ -305,10 +305,15 @@ async fn run() -> Result<(), Error> {
         );
     }
     println!(
-        "\nWhat each stage adds in the one-module layout (Envoy CPU µs per GetPatient RPC, medians):\n"
+        "\nWhat each stage adds in the one-module layout (Envoy CPU µs per GetPatient RPC: the medians' difference; the median of the differences within rounds, min–max):\n"
     );
-    for (filter, us) in bench::per_filter_cpu(&summaries) {
-        println!("- {filter}: {us:.1}");
+    let additions = bench::per_filter_cpu(&summaries, &samples);
+    for a in &additions {
+        let w = a.within_rounds;
+        println!(
+            "- {}: {:.1}; within rounds {:.1} ({:.1} to {:.1})",
+            a.what, a.of_medians, w.median, w.min, w.max
+        );
     }
     println!("\nThe two layouts (Envoy CPU µs per GetPatient RPC, medians; added over a):\n");
     for (what, modules, single, one) in [
@@ -382,7 +387,7 @@ async fn run() -> Result<(), Error> {
             "name": t.name, "measured": t.measured, "unit": t.unit, "at_most": t.at_most,
             "limit": t.limit, "met": t.met(), "detail": t.how,
         })).collect::<Vec<_>>(),
-        "per_filter_cpu_us": bench::per_filter_cpu(&summaries).into_iter().collect::<BTreeMap<_, _>>(),
+        "per_filter_cpu_us": additions,
         "native_mask_mb_s": native_mask_mb_s,
         "native_fhir_mask_mb_s": native_fhir_mask_mb_s,
         "wasm_bytes": wasm_sizes,
