@@ -1026,7 +1026,8 @@ impl Inbound {
         // memory). Read from the template being rendered: a single-layout render needs no
         // pipeline template.
         let name = self.layout.template();
-        let mut filter_state = logged_filter_state(&template(name)?, name)?;
+        let path = envoy_dir().join(name).display().to_string();
+        let mut filter_state = logged_filter_state(&template(name)?, &path)?;
         for key in &self.filter_state {
             if !filter_state.contains(key) {
                 filter_state.push(key);
@@ -1327,17 +1328,19 @@ pub fn logged_filter_state(text: &str, template: &str) -> Result<Vec<&'static st
     let mut logged = Vec::new();
     for (at, _) in text.match_indices(PREFIX) {
         let rest = &text[at + PREFIX.len()..];
+        // A filter-state key may hold dots and dashes (`wasm.phi_guard.authn.x` is not authn),
+        // though not end with one (a comment's full stop).
         let len = rest
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
             .unwrap_or(rest.len());
-        let key = format!("phi_guard.{}", &rest[..len]);
+        let key = format!("phi_guard.{}", rest[..len].trim_end_matches(['.', '-']));
         let Some(known) = phi_guard_common::state::KEYS
             .into_iter()
             .find(|k| *k == key)
         else {
-            // Only the letters, digits and underscores read above: nothing else is echoed.
+            // Only the letters, digits, `_`, `.` and `-` read above: nothing else is echoed.
             return Err(FieldError::new(
-                "layout",
+                templates_field(),
                 format!(
                     "template {template} reads filter state wasm.{key}, which no phi-guard stage writes (the keys are {})",
                     phi_guard_common::state::KEYS.join(", ")
@@ -1357,10 +1360,20 @@ fn template(name: &str) -> Result<String, FieldError> {
     let path = envoy_dir().join(name);
     std::fs::read_to_string(&path).map_err(|e| {
         FieldError::new(
-            "layout",
+            templates_field(),
             format!("template {} unreadable: {}", path.display(), e.kind()),
         )
     })
+}
+
+/// What an error in a template blames: `$PHI_GUARD_ENVOY_DIR` when it chose the templates,
+/// else the layout (the checkout's own templates, one per layout).
+fn templates_field() -> &'static str {
+    if std::env::var_os("PHI_GUARD_ENVOY_DIR").is_some() {
+        "PHI_GUARD_ENVOY_DIR"
+    } else {
+        "layout"
+    }
 }
 
 /// The templates: `$PHI_GUARD_ENVOY_DIR`, else this checkout's `envoy/`.
@@ -1598,11 +1611,20 @@ mod tests {
         );
         let err = logged_filter_state("%FILTER_STATE(wasm.phi_guard.roles:PLAIN)%", "mine.yaml")
             .unwrap_err();
-        assert_eq!(err.field, "layout");
+        assert_eq!(err.field, templates_field());
         assert!(
             err.reason.contains("mine.yaml") && err.reason.contains("wasm.phi_guard.roles"),
             "{err}"
         );
+        // A comment's full stop is not part of the key.
+        assert_eq!(
+            logged_filter_state("# the log prints wasm.phi_guard.authz.\n", "t").unwrap(),
+            [state::AUTHZ]
+        );
+        // A longer key that starts like a contract's is another key.
+        let err =
+            logged_filter_state("%FILTER_STATE(wasm.phi_guard.authn.x:PLAIN)%", "t").unwrap_err();
+        assert!(err.reason.contains("wasm.phi_guard.authn.x"), "{err}");
     }
 
     #[test]

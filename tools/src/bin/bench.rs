@@ -9,7 +9,8 @@
 //!
 //! `phi-bench [--rounds N] [--rpcs N] [--quick] [--only RUN,..] [--out FILE] [--baseline DIR]`
 //!
-//! `--only` measures some runs (ids as in the table) and skips the summary of targets.
+//! `--only` measures some runs (ids as in the table) and skips the summary of targets; the
+//! samples still go to the result file.
 //!
 //! `--baseline DIR` adds the one-module jwt + rbac and full chain with the `phi_guard.wasm` in
 //! DIR (another commit's `target/wasm32-wasip1/release`), runs `pcb` and `pdb`, interleaved
@@ -72,6 +73,26 @@ struct Options {
     baseline: Option<&'static str>,
 }
 
+/// What `--help` prints.
+const USAGE: &str = "\
+usage: phi-bench [--rounds N] [--rpcs N] [--quick] [--only RUN,..] [--out FILE] [--baseline DIR]
+       phi-bench --hostcost [--rounds N] [--rpcs N]
+
+  --rounds N      rounds of every run, interleaved, the order rotated each round (default 7)
+  --rpcs N        GetPatient RPCs measured per run (default 4000)
+  --quick         one short round: proves every config starts and serves; figures not to trust
+  --only RUN,..   only these runs (ids as in the table: a, b, pc, pm, pd, c, d, j, e_phi, ...);
+                  no summary, the samples still written to --out
+  --out FILE      the JSON result file (default target/bench/results.json)
+  --baseline DIR  also run jwt + rbac and the full chain with DIR/phi_guard.wasm (another
+                  build's target/wasm32-wasip1/release) as runs pcb, pdb, and print the difference
+  --hostcost      price the proxy-wasm host calls instead (tools/hostcost)
+
+Envoy CPU per RPC is every Envoy thread's time on a CPU (/proc/PID/task/*/schedstat), also
+shown split into the workers, the main thread (the audit service) and V8's threads.
+Run it on an idle machine; docs/PERFORMANCE.md reads the output.
+";
+
 impl Options {
     fn parse() -> Result<Options, Error> {
         let mut o = Options {
@@ -96,6 +117,10 @@ impl Options {
                 "--out" => o.out = PathBuf::from(value()?),
                 "--only" => o.only = Some(value()?.split(',').map(str::to_string).collect()),
                 "--hostcost" => o.hostcost = true,
+                "--help" | "-h" => {
+                    print!("{USAGE}");
+                    std::process::exit(0);
+                }
                 // Lives as long as the run: the variants borrow it.
                 "--baseline" => o.baseline = Some(String::leak(value()?)),
                 // A smoke run: every config and figure, too few samples to trust.
@@ -268,6 +293,17 @@ async fn run() -> Result<(), Error> {
         return Ok(());
     }
     if options.only.is_some() {
+        // No summary from a subset of the runs; its samples are still worth keeping.
+        let result = json!({
+            "machine": machine,
+            "options": {"rounds": options.rounds, "rpcs": options.rpcs, "only": options.only},
+            "samples": samples,
+        });
+        if let Some(dir) = options.out.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&options.out, serde_json::to_vec_pretty(&result)?)?;
+        println!("\nsamples: {}", options.out.display());
         return Ok(());
     }
     let rss_per_worker = rss_per_worker(&stack, &caller, &options).await?;
