@@ -88,8 +88,11 @@ impl Variant {
                 Filter::Pipeline(stages) => {
                     // As `phi-guard render` ships it: writing to Envoy only the filter state
                     // the access log prints.
-                    let logged = crate::render::logged_filter_state(inbound, "envoy/inbound.yaml")
-                        .map_err(|e| e.to_string())?;
+                    let logged: Vec<&str> =
+                        crate::render::logged_filter_state(inbound, "envoy/inbound.yaml")
+                            .map_err(|e| e.to_string())?
+                            .keys()
+                            .collect();
                     out.push_str(&pipeline_block(&blocks, stages, None, Some(&logged))?)
                 }
                 // Another commit's module may not know `filter_state`: it writes them all.
@@ -536,9 +539,8 @@ fn without_bootstrap_extensions(yaml: &str) -> Result<String, String> {
 pub struct Sample {
     pub rpcs: u64,
     pub errors: u64,
-    /// Envoy's process CPU (user + system, all threads) over the run.
-    pub envoy_cpu_us: f64,
-    /// The same CPU by thread: [`ThreadCpu`].
+    /// Envoy's process CPU (user + system) over the run, by thread ([`ThreadCpu`]; all
+    /// threads: [`ThreadCpu::total_us`]).
     pub threads: ThreadCpu,
     pub wall_s: f64,
     pub p50_us: u64,
@@ -550,7 +552,7 @@ pub struct Sample {
 
 impl Sample {
     pub fn cpu_us_per_rpc(&self) -> f64 {
-        self.envoy_cpu_us / self.rpcs.max(1) as f64
+        self.threads.total_us() / self.rpcs.max(1) as f64
     }
 
     /// [`ThreadCpu`] per RPC (µs).
@@ -1243,8 +1245,10 @@ mod tests {
         let sample = |cpu_us: f64| Sample {
             rpcs: 10,
             errors: 0,
-            envoy_cpu_us: cpu_us * 10.0,
-            threads: ThreadCpu::default(),
+            threads: ThreadCpu {
+                workers_us: cpu_us * 10.0,
+                ..ThreadCpu::default()
+            },
             wall_s: 1.0,
             p50_us: 0,
             p99_us: 0,
@@ -1369,7 +1373,6 @@ mod tests {
         let sample = |cpu: f64, main: f64| Sample {
             rpcs: 10,
             errors: 0,
-            envoy_cpu_us: cpu * 10.0,
             threads: ThreadCpu {
                 workers_us: (cpu - main) * 10.0,
                 main_us: main * 10.0,

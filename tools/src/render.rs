@@ -17,6 +17,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
+use phi_guard_common::state::Published;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -568,8 +569,8 @@ pub struct Inbound {
     pub collector: Upstream,
     pub keys: KeyEnv,
     /// The project file's `filter_state`: keys the pipeline writes besides those its template
-    /// reads ([`logged_filter_state`]), each one of `phi_guard_common::state::KEYS`.
-    pub filter_state: Vec<&'static str>,
+    /// reads ([`logged_filter_state`]).
+    pub filter_state: Published,
 }
 
 /// What [`Inbound::render`] produces.
@@ -722,28 +723,8 @@ impl Inbound {
                 stage_files.insert(field, at(p));
             }
         }
-        let mut filter_state: Vec<&'static str> = Vec::new();
-        for (i, key) in file.filter_state.iter().enumerate() {
-            let known = phi_guard_common::state::KEYS
-                .into_iter()
-                .find(|k| k == key)
-                .ok_or_else(|| {
-                    FieldError::new(
-                        format!("filter_state[{i}]"),
-                        format!(
-                            "not a phi-guard filter-state key (the keys are {})",
-                            phi_guard_common::state::KEYS.join(", ")
-                        ),
-                    )
-                })?;
-            if filter_state.contains(&known) {
-                return Err(FieldError::new(
-                    format!("filter_state[{i}]"),
-                    "the key appears twice",
-                ));
-            }
-            filter_state.push(known);
-        }
+        let filter_state = Published::from_list(file.filter_state.iter().map(|k| Some(k.as_str())))
+            .map_err(|e| FieldError::new(format!("filter_state[{}]", e.index), e.reason()))?;
         let inbound = Inbound {
             filter_state,
             stage_files,
@@ -1027,13 +1008,10 @@ impl Inbound {
         // pipeline template.
         let name = self.layout.template();
         let path = envoy_dir().join(name).display().to_string();
-        let mut filter_state = logged_filter_state(&template(name)?, &path)?;
-        for key in &self.filter_state {
-            if !filter_state.contains(key) {
-                filter_state.push(key);
-            }
-        }
-        filter_state.sort_by_key(|k| phi_guard_common::state::KEYS.iter().position(|x| x == k));
+        let filter_state: Vec<&str> = logged_filter_state(&template(name)?, &path)?
+            .union(self.filter_state)
+            .keys()
+            .collect();
         let pipeline = json!({
             "stages": [{"jwt": jwt}, {"rbac": self.rbac}, {"mask": mask}, {"audit": self.audit}],
             "filter_state": filter_state,
@@ -1319,13 +1297,13 @@ fn upstream_tls(up: &Upstream) -> Result<String, String> {
 
 /// The phi-guard filter-state keys a template reads: every `wasm.phi_guard.<key>` it names,
 /// whatever reads it (`%FILTER_STATE(wasm.phi_guard.authn:PLAIN)%` in an access log, a
-/// `%CEL(filter_state[...])%`, a filter's matcher), in `phi_guard_common::state::KEYS`
-/// order: the pipeline's `filter_state`, so it writes to Envoy what the config reads. A key
+/// `%CEL(filter_state[...])%`, a filter's matcher): the pipeline's `filter_state`, so it
+/// writes to Envoy what the config reads. A key
 /// no stage writes is refused, naming it and the template (`template`, for the message): the
 /// config would read nothing there forever.
-pub fn logged_filter_state(text: &str, template: &str) -> Result<Vec<&'static str>, FieldError> {
+pub fn logged_filter_state(text: &str, template: &str) -> Result<Published, FieldError> {
     const PREFIX: &str = "wasm.phi_guard.";
-    let mut logged = Vec::new();
+    let mut logged = Published::NONE;
     for (at, _) in text.match_indices(PREFIX) {
         let rest = &text[at + PREFIX.len()..];
         // A filter-state key may hold dots and dashes (`wasm.phi_guard.authn.x` is not authn),
@@ -1334,10 +1312,7 @@ pub fn logged_filter_state(text: &str, template: &str) -> Result<Vec<&'static st
             .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
             .unwrap_or(rest.len());
         let key = format!("phi_guard.{}", rest[..len].trim_end_matches(['.', '-']));
-        let Some(known) = phi_guard_common::state::KEYS
-            .into_iter()
-            .find(|k| *k == key)
-        else {
+        let Some(with_key) = logged.with(&key) else {
             // Only the letters, digits, `_`, `.` and `-` read above: nothing else is echoed.
             return Err(FieldError::new(
                 templates_field(),
@@ -1347,11 +1322,8 @@ pub fn logged_filter_state(text: &str, template: &str) -> Result<Vec<&'static st
                 ),
             ));
         };
-        if !logged.contains(&known) {
-            logged.push(known);
-        }
+        logged = with_key;
     }
-    logged.sort_by_key(|k| phi_guard_common::state::KEYS.iter().position(|x| x == k));
     Ok(logged)
 }
 
@@ -1572,6 +1544,11 @@ pub fn validate_with_envoy(config: &Path, keys: &KeyEnv) -> Result<String, Strin
 mod tests {
     use super::*;
 
+    /// A set's keys, in `phi_guard_common::state::KEYS` order.
+    fn keys(set: Published) -> Vec<&'static str> {
+        set.keys().collect()
+    }
+
     #[test]
     fn fill_indents_blocks_and_drops_empty_ones() {
         let t = "a:\n  ${B}\n  ${E}\nc: ${C}\n";
@@ -1593,20 +1570,20 @@ mod tests {
         let name = Layout::Pipeline.template();
         let shipped = template(name).unwrap();
         let logged = [state::AUTHN, state::AUTHZ, state::METHOD, state::REQUEST_ID];
-        assert_eq!(logged_filter_state(&shipped, name).unwrap(), logged);
+        assert_eq!(keys(logged_filter_state(&shipped, name).unwrap()), logged);
         // The single-stage template's access log reads the same keys.
         let single = template(Layout::Single.template()).unwrap();
-        assert_eq!(logged_filter_state(&single, "t").unwrap(), logged);
+        assert_eq!(keys(logged_filter_state(&single, "t").unwrap()), logged);
         // Any reader counts, in key order, once; other filters' keys are theirs.
         let t = "a: \"%FILTER_STATE(wasm.phi_guard.resource)%\"\nb: \"%FILTER_STATE(envoy.x:PLAIN)%\"\n\
                  c: \"%CEL(filter_state['wasm.phi_guard.identity'])%\"\n\
                  d: \"%FILTER_STATE(wasm.phi_guard.identity:PLAIN)%\"";
         assert_eq!(
-            logged_filter_state(t, "t").unwrap(),
+            keys(logged_filter_state(t, "t").unwrap()),
             [state::IDENTITY, state::RESOURCE]
         );
         assert_eq!(
-            logged_filter_state("no access log", "t").unwrap(),
+            keys(logged_filter_state("no access log", "t").unwrap()),
             Vec::<&str>::new()
         );
         let err = logged_filter_state("%FILTER_STATE(wasm.phi_guard.roles:PLAIN)%", "mine.yaml")
@@ -1618,7 +1595,7 @@ mod tests {
         );
         // A comment's full stop is not part of the key.
         assert_eq!(
-            logged_filter_state("# the log prints wasm.phi_guard.authz.\n", "t").unwrap(),
+            keys(logged_filter_state("# the log prints wasm.phi_guard.authz.\n", "t").unwrap()),
             [state::AUTHZ]
         );
         // A longer key that starts like a contract's is another key.
@@ -1645,7 +1622,8 @@ mod tests {
             config(&inbound),
             [state::AUTHN, state::AUTHZ, state::METHOD, state::REQUEST_ID]
         );
-        inbound.filter_state = vec![state::IDENTITY, state::AUTHZ];
+        inbound.filter_state =
+            Published::from_list([Some(state::IDENTITY), Some(state::AUTHZ)]).unwrap();
         assert_eq!(
             config(&inbound),
             [
@@ -2094,7 +2072,7 @@ mod tests {
         )
         .unwrap();
         let added = Inbound::from_project(&project).unwrap();
-        assert_eq!(added.filter_state, [phi_guard_common::state::MASK]);
+        assert_eq!(keys(added.filter_state), [phi_guard_common::state::MASK]);
         // An error inside a stage config file names that file.
         let jwt = dir.join("jwt.json");
         let mut doc: Value = serde_json::from_slice(

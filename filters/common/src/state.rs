@@ -65,11 +65,61 @@ impl Published {
     pub fn contains(self, key: &str) -> bool {
         Self::bit(key).is_some_and(|b| self.0 & b != 0)
     }
+
+    /// Both sets' keys.
+    pub fn union(self, other: Published) -> Published {
+        Published(self.0 | other.0)
+    }
+
+    /// The keys in the set, in [`KEYS`] order.
+    pub fn keys(self) -> impl Iterator<Item = &'static str> {
+        KEYS.into_iter().filter(move |k| self.contains(k))
+    }
+
+    /// A configured list of keys (`None` for an item that is not a string), each once: the
+    /// pipeline's `filter_state` and the project file's. The error says which item is wrong
+    /// and why, never echoing it.
+    pub fn from_list<'a>(
+        items: impl IntoIterator<Item = Option<&'a str>>,
+    ) -> Result<Published, KeyListError> {
+        let mut set = Published::NONE;
+        for (index, item) in items.into_iter().enumerate() {
+            let error = |kind| KeyListError { index, kind };
+            let key = item.ok_or(error(KeyListFault::NotAString))?;
+            if set.contains(key) {
+                return Err(error(KeyListFault::Twice));
+            }
+            set = set.with(key).ok_or(error(KeyListFault::Unknown))?;
+        }
+        Ok(set)
+    }
 }
 
-impl Default for Published {
-    fn default() -> Self {
-        Published::ALL
+/// What is wrong with item `index` of a list of filter-state keys ([`Published::from_list`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyListError {
+    pub index: usize,
+    pub kind: KeyListFault,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyListFault {
+    NotAString,
+    Unknown,
+    Twice,
+}
+
+impl KeyListError {
+    /// The reason, for a config error naming the item's field.
+    pub fn reason(&self) -> String {
+        match self.kind {
+            KeyListFault::NotAString => "must be a string, a filter-state key".to_string(),
+            KeyListFault::Unknown => format!(
+                "not a phi-guard filter-state key (the keys are {})",
+                KEYS.join(", ")
+            ),
+            KeyListFault::Twice => "the key appears twice".to_string(),
+        }
     }
 }
 
@@ -185,6 +235,33 @@ pub fn is_reserved_header(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_list_is_a_set_of_known_keys_each_once() {
+        let set = Published::from_list([Some(AUTHZ), Some(IDENTITY)]).unwrap();
+        assert_eq!(set.keys().collect::<Vec<_>>(), [IDENTITY, AUTHZ]);
+        let more = set.union(Published::from_list([Some(MASK)]).unwrap());
+        assert_eq!(more.keys().collect::<Vec<_>>(), [IDENTITY, AUTHZ, MASK]);
+        assert_eq!(Published::ALL.keys().collect::<Vec<_>>(), KEYS);
+        assert_eq!(Published::from_list([]), Ok(Published::NONE));
+        let fault =
+            |items: &[Option<&str>]| Published::from_list(items.iter().copied()).unwrap_err();
+        assert_eq!(
+            fault(&[Some(AUTHN), None]),
+            KeyListError {
+                index: 1,
+                kind: KeyListFault::NotAString
+            }
+        );
+        assert_eq!(
+            fault(&[Some("wasm.phi_guard.authn")]).kind,
+            KeyListFault::Unknown
+        );
+        assert_eq!(fault(&[Some(AUTHN), Some(AUTHN)]).index, 1);
+        // The reason lists the keys, never the item.
+        let e = fault(&[Some("SECRET-VALUE-123")]);
+        assert!(e.reason().contains(IDENTITY) && !e.reason().contains("SECRET"));
+    }
 
     #[test]
     fn keys_share_the_namespace() {

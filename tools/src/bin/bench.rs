@@ -530,14 +530,12 @@ async fn measure(
     let outcome = drive(caller, &channels, run.workload, n, concurrency, fresh).await;
     let wall = started.elapsed();
     let cpu_after = process_cpu_us(pid)?;
-    let threads = cpu_after.since(&cpu_before);
     let mut latencies = outcome.latencies_us;
     latencies.sort_unstable();
     Ok(Sample {
         rpcs: n,
         errors: outcome.errors,
-        envoy_cpu_us: threads.total_us(),
-        threads,
+        threads: cpu_after.since(&cpu_before),
         wall_s: wall.as_secs_f64(),
         p50_us: bench::percentile(&latencies, 50.0),
         p99_us: bench::percentile(&latencies, 99.0),
