@@ -285,11 +285,7 @@ async fn run() -> Result<(), Error> {
             "hostcost": report,
             "samples": samples,
         });
-        if let Some(dir) = options.out.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        std::fs::write(&options.out, serde_json::to_vec_pretty(&result)?)?;
-        println!("\nresults: {}", options.out.display());
+        write_result(&options.out, "results", &result)?;
         return Ok(());
     }
     if options.only.is_some() {
@@ -299,11 +295,7 @@ async fn run() -> Result<(), Error> {
             "options": {"rounds": options.rounds, "rpcs": options.rpcs, "only": options.only},
             "samples": samples,
         });
-        if let Some(dir) = options.out.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        std::fs::write(&options.out, serde_json::to_vec_pretty(&result)?)?;
-        println!("\nsamples: {}", options.out.display());
+        write_result(&options.out, "samples", &result)?;
         return Ok(());
     }
     let rss_per_worker = rss_per_worker(&stack, &caller, &options).await?;
@@ -431,14 +423,24 @@ async fn run() -> Result<(), Error> {
         "rss_full_chain_mib": {"workers_1": rss_per_worker.0, "workers_2": rss_per_worker.1},
         "errors": errors,
     });
-    if let Some(dir) = options.out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&options.out, serde_json::to_vec_pretty(&result)?)?;
-    println!("\nresults: {}", options.out.display());
+    write_result(&options.out, "results", &result)?;
     if errors > 0 {
         return Err(format!("{errors} RPCs failed").into());
     }
+    Ok(())
+}
+
+/// Writes a run's JSON to `path` (its directory made if need be) and says where.
+fn write_result(
+    path: &std::path::Path,
+    what: &str,
+    result: &serde_json::Value,
+) -> Result<(), Error> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, serde_json::to_vec_pretty(result)?)?;
+    println!("\n{what}: {}", path.display());
     Ok(())
 }
 
