@@ -1,6 +1,8 @@
-//! A stand-in OpenTelemetry collector for tests and the demo: accepts OTLP/HTTP JSON on
-//! `POST /v1/logs`, appends each log record as one JSON line (seq, prev, chain, the exact
-//! event string) to a file, flushing per request, and answers `200 {}`.
+//! A stand-in OpenTelemetry collector for tests and the demo: accepts OTLP/HTTP logs on
+//! `POST /v1/logs` in either encoding (`content-type: application/x-protobuf` or
+//! `application/json`; anything else is 415), appends each log record as one JSON line (seq,
+//! prev, chain, the exact event string) to a file, flushing per request, and answers 200 with
+//! an `ExportLogsServiceResponse` in the request's encoding.
 //!
 //! Tests steer failures through a control endpoint:
 //! - `POST /control/fail?status=503&count=3`: answer the next 3 log requests with 503
@@ -28,7 +30,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
-use phi_guard_audit::otlp::{collector_line, records_from_request};
+use phi_guard_audit::otlp::{collector_line, export_response, records_from_body, Encoding};
 
 /// Larger request bodies are refused with 413.
 pub const MAX_BODY: usize = 16 * 1024 * 1024;
@@ -130,11 +132,19 @@ impl Collector {
 }
 
 fn reply(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    reply_as(status, "application/json", body.as_bytes().to_vec())
+}
+
+fn reply_as(
+    status: StatusCode,
+    content_type: &'static str,
+    body: Vec<u8>,
+) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
+        hyper::header::HeaderValue::from_static(content_type),
     );
     resp
 }
@@ -213,6 +223,17 @@ async fn logs(req: Request<Incoming>, st: &State) -> Response<Full<Bytes>> {
     if let Ok(mut s) = st.stats.lock() {
         s.requests += 1;
     }
+    let encoding = req
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(Encoding::from_content_type);
+    let Some(encoding) = encoding else {
+        return reply(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            r#"{"error":"content-type must be application/x-protobuf or application/json"}"#,
+        );
+    };
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
@@ -229,11 +250,7 @@ async fn logs(req: Request<Incoming>, st: &State) -> Response<Full<Bytes>> {
         let code = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
         return reply(code, r#"{"error":"injected failure"}"#);
     }
-    let doc: serde_json::Value = match serde_json::from_slice(&body) {
-        Ok(d) => d,
-        Err(_) => return reply(StatusCode::BAD_REQUEST, r#"{"error":"body is not JSON"}"#),
-    };
-    let records = match records_from_request(&doc) {
+    let records = match records_from_body(&body, encoding) {
         Ok(r) => r,
         Err(_) => {
             return reply(
@@ -267,10 +284,11 @@ async fn logs(req: Request<Incoming>, st: &State) -> Response<Full<Bytes>> {
     if let Ok(mut s) = st.stats.lock() {
         s.records += lines;
     }
-    if rejected > 0 {
-        // OTLP partial success: the sender learns some records were not kept.
-        let body = serde_json::json!({"partialSuccess": {"rejectedLogRecords": rejected.to_string(), "errorMessage": "records without phi_guard chain attributes"}});
-        return reply(StatusCode::OK, &body.to_string());
-    }
-    reply(StatusCode::OK, "{}")
+    // OTLP partial success: the sender learns some records were not kept.
+    let answer = export_response(
+        encoding,
+        rejected,
+        "records without phi_guard chain attributes",
+    );
+    reply_as(StatusCode::OK, encoding.content_type(), answer)
 }

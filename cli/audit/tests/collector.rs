@@ -8,7 +8,7 @@ use std::process::Command;
 
 use phi_guard_audit::chain::ChainKey;
 use phi_guard_audit::delivery::{CallOutcome, Delivery, DeliveryConfig};
-use phi_guard_audit::otlp::OtlpMeta;
+use phi_guard_audit::otlp::{Encoding, OtlpMeta};
 use phi_guard_audit_cli::collector::{Collector, FailMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -22,11 +22,22 @@ fn tmp(name: &str) -> PathBuf {
     p
 }
 
-/// A minimal HTTP/1.1 client: one request per connection. `None` when nobody listens.
+/// A minimal HTTP/1.1 client: one request per connection, `content-type: application/json`.
+/// `None` when nobody listens.
 async fn post(addr: SocketAddr, path: &str, body: &[u8]) -> Option<(u16, String)> {
+    post_as(addr, path, "application/json", body).await
+}
+
+/// [`post`] with another `content-type`.
+async fn post_as(
+    addr: SocketAddr,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(addr).await.ok()?;
     let head = format!(
-        "POST {path} HTTP/1.1\r\nhost: collector\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        "POST {path} HTTP/1.1\r\nhost: collector\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).await.ok()?;
@@ -63,7 +74,33 @@ fn event(i: u64) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn collector_writes_what_the_verifier_accepts_through_failures() {
+async fn collector_writes_what_the_verifier_accepts_through_failures_protobuf() {
+    through_failures(Encoding::Protobuf, "protobuf").await;
+}
+
+#[tokio::test]
+async fn collector_writes_what_the_verifier_accepts_through_failures_json() {
+    through_failures(Encoding::Json, "json").await;
+}
+
+/// The service's core ships 23 events in `encoding` through two 503s, a 429 and an outage;
+/// the collector's file verifies, and tampering with it is caught.
+async fn through_failures(encoding: Encoding, name: &str) {
+    let tmp = |file: &str| tmp(&format!("{name}-{file}"));
+    let post = |addr, path, body: &[u8]| {
+        let body = body.to_vec();
+        let content_type = if path == "/v1/logs" {
+            encoding.content_type()
+        } else {
+            "application/json"
+        };
+        async move { post_as(addr, path, content_type, &body).await }
+    };
+    // An empty ExportLogsServiceResponse: no bytes in protobuf, `{}` in JSON.
+    let all_kept = match encoding {
+        Encoding::Protobuf => "",
+        Encoding::Json => "{}",
+    };
     let out = tmp("audit.jsonl");
     let key_file = tmp("key");
     std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
@@ -84,6 +121,7 @@ async fn collector_writes_what_the_verifier_accepts_through_failures() {
         ChainKey::new(KEY.as_bytes()).unwrap(),
         OtlpMeta {
             service_name: "phi-guard".into(),
+            encoding,
         },
     );
     // Two injected 503s, then one 429 through the control endpoint.
@@ -111,7 +149,7 @@ async fn collector_writes_what_the_verifier_accepts_through_failures() {
             let outcome = match post(target, "/v1/logs", &batch.body).await {
                 Some((code, body)) => {
                     if code == 200 {
-                        assert_eq!(body, "{}");
+                        assert_eq!(body, all_kept);
                     }
                     statuses.push(code);
                     CallOutcome::Status(u32::from(code))
@@ -198,6 +236,22 @@ async fn collector_rejects_what_is_not_otlp_and_answers_control() {
         .await
         .unwrap();
     assert_eq!(post(c.addr, "/v1/logs", b"nope").await.unwrap().0, 400);
+    let protobuf = "application/x-protobuf";
+    // A truncated length-delimited field is not an ExportLogsServiceRequest.
+    assert_eq!(
+        post_as(c.addr, "/v1/logs", protobuf, b"\x0a\x05ab")
+            .await
+            .unwrap()
+            .0,
+        400
+    );
+    assert_eq!(
+        post_as(c.addr, "/v1/logs", "text/plain", b"{}")
+            .await
+            .unwrap()
+            .0,
+        415
+    );
     assert_eq!(post(c.addr, "/v1/logs", b"{}").await.unwrap().0, 400);
     let partial =
         br#"{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"body":{"stringValue":"{}"}}]}]}]}"#;

@@ -8,7 +8,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use phi_guard_audit::chain::{ChainKey, Chainer};
 use phi_guard_audit::delivery::{CallOutcome, Delivery, DeliveryConfig};
 use phi_guard_audit::event::{AuditEvent, Authn, Authz, Correlation, Outcome, What, Who};
-use phi_guard_audit::otlp::OtlpMeta;
+use phi_guard_audit::otlp::{Encoding, OtlpMeta};
 use phi_guard_common::{AuthnResult, AuthzMode, Verdict};
 
 fn sample_event() -> Vec<u8> {
@@ -74,37 +74,44 @@ fn benches(c: &mut Criterion) {
     });
     g.bench_function("encode_event", |b| b.iter(|| black_box(sample_event())));
 
-    // The whole service path for 100-event batches: on_event ×100, poll (OTLP encode), ack.
+    // The whole service path for 100-event batches: on_event ×100, poll (OTLP encode), ack;
+    // in each OTLP/HTTP encoding.
     g.throughput(Throughput::Elements(100));
-    g.bench_function("chain_batch_encode_100", |b| {
-        let cfg = DeliveryConfig {
-            max_batch_events: 100,
-            max_backlog_events: 1_000,
-            ..DeliveryConfig::default()
-        };
-        let mut core = Delivery::new(
-            cfg,
-            key(),
-            OtlpMeta {
-                service_name: "phi-guard".into(),
-            },
-        );
-        let mut now = 0u64;
-        b.iter_batched(
-            || vec![event.clone(); 100],
-            |events| {
-                for e in events {
-                    let _ = core.on_event(e, now);
-                }
-                if let Some(batch) = core.poll(now) {
-                    black_box(batch.body.len());
-                    core.on_response(batch.id, CallOutcome::Status(200), now);
-                }
-                now += 1;
-            },
-            BatchSize::SmallInput,
-        )
-    });
+    for (name, encoding) in [
+        ("chain_batch_encode_100", Encoding::Protobuf),
+        ("chain_batch_encode_100_json", Encoding::Json),
+    ] {
+        g.bench_function(name, |b| {
+            let cfg = DeliveryConfig {
+                max_batch_events: 100,
+                max_backlog_events: 1_000,
+                ..DeliveryConfig::default()
+            };
+            let mut core = Delivery::new(
+                cfg,
+                key(),
+                OtlpMeta {
+                    service_name: "phi-guard".into(),
+                    encoding,
+                },
+            );
+            let mut now = 0u64;
+            b.iter_batched(
+                || vec![event.clone(); 100],
+                |events| {
+                    for e in events {
+                        let _ = core.on_event(e, now);
+                    }
+                    if let Some(batch) = core.poll(now) {
+                        black_box(batch.body.len());
+                        core.on_response(batch.id, CallOutcome::Status(200), now);
+                    }
+                    now += 1;
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
     g.finish();
 }
 

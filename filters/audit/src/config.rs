@@ -164,6 +164,10 @@ pub struct ServiceConfig {
     pub path: String,
     #[serde(default = "default_service_name")]
     pub service_name: String,
+    /// The OTLP/HTTP body's encoding: `"protobuf"` (default; every OTLP receiver accepts it)
+    /// or `"json"`.
+    #[serde(default)]
+    pub encoding: crate::otlp::Encoding,
     #[serde(default = "d_batch")]
     pub max_batch_events: usize,
     #[serde(default = "d_delay")]
@@ -380,6 +384,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.delivery().policy, BacklogPolicy::DropOldest);
+    }
+
+    #[test]
+    fn service_encoding_is_protobuf_unless_json_is_asked_for() {
+        use crate::otlp::Encoding;
+        let cfg = ServiceConfig::parse(br#"{"cluster":"c","key_env":"K"}"#).unwrap();
+        assert_eq!(cfg.encoding, Encoding::Protobuf);
+        assert_eq!(cfg.encoding.content_type(), "application/x-protobuf");
+        let cfg =
+            ServiceConfig::parse(br#"{"cluster":"c","key_env":"K","encoding":"json"}"#).unwrap();
+        assert_eq!(cfg.encoding.content_type(), "application/json");
+        let err =
+            ServiceConfig::parse(br#"{"cluster":"c","key_env":"K","encoding":"xml"}"#).unwrap_err();
+        assert_eq!(err.field, "encoding", "{err}");
+        assert!(!err.to_string().contains("xml"), "no value echoed: {err}");
+        assert_eq!(
+            Encoding::from_content_type("Application/X-Protobuf; charset=binary"),
+            Some(Encoding::Protobuf)
+        );
+        assert_eq!(Encoding::from_content_type("text/plain"), None);
     }
 
     #[test]

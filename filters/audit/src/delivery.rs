@@ -66,7 +66,7 @@ pub struct BatchToSend {
     pub count: usize,
     /// 0 for the first send, then 1, 2, ... for retries.
     pub attempt: u32,
-    /// OTLP/HTTP JSON body.
+    /// OTLP/HTTP body, in the service's `encoding`.
     pub body: Vec<u8>,
 }
 

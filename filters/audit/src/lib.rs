@@ -3,7 +3,7 @@
 //! - [`event`]: the PHI-free event built at the end of each RPC, and its canonical bytes;
 //! - [`chain`]: the HMAC-SHA256 hash chain over those bytes;
 //! - [`delivery`]: the service's pure state machine (chain, batch, backlog, retry, flag);
-//! - [`otlp`]: OTLP/HTTP JSON logs encoding and reading;
+//! - [`otlp`]: OTLP/HTTP logs, binary protobuf (the official schema) or JSON: encoding and reading;
 //! - [`verify`]: chain verification for the verifier command and tests;
 //! - [`filter`], [`service`]: the two shells, generic over the sets of host traits in
 //!   [`hostx`]; [`root`]: the module's root and HTTP contexts over them (which root by

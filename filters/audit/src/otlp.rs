@@ -1,9 +1,16 @@
-//! OTLP/HTTP JSON logs: the request body the service POSTs to `/v1/logs`, and the reader the
-//! collector and verifier use. One log record per event; the body is the event's canonical
-//! JSON as a string (so the exact chained bytes survive any re-encoding of the envelope) and
-//! the chain rides in attributes.
+//! OTLP/HTTP logs: the `ExportLogsServiceRequest` body the service POSTs to `/v1/logs`, in
+//! either encoding of the OTLP specification (*OTLP/HTTP*): binary protobuf (the default, the
+//! one every OTLP receiver must accept; the official schema's types from the
+//! `opentelemetry-proto` crate) or its JSON mapping. And the readers the collector and
+//! verifier use. One log record per event; the body is the event's canonical JSON as a string
+//! (so the exact chained bytes survive any re-encoding of the envelope) and the chain rides in
+//! attributes.
 
-use serde::Serialize;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::common::v1 as otlp_common;
+use opentelemetry_proto::tonic::logs::v1 as otlp_logs;
+use prost::Message as _;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::chain::{link_from_hex, to_hex, ChainedRecord};
@@ -13,11 +20,44 @@ pub const ATTR_CHAIN: &str = "phi_guard.chain";
 pub const ATTR_PREV: &str = "phi_guard.prev";
 pub const SCOPE_NAME: &str = "phi_guard.audit";
 
-/// Resource-level description of the sender.
+/// How an OTLP/HTTP body is encoded (OTLP specification, *OTLP/HTTP*, *Binary Protobuf
+/// Encoding* and *JSON Protobuf Encoding*); config value `"protobuf"` or `"json"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// `application/x-protobuf`: what every OTLP receiver must accept, and the smaller body.
+    #[default]
+    Protobuf,
+    /// `application/json`: the protobuf JSON mapping, readable on the wire; some receivers
+    /// (Elastic APM, Seq) do not accept it.
+    Json,
+}
+
+impl Encoding {
+    /// The `content-type` of a request (and of the receiver's answer) in this encoding.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Encoding::Protobuf => "application/x-protobuf",
+            Encoding::Json => "application/json",
+        }
+    }
+
+    /// The encoding a `content-type` header value names (parameters such as `; charset=`
+    /// ignored, case-insensitive); `None` for anything else.
+    pub fn from_content_type(value: &str) -> Option<Self> {
+        let media = value.split(';').next().unwrap_or_default().trim();
+        [Encoding::Protobuf, Encoding::Json]
+            .into_iter()
+            .find(|e| media.eq_ignore_ascii_case(e.content_type()))
+    }
+}
+
+/// Resource-level description of the sender, and the body's encoding.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OtlpMeta {
     /// `service.name` resource attribute.
     pub service_name: String,
+    pub encoding: Encoding,
 }
 
 #[derive(Serialize)]
@@ -87,21 +127,98 @@ fn nanos(ms: u64) -> String {
     format!("{ms}000000")
 }
 
-/// The `/v1/logs` request body for `records` (in order), observed at `now_ms`.
+impl Severity {
+    /// OTLP's `SeverityNumber` and its short name.
+    fn number_and_text(self) -> (u8, &'static str) {
+        match self {
+            Severity::Info => (9, "INFO"),
+            Severity::Warn => (13, "WARN"),
+        }
+    }
+}
+
+/// The `/v1/logs` request body for `records` (in order), observed at `now_ms`, in
+/// `meta.encoding`.
 pub fn encode_logs(records: &[(ChainedRecord, Severity)], meta: &OtlpMeta, now_ms: u64) -> Vec<u8> {
+    match meta.encoding {
+        Encoding::Protobuf => encode_protobuf(records, meta, now_ms),
+        Encoding::Json => encode_json(records, meta, now_ms),
+    }
+}
+
+fn proto_string(value: &str) -> Option<otlp_common::AnyValue> {
+    Some(otlp_common::AnyValue {
+        value: Some(otlp_common::any_value::Value::StringValue(
+            value.to_string(),
+        )),
+    })
+}
+
+fn key_value(key: &str, value: Option<otlp_common::AnyValue>) -> otlp_common::KeyValue {
+    otlp_common::KeyValue {
+        key: key.to_string(),
+        value,
+        ..Default::default()
+    }
+}
+
+fn encode_protobuf(records: &[(ChainedRecord, Severity)], meta: &OtlpMeta, now_ms: u64) -> Vec<u8> {
+    let log_records = records
+        .iter()
+        .map(|(r, sev)| {
+            let (number, text) = sev.number_and_text();
+            otlp_logs::LogRecord {
+                time_unix_nano: r.time_ms.saturating_mul(1_000_000),
+                observed_time_unix_nano: now_ms.saturating_mul(1_000_000),
+                severity_number: i32::from(number),
+                severity_text: text.to_string(),
+                body: proto_string(&r.event),
+                attributes: vec![
+                    key_value(
+                        ATTR_SEQ,
+                        Some(otlp_common::AnyValue {
+                            // Beyond i64::MAX events a chain is not something this reaches.
+                            value: Some(otlp_common::any_value::Value::IntValue(
+                                i64::try_from(r.seq).unwrap_or(i64::MAX),
+                            )),
+                        }),
+                    ),
+                    key_value(ATTR_CHAIN, proto_string(&to_hex(&r.chain))),
+                    key_value(ATTR_PREV, proto_string(&to_hex(&r.prev))),
+                ],
+                ..Default::default()
+            }
+        })
+        .collect();
+    ExportLogsServiceRequest {
+        resource_logs: vec![otlp_logs::ResourceLogs {
+            resource: Some(opentelemetry_proto::tonic::resource::v1::Resource {
+                attributes: vec![key_value("service.name", proto_string(&meta.service_name))],
+                ..Default::default()
+            }),
+            scope_logs: vec![otlp_logs::ScopeLogs {
+                scope: Some(otlp_common::InstrumentationScope {
+                    name: SCOPE_NAME.to_string(),
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    ..Default::default()
+                }),
+                log_records,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+    .encode_to_vec()
+}
+
+fn encode_json(records: &[(ChainedRecord, Severity)], meta: &OtlpMeta, now_ms: u64) -> Vec<u8> {
     let log_records = records
         .iter()
         .map(|(r, sev)| LogRecord {
             time_unix_nano: nanos(r.time_ms),
             observed_time_unix_nano: nanos(now_ms),
-            severity_number: match sev {
-                Severity::Info => 9,
-                Severity::Warn => 13,
-            },
-            severity_text: match sev {
-                Severity::Info => "INFO",
-                Severity::Warn => "WARN",
-            },
+            severity_number: sev.number_and_text().0,
+            severity_text: sev.number_and_text().1,
             body: AnyValue::StringValue(r.event.as_str().into()),
             attributes: vec![
                 KeyValue {
@@ -159,39 +276,105 @@ fn string_value(v: &Value) -> Option<&str> {
     v.get("stringValue")?.as_str()
 }
 
-/// Reads one OTLP log record back into a chained record, or says what is wrong with it.
-pub fn record_from_otlp(record: &Value) -> Result<ChainedRecord, String> {
-    let event = record
-        .get("body")
-        .and_then(string_value)
-        .ok_or("log record body is not a string")?;
-    let seq = attr(record, ATTR_SEQ)
-        .and_then(int_value)
-        .ok_or("missing or non-integer phi_guard.seq")?;
-    let chain = attr(record, ATTR_CHAIN)
-        .and_then(string_value)
+/// A chained record from the parts of one OTLP log record, in either encoding, or what is
+/// wrong with it.
+fn chained_record(
+    event: Option<&str>,
+    seq: Option<u64>,
+    chain: Option<&str>,
+    prev: Option<&str>,
+    time_unix_nano: Option<u64>,
+) -> Result<ChainedRecord, String> {
+    let event = event.ok_or("log record body is not a string")?;
+    let seq = seq.ok_or("missing or non-integer phi_guard.seq")?;
+    let chain = chain
         .and_then(link_from_hex)
         .ok_or("missing or malformed phi_guard.chain")?;
-    let prev = attr(record, ATTR_PREV)
-        .and_then(string_value)
+    let prev = prev
         .and_then(link_from_hex)
         .ok_or("missing or malformed phi_guard.prev")?;
-    let time_ms = record
-        .get("timeUnixNano")
-        .and_then(|t| {
-            t.as_str()
-                .and_then(|s| s.parse::<u64>().ok())
-                .or(t.as_u64())
-        })
-        .map(|ns| ns / 1_000_000)
-        .unwrap_or(0);
     Ok(ChainedRecord {
         seq,
         prev,
         chain,
         event: event.to_string(),
-        time_ms,
+        time_ms: time_unix_nano.unwrap_or(0) / 1_000_000,
     })
+}
+
+/// Reads one OTLP JSON log record back into a chained record, or says what is wrong with it.
+pub fn record_from_otlp(record: &Value) -> Result<ChainedRecord, String> {
+    let text = |key| attr(record, key).and_then(string_value);
+    chained_record(
+        record.get("body").and_then(string_value),
+        attr(record, ATTR_SEQ).and_then(int_value),
+        text(ATTR_CHAIN),
+        text(ATTR_PREV),
+        record.get("timeUnixNano").and_then(|t| {
+            t.as_str()
+                .and_then(|s| s.parse::<u64>().ok())
+                .or(t.as_u64())
+        }),
+    )
+}
+
+/// Reads one protobuf log record back into a chained record, or says what is wrong with it.
+fn record_from_proto(record: &otlp_logs::LogRecord) -> Result<ChainedRecord, String> {
+    use otlp_common::any_value::Value as V;
+    let attr = |key: &str| {
+        record
+            .attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+    };
+    fn text(value: Option<&V>) -> Option<&str> {
+        match value {
+            Some(V::StringValue(s)) => Some(s.as_str()),
+            _ => None,
+        }
+    }
+    let seq = match attr(ATTR_SEQ) {
+        Some(V::IntValue(n)) => u64::try_from(*n).ok(),
+        _ => None,
+    };
+    chained_record(
+        text(record.body.as_ref().and_then(|b| b.value.as_ref())),
+        seq,
+        text(attr(ATTR_CHAIN)),
+        text(attr(ATTR_PREV)),
+        Some(record.time_unix_nano),
+    )
+}
+
+/// Every log record of a binary-protobuf `ExportLogsServiceRequest`, in order. `Err` when the
+/// bytes are not one.
+pub fn records_from_protobuf(body: &[u8]) -> Result<Vec<Result<ChainedRecord, String>>, String> {
+    let request = ExportLogsServiceRequest::decode(body)
+        .map_err(|_| "not an OTLP logs request (protobuf decoding failed)".to_string())?;
+    Ok(request
+        .resource_logs
+        .iter()
+        .flat_map(|rl| &rl.scope_logs)
+        .flat_map(|sl| &sl.log_records)
+        .map(record_from_proto)
+        .collect())
+}
+
+/// Every log record of an OTLP/HTTP logs request body in `encoding`, in order. `Err` when the
+/// body is not an OTLP logs request in that encoding.
+pub fn records_from_body(
+    body: &[u8],
+    encoding: Encoding,
+) -> Result<Vec<Result<ChainedRecord, String>>, String> {
+    match encoding {
+        Encoding::Protobuf => records_from_protobuf(body),
+        Encoding::Json => {
+            let doc: Value =
+                serde_json::from_slice(body).map_err(|_| "body is not JSON".to_string())?;
+            records_from_request(&doc)
+        }
+    }
 }
 
 /// Every log record of an `ExportLogsServiceRequest`, in document order. `Err` when the
@@ -220,6 +403,33 @@ pub fn records_from_request(doc: &Value) -> Result<Vec<Result<ChainedRecord, Str
         }
     }
     Ok(out)
+}
+
+/// A receiver's answer to a logs request (`ExportLogsServiceResponse`) in the request's
+/// `encoding`: empty when every record was kept, with `partial_success` counting the
+/// `rejected` records and saying why otherwise (OTLP specification, *Partial Success*).
+pub fn export_response(encoding: Encoding, rejected: u64, error_message: &str) -> Vec<u8> {
+    use opentelemetry_proto::tonic::collector::logs::v1::{
+        ExportLogsPartialSuccess, ExportLogsServiceResponse,
+    };
+    let rejected = i64::try_from(rejected).unwrap_or(i64::MAX);
+    match encoding {
+        Encoding::Protobuf => ExportLogsServiceResponse {
+            partial_success: (rejected > 0).then(|| ExportLogsPartialSuccess {
+                rejected_log_records: rejected,
+                error_message: error_message.to_string(),
+            }),
+        }
+        .encode_to_vec(),
+        Encoding::Json if rejected == 0 => b"{}".to_vec(),
+        // OTLP JSON carries 64-bit integers as decimal strings.
+        Encoding::Json => serde_json::json!({"partialSuccess": {
+            "rejectedLogRecords": rejected.to_string(),
+            "errorMessage": error_message,
+        }})
+        .to_string()
+        .into_bytes(),
+    }
 }
 
 /// The collector's file format: one JSON object per line with the exact event string.

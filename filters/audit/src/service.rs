@@ -75,6 +75,7 @@ impl AuditService {
         };
         let meta = OtlpMeta {
             service_name: cfg.service_name.clone(),
+            encoding: cfg.encoding,
         };
         match self.core.as_mut() {
             Some(core) => {
@@ -197,7 +198,7 @@ impl AuditService {
                 (":method", "POST"),
                 (":path", cfg.path.as_str()),
                 (":authority", cfg.authority()),
-                ("content-type", "application/json"),
+                ("content-type", cfg.encoding.content_type()),
             ];
             match host.dispatch_http_call(
                 &cfg.cluster,

@@ -5,7 +5,7 @@ use phi_guard_audit::chain::ChainKey;
 use phi_guard_audit::delivery::{
     BacklogPolicy, BatchToSend, CallOutcome, Delivery, DeliveryConfig, Rejected,
 };
-use phi_guard_audit::otlp::{records_from_request, OtlpMeta};
+use phi_guard_audit::otlp::{records_from_protobuf, Encoding, OtlpMeta};
 use phi_guard_audit::verify::{verify, Located, VerifyOptions};
 
 const KEY: &[u8] = b"test-key-0123456789abcdef-0123456789";
@@ -28,11 +28,16 @@ fn cfg() -> DeliveryConfig {
 }
 
 fn core(cfg: DeliveryConfig) -> Delivery {
+    core_in(cfg, Encoding::Protobuf)
+}
+
+fn core_in(cfg: DeliveryConfig, encoding: Encoding) -> Delivery {
     Delivery::new(
         cfg,
         key(),
         OtlpMeta {
             service_name: "phi-guard".into(),
+            encoding,
         },
     )
 }
@@ -43,8 +48,7 @@ fn ev(i: u64) -> Vec<u8> {
 }
 
 fn seqs(batch: &BatchToSend) -> Vec<u64> {
-    let doc: serde_json::Value = serde_json::from_slice(&batch.body).unwrap();
-    records_from_request(&doc)
+    records_from_protobuf(&batch.body)
         .unwrap()
         .into_iter()
         .map(|r| r.unwrap().seq)
@@ -54,8 +58,11 @@ fn seqs(batch: &BatchToSend) -> Vec<u64> {
 fn located(batches: &[BatchToSend]) -> Vec<Located> {
     let mut out = Vec::new();
     for (b, batch) in batches.iter().enumerate() {
-        let doc: serde_json::Value = serde_json::from_slice(&batch.body).unwrap();
-        for (i, r) in records_from_request(&doc).unwrap().into_iter().enumerate() {
+        for (i, r) in records_from_protobuf(&batch.body)
+            .unwrap()
+            .into_iter()
+            .enumerate()
+        {
             out.push(Located {
                 at: format!("batch{b}#{i}"),
                 record: r,
@@ -89,9 +96,55 @@ fn batches_by_size_and_by_delay() {
     assert_eq!(seqs(&c.poll(300).unwrap()), vec![4, 5, 6]);
 }
 
+/// The binary body, read with the official OTLP schema's types.
 #[test]
-fn otlp_body_shape() {
+fn otlp_protobuf_body_shape() {
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use prost::Message as _;
     let mut c = core(cfg());
+    for i in 0..3 {
+        c.on_event(ev(i), 0).unwrap();
+    }
+    let b = c.poll(5).unwrap();
+    let req = ExportLogsServiceRequest::decode(b.body.as_slice()).unwrap();
+    let rl = &req.resource_logs[0];
+    let resource = &rl.resource.as_ref().unwrap().attributes[0];
+    assert_eq!(resource.key, "service.name");
+    let text = |v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>| match v
+        .as_ref()
+        .and_then(|v| v.value.as_ref())
+    {
+        Some(Value::StringValue(s)) => s.clone(),
+        other => panic!("not a string: {other:?}"),
+    };
+    assert_eq!(text(&resource.value), "phi-guard");
+    let sl = &rl.scope_logs[0];
+    assert_eq!(sl.scope.as_ref().unwrap().name, "phi_guard.audit");
+    assert_eq!(sl.log_records.len(), 3);
+    let lr = &sl.log_records[1];
+    assert_eq!(lr.time_unix_nano, 1_764_180_184_512_000_000);
+    assert_eq!(lr.observed_time_unix_nano, 5_000_000);
+    assert_eq!((lr.severity_number, lr.severity_text.as_str()), (9, "INFO"));
+    assert_eq!(text(&lr.body), String::from_utf8(ev(1)).unwrap());
+    let keys: Vec<&str> = lr.attributes.iter().map(|kv| kv.key.as_str()).collect();
+    assert_eq!(keys, ["phi_guard.seq", "phi_guard.chain", "phi_guard.prev"]);
+    assert_eq!(
+        lr.attributes[0].value.as_ref().unwrap().value,
+        Some(Value::IntValue(1))
+    );
+    assert_eq!(text(&lr.attributes[1].value).len(), 64, "hex link");
+    // And the reader the collector uses gets the chain back from it.
+    let back = records_from_protobuf(&b.body).unwrap();
+    assert_eq!(back.len(), 3);
+    assert_eq!(back[1].as_ref().unwrap().seq, 1);
+    assert_eq!(back[1].as_ref().unwrap().event.as_bytes(), ev(1));
+}
+
+/// The same records as OTLP JSON (`encoding: "json"`).
+#[test]
+fn otlp_json_body_shape() {
+    let mut c = core_in(cfg(), Encoding::Json);
     for i in 0..3 {
         c.on_event(ev(i), 0).unwrap();
     }
@@ -296,7 +349,7 @@ fn drop_oldest_counts_drops_and_spares_the_batch_in_flight() {
 
 #[test]
 fn refuses_oversized_and_non_json_items_without_chaining_them() {
-    let mut c = core(cfg());
+    let mut c = core_in(cfg(), Encoding::Json);
     assert_eq!(c.on_event(vec![b'x'; 2000], 0), Err(Rejected::TooLarge));
     assert_eq!(c.on_event(b"\xff\xfe".to_vec(), 0), Err(Rejected::NotJson));
     assert_eq!(c.on_event(b"not json".to_vec(), 0), Err(Rejected::NotJson));
@@ -325,6 +378,7 @@ fn reconfigure_keeps_chain_and_backlog() {
         },
         OtlpMeta {
             service_name: "other".into(),
+            encoding: Encoding::Protobuf,
         },
     );
     assert_eq!((c.next_seq(), c.backlog_len()), (2, 2));

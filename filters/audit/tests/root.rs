@@ -4,7 +4,7 @@
 
 use phi_guard_audit::batch;
 use phi_guard_audit::filter::{METRIC_ENQUEUED, METRIC_REFUSED};
-use phi_guard_audit::otlp::records_from_request;
+use phi_guard_audit::otlp::{records_from_body, Encoding};
 use phi_guard_audit::root::AuditRoot;
 use phi_guard_audit::service::METRIC_SHIPPED;
 use phi_guard_common::GrpcStatus;
@@ -138,8 +138,7 @@ fn a_collector_call_without_a_status_is_retried() {
     let again = sh.last_call().unwrap();
     assert_ne!(again.token, first.token);
     let records = |body: &[u8]| -> Vec<(u64, String)> {
-        let doc: serde_json::Value = serde_json::from_slice(body).unwrap();
-        records_from_request(&doc)
+        records_from_body(body, Encoding::Protobuf)
             .unwrap()
             .into_iter()
             .map(|r| {

@@ -114,7 +114,7 @@ fn events_flow_to_the_collector_call_chained() {
     assert_eq!(call.header(":method"), Some("POST"));
     assert_eq!(call.header(":path"), Some("/v1/logs"));
     assert_eq!(call.header(":authority"), Some("audit_collector"));
-    assert_eq!(call.header("content-type"), Some("application/json"));
+    assert_eq!(call.header("content-type"), Some("application/x-protobuf"));
     svc.on_http_call_response(&shost, call.token, Some(200));
     // A third event waits for the delay, then goes on a tick.
     rpc(&rt, &fhost, 2);
@@ -308,4 +308,21 @@ fn enqueue_failure_is_counted_and_re_resolves() {
     assert_eq!(fhost.counter(METRIC_ENQUEUE_FAILED), 1);
     assert!(fhost.log_text().contains("could not be enqueued"));
     assert!(!fhost.log_text().contains("p-0001"));
+}
+
+#[test]
+fn json_encoding_is_sent_as_json() {
+    let bus = bus();
+    let (mut svc, shost) = service(&bus, r#","encoding":"json""#);
+    let (rt, fhost) = filter(&bus);
+    for n in 0..2 {
+        rpc(&rt, &fhost, n);
+    }
+    svc.on_queue_ready(&shost, 1);
+    let call = shost.last_call().expect("a full batch is sent at once");
+    assert_eq!(call.header("content-type"), Some("application/json"));
+    let doc: serde_json::Value = serde_json::from_slice(&call.body).unwrap();
+    assert!(doc["resourceLogs"][0]["scopeLogs"][0]["logRecords"].is_array());
+    svc.on_http_call_response(&shost, call.token, Some(200));
+    assert_eq!(records(&shost).len(), 2);
 }

@@ -1,7 +1,7 @@
 //! The verifier finds the first missing, altered or reordered record and says where.
 
 use phi_guard_audit::chain::{to_hex, ChainKey, ChainedRecord, Chainer};
-use phi_guard_audit::otlp::{collector_line, encode_logs, OtlpMeta, Severity};
+use phi_guard_audit::otlp::{collector_line, encode_logs, Encoding, OtlpMeta, Severity};
 use phi_guard_audit::verify::{parse_input, verify, Failure, Located, VerifyOptions};
 
 fn key() -> ChainKey {
@@ -245,8 +245,10 @@ fn malformed_and_empty_inputs() {
 #[test]
 fn reads_otlp_bodies_one_per_line_and_pretty_printed() {
     let r = chain(5);
+    // The verifier reads OTLP/HTTP JSON bodies saved to files.
     let meta = OtlpMeta {
         service_name: "phi-guard".into(),
+        encoding: Encoding::Json,
     };
     let body = |rs: &[ChainedRecord]| {
         let with_sev: Vec<_> = rs.iter().map(|r| (r.clone(), Severity::Info)).collect();

@@ -1,6 +1,6 @@
 //! `phi-guard-audit-collector [--listen 127.0.0.1:4318] --out FILE [--fail-status N [--fail-count M]]`
 //!
-//! A stand-in OTLP/HTTP JSON logs collector (see `phi_guard_audit_cli::collector`). Prints
+//! A stand-in OTLP/HTTP logs collector (binary protobuf or JSON) (see `phi_guard_audit_cli::collector`). Prints
 //! `listening on ADDR` once bound; stops on SIGINT/SIGTERM.
 
 #[cfg(not(target_arch = "wasm32"))]

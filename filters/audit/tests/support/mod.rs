@@ -1,6 +1,6 @@
 //! Helpers the audit integration tests share.
 
-use phi_guard_audit::otlp::records_from_request;
+use phi_guard_audit::otlp::{records_from_body, Encoding};
 use phi_guard_audit::verify::Located;
 use phi_guard_host::FakeHost;
 
@@ -12,8 +12,7 @@ pub fn records(host: &FakeHost) -> Vec<Located> {
         .iter()
         .enumerate()
         .flat_map(|(c, call)| {
-            let doc: serde_json::Value = serde_json::from_slice(&call.body).unwrap();
-            records_from_request(&doc)
+            records_from_body(&call.body, call_encoding(call))
                 .unwrap()
                 .into_iter()
                 .enumerate()
@@ -23,4 +22,11 @@ pub fn records(host: &FakeHost) -> Vec<Located> {
                 })
         })
         .collect()
+}
+
+/// The encoding a call to the collector declared in its `content-type`.
+pub fn call_encoding(call: &phi_guard_host::FakeCall) -> Encoding {
+    call.header("content-type")
+        .and_then(Encoding::from_content_type)
+        .expect("an OTLP content-type")
 }
