@@ -10,7 +10,6 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use base64::Engine as _;
 use phi_guard::{Pipeline, StageName};
 use phi_guard_audit::config::FilterConfig;
 use phi_guard_audit::filter::{Admission, AuditStream, FilterRuntime};
@@ -21,92 +20,9 @@ use phi_guard_host::{
 };
 use phi_guard_mask::remote::MaskSource;
 use phi_guard_mask::shell::{MaskStream, Metrics as MaskMetrics};
-use prost::Message;
 
-const FE: &str = "spiffe://phi-guard.test/ns/clinic/sa/ehr-frontend";
-const FE_PEM: &str = include_str!("../../rbac/testdata/ehr-frontend.pem");
-const SECRET_ENV: &str = "PHI_GUARD_TEST_HS256";
-const SECRET: &str = "hs256-test-secret-0123456789abcdef-0123456789";
-const MASK_KEY_ENV: &str = "PHI_GUARD_MASK_TOKEN_KEY";
-const MASK_KEY: &str = "mask-test-key-0123456789abcdef-0123456789";
-const VM_ID: &str = "phi_guard_audit";
-const QUEUE: &str = "phi_guard_audit_events";
-const NOW_MS: UnixMillis = 1_800_000_000_000;
-
-fn env(name: &str) -> Option<String> {
-    match name {
-        SECRET_ENV => Some(SECRET.into()),
-        MASK_KEY_ENV => Some(MASK_KEY.into()),
-        _ => None,
-    }
-}
-
-fn jwt_config() -> serde_json::Value {
-    serde_json::json!({
-        "providers": [{"name": "test-idp", "issuer": "https://idp.test",
-                       "audiences": ["patient-service"], "algorithms": ["HS256"],
-                       "hs256_secret_env": SECRET_ENV}],
-        "rules": [{"match": "health.v1.PatientService/*", "requires": {"provider": "test-idp"}}]
-    })
-}
-
-fn rbac_config() -> serde_json::Value {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../rbac/policy.demo.json"
-    ))
-    .unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-fn mask_config() -> serde_json::Value {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../mask/policy.demo.json"
-    ))
-    .unwrap();
-    let mut doc: serde_json::Value = serde_json::from_str(&text).unwrap();
-    doc["descriptor_set"] = base64::engine::general_purpose::STANDARD
-        .encode(phi_guard_proto::DESCRIPTOR_SET)
-        .into();
-    doc
-}
-
-fn audit_config() -> serde_json::Value {
-    serde_json::json!({"claimed_resource_id_header": "x-patient-id"})
-}
-
-fn pipeline_config() -> Vec<u8> {
-    serde_json::json!({"stages": [
-        {"jwt": jwt_config()}, {"rbac": rbac_config()},
-        {"mask": mask_config()}, {"audit": audit_config()}
-    ]})
-    .to_string()
-    .into_bytes()
-}
-
-fn token(role: &str) -> String {
-    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
-    let now = NOW_MS / 1000;
-    let header = b64(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let claims = b64(serde_json::json!({
-        "iss": "https://idp.test", "aud": "patient-service", "sub": role,
-        "roles": [role], "tenant": "north", "iat": now - 10, "exp": now + 600
-    })
-    .to_string()
-    .as_bytes());
-    let input = format!("{header}.{claims}");
-    let mac = hmac_sha256::HMAC::mac(input.as_bytes(), SECRET.as_bytes());
-    format!("{input}.{}", b64(&mac))
-}
-
-fn frame(message: &impl Message) -> Vec<u8> {
-    let payload = message.encode_to_vec();
-    let mut out = vec![0u8];
-    out.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
-    out.extend_from_slice(&payload);
-    out
-}
+mod support;
+use support::*;
 
 // ---------------------------------------------------------------------------------------------
 // The recording host: a FakeHost on the audit bus (headers, properties, clock, trailers,
@@ -124,13 +40,7 @@ struct Recorder {
 
 impl Recorder {
     fn new(bus: Bus, role: Option<&str>) -> Self {
-        let base = FakeHost::on_bus(bus, VM_ID);
-        base.now_ms.set(NOW_MS);
-        base.insert_property(&["connection", "id"], &7u64.to_le_bytes());
-        base.insert_property(&["connection", "mtls"], &[1]);
-        base.insert_property(&["connection", "peer_certificate"], FE_PEM.as_bytes());
-        base.insert_property(&["connection", "uri_san_peer_certificate"], FE.as_bytes());
-        base.insert_property(&["plugin_root_id"], b"phi_guard");
+        let base = connected_host(bus);
         let recorder = Recorder {
             base,
             role: role.map(str::to_string),
@@ -143,34 +53,8 @@ impl Recorder {
 
     /// A new RPC on the same connection: its request, no response yet, no filter state.
     fn begin_stream(&self) {
-        let mut headers = vec![
-            (":method".to_string(), "POST".to_string()),
-            (
-                ":path".into(),
-                "/health.v1.PatientService/GetPatient".into(),
-            ),
-            (":authority".into(), "patient-service".into()),
-            ("content-type".into(), "application/grpc".into()),
-            ("te".into(), "trailers".into()),
-            ("x-request-id".into(), "req-0001".into()),
-            ("x-patient-id".into(), "p-0001".into()),
-            ("x-phi-guard-role".into(), "billing".into()),
-        ];
-        if let Some(role) = &self.role {
-            headers.push(("authorization".into(), format!("Bearer {}", token(role))));
-        }
-        let base = &self.base;
-        *base.request_headers.borrow_mut() = headers;
-        base.response_headers.borrow_mut().clear();
-        base.response_trailers.borrow_mut().clear();
-        base.properties
-            .borrow_mut()
-            .retain(|k, _| !k.starts_with("phi_guard."));
-        let request = phi_guard_proto::health::v1::GetPatientRequest {
-            patient_id: phi_guard_proto::demo::PATIENT_ID.into(),
-        };
-        *base.request_body.borrow_mut() = frame(&request);
-        *base.response_body.borrow_mut() = frame(&phi_guard_proto::demo::patient());
+        let token = self.role.as_deref().map(token);
+        reset_stream(&self.base, token.as_deref());
     }
 
     fn count(&self, call: &'static str) {
@@ -188,12 +72,7 @@ impl Recorder {
     }
 
     fn respond(&self) {
-        self.base.set_response_headers(&[
-            (":status", "200"),
-            ("content-type", "application/grpc"),
-            ("content-length", "999"),
-        ]);
-        self.base.set_response_trailers(&[("grpc-status", "0")]);
+        respond(&self.base);
     }
 
     /// Every event on the audit queue, in order, out of its batches.
@@ -336,24 +215,6 @@ impl BodyHost for Recorder {
         self.count("reset");
         self.base.reset_response()
     }
-}
-
-/// An audit service's registration on the bus: the queue, the batch format it reads and the
-/// admitting flag.
-fn audit_bus() -> Bus {
-    let bus = bus();
-    {
-        let mut b = bus.borrow_mut();
-        b.names.insert((VM_ID.into(), QUEUE.into()), 1);
-        b.queues.insert(1, Default::default());
-        b.set_shared(VM_ID, &phi_guard_audit::batch::format_key(QUEUE), b"1");
-        b.set_shared(
-            VM_ID,
-            &phi_guard_audit::config::backlog_flag_key(QUEUE),
-            b"0",
-        );
-    }
-    bus
 }
 
 // ---------------------------------------------------------------------------------------------
