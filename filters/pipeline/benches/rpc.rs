@@ -105,7 +105,7 @@ impl Chain {
         stream.on_log(h);
         drop(stream);
         self.rpcs.set(self.rpcs.get() + 1);
-        if self.rpcs.get() % RPCS_PER_FLUSH == 0 {
+        if self.rpcs.get().is_multiple_of(RPCS_PER_FLUSH) {
             self.pipeline.flush(h);
         }
     }
