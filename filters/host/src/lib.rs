@@ -29,6 +29,7 @@
 )]
 
 use std::cell::RefCell;
+use std::rc::Rc;
 
 use phi_guard_common::{GrpcMethod, GrpcStatus, StateSlots, UnixSeconds};
 
@@ -61,6 +62,14 @@ pub enum LogLevel {
 /// What a filter shell may ask of the host during one HTTP stream or at configure time.
 pub trait Host {
     fn request_header(&self, name: &str) -> Option<String>;
+    /// The request's gRPC method (`:path` parsed by [`GrpcMethod::from_path`]), or `None`
+    /// when `:path` is not a well-formed method. A host that keeps the stream's request (the
+    /// pipeline's) parses it once for all its stages.
+    fn grpc_method(&self) -> Option<Rc<GrpcMethod>> {
+        self.request_header(":path")
+            .and_then(|p| GrpcMethod::from_path(&p))
+            .map(Rc::new)
+    }
     fn request_headers(&self) -> Vec<(String, String)>;
     /// Calls `f` with the request header list as [`Host::request_headers`] returns it; a host
     /// that keeps the list (the pipeline's) lends it without copying every name and value.
@@ -275,12 +284,6 @@ pub fn reserved_header_names(headers: &[Header]) -> Vec<String> {
 
 /// Helpers every shell needs, built on [`Host`] so there is one copy of each.
 pub trait HostExt: Host {
-    /// The gRPC method of the request, or `None` when `:path` is not a well-formed method.
-    fn grpc_method(&self) -> Option<GrpcMethod> {
-        self.request_header(":path")
-            .and_then(|p| GrpcMethod::from_path(&p))
-    }
-
     /// Removes every incoming `x-phi-guard-*` header: identity travels in filter state, so
     /// such a header can only be an attempt to spoof it.
     fn strip_reserved_headers(&self) {

@@ -124,12 +124,12 @@ pub fn on_request_headers<H: Host + SharedData>(
     let method = host.grpc_method();
     write_state(
         host,
-        &MethodLabel(phi_guard_common::grpc::method_label(method.as_ref())),
+        &MethodLabel(phi_guard_common::grpc::method_label(method.as_deref())),
     );
     let peer_digest = host.string_property(&PEER_CERT_DIGEST);
     let header = |name: &str| host.request_header(name);
     let request = Request {
-        method: method.as_ref(),
+        method: method.as_deref(),
         header: &header,
         peer_cert_sha256_hex: peer_digest.as_deref(),
     };

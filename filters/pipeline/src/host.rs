@@ -30,9 +30,10 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
 
 use phi_guard_common::state::Published;
-use phi_guard_common::{GrpcStatus, StateSlots, UnixSeconds};
+use phi_guard_common::{GrpcMethod, GrpcStatus, StateSlots, UnixSeconds};
 use phi_guard_host::{
     Clock, Header, Host, LogLevel, Queues, SharedData, SharedDataError, Trailers, UnixMillis,
 };
@@ -120,6 +121,9 @@ pub struct StreamCache {
     now_ms: Option<UnixMillis>,
     /// `connection.id`, read once per stream (`Some(None)`: the host has none).
     connection: Option<Option<Vec<u8>>>,
+    /// `:path` as a gRPC method, parsed at the first stage's look (`Some(None)`: not one);
+    /// dropped when a stage rewrites `:path`.
+    method: Option<Option<Rc<GrpcMethod>>>,
 }
 
 impl StreamCache {
@@ -218,14 +222,30 @@ impl<H: StageHost> Host for Cached<'_, H> {
         self.with_headers(<[(String, String)]>::to_vec)
     }
 
+    fn grpc_method(&self) -> Option<Rc<GrpcMethod>> {
+        if let Some(method) = &self.cache.borrow().method {
+            return method.clone();
+        }
+        let method = self
+            .request_header(":path")
+            .and_then(|p| GrpcMethod::from_path(&p))
+            .map(Rc::new);
+        self.cache.borrow_mut().method = Some(method.clone());
+        method
+    }
+
     fn with_request_headers(&self, f: &mut dyn FnMut(&[Header])) {
         self.with_headers(|headers| f(headers))
     }
 
     fn set_request_header(&self, name: &str, value: &str) {
         self.inner.set_request_header(name, value);
+        let mut cache = self.cache.borrow_mut();
+        if name.eq_ignore_ascii_case(":path") {
+            cache.method = None;
+        }
         // Envoy replaces every value of the header with this one (`setCopy`).
-        if let Some(headers) = self.cache.borrow_mut().headers.as_mut() {
+        if let Some(headers) = cache.headers.as_mut() {
             headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
             headers.push((name.to_ascii_lowercase(), value.to_string()));
         }
@@ -233,7 +253,11 @@ impl<H: StageHost> Host for Cached<'_, H> {
 
     fn remove_request_header(&self, name: &str) {
         self.inner.remove_request_header(name);
-        if let Some(headers) = self.cache.borrow_mut().headers.as_mut() {
+        let mut cache = self.cache.borrow_mut();
+        if name.eq_ignore_ascii_case(":path") {
+            cache.method = None;
+        }
+        if let Some(headers) = cache.headers.as_mut() {
             headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
         }
     }
@@ -468,5 +492,26 @@ mod tests {
             host.request_header("x-request-id").as_deref(),
             Some("req-2")
         );
+    }
+
+    #[test]
+    fn the_method_is_parsed_once_per_stream_and_follows_path_writes() {
+        let facts = RefCell::default();
+        let host = on_connection(7);
+        let (cache, slots) = (RefCell::new(StreamCache::default()), RefCell::default());
+        let cached = Cached::new(&host, &cache, &slots, &facts);
+        let first = cached.grpc_method().expect("a gRPC method");
+        assert_eq!(first.full_name(), "health.v1.PatientService/GetPatient");
+        let again = cached.grpc_method().expect("the same");
+        assert!(Rc::ptr_eq(&first, &again), "parsed once, then lent");
+        cached.set_request_header(":path", "/health.v1.PatientService/DeletePatient");
+        assert_eq!(
+            cached.grpc_method().map(|m| m.full_name()).as_deref(),
+            Some("health.v1.PatientService/DeletePatient")
+        );
+        cached.set_request_header(":path", "/not/a/method");
+        assert_eq!(cached.grpc_method(), None);
+        cached.remove_request_header(":path");
+        assert_eq!(cached.grpc_method(), None);
     }
 }

@@ -111,14 +111,14 @@ impl Filter {
             &Request {
                 peer: &peer,
                 identity: identity.as_ref(),
-                method: method.as_ref(),
+                method: method.as_deref(),
                 headers: &headers,
             },
         );
         let decision = decide(&self.policy, &eval);
         self.count(host, eval.rule, &decision);
         write_state(host, &decision.record);
-        if record_break_glass(host, &decision, method.as_ref()) {
+        if record_break_glass(host, &decision, method.as_deref()) {
             let m = &self.metrics;
             if decision.record.break_glass_reason.is_some() {
                 m.break_glass_allowed.inc(host);
