@@ -19,7 +19,7 @@
 use std::rc::Rc;
 
 use phi_guard_common::{AuthzDecision, GrpcStatus, MaskSummary, ResourceId};
-use phi_guard_host::{read_state, write_state, Flow, Host, HostExt, LogLevel};
+use phi_guard_host::{read_state, write_state, Flow, Host, LogLevel};
 
 use crate::config::MaskConfig;
 use crate::error::MaskError;
