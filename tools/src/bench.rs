@@ -113,6 +113,15 @@ impl Variant {
         if !self.audits() {
             out = without_bootstrap_extensions(&out)?;
         }
+        // The baseline build's audit service too: the service's work is part of the chain's.
+        let baseline = self.filters.iter().find_map(|f| match f {
+            Filter::PipelineAt { dir, .. } => Some(*dir),
+            _ => None,
+        });
+        if let Some(dir) = baseline {
+            let ours = format!("\"{}/phi_guard_audit.wasm\"", wasm_dir_of(&blocks)?);
+            out = out.replace(&ours, &format!("\"{dir}/phi_guard_audit.wasm\""));
+        }
         Ok(out)
     }
 }
@@ -1170,10 +1179,11 @@ mod tests {
     }
 
     /// The baseline runs another build's module as that build shipped: the same stages and
-    /// stage configs, the module file of the other build, and no `filter_state` (a build from
-    /// before it refuses the member), so it writes every contract to filter state.
+    /// stage configs, the module files of the other build (the pipeline's and, with audit,
+    /// the service's), and no `filter_state` (a build from before it refuses the member), so
+    /// it writes every contract to filter state.
     #[test]
-    fn baseline_variants_differ_from_theirs_only_in_the_module_file_and_filter_state() {
+    fn baseline_variants_differ_from_theirs_only_in_the_module_files_and_filter_state() {
         let yaml = inbound();
         let ours = variants();
         for (twin, run) in baseline_variants("/elsewhere/release")
@@ -1189,10 +1199,21 @@ mod tests {
             let dir = wasm_dir_of(&split_http_filters(&yaml).unwrap().1).unwrap();
             assert!(theirs.contains("\"/elsewhere/release/phi_guard.wasm\""));
             assert_eq!(
-                theirs.replace(
-                    "/elsewhere/release/phi_guard.wasm",
-                    &format!("{dir}/phi_guard.wasm")
-                ),
+                theirs.contains("\"/elsewhere/release/phi_guard_audit.wasm\""),
+                twin.audits(),
+                "the baseline's audit service with its audit stage: {}",
+                twin.id
+            );
+            assert_eq!(
+                theirs
+                    .replace(
+                        "/elsewhere/release/phi_guard.wasm",
+                        &format!("{dir}/phi_guard.wasm")
+                    )
+                    .replace(
+                        "/elsewhere/release/phi_guard_audit.wasm",
+                        &format!("{dir}/phi_guard_audit.wasm")
+                    ),
                 without_filter_state(&mine),
                 "{}",
                 twin.id
