@@ -60,7 +60,17 @@ struct Chain {
 impl Chain {
     fn new(stages: serde_json::Value) -> Self {
         let host = connected_host(audit_bus());
-        let config = serde_json::json!({ "stages": stages }).to_string();
+        // What `phi-guard render` ships for the demo: the filter state its access log prints.
+        let config = serde_json::json!({
+            "stages": stages,
+            "filter_state": [
+                "phi_guard.authn",
+                "phi_guard.authz",
+                "phi_guard.method",
+                "phi_guard.request_id"
+            ],
+        })
+        .to_string();
         let mut pipeline =
             Pipeline::configure(&host, config.as_bytes(), &env).unwrap_or_else(|e| panic!("{e}"));
         let _ = pipeline.due_fetches(&host);
