@@ -5,9 +5,14 @@
 /// A SHA-256 digest or HMAC-SHA256 tag.
 pub type Digest = [u8; 32];
 
-/// Lower-case hex of `bytes` (two characters per byte).
+/// Lower-case hex of `bytes` (two characters per byte). Through `hex::encode_to_slice`:
+/// `hex::encode`'s character iterator measured several times slower (the audit service hexes
+/// two chain links per record it ships).
 pub fn encode(bytes: &[u8]) -> String {
-    hex::encode(bytes)
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    encode_into(bytes, &mut out);
+    // Hex digits are ASCII: this never falls back.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// Appends the lower-case hex of `bytes` to `out`, without an intermediate `String`.
