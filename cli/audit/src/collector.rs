@@ -30,7 +30,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
-use phi_guard_audit::otlp::{collector_line, export_response, records_from_body, Encoding};
+use phi_guard_audit::otlp::{
+    collector_line, error_response, export_response, records_from_body, Encoding,
+};
 
 /// Larger request bodies are refused with 413.
 pub const MAX_BODY: usize = 16 * 1024 * 1024;
@@ -234,30 +236,34 @@ async fn logs(req: Request<Incoming>, st: &State) -> Response<Full<Bytes>> {
             r#"{"error":"content-type must be application/x-protobuf or application/json"}"#,
         );
     };
+    // Refusals answer a google.rpc.Status in the request's encoding, as OTLP/HTTP asks.
+    let refuse = |status: StatusCode, message: &str| {
+        let code = match status.as_u16() {
+            429 => 8,        // RESOURCE_EXHAUSTED
+            502..=504 => 14, // UNAVAILABLE
+            500..=599 => 13, // INTERNAL
+            _ => 3,          // INVALID_ARGUMENT
+        };
+        reply_as(
+            status,
+            encoding.content_type(),
+            error_response(encoding, code, message),
+        )
+    };
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return reply(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                r#"{"error":"body too large"}"#,
-            )
-        }
+        Err(_) => return refuse(StatusCode::PAYLOAD_TOO_LARGE, "body too large"),
     };
     if let Some(status) = injected_failure(st) {
         if let Ok(mut s) = st.stats.lock() {
             s.failed += 1;
         }
         let code = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        return reply(code, r#"{"error":"injected failure"}"#);
+        return refuse(code, "injected failure");
     }
     let records = match records_from_body(&body, encoding) {
         Ok(r) => r,
-        Err(_) => {
-            return reply(
-                StatusCode::BAD_REQUEST,
-                r#"{"error":"not an OTLP logs request"}"#,
-            )
-        }
+        Err(_) => return refuse(StatusCode::BAD_REQUEST, "not an OTLP logs request"),
     };
     let mut text = String::new();
     let mut rejected = 0u64;
@@ -275,10 +281,7 @@ async fn logs(req: Request<Incoming>, st: &State) -> Response<Full<Bytes>> {
         f.flush().ok()
     });
     if written.is_none() {
-        return reply(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            r#"{"error":"write failed"}"#,
-        );
+        return refuse(StatusCode::INTERNAL_SERVER_ERROR, "write failed");
     }
     let lines = text.lines().count() as u64;
     if let Ok(mut s) = st.stats.lock() {

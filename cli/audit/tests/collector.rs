@@ -252,6 +252,12 @@ async fn collector_rejects_what_is_not_otlp_and_answers_control() {
             .0,
         415
     );
+    // Refusals are a google.rpc.Status in the request's encoding: JSON here, and binary
+    // (field 1 the code, 14 UNAVAILABLE; field 2 the message) below.
+    let (code, body) = post(c.addr, "/v1/logs", b"nope").await.unwrap();
+    assert_eq!(code, 400);
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["code"], 3, "INVALID_ARGUMENT: {body}");
     assert_eq!(post(c.addr, "/v1/logs", b"{}").await.unwrap().0, 400);
     let partial =
         br#"{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"body":{"stringValue":"{}"}}]}]}]}"#;
@@ -273,6 +279,10 @@ async fn collector_rejects_what_is_not_otlp_and_answers_control() {
         200
     );
     assert_eq!(post(c.addr, "/v1/logs", b"{}").await.unwrap().0, 503);
+    let (code, body) = post_as(c.addr, "/v1/logs", protobuf, b"").await.unwrap();
+    assert_eq!(code, 503);
+    assert!(body.starts_with("\u{8}\u{e}\u{12}"), "{body:?}");
+    assert!(body.ends_with("injected failure"), "{body:?}");
     assert_eq!(
         post(c.addr, "/v1/logs", b"{}").await.unwrap().0,
         503,

@@ -164,7 +164,7 @@ pub struct ServiceConfig {
     pub path: String,
     #[serde(default = "default_service_name")]
     pub service_name: String,
-    /// The OTLP/HTTP body's encoding: `"protobuf"` (default; every OTLP receiver accepts it)
+    /// The OTLP/HTTP body's encoding: `"protobuf"` (default: the OTLP specification's)
     /// or `"json"`.
     #[serde(default)]
     pub encoding: crate::otlp::Encoding,

@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use serde::Deserialize;
 
 use crate::chain::{ChainKey, ChainedRecord, Chainer};
-use crate::otlp::{encode_logs, OtlpMeta, Severity};
+use crate::otlp::{encode_logs, LogEntry, OtlpMeta, Severity};
 use crate::time::{parse_iso8601_ms, UnixMillis};
 
 /// What to do when the backlog holds `max_backlog_events`.
@@ -395,18 +395,24 @@ impl Delivery {
             count,
             deadline_ms: now_ms.saturating_add(self.cfg.request_timeout_ms),
         };
-        let records: Vec<(ChainedRecord, Severity)> = self
+        let records: Vec<LogEntry<'_>> = self
             .backlog
             .iter()
             .take(count)
-            .map(|p| (p.record.clone(), p.severity))
+            .map(|p| LogEntry {
+                record: &p.record,
+                severity: p.severity,
+                observed_ms: p.arrived_ms,
+            })
             .collect();
+        let first_seq = records.first().map(|e| e.record.seq).unwrap_or_default();
+        let body = encode_logs(&records, &self.meta);
         Some(BatchToSend {
             id,
-            first_seq: records.first().map(|(r, _)| r.seq).unwrap_or_default(),
+            first_seq,
             count,
             attempt: self.attempt,
-            body: encode_logs(&records, &self.meta, now_ms),
+            body,
         })
     }
 

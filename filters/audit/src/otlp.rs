@@ -1,6 +1,6 @@
 //! OTLP/HTTP logs: the `ExportLogsServiceRequest` body the service POSTs to `/v1/logs`, in
 //! either encoding of the OTLP specification (*OTLP/HTTP*): binary protobuf (the default, the
-//! one every OTLP receiver must accept; the official schema's types from the
+//! specification's default, which OTLP receivers should accept; the official schema's types from the
 //! `opentelemetry-proto` crate) or its JSON mapping. And the readers the collector and
 //! verifier use. One log record per event; the body is the event's canonical JSON as a string
 //! (so the exact chained bytes survive any re-encoding of the envelope) and the chain rides in
@@ -25,7 +25,7 @@ pub const SCOPE_NAME: &str = "phi_guard.audit";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Encoding {
-    /// `application/x-protobuf`: what every OTLP receiver must accept, and the smaller body.
+    /// `application/x-protobuf`: the specification's default and the smaller body.
     #[default]
     Protobuf,
     /// `application/json`: the protobuf JSON mapping, readable on the wire; some receivers
@@ -123,8 +123,20 @@ pub enum Severity {
     Warn,
 }
 
+/// Milliseconds as OTLP JSON's decimal-string nanoseconds, saturating at `u64::MAX` as the
+/// protobuf encoding does (a far-off clock must not make a body every receiver refuses).
 fn nanos(ms: u64) -> String {
-    format!("{ms}000000")
+    ms.saturating_mul(1_000_000).to_string()
+}
+
+/// One record of a logs request: the chained record, its severity, and when the service
+/// observed it (took it off the queue), in Unix milliseconds: OTLP's
+/// `observed_time_unix_nano`, the same in every resend of its batch.
+#[derive(Debug, Clone, Copy)]
+pub struct LogEntry<'a> {
+    pub record: &'a ChainedRecord,
+    pub severity: Severity,
+    pub observed_ms: u64,
 }
 
 impl Severity {
@@ -137,12 +149,12 @@ impl Severity {
     }
 }
 
-/// The `/v1/logs` request body for `records` (in order), observed at `now_ms`, in
-/// `meta.encoding`.
-pub fn encode_logs(records: &[(ChainedRecord, Severity)], meta: &OtlpMeta, now_ms: u64) -> Vec<u8> {
+/// The `/v1/logs` request body for `records` (in order), in `meta.encoding`. The same
+/// records give the same bytes: a resent batch is the batch sent before.
+pub fn encode_logs(records: &[LogEntry<'_>], meta: &OtlpMeta) -> Vec<u8> {
     match meta.encoding {
-        Encoding::Protobuf => encode_protobuf(records, meta, now_ms),
-        Encoding::Json => encode_json(records, meta, now_ms),
+        Encoding::Protobuf => encode_protobuf(records, meta),
+        Encoding::Json => encode_json(records, meta),
     }
 }
 
@@ -162,14 +174,15 @@ fn key_value(key: &str, value: Option<otlp_common::AnyValue>) -> otlp_common::Ke
     }
 }
 
-fn encode_protobuf(records: &[(ChainedRecord, Severity)], meta: &OtlpMeta, now_ms: u64) -> Vec<u8> {
+fn encode_protobuf(records: &[LogEntry<'_>], meta: &OtlpMeta) -> Vec<u8> {
     let log_records = records
         .iter()
-        .map(|(r, sev)| {
-            let (number, text) = sev.number_and_text();
+        .map(|e| {
+            let r = e.record;
+            let (number, text) = e.severity.number_and_text();
             otlp_logs::LogRecord {
                 time_unix_nano: r.time_ms.saturating_mul(1_000_000),
-                observed_time_unix_nano: now_ms.saturating_mul(1_000_000),
+                observed_time_unix_nano: e.observed_ms.saturating_mul(1_000_000),
                 severity_number: i32::from(number),
                 severity_text: text.to_string(),
                 body: proto_string(&r.event),
@@ -211,27 +224,27 @@ fn encode_protobuf(records: &[(ChainedRecord, Severity)], meta: &OtlpMeta, now_m
     .encode_to_vec()
 }
 
-fn encode_json(records: &[(ChainedRecord, Severity)], meta: &OtlpMeta, now_ms: u64) -> Vec<u8> {
+fn encode_json(records: &[LogEntry<'_>], meta: &OtlpMeta) -> Vec<u8> {
     let log_records = records
         .iter()
-        .map(|(r, sev)| LogRecord {
-            time_unix_nano: nanos(r.time_ms),
-            observed_time_unix_nano: nanos(now_ms),
-            severity_number: sev.number_and_text().0,
-            severity_text: sev.number_and_text().1,
-            body: AnyValue::StringValue(r.event.as_str().into()),
+        .map(|e| LogRecord {
+            time_unix_nano: nanos(e.record.time_ms),
+            observed_time_unix_nano: nanos(e.observed_ms),
+            severity_number: e.severity.number_and_text().0,
+            severity_text: e.severity.number_and_text().1,
+            body: AnyValue::StringValue(e.record.event.as_str().into()),
             attributes: vec![
                 KeyValue {
                     key: ATTR_SEQ,
-                    value: AnyValue::IntValue(r.seq.to_string()),
+                    value: AnyValue::IntValue(e.record.seq.to_string()),
                 },
                 KeyValue {
                     key: ATTR_CHAIN,
-                    value: AnyValue::StringValue(to_hex(&r.chain).into()),
+                    value: AnyValue::StringValue(to_hex(&e.record.chain).into()),
                 },
                 KeyValue {
                     key: ATTR_PREV,
-                    value: AnyValue::StringValue(to_hex(&r.prev).into()),
+                    value: AnyValue::StringValue(to_hex(&e.record.prev).into()),
                 },
             ],
         })
@@ -429,6 +442,32 @@ pub fn export_response(encoding: Encoding, rejected: u64, error_message: &str) -
         }})
         .to_string()
         .into_bytes(),
+    }
+}
+
+/// `google.rpc.Status` (`google/rpc/status.proto`; `details` left out): the body of an
+/// OTLP/HTTP receiver's 4xx/5xx answer.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+}
+
+/// A receiver's answer body to a refused logs request, in the request's `encoding`
+/// (OTLP specification, *Failures*): a `google.rpc.Status` with the gRPC `code` (e.g. 3
+/// INVALID_ARGUMENT, 14 UNAVAILABLE) and a `message` for the sender's log.
+pub fn error_response(encoding: Encoding, code: i32, message: &str) -> Vec<u8> {
+    match encoding {
+        Encoding::Protobuf => RpcStatus {
+            code,
+            message: message.to_string(),
+        }
+        .encode_to_vec(),
+        Encoding::Json => serde_json::json!({"code": code, "message": message})
+            .to_string()
+            .into_bytes(),
     }
 }
 

@@ -103,8 +103,9 @@ fn otlp_protobuf_body_shape() {
     use opentelemetry_proto::tonic::common::v1::any_value::Value;
     use prost::Message as _;
     let mut c = core(cfg());
+    // Observed (taken off the queue) at 3 ms, sent at 5: OTLP's observed time is the former.
     for i in 0..3 {
-        c.on_event(ev(i), 0).unwrap();
+        c.on_event(ev(i), 3).unwrap();
     }
     let b = c.poll(5).unwrap();
     let req = ExportLogsServiceRequest::decode(b.body.as_slice()).unwrap();
@@ -124,7 +125,7 @@ fn otlp_protobuf_body_shape() {
     assert_eq!(sl.log_records.len(), 3);
     let lr = &sl.log_records[1];
     assert_eq!(lr.time_unix_nano, 1_764_180_184_512_000_000);
-    assert_eq!(lr.observed_time_unix_nano, 5_000_000);
+    assert_eq!(lr.observed_time_unix_nano, 3_000_000);
     assert_eq!((lr.severity_number, lr.severity_text.as_str()), (9, "INFO"));
     assert_eq!(text(&lr.body), String::from_utf8(ev(1)).unwrap());
     let keys: Vec<&str> = lr.attributes.iter().map(|kv| kv.key.as_str()).collect();
@@ -145,8 +146,9 @@ fn otlp_protobuf_body_shape() {
 #[test]
 fn otlp_json_body_shape() {
     let mut c = core_in(cfg(), Encoding::Json);
+    // Observed (taken off the queue) at 3 ms, sent at 5: OTLP's observed time is the former.
     for i in 0..3 {
-        c.on_event(ev(i), 0).unwrap();
+        c.on_event(ev(i), 3).unwrap();
     }
     let b = c.poll(5).unwrap();
     let doc: serde_json::Value = serde_json::from_slice(&b.body).unwrap();
@@ -155,7 +157,7 @@ fn otlp_json_body_shape() {
     assert_eq!(rl["scopeLogs"][0]["scope"]["name"], "phi_guard.audit");
     let lr = &rl["scopeLogs"][0]["logRecords"][1];
     assert_eq!(lr["timeUnixNano"], "1764180184512000000");
-    assert_eq!(lr["observedTimeUnixNano"], "5000000");
+    assert_eq!(lr["observedTimeUnixNano"], "3000000");
     assert_eq!(lr["severityText"], "INFO");
     assert_eq!(lr["body"]["stringValue"], String::from_utf8(ev(1)).unwrap());
     let keys: Vec<&str> = lr["attributes"]
@@ -203,9 +205,10 @@ fn retries_with_exponential_backoff_keeping_the_batch() {
         last = again;
     }
     assert_eq!(c.stats().retried, 5);
-    // Same chain on every resend: identical records.
+    // Same chain on every resend: identical records, and the very same body.
     let bodies: Vec<Vec<u64>> = sent.iter().map(seqs).collect();
     assert!(bodies.windows(2).all(|w| w[0] == w[1]));
+    assert!(sent.windows(2).all(|w| w[0].body == w[1].body));
     c.on_response(last.id, CallOutcome::Status(200), now);
     assert_eq!(c.stats().shipped, 3);
     let next = c.poll(now).unwrap();

@@ -1,7 +1,7 @@
 //! The verifier finds the first missing, altered or reordered record and says where.
 
 use phi_guard_audit::chain::{to_hex, ChainKey, ChainedRecord, Chainer};
-use phi_guard_audit::otlp::{collector_line, encode_logs, Encoding, OtlpMeta, Severity};
+use phi_guard_audit::otlp::{collector_line, encode_logs, Encoding, LogEntry, OtlpMeta, Severity};
 use phi_guard_audit::verify::{parse_input, verify, Failure, Located, VerifyOptions};
 
 fn key() -> ChainKey {
@@ -251,8 +251,15 @@ fn reads_otlp_bodies_one_per_line_and_pretty_printed() {
         encoding: Encoding::Json,
     };
     let body = |rs: &[ChainedRecord]| {
-        let with_sev: Vec<_> = rs.iter().map(|r| (r.clone(), Severity::Info)).collect();
-        String::from_utf8(encode_logs(&with_sev, &meta, 0)).unwrap()
+        let entries: Vec<_> = rs
+            .iter()
+            .map(|record| LogEntry {
+                record,
+                severity: Severity::Info,
+                observed_ms: 0,
+            })
+            .collect();
+        String::from_utf8(encode_logs(&entries, &meta)).unwrap()
     };
     let text = format!("{}\n{}\n", body(&r[..2]), body(&r[2..]));
     assert_eq!(ok(&text).unwrap(), "ok: 5 events, chain intact (seq 0..=4)");
