@@ -33,6 +33,7 @@ use tokio::task::JoinSet;
 use phi_guard_audit::otlp::{
     collector_line, error_response, export_response, records_from_body, Encoding,
 };
+use phi_guard_common::GrpcStatus;
 
 /// Larger request bodies are refused with 413.
 pub const MAX_BODY: usize = 16 * 1024 * 1024;
@@ -239,10 +240,10 @@ async fn logs(req: Request<Incoming>, st: &State) -> Response<Full<Bytes>> {
     // Refusals answer a google.rpc.Status in the request's encoding, as OTLP/HTTP asks.
     let refuse = |status: StatusCode, message: &str| {
         let code = match status.as_u16() {
-            429 => 8,        // RESOURCE_EXHAUSTED
-            502..=504 => 14, // UNAVAILABLE
-            500..=599 => 13, // INTERNAL
-            _ => 3,          // INVALID_ARGUMENT
+            429 => GrpcStatus::ResourceExhausted,
+            502..=504 => GrpcStatus::Unavailable,
+            500..=599 => GrpcStatus::Internal,
+            _ => GrpcStatus::InvalidArgument,
         };
         reply_as(
             status,

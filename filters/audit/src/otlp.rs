@@ -13,6 +13,8 @@ use prost::Message as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use phi_guard_common::GrpcStatus;
+
 use crate::chain::{link_from_hex, to_hex, ChainedRecord};
 
 pub const ATTR_SEQ: &str = "phi_guard.seq";
@@ -227,26 +229,29 @@ fn encode_protobuf(records: &[LogEntry<'_>], meta: &OtlpMeta) -> Vec<u8> {
 fn encode_json(records: &[LogEntry<'_>], meta: &OtlpMeta) -> Vec<u8> {
     let log_records = records
         .iter()
-        .map(|e| LogRecord {
-            time_unix_nano: nanos(e.record.time_ms),
-            observed_time_unix_nano: nanos(e.observed_ms),
-            severity_number: e.severity.number_and_text().0,
-            severity_text: e.severity.number_and_text().1,
-            body: AnyValue::StringValue(e.record.event.as_str().into()),
-            attributes: vec![
-                KeyValue {
-                    key: ATTR_SEQ,
-                    value: AnyValue::IntValue(e.record.seq.to_string()),
-                },
-                KeyValue {
-                    key: ATTR_CHAIN,
-                    value: AnyValue::StringValue(to_hex(&e.record.chain).into()),
-                },
-                KeyValue {
-                    key: ATTR_PREV,
-                    value: AnyValue::StringValue(to_hex(&e.record.prev).into()),
-                },
-            ],
+        .map(|e| {
+            let (severity_number, severity_text) = e.severity.number_and_text();
+            LogRecord {
+                time_unix_nano: nanos(e.record.time_ms),
+                observed_time_unix_nano: nanos(e.observed_ms),
+                severity_number,
+                severity_text,
+                body: AnyValue::StringValue(e.record.event.as_str().into()),
+                attributes: vec![
+                    KeyValue {
+                        key: ATTR_SEQ,
+                        value: AnyValue::IntValue(e.record.seq.to_string()),
+                    },
+                    KeyValue {
+                        key: ATTR_CHAIN,
+                        value: AnyValue::StringValue(to_hex(&e.record.chain).into()),
+                    },
+                    KeyValue {
+                        key: ATTR_PREV,
+                        value: AnyValue::StringValue(to_hex(&e.record.prev).into()),
+                    },
+                ],
+            }
         })
         .collect();
     let req = Request {
@@ -456,9 +461,11 @@ struct RpcStatus {
 }
 
 /// A receiver's answer body to a refused logs request, in the request's `encoding`
-/// (OTLP specification, *Failures*): a `google.rpc.Status` with the gRPC `code` (e.g. 3
-/// INVALID_ARGUMENT, 14 UNAVAILABLE) and a `message` for the sender's log.
-pub fn error_response(encoding: Encoding, code: i32, message: &str) -> Vec<u8> {
+/// (OTLP specification, *Failures*): a `google.rpc.Status` with `status`'s gRPC code (e.g.
+/// INVALID_ARGUMENT, UNAVAILABLE) and a `message` for the sender's log.
+pub fn error_response(encoding: Encoding, status: GrpcStatus, message: &str) -> Vec<u8> {
+    // gRPC codes are 0..=16.
+    let code = i32::try_from(status.code()).unwrap_or(i32::MAX);
     match encoding {
         Encoding::Protobuf => RpcStatus {
             code,
