@@ -131,6 +131,14 @@ impl StreamCache {
     pub fn end_callback(&mut self) {
         self.now_ms = None;
     }
+
+    /// A stage wrote request header `name`: what was derived from it goes (the method, from
+    /// `:path`).
+    fn header_written(&mut self, name: &str) {
+        if name.eq_ignore_ascii_case(":path") {
+            self.method = None;
+        }
+    }
 }
 
 /// The host for one callback of one stream.
@@ -241,9 +249,7 @@ impl<H: StageHost> Host for Cached<'_, H> {
     fn set_request_header(&self, name: &str, value: &str) {
         self.inner.set_request_header(name, value);
         let mut cache = self.cache.borrow_mut();
-        if name.eq_ignore_ascii_case(":path") {
-            cache.method = None;
-        }
+        cache.header_written(name);
         // Envoy replaces every value of the header with this one (`setCopy`).
         if let Some(headers) = cache.headers.as_mut() {
             headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
@@ -254,9 +260,7 @@ impl<H: StageHost> Host for Cached<'_, H> {
     fn remove_request_header(&self, name: &str) {
         self.inner.remove_request_header(name);
         let mut cache = self.cache.borrow_mut();
-        if name.eq_ignore_ascii_case(":path") {
-            cache.method = None;
-        }
+        cache.header_written(name);
         if let Some(headers) = cache.headers.as_mut() {
             headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
         }
