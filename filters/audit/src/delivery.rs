@@ -75,13 +75,22 @@ pub struct BatchToSend {
 pub enum CallOutcome {
     /// HTTP status of the collector's answer.
     Status(u32),
+    /// A 2xx whose `ExportLogsServiceResponse.partial_success` says the collector rejected
+    /// `rejected` of the batch's records (OTLP specification, *Partial Success*). The batch
+    /// is done: the specification forbids resending it, so the rejected records are counted
+    /// ([`Stats::rejected`]), not retried.
+    PartialSuccess { rejected: u64 },
     /// No answer: connection failure, reset, timeout, or the host refused the call.
     Failed,
 }
 
 impl CallOutcome {
+    /// The batch is done (a 2xx, partial success included).
     pub fn is_success(self) -> bool {
-        matches!(self, CallOutcome::Status(200..=299))
+        matches!(
+            self,
+            CallOutcome::Status(200..=299) | CallOutcome::PartialSuccess { .. }
+        )
     }
 }
 
@@ -130,8 +139,11 @@ fn check_event(bytes: &[u8], now_ms: UnixMillis) -> Option<Checked> {
 pub struct Stats {
     /// Events chained into the backlog.
     pub accepted: u64,
-    /// Records the collector acknowledged.
+    /// Records the collector acknowledged and kept.
     pub shipped: u64,
+    /// Records the collector acknowledged but said it rejected (OTLP partial success): lost
+    /// to the collector, not resent; the verifier sees the gap in the chain.
+    pub rejected: u64,
     /// Resends of a failed batch.
     pub retried: u64,
     /// Events lost: refused queue items and records discarded by drop_oldest.
@@ -431,7 +443,12 @@ impl Delivery {
         }
         if outcome.is_success() {
             self.backlog.drain(..count.min(self.backlog.len()));
-            self.stats.shipped += count as u64;
+            let rejected = match outcome {
+                CallOutcome::PartialSuccess { rejected } => rejected.min(count as u64),
+                _ => 0,
+            };
+            self.stats.shipped += count as u64 - rejected;
+            self.stats.rejected += rejected;
             self.attempt = 0;
             self.head = Head::Idle;
             self.update_flag();

@@ -290,8 +290,9 @@ fn non_negative(v: Option<i64>) -> Option<u64> {
 }
 
 /// Builds the event for the stream that is ending. `started_ms` is when the filter saw the
-/// request headers (absent if it never did, e.g. a stream reset before them); the duration
-/// prefers Envoy's own `request.duration`. Missing inputs leave fields out; nothing panics.
+/// request headers (absent if it never did, e.g. a stream reset before them); the duration is
+/// `now - started_ms` in milliseconds, on the host clock. Missing inputs leave fields out;
+/// nothing panics.
 pub fn build_event<H: AuditHost + ?Sized>(
     host: &H,
     opts: &EventOptions,
@@ -311,12 +312,10 @@ pub fn build_event<H: AuditHost + ?Sized>(
         .or_else(|| authn.as_ref().and_then(|a| a.provider.as_deref()))
         .and_then(printable);
 
-    let duration_ms = host
-        .property(&["request", "duration"])
-        .and_then(|b| int_attribute(&b))
-        .and_then(|ns| u64::try_from(ns).ok())
-        .map(|ns| ns / 1_000_000)
-        .or_else(|| started_ms.map(|s| now_ms.saturating_sub(s)));
+    // The stage's own clock, not Envoy's `request.duration`: the same span within the clock's
+    // millisecond (the request headers arrive microseconds after the stream's first byte),
+    // without a host call per RPC.
+    let duration_ms = started_ms.map(|s| now_ms.saturating_sub(s));
 
     AuditEvent {
         schema: SCHEMA.to_string(),

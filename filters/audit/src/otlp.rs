@@ -398,10 +398,17 @@ pub fn records_from_body(
 /// Every log record of an `ExportLogsServiceRequest`, in document order. `Err` when the
 /// document is not OTLP logs at all.
 pub fn records_from_request(doc: &Value) -> Result<Vec<Result<ChainedRecord, String>>, String> {
-    let resource_logs = doc
-        .get("resourceLogs")
-        .and_then(Value::as_array)
-        .ok_or("not an OTLP logs request (no resourceLogs array)")?;
+    let doc = doc
+        .as_object()
+        .ok_or("not an OTLP logs request (not an object)")?;
+    // An absent repeated field is an empty one (the JSON mapping's default): `{}` is a request
+    // without records.
+    let resource_logs = match doc.get("resourceLogs") {
+        None | Some(Value::Null) => &[][..],
+        Some(v) => v
+            .as_array()
+            .ok_or("not an OTLP logs request (resourceLogs is not an array)")?,
+    };
     let mut out = Vec::new();
     for rl in resource_logs {
         for sl in rl
@@ -448,6 +455,34 @@ pub fn export_response(encoding: Encoding, rejected: u64, error_message: &str) -
         .to_string()
         .into_bytes(),
     }
+}
+
+/// How many records a receiver's 2xx answer (`ExportLogsServiceResponse` in `encoding`)
+/// says it rejected: `partial_success.rejected_log_records`, 0 when the answer is empty or
+/// has no `partial_success` (OTLP specification, *Partial Success*). `None` when the body is
+/// not such a response; the error message is never read (it is the receiver's text).
+pub fn rejected_records(encoding: Encoding, body: &[u8]) -> Option<u64> {
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
+    let rejected = match encoding {
+        Encoding::Protobuf => ExportLogsServiceResponse::decode(body)
+            .ok()?
+            .partial_success
+            .map_or(0, |p| p.rejected_log_records),
+        Encoding::Json if body.iter().all(u8::is_ascii_whitespace) => 0,
+        Encoding::Json => {
+            let doc: Value = serde_json::from_slice(body).ok()?;
+            match doc.as_object()?.get("partialSuccess") {
+                None | Some(Value::Null) => 0,
+                Some(p) => match p.as_object()?.get("rejectedLogRecords") {
+                    None | Some(Value::Null) => 0,
+                    // The JSON mapping writes int64 as a decimal string and reads numbers too.
+                    Some(Value::String(s)) => s.parse().ok()?,
+                    Some(v) => v.as_i64()?,
+                },
+            }
+        }
+    };
+    u64::try_from(rejected).ok()
 }
 
 /// `google.rpc.Status` (`google/rpc/status.proto`; `details` left out): the body of an
@@ -523,4 +558,59 @@ pub fn record_from_line(doc: &Value) -> Result<ChainedRecord, String> {
         event: event.to_string(),
         time_ms,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejected_records_reads_partial_success_in_either_encoding() {
+        for encoding in [Encoding::Protobuf, Encoding::Json] {
+            for rejected in [0, 1, 7, u64::from(u32::MAX) + 1] {
+                let body = export_response(encoding, rejected, "why");
+                assert_eq!(
+                    rejected_records(encoding, &body),
+                    Some(rejected),
+                    "{encoding:?} {rejected}"
+                );
+            }
+            // An empty answer is a full success (the protobuf default, and no JSON body).
+            assert_eq!(rejected_records(encoding, b""), Some(0), "{encoding:?}");
+            // Not a response at all.
+            assert_eq!(
+                rejected_records(encoding, b"\xff\xff\xff"),
+                None,
+                "{encoding:?}"
+            );
+        }
+        for (body, want) in [
+            (&br#"{}"#[..], Some(0)),
+            (br#"{"partialSuccess":{}}"#, Some(0)),
+            (br#"{"partialSuccess":{"rejectedLogRecords":3}}"#, Some(3)),
+            (br#"{"partialSuccess":{"rejectedLogRecords":"-1"}}"#, None),
+            (br#"{"partialSuccess":[]}"#, None),
+            (br#"[]"#, None),
+        ] {
+            assert_eq!(
+                rejected_records(Encoding::Json, body),
+                want,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_request_has_no_records_and_a_non_object_is_refused() {
+        assert_eq!(records_from_body(b"{}", Encoding::Json), Ok(vec![]));
+        assert_eq!(
+            records_from_body(br#"{"resourceLogs":null}"#, Encoding::Json),
+            Ok(vec![])
+        );
+        assert_eq!(records_from_body(b"", Encoding::Protobuf), Ok(vec![]));
+        for bad in [&b"[]"[..], b"1", br#"{"resourceLogs":{}}"#] {
+            assert!(records_from_body(bad, Encoding::Json).is_err());
+        }
+    }
 }

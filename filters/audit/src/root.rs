@@ -97,13 +97,14 @@ impl AuditRoot {
         }
     }
 
-    pub fn on_http_call_response<H: ModuleHost>(&mut self, host: &H, token: u32) {
+    /// `body_size`: the answer's body length, as Envoy passes it.
+    pub fn on_http_call_response<H: ModuleHost>(&mut self, host: &H, token: u32, body_size: usize) {
         if let Role::Service(service) = &mut self.role {
-            // No `:status` means the call failed (reset, timeout, no healthy host). The body
-            // is not read (limit 0).
-            let (status, _) = host.http_call_response(0, 0);
+            // No `:status` means the call failed (reset, timeout, no healthy host).
+            let (status, body) =
+                host.http_call_response(body_size, crate::service::MAX_RESPONSE_BYTES);
             let status = status.and_then(|s| s.parse::<u32>().ok());
-            service.on_http_call_response(host, token, status);
+            service.on_http_call_response(host, token, status, &body);
         }
     }
 

@@ -11,6 +11,8 @@ use crate::hostx::ServiceHost;
 use crate::otlp::OtlpMeta;
 
 pub const METRIC_SHIPPED: &str = "phi_guard.audit.shipped";
+/// Records the collector acknowledged but rejected (OTLP partial success).
+pub const METRIC_REJECTED: &str = "phi_guard.audit.rejected";
 pub const METRIC_RETRIED: &str = "phi_guard.audit.retried";
 pub const METRIC_DROPPED: &str = "phi_guard.audit.dropped";
 pub const METRIC_BACKLOG_FULL: &str = "phi_guard.audit.backlog_full";
@@ -26,10 +28,15 @@ pub const METRIC_BATCH_REFUSED: &str = "phi_guard.audit.batch_refused";
 /// callback takes at most this plus one batch.
 const MAX_DEQUEUE_PER_PUMP: usize = 10_000;
 
+/// Most bytes of the collector's answer read (for its `partial_success`); a longer answer is
+/// not decoded and counts as a plain 2xx.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
 #[derive(Debug, Default)]
 struct Metrics {
     chained: Option<u32>,
     shipped: Option<u32>,
+    rejected: Option<u32>,
     retried: Option<u32>,
     dropped: Option<u32>,
     backlog_full: Option<u32>,
@@ -108,6 +115,7 @@ impl AuditService {
             self.metrics = Metrics {
                 chained: host.define_counter(METRIC_CHAINED),
                 shipped: host.define_counter(METRIC_SHIPPED),
+                rejected: host.define_counter(METRIC_REJECTED),
                 retried: host.define_counter(METRIC_RETRIED),
                 dropped: host.define_counter(METRIC_DROPPED),
                 backlog_full: host.define_counter(METRIC_BACKLOG_FULL),
@@ -139,12 +147,15 @@ impl AuditService {
         self.pump(host);
     }
 
-    /// `status` is the `:status` of the collector's answer, `None` when the call failed.
+    /// `status` is the `:status` of the collector's answer, `None` when the call failed;
+    /// `body` its body (at most [`MAX_RESPONSE_BYTES`] of it), read for a 2xx's partial
+    /// success.
     pub fn on_http_call_response<H: ServiceHost>(
         &mut self,
         host: &H,
         token: u32,
         status: Option<u32>,
+        body: &[u8],
     ) {
         let Some((expected, batch)) = self.call else {
             return;
@@ -153,9 +164,27 @@ impl AuditService {
             return;
         }
         self.call = None;
-        if let Some(core) = self.core.as_mut() {
-            let outcome = status.map_or(CallOutcome::Failed, CallOutcome::Status);
+        if let (Some(core), Some(cfg)) = (self.core.as_mut(), self.config.as_ref()) {
+            let outcome = match status {
+                None => CallOutcome::Failed,
+                // A 2xx answer that is not an ExportLogsServiceResponse still acknowledges the
+                // batch: the status is the receiver's verdict.
+                Some(s @ 200..=299) => match crate::otlp::rejected_records(cfg.encoding, body) {
+                    Some(rejected) if rejected > 0 => CallOutcome::PartialSuccess { rejected },
+                    _ => CallOutcome::Status(s),
+                },
+                Some(s) => CallOutcome::Status(s),
+            };
             core.on_response(batch, outcome, host.now_ms());
+            if let CallOutcome::PartialSuccess { rejected } = outcome {
+                // The count only: the receiver's error message is its text, not ours to log.
+                host.log(
+                    LogLevel::Warn,
+                    &format!(
+                        "phi_guard audit service: collector rejected {rejected} record(s) of a batch (OTLP partial success); not resent"
+                    ),
+                );
+            }
             if !outcome.is_success() {
                 host.log(
                     LogLevel::Warn,
@@ -240,6 +269,7 @@ impl AuditService {
         for (id, now, before) in [
             (m.chained, s.accepted, r.accepted),
             (m.shipped, s.shipped, r.shipped),
+            (m.rejected, s.rejected, r.rejected),
             (m.retried, s.retried, r.retried),
             (m.dropped, s.dropped, r.dropped),
             (m.backlog_full, s.backlog_full, r.backlog_full),

@@ -23,10 +23,10 @@ impl Context for Root {
         &mut self,
         token: u32,
         _headers: usize,
-        _body: usize,
+        body_size: usize,
         _trailers: usize,
     ) {
-        self.0.on_http_call_response(&ProxyHost, token);
+        self.0.on_http_call_response(&ProxyHost, token, body_size);
     }
 }
 

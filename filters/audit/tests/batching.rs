@@ -96,7 +96,7 @@ fn drain(svc: &mut AuditService, host: &FakeHost) {
         let calls = host.calls.borrow().len();
         if calls > before {
             let call = host.last_call().unwrap();
-            svc.on_http_call_response(host, call.token, Some(200));
+            svc.on_http_call_response(host, call.token, Some(200), &[]);
         } else if svc.core().unwrap().backlog_len() == 0 && host.queued(1) == 0 {
             return;
         }

@@ -89,6 +89,7 @@ fn full_host() -> FakeHost {
     mask.fields.insert("SSN/partial".into(), 2);
     mask.fields.insert("DOB/redact".into(), 1);
     host.insert_property(&[state::MASK], &mask.encode());
+    // Envoy's own duration is not what the event reports (the stage's clock is).
     host.insert_property(&["request", "duration"], &7_400_000i64.to_le_bytes());
     host.insert_property(&["request", "total_size"], &412i64.to_le_bytes());
     host.insert_property(&["response", "total_size"], &1890i64.to_le_bytes());
@@ -99,7 +100,8 @@ fn full_host() -> FakeHost {
 
 #[test]
 fn builds_a_complete_event() {
-    let e = build_event(&full_host(), &opts(), Some(T0 - 9));
+    let host = full_host();
+    let e = build_event(&host, &opts(), Some(T0 - 9));
     assert_eq!(e.schema, "phi_guard.audit.v1");
     assert_eq!(e.time, "2025-11-26T18:03:04.512Z");
     assert_eq!(
@@ -131,9 +133,10 @@ fn builds_a_complete_event() {
     assert_eq!(o.grpc_status, Some(0));
     assert_eq!(
         o.duration_ms,
-        Some(7),
-        "request.duration (ns) wins over the time diff"
+        Some(9),
+        "from the request headers to the stream's end, on the stage's clock"
     );
+    assert_eq!(host.reads_of("request.duration"), 0, "no host call for it");
     assert_eq!((o.request_bytes, o.response_bytes), (Some(412), Some(1890)));
     let m = o.mask.as_ref().unwrap();
     assert_eq!((m.messages, m.fields["SSN/partial"]), (2, 2));
@@ -155,7 +158,7 @@ fn missing_state_leaves_fields_out() {
         String::from_utf8(e.canonical_bytes()).unwrap(),
         r#"{"correlation":{},"outcome":{},"schema":"phi_guard.audit.v1","time":"2025-11-26T18:03:04.512Z","what":{},"who":{}}"#
     );
-    // Without request.duration the filter's own start time gives the duration.
+    // The filter's own start time gives the duration.
     let e = build_event(&host, &opts(), Some(T0 - 25));
     assert_eq!(e.outcome.duration_ms, Some(25));
 }
@@ -264,7 +267,7 @@ fn integer_attributes() {
 
 #[test]
 fn canonical_encoding_is_sorted_compact_and_stable() {
-    let e = build_event(&full_host(), &opts(), None);
+    let e = build_event(&full_host(), &opts(), Some(T0 - 7));
     let bytes = e.canonical_bytes();
     let text = String::from_utf8(bytes.clone()).unwrap();
     let value: serde_json::Value = serde_json::from_str(&text).unwrap();

@@ -4,9 +4,9 @@
 
 use phi_guard_audit::batch;
 use phi_guard_audit::filter::{METRIC_ENQUEUED, METRIC_REFUSED};
-use phi_guard_audit::otlp::{records_from_body, Encoding};
+use phi_guard_audit::otlp::{export_response, records_from_body, Encoding};
 use phi_guard_audit::root::AuditRoot;
-use phi_guard_audit::service::METRIC_SHIPPED;
+use phi_guard_audit::service::{METRIC_REJECTED, METRIC_RETRIED, METRIC_SHIPPED};
 use phi_guard_common::GrpcStatus;
 use phi_guard_host::{bus, Bus, FakeHost, Flow};
 
@@ -112,7 +112,7 @@ fn the_filter_root_ticks_batches_and_queues_what_it_holds_when_replaced_or_done(
     for _ in 0..3 {
         let call = sh.last_call().unwrap();
         *sh.call_response.borrow_mut() = (Some("200".into()), Vec::new());
-        svc.on_http_call_response(&sh, call.token);
+        svc.on_http_call_response(&sh, call.token, 0);
         sh.now_ms.set(sh.now_ms.get() + 100);
         svc.on_tick(&sh);
     }
@@ -132,7 +132,7 @@ fn a_collector_call_without_a_status_is_retried() {
     svc.on_queue_ready(&sh, 1);
     let first = sh.last_call().unwrap();
     // No `:status`: the call failed; the batch is retained and resent after the backoff.
-    svc.on_http_call_response(&sh, first.token);
+    svc.on_http_call_response(&sh, first.token, 0);
     sh.now_ms.set(10_000);
     svc.on_tick(&sh);
     let again = sh.last_call().unwrap();
@@ -153,4 +153,70 @@ fn a_collector_call_without_a_status_is_retried() {
         records(&first.body),
         "resent unchanged"
     );
+}
+
+/// A 2xx with `partial_success` (OTLP specification, *Partial Success*): the batch is done and
+/// not resent; what the collector rejected is counted apart from what it kept, and logged as a
+/// count, never with the collector's message.
+#[test]
+fn a_partial_success_counts_the_rejected_records_and_is_not_resent() {
+    for encoding in [Encoding::Protobuf, Encoding::Json] {
+        let bus = bus();
+        let h = host(
+            &bus,
+            "phi_guard_audit_service",
+            &format!(
+                r#"{{"cluster":"audit_collector","key_env":"PHI_GUARD_AUDIT_KEY","max_batch_events":2,"max_batch_delay_ms":100,"encoding":"{}"}}"#,
+                match encoding {
+                    Encoding::Protobuf => "protobuf",
+                    Encoding::Json => "json",
+                }
+            ),
+        );
+        let mut svc = AuditRoot::default();
+        assert!(svc.on_configure(&h));
+        let fh = host(&bus, "phi_guard_audit", r#"{"batch_max_events":2}"#);
+        let mut root = AuditRoot::default();
+        assert!(root.on_configure(&fh));
+        for _ in 0..4 {
+            rpc(&root, &fh);
+        }
+        svc.on_queue_ready(&h, 1);
+        let first = h.last_call().unwrap();
+        let answer = export_response(encoding, 1, "SECRET-COLLECTOR-TEXT");
+        *h.call_response.borrow_mut() = (Some("200".into()), answer.clone());
+        svc.on_http_call_response(&h, first.token, answer.len());
+        assert_eq!(
+            (h.metric(METRIC_SHIPPED), h.metric(METRIC_REJECTED)),
+            (1, 1)
+        );
+        let log = h.log_text();
+        assert!(log.contains("rejected 1 record"), "{log}");
+        assert!(!log.contains("SECRET-COLLECTOR-TEXT"), "{log}");
+        // The next batch is the next two events, not the first one again.
+        h.now_ms.set(h.now_ms.get() + 200);
+        svc.on_tick(&h);
+        let second = h.last_call().unwrap();
+        assert_ne!(second.token, first.token);
+        assert_eq!(h.metric(METRIC_RETRIED), 0, "{encoding:?}");
+        let seqs = |body: &[u8]| -> Vec<u64> {
+            records_from_body(body, encoding)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.unwrap().seq)
+                .collect()
+        };
+        assert_eq!(seqs(&first.body), vec![0, 1]);
+        assert_eq!(seqs(&second.body), vec![2, 3]);
+        // A plain 2xx (empty answer) and an answer that is not a response both ship whole.
+        for body in [Vec::new(), b"not a response".to_vec()] {
+            let call = h.last_call().unwrap();
+            *h.call_response.borrow_mut() = (Some("200".into()), body.clone());
+            svc.on_http_call_response(&h, call.token, body.len());
+        }
+        assert_eq!(
+            (h.metric(METRIC_SHIPPED), h.metric(METRIC_REJECTED)),
+            (3, 1)
+        );
+    }
 }

@@ -115,7 +115,7 @@ fn events_flow_to_the_collector_call_chained() {
     assert_eq!(call.header(":path"), Some("/v1/logs"));
     assert_eq!(call.header(":authority"), Some("audit_collector"));
     assert_eq!(call.header("content-type"), Some("application/x-protobuf"));
-    svc.on_http_call_response(&shost, call.token, Some(200));
+    svc.on_http_call_response(&shost, call.token, Some(200), &[]);
     // A third event waits for the delay, then goes on a tick.
     rpc(&rt, &fhost, 2);
     svc.on_queue_ready(&shost, 1);
@@ -123,7 +123,7 @@ fn events_flow_to_the_collector_call_chained() {
     shost.now_ms.set(100);
     svc.on_tick(&shost);
     let call = shost.last_call().unwrap();
-    svc.on_http_call_response(&shost, call.token, Some(200));
+    svc.on_http_call_response(&shost, call.token, Some(200), &[]);
     let recs = records(&shost);
     let report = verify(
         &recs,
@@ -155,7 +155,7 @@ fn configure_twice_keeps_the_queue_and_the_chain() {
     rpc(&rt, &fhost, 1);
     svc.on_queue_ready(&shost, 1);
     let call = shost.last_call().unwrap();
-    svc.on_http_call_response(&shost, call.token, Some(200));
+    svc.on_http_call_response(&shost, call.token, Some(200), &[]);
     assert!(verify(
         &records(&shost),
         &ChainKey::new(KEY).unwrap(),
@@ -203,7 +203,7 @@ fn retries_on_503_429_and_failure_then_fail_closed_and_recover() {
     }
     svc.on_queue_ready(&shost, 1);
     let call = shost.last_call().unwrap();
-    svc.on_http_call_response(&shost, call.token, Some(503));
+    svc.on_http_call_response(&shost, call.token, Some(503), &[]);
     // Two more RPCs fill the backlog (4): the flag goes up and the filter refuses.
     for n in 2..4 {
         assert_eq!(rpc(&rt, &fhost, n).0, Admission::Continue);
@@ -224,11 +224,11 @@ fn retries_on_503_429_and_failure_then_fail_closed_and_recover() {
     shost.now_ms.set(100);
     svc.on_tick(&shost);
     let call = shost.last_call().unwrap();
-    svc.on_http_call_response(&shost, call.token, Some(429));
+    svc.on_http_call_response(&shost, call.token, Some(429), &[]);
     shost.now_ms.set(300);
     svc.on_tick(&shost);
     let call = shost.last_call().unwrap();
-    svc.on_http_call_response(&shost, call.token, None);
+    svc.on_http_call_response(&shost, call.token, None, &[]);
     // The host refuses the call (cluster gone) at the next try: still retained.
     shost.refuse_calls.set(true);
     shost.now_ms.set(700);
@@ -240,7 +240,7 @@ fn retries_on_503_429_and_failure_then_fail_closed_and_recover() {
         shost.now_ms.set(now);
         svc.on_tick(&shost);
         let call = shost.last_call().unwrap();
-        svc.on_http_call_response(&shost, call.token, Some(200));
+        svc.on_http_call_response(&shost, call.token, Some(200), &[]);
         now += 100;
     }
     assert_eq!(flag().as_deref(), Some(&b"0"[..]));
@@ -249,7 +249,7 @@ fn retries_on_503_429_and_failure_then_fail_closed_and_recover() {
     shost.now_ms.set(now + 100);
     svc.on_tick(&shost);
     let call = shost.last_call().unwrap();
-    svc.on_http_call_response(&shost, call.token, Some(200));
+    svc.on_http_call_response(&shost, call.token, Some(200), &[]);
     let recs = records(&shost);
     let report = verify(
         &recs,
@@ -323,6 +323,6 @@ fn json_encoding_is_sent_as_json() {
     assert_eq!(call.header("content-type"), Some("application/json"));
     let doc: serde_json::Value = serde_json::from_slice(&call.body).unwrap();
     assert!(doc["resourceLogs"][0]["scopeLogs"][0]["logRecords"].is_array());
-    svc.on_http_call_response(&shost, call.token, Some(200));
+    svc.on_http_call_response(&shost, call.token, Some(200), &[]);
     assert_eq!(records(&shost).len(), 2);
 }
