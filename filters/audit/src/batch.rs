@@ -192,7 +192,9 @@ impl BatchWriter {
             return None;
         }
         let count = u16::try_from(self.count).unwrap_or(u16::MAX);
-        let mut bytes = std::mem::take(&mut self.bytes);
+        // The next batch starts at this one's size instead of growing to it again.
+        let capacity = self.bytes.len();
+        let mut bytes = std::mem::replace(&mut self.bytes, Vec::with_capacity(capacity));
         if let Some(slot) = bytes.get_mut(MAGIC.len() + 1..HEADER_LEN) {
             slot.copy_from_slice(&count.to_be_bytes());
         }

@@ -163,9 +163,21 @@ fn is_zero(n: &u64) -> bool {
 impl AuditEvent {
     /// The canonical bytes: sorted keys, no whitespace, UTF-8.
     pub fn canonical_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.write_canonical(&mut out);
+        out
+    }
+
+    /// Appends the canonical bytes to `out` (the filter reuses one buffer per VM, so an
+    /// event costs no allocation of its own).
+    pub fn write_canonical(&self, out: &mut Vec<u8>) {
+        let start = out.len();
         // Serialising plain structs of strings and integers cannot fail; an empty object
         // would still be chained and visible rather than trapping the VM.
-        serde_json::to_vec(self).unwrap_or_else(|_| b"{}".to_vec())
+        if serde_json::to_writer(&mut *out, self).is_err() {
+            out.truncate(start);
+            out.extend_from_slice(b"{}");
+        }
     }
 
     /// Severity for the log record: anything but a clean OK is worth a second look.

@@ -53,6 +53,8 @@ pub struct FilterRuntime {
     wire: Cell<Option<Wire>>,
     /// Events built and not yet queued.
     batch: RefCell<BatchWriter>,
+    /// The event being serialised, reused by every stream of the VM.
+    scratch: RefCell<Vec<u8>>,
     /// Set when a new configuration replaced this one: nothing ticks for it any more, so
     /// every event is queued at once.
     retired: Cell<bool>,
@@ -77,6 +79,7 @@ impl FilterRuntime {
                 config.batch_max_events,
                 config.batch_max_bytes,
             )),
+            scratch: RefCell::default(),
             config,
             queue_id: Cell::new(None),
             wire: Cell::new(None),
@@ -259,6 +262,9 @@ impl AuditStream {
         // Every RPC passes here: no per-RPC log line, not even at debug (formatting and the
         // host call cost more than the event's own lookups).
         let event = build_event(host, &rt.options, self.started_ms);
-        rt.submit(host, &event.canonical_bytes());
+        let mut bytes = rt.scratch.borrow_mut();
+        bytes.clear();
+        event.write_canonical(&mut bytes);
+        rt.submit(host, &bytes);
     }
 }
