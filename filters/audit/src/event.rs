@@ -14,7 +14,7 @@ use phi_guard_common::{
     AuthnOutcome, AuthnResult, AuthzDecision, AuthzMode, Identity, MaskFailure, MaskSummary,
     ResourceId, Verdict,
 };
-use phi_guard_host::{read_state, HostExt};
+use phi_guard_host::{take_state, HostExt};
 use serde::{Deserialize, Serialize};
 
 use crate::hostx::AuditHost;
@@ -208,12 +208,13 @@ fn claim(value: &str) -> Option<String> {
     phi_guard_common::sanitize::printable(value).value()
 }
 
-/// A SAN URI or configured name: printable ASCII without spaces, bounded.
-fn printable(value: &str) -> Option<String> {
+/// A SAN URI or configured name: printable ASCII without spaces, bounded (kept as it is, or
+/// left out).
+fn printable(value: String) -> Option<String> {
     let ok = !value.is_empty()
         && value.len() <= MAX_ID_LEN
         && value.bytes().all(|b| b.is_ascii_graphic());
-    ok.then(|| value.to_string())
+    ok.then_some(value)
 }
 
 /// W3C trace-context `traceparent`: `vv-<32 hex>-<16 hex>-ff`, lower-case hex, version not
@@ -303,25 +304,36 @@ fn non_negative(v: Option<i64>) -> Option<u64> {
 
 /// Builds the event for the stream that is ending. `started_ms` is when the filter saw the
 /// request headers (absent if it never did, e.g. a stream reset before them); the duration is
-/// `now - started_ms` in milliseconds, on the host clock. Missing inputs leave fields out;
-/// nothing panics.
+/// `now - started_ms` in milliseconds, on the host clock. The stages' contracts are taken from
+/// the host's typed slots ([`take_state`]): call it once, at the stream's end. Missing inputs
+/// leave fields out; nothing panics.
 pub fn build_event<H: AuditHost + ?Sized>(
     host: &H,
     opts: &EventOptions,
     started_ms: Option<UnixMillis>,
 ) -> AuditEvent {
     let now_ms = host.now_ms();
-    // A missing or unreadable record leaves its part of the event out.
-    let identity = read_state::<Identity, _>(host).ok().flatten();
-    let authn = read_state::<AuthnOutcome, _>(host).ok().flatten();
-    let authz = read_state::<AuthzDecision, _>(host).ok().flatten();
-    let mask = read_state::<MaskSummary, _>(host).ok().flatten();
+    // A missing or unreadable record leaves its part of the event out. The event is the
+    // stream's last reader of them: taken, not copied.
+    let mut identity = take_state::<Identity, _>(host).ok().flatten();
+    let mut authn = take_state::<AuthnOutcome, _>(host).ok().flatten();
+    let mut authz = take_state::<AuthzDecision, _>(host).ok().flatten();
+    let mask = take_state::<MaskSummary, _>(host).ok().flatten();
     let method = host.grpc_method();
 
+    // Moved out of the records where the event does not carry them again.
     let provider = identity
-        .as_ref()
-        .map(|i| i.provider.as_str())
-        .or_else(|| authn.as_ref().and_then(|a| a.provider.as_deref()))
+        .as_mut()
+        .map(|i| std::mem::take(&mut i.provider))
+        .or_else(|| authn.as_mut().and_then(|a| a.provider.take()))
+        .and_then(printable);
+    let issuer = identity
+        .as_mut()
+        .map(|i| std::mem::take(&mut i.issuer))
+        .and_then(printable);
+    let role = authz
+        .as_mut()
+        .map(|a| std::mem::take(&mut a.role))
         .and_then(printable);
 
     // The stage's own clock, not Envoy's `request.duration`: the same span within the clock's
@@ -343,21 +355,21 @@ pub fn build_event<H: AuditHost + ?Sized>(
         who: Who {
             peer: host
                 .string_property(&["connection", "uri_san_peer_certificate"])
-                .and_then(|v| printable(&v)),
-            issuer: identity.as_ref().and_then(|i| printable(&i.issuer)),
+                .and_then(printable),
+            issuer,
             subject: identity.as_ref().and_then(|i| claim(&i.subject)),
             tenant: identity
                 .as_ref()
                 .and_then(|i| i.tenant.as_deref())
                 .and_then(claim),
             provider,
-            role: authz.as_ref().and_then(|a| printable(&a.role)),
+            role,
         },
         what: What {
             // The client chose `:path` too: a method named like an SSN is masked.
             service: method.as_ref().and_then(|m| id_like(&m.service)),
             method: method.as_ref().and_then(|m| id_like(&m.method)),
-            resource_id: read_state::<ResourceId, _>(host)
+            resource_id: take_state::<ResourceId, _>(host)
                 .ok()
                 .flatten()
                 .and_then(|ResourceId(v)| id_like(&v)),

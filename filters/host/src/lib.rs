@@ -41,7 +41,7 @@ mod state;
 pub use fake::{bus, Bus, FakeCall, FakeHost};
 #[cfg(target_os = "wasi")]
 pub use proxy::ProxyHost;
-pub use state::{read_state, write_state, Unreadable};
+pub use state::{read_state, take_state, write_state, Unreadable};
 
 /// A header as the host lists it: name (lower-case, as Envoy keeps them) and value.
 pub type Header = (String, String);

@@ -28,6 +28,24 @@ pub fn read_state<T: StateContract, H: Host + ?Sized>(host: &H) -> Result<Option
             return Ok(Some(value.clone()));
         }
     }
+    from_filter_state(host)
+}
+
+/// [`read_state`] for the stream's last reader (audit, at the stream's end): the value is
+/// moved out of the host's typed slot instead of copied. A later read of `T` in this stream
+/// finds the slot empty and reads filter state, as on a host without slots.
+pub fn take_state<T: StateContract, H: Host + ?Sized>(host: &H) -> Result<Option<T>, Unreadable> {
+    if let Some(slots) = host.state_slots() {
+        if let Some(value) = T::slot(&mut slots.borrow_mut()).take() {
+            return Ok(Some(value));
+        }
+    }
+    from_filter_state(host)
+}
+
+fn from_filter_state<T: StateContract, H: Host + ?Sized>(
+    host: &H,
+) -> Result<Option<T>, Unreadable> {
     match host.property(&[T::KEY]) {
         None => Ok(None),
         Some(bytes) => T::decode(&bytes).map(Some).ok_or(Unreadable),
@@ -156,6 +174,26 @@ mod tests {
         // stage of this stream parses them).
         host.base.insert_property(&[state::AUTHZ], b"garbage");
         assert_eq!(read_state(&host), Ok(Some(decision())));
+    }
+
+    #[test]
+    fn take_moves_the_slot_out_and_then_reads_filter_state() {
+        let host = Slotted {
+            base: FakeHost::default(),
+            slots: RefCell::default(),
+        };
+        write_state(&host, &decision());
+        assert_eq!(take_state(&host), Ok(Some(decision())));
+        assert_eq!(host.slots.borrow().authz, None, "moved, not copied");
+        // The slot is empty now: a later read is filter state's, as without slots.
+        host.base.insert_property(&[state::AUTHZ], b"{}");
+        assert_eq!(read_state::<AuthzDecision, _>(&host), Err(Unreadable));
+        assert_eq!(take_state::<AuthzDecision, _>(&host), Err(Unreadable));
+        // Without slots take is read.
+        let plain = FakeHost::default();
+        write_state(&plain, &decision());
+        assert_eq!(take_state(&plain), Ok(Some(decision())));
+        assert_eq!(read_state(&plain), Ok(Some(decision())));
     }
 
     #[test]
