@@ -113,6 +113,25 @@ struct Checked {
     severity: Severity,
 }
 
+/// An event of a version-2 batch, whose time and severity the worker sent beside it: not
+/// parsed; `None` when it is not UTF-8 or not braced like a JSON object (a framing that
+/// points into the wrong bytes), which refuses its batch as a non-JSON event does.
+fn take_event(bytes: &[u8], meta: crate::batch::EventMeta) -> Option<Checked> {
+    if bytes.first() != Some(&b'{') || bytes.last() != Some(&b'}') {
+        return None;
+    }
+    let text = std::str::from_utf8(bytes).ok()?.to_string();
+    Some(Checked {
+        text,
+        time_ms: meta.time_ms,
+        severity: if meta.ok {
+            Severity::Info
+        } else {
+            Severity::Warn
+        },
+    })
+}
+
 /// Reads the record's time and severity from an event; `None` when it is not JSON.
 fn check_event(bytes: &[u8], now_ms: UnixMillis) -> Option<Checked> {
     let env = serde_json::from_slice::<Envelope>(bytes).ok()?;
@@ -286,7 +305,8 @@ impl Delivery {
 
     /// One shared-queue item: a batch of events or a bare event ([`crate::batch`]). The item
     /// is taken whole or not at all: a malformed item, or one holding an event that is not
-    /// JSON, is refused and counted in `refused_items` (and its events, when the framing
+    /// JSON (a version-2 event, whose time and severity come beside it, is not parsed: it
+    /// must be UTF-8 between `{` and `}`), is refused and counted in `refused_items` (and its events, when the framing
     /// gave their number, in `dropped`). An event above `max_event_bytes` is dropped alone,
     /// as a bare event always was. Under fail_closed the shell checks [`Delivery::has_room`]
     /// before taking an item, and the whole batch is then taken even if it overshoots the
@@ -301,12 +321,16 @@ impl Delivery {
         };
         let mut checked = Vec::with_capacity(events.len());
         let mut oversized = 0u64;
-        for event in &events {
-            if event.len() > self.cfg.max_event_bytes {
+        for item in &events {
+            if item.event.len() > self.cfg.max_event_bytes {
                 oversized += 1;
                 continue;
             }
-            match check_event(event, now_ms) {
+            let event = match item.meta {
+                Some(meta) => take_event(item.event, meta),
+                None => check_event(item.event, now_ms),
+            };
+            match event {
                 Some(c) => checked.push(c),
                 None => {
                     self.stats.refused_items += 1;

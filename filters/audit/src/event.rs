@@ -312,7 +312,17 @@ pub fn build_event<H: AuditHost + ?Sized>(
     opts: &EventOptions,
     started_ms: Option<UnixMillis>,
 ) -> AuditEvent {
-    let now_ms = host.now_ms();
+    build_event_at(host, opts, started_ms, host.now_ms())
+}
+
+/// [`build_event`] at `now_ms` (Unix milliseconds): the event's `time`, and the end of its
+/// duration.
+pub fn build_event_at<H: AuditHost + ?Sized>(
+    host: &H,
+    opts: &EventOptions,
+    started_ms: Option<UnixMillis>,
+    now_ms: UnixMillis,
+) -> AuditEvent {
     // A missing or unreadable record leaves its part of the event out. The event is the
     // stream's last reader of them: taken, not copied.
     let mut identity = take_state::<Identity, _>(host).ok().flatten();

@@ -17,9 +17,9 @@ use std::cell::{Cell, RefCell};
 use phi_guard_common::GrpcStatus;
 use phi_guard_host::{Counter, LogLevel};
 
-use crate::batch::{format_key, BatchWriter};
+use crate::batch::{format_key, BatchWriter, EventMeta};
 use crate::config::{backlog_flag_key, FilterConfig};
-use crate::event::{build_event, EventOptions};
+use crate::event::{build_event_at, EventOptions};
 use crate::hostx::AuditHost;
 use crate::time::UnixMillis;
 
@@ -34,8 +34,8 @@ pub const METRIC_BATCHES: &str = "phi_guard.audit.batches";
 /// How events go on the queue, as the service said ([`crate::batch::format_key`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Wire {
-    /// Version-1 batches.
-    Batched,
+    /// Batches of this version (1 or 2: the newer of the service's and ours).
+    Batched(u8),
     /// A service of the previous release: one bare event per queue item.
     Bare,
 }
@@ -121,7 +121,9 @@ impl FilterRuntime {
             return wire;
         }
         let wire = match host.shared_data(&self.format_key).as_deref() {
-            Some(v) if v.first().is_some_and(|b| (b'1'..=b'9').contains(b)) => Wire::Batched,
+            Some([digit, ..]) if (b'1'..=b'9').contains(digit) => {
+                Wire::Batched((digit - b'0').min(crate::batch::VERSION))
+            }
             _ => Wire::Bare,
         };
         if flag_seen {
@@ -167,16 +169,25 @@ impl FilterRuntime {
     }
 
     /// One event at its stream's end: into the batch, which goes out when full.
-    fn submit<H: AuditHost>(&self, host: &H, event: &[u8]) {
-        if self.wire(host, false) == Wire::Bare {
-            self.sent(host, self.enqueue(host, event), 1);
-            return;
+    fn submit<H: AuditHost>(&self, host: &H, event: &[u8], meta: EventMeta) {
+        let version = match self.wire(host, false) {
+            Wire::Bare => {
+                self.sent(host, self.enqueue(host, event), 1);
+                return;
+            }
+            Wire::Batched(version) => version,
+        };
+        if self.batch.borrow().version() != version {
+            // The service changed (a restart with another release): what is held goes in
+            // its own version first.
+            self.flush(host);
+            self.batch.borrow_mut().set_version(version);
         }
-        let pushed = self.batch.borrow_mut().push(event);
+        let pushed = self.batch.borrow_mut().push(event, meta);
         if !pushed {
             // It would overflow the batch: send what is held, then start a new one.
             self.flush(host);
-            if !self.batch.borrow_mut().push(event) {
+            if !self.batch.borrow_mut().push(event, meta) {
                 // Larger than any batch may be (MAX_BATCH_BYTES): counted, never sent.
                 self.sent(host, false, 1);
                 return;
@@ -261,10 +272,15 @@ impl AuditStream {
         }
         // Every RPC passes here: no per-RPC log line, not even at debug (formatting and the
         // host call cost more than the event's own lookups).
-        let event = build_event(host, &rt.options, self.started_ms);
+        let now_ms = host.now_ms();
+        let event = build_event_at(host, &rt.options, self.started_ms, now_ms);
+        let meta = EventMeta {
+            time_ms: now_ms,
+            ok: event.is_ok(),
+        };
         let mut bytes = rt.scratch.borrow_mut();
         bytes.clear();
         event.write_canonical(&mut bytes);
-        rt.submit(host, &bytes);
+        rt.submit(host, &bytes, meta);
     }
 }

@@ -5,7 +5,7 @@
 
 mod support;
 
-use phi_guard_audit::batch::{self, BatchWriter};
+use phi_guard_audit::batch::{self, BatchWriter, EventMeta};
 use phi_guard_audit::chain::ChainKey;
 use phi_guard_audit::config::{backlog_flag_key, FilterConfig};
 use phi_guard_audit::filter::{
@@ -75,7 +75,7 @@ fn queued_ids(bus: &Bus) -> Vec<String> {
                 .unwrap()
                 .into_iter()
                 .map(|e| {
-                    let v: serde_json::Value = serde_json::from_slice(e).unwrap();
+                    let v: serde_json::Value = serde_json::from_slice(e.event).unwrap();
                     v["correlation"]["request_id"].as_str().unwrap().to_string()
                 })
                 .collect::<Vec<_>>()
@@ -234,6 +234,46 @@ fn a_restarted_service_gets_the_batch_on_its_new_queue() {
     assert_eq!(queued_ids(&bus), ids(0..3));
 }
 
+/// A service that reads version 1 only (the release before version 2) gets version-1
+/// batches; one that reads version 2 gets the time and severity beside each event, the same
+/// values its JSON carries.
+#[test]
+fn each_service_gets_the_batch_version_it_reads() {
+    for (published, version) in [(&b"1"[..], 1u8), (b"2", 2), (b"9", 2)] {
+        let bus = bus();
+        {
+            let mut b = bus.borrow_mut();
+            b.names.insert((VM.into(), QUEUE.into()), 1);
+            b.queues.insert(1, Default::default());
+            b.set_shared(VM, &batch::format_key(QUEUE), published);
+            b.set_shared(VM, &backlog_flag_key(QUEUE), b"0");
+        }
+        let (rt, fhost) = filter(&bus, "{}");
+        fhost.now_ms.set(1_764_180_184_512);
+        rpc(&rt, &fhost, 0);
+        fhost.set_response_trailers(&[("grpc-status", "7")]);
+        let mut s = AuditStream::default();
+        s.on_request_headers(&fhost, &rt);
+        s.on_log(&fhost, &rt);
+        rt.on_tick(&fhost);
+        let items = items(&bus);
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0][4], version, "{published:?}");
+        let events = batch::decode(&items[0]).unwrap();
+        assert_eq!(events.len(), 2);
+        for (item, ok) in events.iter().zip([true, false]) {
+            let v: serde_json::Value = serde_json::from_slice(item.event).unwrap();
+            assert_eq!(v["outcome"]["grpc_status"] == 0, ok);
+            assert_eq!(v["time"], "2025-11-26T18:03:04.512Z");
+            let want = (version == 2).then_some(EventMeta {
+                time_ms: 1_764_180_184_512,
+                ok,
+            });
+            assert_eq!(item.meta, want);
+        }
+    }
+}
+
 #[test]
 fn a_service_of_the_previous_release_gets_bare_events() {
     let bus = bus();
@@ -258,7 +298,7 @@ fn a_service_of_the_previous_release_gets_bare_events() {
     let (mut svc, shost) = service(&bus, 50, 1000);
     assert_eq!(
         shost.shared(&batch::format_key(QUEUE)).as_deref(),
-        Some(&b"1"[..])
+        Some(&b"2"[..])
     );
     svc.on_queue_ready(&shost, 1);
     assert_eq!(shost.metric(METRIC_CHAINED), 2);
@@ -272,56 +312,66 @@ fn the_service_writes_its_format_before_its_flag() {
     let shared = shost.shared.borrow();
     let (format, format_cas) = shared.get(&batch::format_key(QUEUE)).unwrap();
     let (flag, flag_cas) = shared.get(&backlog_flag_key(QUEUE)).unwrap();
-    assert_eq!((format.as_slice(), flag.as_slice()), (&b"1"[..], &b"0"[..]));
+    assert_eq!((format.as_slice(), flag.as_slice()), (&b"2"[..], &b"0"[..]));
     assert!(format_cas < flag_cas);
 }
 
 #[test]
 fn a_malformed_item_is_refused_whole_and_counted() {
-    let bus = bus();
-    let (mut svc, shost) = service(&bus, 50, 1000);
-    let good = |n: u64| {
-        format!(r#"{{"outcome":{{"grpc_status":0}},"schema":"phi_guard.audit.v1","time":"2025-11-26T18:03:04.512Z","what":{{"n":{n}}}}}"#)
-            .into_bytes()
-    };
-    let mut w = BatchWriter::new(8, 65_536);
-    w.push(&good(1));
-    w.push(&good(2));
-    let (two, _) = w.take().unwrap();
-    let mut truncated = two.clone();
-    truncated.pop();
-    let mut v2 = two.clone();
-    v2[4] = 2;
-    // Well framed, but its second event is not JSON: none of its three events is chained.
-    w.push(&good(3));
-    w.push(b"not json at all");
-    w.push(&good(4));
-    let (poisoned, _) = w.take().unwrap();
-    for item in [
-        truncated,
-        v2,
-        poisoned,
-        b"garbage".to_vec(),
-        Vec::new(),
-        two,
-    ] {
-        bus.borrow_mut().queues.get_mut(&1).unwrap().push_back(item);
+    for version in [1, 2] {
+        let bus = bus();
+        let (mut svc, shost) = service(&bus, 50, 1000);
+        let good = |n: u64| {
+            format!(r#"{{"outcome":{{"grpc_status":0}},"schema":"phi_guard.audit.v1","time":"2025-11-26T18:03:04.512Z","what":{{"n":{n}}}}}"#)
+                .into_bytes()
+        };
+        let meta = EventMeta {
+            time_ms: 1_764_180_184_512,
+            ok: true,
+        };
+        let mut w = BatchWriter::new(8, 65_536);
+        w.set_version(version);
+        w.push(&good(1), meta);
+        w.push(&good(2), meta);
+        let (two, _) = w.take().unwrap();
+        let mut truncated = two.clone();
+        truncated.pop();
+        let mut unknown = two.clone();
+        unknown[4] = 3;
+        // Well framed, but its second event is not JSON: none of its three events is chained.
+        w.push(&good(3), meta);
+        w.push(b"not json at all", meta);
+        w.push(&good(4), meta);
+        let (poisoned, _) = w.take().unwrap();
+        for item in [
+            truncated,
+            unknown,
+            poisoned,
+            b"garbage".to_vec(),
+            Vec::new(),
+            two,
+        ] {
+            bus.borrow_mut().queues.get_mut(&1).unwrap().push_back(item);
+        }
+        svc.on_queue_ready(&shost, 1);
+        assert_eq!(shost.metric(METRIC_BATCH_REFUSED), 5, "v{version}");
+        assert_eq!(shost.metric(METRIC_CHAINED), 2, "only the good batch");
+        assert_eq!(svc.core().unwrap().next_seq(), 2);
+        assert_eq!(
+            shost.metric(METRIC_DROPPED),
+            3,
+            "the poisoned batch's events"
+        );
+        drain(&mut svc, &shost);
+        let recs = records(&shost);
+        assert_eq!(recs.len(), 2);
+        let first = recs[0].record.as_ref().unwrap();
+        assert!(first.event.contains(r#""n":1"#));
+        // Version 1's time comes from the event's JSON, version 2's from beside it: the same.
+        assert_eq!(first.time_ms, meta.time_ms, "v{version}");
+        let log = shost.log_text();
+        assert!(!log.contains("not json"), "no content in logs: {log}");
     }
-    svc.on_queue_ready(&shost, 1);
-    assert_eq!(shost.metric(METRIC_BATCH_REFUSED), 5);
-    assert_eq!(shost.metric(METRIC_CHAINED), 2, "only the good batch");
-    assert_eq!(svc.core().unwrap().next_seq(), 2);
-    assert_eq!(
-        shost.metric(METRIC_DROPPED),
-        3,
-        "the poisoned batch's events"
-    );
-    drain(&mut svc, &shost);
-    let recs = records(&shost);
-    assert_eq!(recs.len(), 2);
-    assert!(recs[0].record.as_ref().unwrap().event.contains(r#""n":1"#));
-    let log = shost.log_text();
-    assert!(!log.contains("not json"), "no content in logs: {log}");
 }
 
 #[test]

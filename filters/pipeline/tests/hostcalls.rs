@@ -82,7 +82,7 @@ impl Recorder {
             .values()
             .flat_map(|q| q.iter())
             .flat_map(|item| phi_guard_audit::batch::decode(item).unwrap())
-            .map(|b| serde_json::from_slice(b).unwrap())
+            .map(|b| serde_json::from_slice(b.event).unwrap())
             .collect()
     }
 }
