@@ -22,7 +22,7 @@
 //! refuse the whole item, and nothing of it is applied.
 //!
 //! The service publishes the newest version it reads in shared data ([`format_key`], value
-//! `"2"`) before it publishes the admission flag; a filter writes the newer of that and its
+//! `"2"`) before it publishes the admission flag; a filter writes the older of that and its
 //! own [`VERSION`] (a service of the release before writes `"1"`), and one that finds no
 //! such key (a service of the release before batching) queues bare events, one per RPC.
 

@@ -304,7 +304,8 @@ fn non_negative(v: Option<i64>) -> Option<u64> {
 
 /// Builds the event for the stream that is ending. `started_ms` is when the filter saw the
 /// request headers (absent if it never did, e.g. a stream reset before them); the duration is
-/// `now - started_ms` in milliseconds, on the host clock. The stages' contracts are taken from
+/// `now - started_ms` in milliseconds, on the host clock, and Envoy's `request.duration`
+/// without a start. The stages' contracts are taken from
 /// the host's typed slots ([`take_state`]): call it once, at the stream's end. Missing inputs
 /// leave fields out; nothing panics.
 pub fn build_event<H: AuditHost + ?Sized>(
@@ -346,10 +347,18 @@ pub fn build_event_at<H: AuditHost + ?Sized>(
         .map(|a| std::mem::take(&mut a.role))
         .and_then(printable);
 
-    // The stage's own clock, not Envoy's `request.duration`: the same span within the clock's
-    // millisecond (the request headers arrive microseconds after the stream's first byte),
-    // without a host call per RPC.
-    let duration_ms = started_ms.map(|s| now_ms.saturating_sub(s));
+    // The module's own clock, not Envoy's `request.duration`: the same span within the
+    // clock's millisecond (the request headers arrive microseconds after the stream's first
+    // byte), without a host call per RPC. Envoy's figure only for a stream the module never
+    // saw start (refused by a filter before it, or reset before its headers).
+    let duration_ms = match started_ms {
+        Some(start) => Some(now_ms.saturating_sub(start)),
+        None => host
+            .property(&["request", "duration"])
+            .and_then(|b| int_attribute(&b))
+            .and_then(|ns| u64::try_from(ns).ok())
+            .map(|ns| ns / 1_000_000),
+    };
 
     AuditEvent {
         schema: SCHEMA.to_string(),

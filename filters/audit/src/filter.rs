@@ -34,7 +34,7 @@ pub const METRIC_BATCHES: &str = "phi_guard.audit.batches";
 /// How events go on the queue, as the service said ([`crate::batch::format_key`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Wire {
-    /// Batches of this version (1 or 2: the newer of the service's and ours).
+    /// Batches of this version (1 or 2: the older of the service's and ours).
     Batched(u8),
     /// A service of the previous release: one bare event per queue item.
     Bare,
@@ -102,9 +102,14 @@ impl FilterRuntime {
         self.batch.borrow().len()
     }
 
-    /// The root context's tick, and `on_done`: queues what the VM holds.
+    /// The root context's tick, and `on_done`: queues what the VM holds. The service's batch
+    /// format, once learnt, is read afresh here (one shared-data read per tick), so a service
+    /// replaced by another release is written what it reads from the next tick on.
     pub fn on_tick<H: AuditHost>(&self, host: &H) {
         self.flush(host);
+        if self.wire.get().is_some() {
+            self.wire.set(Some(self.read_wire(host)));
+        }
     }
 
     /// A new configuration replaces this one: queues what it holds, and from now on every
@@ -120,16 +125,21 @@ impl FilterRuntime {
         if let Some(wire) = self.wire.get() {
             return wire;
         }
-        let wire = match host.shared_data(&self.format_key).as_deref() {
-            Some([digit, ..]) if (b'1'..=b'9').contains(digit) => {
-                Wire::Batched((digit - b'0').min(crate::batch::VERSION))
-            }
-            _ => Wire::Bare,
-        };
+        let wire = self.read_wire(host);
         if flag_seen {
             self.wire.set(Some(wire));
         }
         wire
+    }
+
+    /// The format the service publishes now.
+    fn read_wire<H: AuditHost>(&self, host: &H) -> Wire {
+        match host.shared_data(&self.format_key).as_deref() {
+            Some([digit, ..]) if (b'1'..=b'9').contains(digit) => {
+                Wire::Batched((digit - b'0').min(crate::batch::VERSION))
+            }
+            _ => Wire::Bare,
+        }
     }
 
     /// Puts one item on the queue; after a refusal resolves the queue afresh (a restarted
@@ -240,8 +250,17 @@ pub struct AuditStream {
 }
 
 impl AuditStream {
+    /// The stream's start as the module's first stage saw it (Unix milliseconds): the
+    /// pipeline calls it before jwt, so a call an earlier stage refuses still has its
+    /// duration. Without it the start is when this stage saw the request headers.
+    pub fn note_start(&mut self, now_ms: UnixMillis) {
+        self.started_ms.get_or_insert(now_ms);
+    }
+
     pub fn on_request_headers<H: AuditHost>(&mut self, host: &H, rt: &FilterRuntime) -> Admission {
-        self.started_ms = Some(host.now_ms());
+        if self.started_ms.is_none() {
+            self.started_ms = Some(host.now_ms());
+        }
         match rt.refusal(host) {
             None => {
                 if rt.refusing.replace(false) {

@@ -8,7 +8,7 @@ use crate::chain::ChainKey;
 use crate::config::{backlog_flag_key, ServiceConfig};
 use crate::delivery::{CallOutcome, Delivery, Stats};
 use crate::hostx::ServiceHost;
-use crate::otlp::OtlpMeta;
+use crate::otlp::{Encoding, OtlpMeta};
 
 pub const METRIC_SHIPPED: &str = "phi_guard.audit.shipped";
 /// Records the collector acknowledged but rejected (OTLP partial success).
@@ -29,7 +29,7 @@ pub const METRIC_BATCH_REFUSED: &str = "phi_guard.audit.batch_refused";
 const MAX_DEQUEUE_PER_PUMP: usize = 10_000;
 
 /// Most bytes of the collector's answer read (for its `partial_success`); a longer answer is
-/// not decoded and counts as a plain 2xx.
+/// cut there, does not decode, and counts as a plain 2xx.
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Default)]
@@ -56,8 +56,9 @@ pub struct AuditService {
     format_published: bool,
     /// The flag value last written to shared data.
     published: Option<bool>,
-    /// Token of the in-flight `dispatch_http_call` and the batch it carries.
-    call: Option<(u32, u64)>,
+    /// Token of the in-flight `dispatch_http_call`, the batch it carries and the batch's
+    /// encoding (the answer's; a reconfiguration may change the service's meanwhile).
+    call: Option<(u32, u64, Encoding)>,
     metrics: Metrics,
     reported: Stats,
 }
@@ -157,19 +158,19 @@ impl AuditService {
         status: Option<u32>,
         body: &[u8],
     ) {
-        let Some((expected, batch)) = self.call else {
+        let Some((expected, batch, encoding)) = self.call else {
             return;
         };
         if expected != token {
             return;
         }
         self.call = None;
-        if let (Some(core), Some(cfg)) = (self.core.as_mut(), self.config.as_ref()) {
+        if let Some(core) = self.core.as_mut() {
             let outcome = match status {
                 None => CallOutcome::Failed,
                 // A 2xx answer that is not an ExportLogsServiceResponse still acknowledges the
                 // batch: the status is the receiver's verdict.
-                Some(s @ 200..=299) => match crate::otlp::rejected_records(cfg.encoding, body) {
+                Some(s @ 200..=299) => match crate::otlp::rejected_records(encoding, body) {
                     Some(rejected) if rejected > 0 => CallOutcome::PartialSuccess { rejected },
                     _ => CallOutcome::Status(s),
                 },
@@ -235,7 +236,7 @@ impl AuditService {
                 Some(&batch.body),
                 cfg.request_timeout_ms,
             ) {
-                Some(token) => self.call = Some((token, batch.id)),
+                Some(token) => self.call = Some((token, batch.id, cfg.encoding)),
                 None => {
                     host.log(
                         LogLevel::Warn,

@@ -274,6 +274,30 @@ fn each_service_gets_the_batch_version_it_reads() {
     }
 }
 
+/// The format is read again on each tick: a service replaced by a release that reads only
+/// version 1 gets version 1 from the next batch on.
+#[test]
+fn a_changed_format_is_followed_from_the_next_tick() {
+    let bus = bus();
+    {
+        let mut b = bus.borrow_mut();
+        b.names.insert((VM.into(), QUEUE.into()), 1);
+        b.queues.insert(1, Default::default());
+        b.set_shared(VM, &batch::format_key(QUEUE), b"2");
+        b.set_shared(VM, &backlog_flag_key(QUEUE), b"0");
+    }
+    let (rt, fhost) = filter(&bus, "{}");
+    rpc(&rt, &fhost, 0);
+    bus.borrow_mut()
+        .set_shared(VM, &batch::format_key(QUEUE), b"1");
+    rt.on_tick(&fhost);
+    rpc(&rt, &fhost, 1);
+    rt.on_tick(&fhost);
+    let versions: Vec<u8> = items(&bus).iter().map(|i| i[4]).collect();
+    assert_eq!(versions, vec![2, 1]);
+    assert_eq!(queued_ids(&bus), ids(0..2));
+}
+
 #[test]
 fn a_service_of_the_previous_release_gets_bare_events() {
     let bus = bus();

@@ -137,6 +137,13 @@ fn builds_a_complete_event() {
         "from the request headers to the stream's end, on the stage's clock"
     );
     assert_eq!(host.reads_of("request.duration"), 0, "no host call for it");
+    // A stream the module never saw start (refused by a filter before it): Envoy's figure.
+    let unstarted = build_event(&host, &opts(), None);
+    assert_eq!(
+        unstarted.outcome.duration_ms,
+        Some(7),
+        "request.duration, ns"
+    );
     assert_eq!((o.request_bytes, o.response_bytes), (Some(412), Some(1890)));
     let m = o.mask.as_ref().unwrap();
     assert_eq!((m.messages, m.fields["SSN/partial"]), (2, 2));

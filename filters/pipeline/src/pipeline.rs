@@ -529,6 +529,11 @@ impl StageSet<'_> {
     }
 
     fn request_headers_inner<H: StageHost>(&mut self, host: &H) -> Flow {
+        if let Some(audit) = self.audit.as_mut() {
+            // Before any stage can refuse: a refused call's event has its duration too (the
+            // clock is read once per callback, jwt reads it anyway).
+            audit.stream.note_start(host.now_ms());
+        }
         if let Some(jwt) = self.jwt {
             self.enter(Some(StageName::Jwt));
             if !jwt_shell::on_request_headers(host, &jwt.engine, &jwt.metrics) {

@@ -439,6 +439,10 @@ fn a_denied_call_is_refused_and_audited() {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["outcome"]["authz"]["decision"], "deny");
     assert_eq!(events[0]["outcome"]["authn"]["result"], "ok");
+    // Timed from the stream's start though audit's own request headers never ran (the fake
+    // clock stands still), and not from Envoy's attribute.
+    assert_eq!(events[0]["outcome"]["duration_ms"], 0);
+    assert_eq!(host.base.reads_of("request.duration"), 0);
 }
 
 #[test]
@@ -451,6 +455,7 @@ fn a_call_without_a_token_is_refused_and_audited() {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["outcome"]["authn"]["result"], "failed");
     assert_eq!(events[0]["outcome"]["authn"]["reason"], "missing");
+    assert_eq!(events[0]["outcome"]["duration_ms"], 0);
 }
 
 /// The stages after jwt, as a pipeline placed after jwt's single-stage module.
