@@ -387,6 +387,9 @@ async fn client_supplied_ids_are_sanitized_before_any_event_log_or_metric() {
     const SSN: &str = "078-05-1120";
     const PHONE: &str = "555.867.5309";
     const EMAIL: &str = "jane.doe@example.org";
+    // A client that copies a token into id headers: never kept (a JWT, a Bearer value).
+    const TOKEN: &str = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJjYW5hcnkifQ.c2lnbmF0dXJlY2FuYXJ5";
+    const BEARER: &str = "Bearer-SECRETTOKENCANARY";
     let stack = Stack::builder("audit_client_ids")
         .workload("frontend", "clinic", "ehr-frontend")
         .start()
@@ -397,6 +400,7 @@ async fn client_supplied_ids_are_sanitized_before_any_event_log_or_metric() {
         (SSN, PATIENT_ID),
         ("req-ok-0001", PHONE),
         (EMAIL, PATIENT_ID),
+        (TOKEN, BEARER),
     ] {
         let mut client = stack.client_as("frontend", Some("nurse")).await.unwrap();
         let mut request = tonic::Request::new(GetPatientRequest {
@@ -441,7 +445,7 @@ async fn client_supplied_ids_are_sanitized_before_any_event_log_or_metric() {
         assert_eq!(status.code(), code, "{path}");
         assert!(!status.message().contains("078"), "{path}: {status:?}");
     }
-    wait_for_events(&stack, 6).await;
+    wait_for_events(&stack, 7).await;
     let events = events(&stack);
     let ids: Vec<&Value> = events
         .iter()
@@ -480,7 +484,15 @@ async fn client_supplied_ids_are_sanitized_before_any_event_log_or_metric() {
     let envoy_logs = all_logs(&stack);
     let (_, stats) = stack.inbound.admin_get("/stats").unwrap();
     let (_, prometheus) = stack.inbound.admin_get("/stats/prometheus").unwrap();
-    for canary in [SSN, "078051120", PHONE, "5558675309", EMAIL] {
+    for canary in [
+        SSN,
+        "078051120",
+        PHONE,
+        "5558675309",
+        EMAIL,
+        "c2lnbmF0dXJlY2FuYXJ5",
+        "SECRETTOKENCANARY",
+    ] {
         for (what, text) in [
             ("audit log", &audit_text),
             ("Envoy logs", &envoy_logs),
@@ -501,5 +513,5 @@ async fn client_supplied_ids_are_sanitized_before_any_event_log_or_metric() {
         );
     }
     // The chain still verifies.
-    assert_eq!(verify_text(&stack, &audit_text, Some(6)), Ok(6));
+    assert_eq!(verify_text(&stack, &audit_text, Some(7)), Ok(7));
 }

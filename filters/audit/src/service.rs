@@ -13,6 +13,9 @@ use crate::otlp::{Encoding, OtlpMeta};
 pub const METRIC_SHIPPED: &str = "phi_guard.audit.shipped";
 /// Records the collector acknowledged but rejected (OTLP partial success).
 pub const METRIC_REJECTED: &str = "phi_guard.audit.rejected";
+/// 2xx answers whose body is not an `ExportLogsServiceResponse` (their batch counts as
+/// shipped; the receiver may not be an OTLP one, and may have kept nothing).
+pub const METRIC_UNREADABLE_ANSWERS: &str = "phi_guard.audit.unreadable_answers";
 pub const METRIC_RETRIED: &str = "phi_guard.audit.retried";
 pub const METRIC_DROPPED: &str = "phi_guard.audit.dropped";
 pub const METRIC_BACKLOG_FULL: &str = "phi_guard.audit.backlog_full";
@@ -37,6 +40,7 @@ struct Metrics {
     chained: Option<u32>,
     shipped: Option<u32>,
     rejected: Option<u32>,
+    unreadable_answers: Option<u32>,
     retried: Option<u32>,
     dropped: Option<u32>,
     backlog_full: Option<u32>,
@@ -117,6 +121,7 @@ impl AuditService {
                 chained: host.define_counter(METRIC_CHAINED),
                 shipped: host.define_counter(METRIC_SHIPPED),
                 rejected: host.define_counter(METRIC_REJECTED),
+                unreadable_answers: host.define_counter(METRIC_UNREADABLE_ANSWERS),
                 retried: host.define_counter(METRIC_RETRIED),
                 dropped: host.define_counter(METRIC_DROPPED),
                 backlog_full: host.define_counter(METRIC_BACKLOG_FULL),
@@ -172,7 +177,19 @@ impl AuditService {
                 // batch: the status is the receiver's verdict.
                 Some(s @ 200..=299) => match crate::otlp::rejected_records(encoding, body) {
                     Some(rejected) if rejected > 0 => CallOutcome::PartialSuccess { rejected },
-                    _ => CallOutcome::Status(s),
+                    Some(_) => CallOutcome::Status(s),
+                    None => {
+                        if let Some(id) = self.metrics.unreadable_answers {
+                            host.increment_counter(id, 1);
+                        }
+                        host.log(
+                            LogLevel::Warn,
+                            &format!(
+                                "phi_guard audit service: collector answered HTTP {s} with a body that is not an OTLP ExportLogsServiceResponse; batch counted as shipped (is the cluster an OTLP receiver?)"
+                            ),
+                        );
+                        CallOutcome::Status(s)
+                    }
                 },
                 Some(s) => CallOutcome::Status(s),
             };

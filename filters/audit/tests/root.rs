@@ -6,7 +6,9 @@ use phi_guard_audit::batch;
 use phi_guard_audit::filter::{METRIC_ENQUEUED, METRIC_REFUSED};
 use phi_guard_audit::otlp::{export_response, records_from_body, Encoding};
 use phi_guard_audit::root::AuditRoot;
-use phi_guard_audit::service::{METRIC_REJECTED, METRIC_RETRIED, METRIC_SHIPPED};
+use phi_guard_audit::service::{
+    METRIC_REJECTED, METRIC_RETRIED, METRIC_SHIPPED, METRIC_UNREADABLE_ANSWERS,
+};
 use phi_guard_common::GrpcStatus;
 use phi_guard_host::{bus, Bus, FakeHost, Flow};
 
@@ -208,15 +210,31 @@ fn a_partial_success_counts_the_rejected_records_and_is_not_resent() {
         };
         assert_eq!(seqs(&first.body), vec![0, 1]);
         assert_eq!(seqs(&second.body), vec![2, 3]);
-        // A plain 2xx (empty answer) and an answer that is not a response both ship whole.
-        for body in [Vec::new(), b"not a response".to_vec()] {
+        // A plain 2xx (empty answer) and an answer that is not a response both ship whole;
+        // the second is counted and logged (the receiver may not be an OTLP one).
+        for body in [
+            Vec::new(),
+            b"\xff\xff\xff<html>not a response</html>".to_vec(),
+        ] {
             let call = h.last_call().unwrap();
             *h.call_response.borrow_mut() = (Some("200".into()), body.clone());
             svc.on_http_call_response(&h, call.token, body.len());
+            // The next batch, for the next answer.
+            rpc(&root, &fh);
+            rpc(&root, &fh);
+            h.now_ms.set(h.now_ms.get() + 200);
+            svc.on_queue_ready(&h, 1);
+            svc.on_tick(&h);
+            assert_ne!(h.last_call().unwrap().token, call.token);
         }
         assert_eq!(
             (h.metric(METRIC_SHIPPED), h.metric(METRIC_REJECTED)),
-            (3, 1)
+            (5, 1)
         );
+        assert_eq!(h.metric(METRIC_UNREADABLE_ANSWERS), 1, "{encoding:?}");
+        assert!(h
+            .log_text()
+            .contains("not an OTLP ExportLogsServiceResponse"));
+        assert!(!h.log_text().contains("<html>"));
     }
 }

@@ -6,7 +6,8 @@
 //! value is first validated (length, a conservative identifier alphabet: no spaces, quotes or
 //! control bytes that could smuggle free text into a tamper-evident log), then pattern-masked:
 //! every digit of a run shaped like an SSN or a telephone number (7 or more digits, possibly
-//! with separators) becomes `*`, and a value shaped like an e-mail address is refused. The
+//! with separators) becomes `*`, and a value shaped like an e-mail address or a credential (a
+//! JWT, a `Bearer` token) is refused. The
 //! masking is conservative: it may also hide the digits of an id that merely looks like a
 //! number, never the other way round.
 //!
@@ -30,7 +31,7 @@ pub enum Sanitized {
     Clean(String),
     /// Valid, with the digits of identifier-shaped runs replaced by `*`.
     Masked(String),
-    /// Empty, too long, outside the alphabet, or e-mail shaped: keep nothing of it.
+    /// Empty, too long, outside the alphabet, e-mail or credential shaped: keep nothing of it.
     Refused,
 }
 
@@ -83,9 +84,29 @@ pub fn printable(value: &str) -> Sanitized {
     sanitize(value, |b| b.is_ascii_graphic() && b != b'@')
 }
 
+/// A value shaped like a credential a client copied into an id: a JOSE compact
+/// serialisation (a JWT: RFC 7515 §7.1 and RFC 7516 §7.1, whose first segment, a JSON header,
+/// base64url-encodes to `eyJ`, then `.`), or the `Bearer` scheme (RFC 6750) as a word of its
+/// own (`Bearer-…`, `x_bearer`; not inside a name such as `BearerTokenService`).
+fn looks_like_credential(value: &str) -> bool {
+    if value.contains("eyJ") && value.contains('.') {
+        return true;
+    }
+    let lower = value.to_ascii_lowercase();
+    lower.match_indices("bearer").any(|(at, word)| {
+        lower[at + word.len()..]
+            .bytes()
+            .next()
+            .is_none_or(|b| !b.is_ascii_alphabetic())
+    })
+}
+
 fn sanitize(value: &str, allowed: impl Fn(u8) -> bool) -> Sanitized {
     let bytes = value.as_bytes();
-    if bytes.is_empty() || bytes.len() > MAX_CLIENT_VALUE_LEN || !bytes.iter().all(|&b| allowed(b))
+    if bytes.is_empty()
+        || bytes.len() > MAX_CLIENT_VALUE_LEN
+        || !bytes.iter().all(|&b| allowed(b))
+        || looks_like_credential(value)
     {
         return Sanitized::Refused;
     }
@@ -137,6 +158,33 @@ fn sanitize(value: &str, allowed: impl Fn(u8) -> bool) -> Sanitized {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A token a client put into an id header is never kept (the developers' guide: no token
+    /// in an event or a log, not even when a client puts it in a header).
+    #[test]
+    fn credential_shaped_values_are_refused() {
+        let jwt = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJ1LTEyMzQ1In0.c2lnbmF0dXJl";
+        for value in [
+            jwt,
+            "eyJhbGciOiJub25lIn0.e30.",
+            "req-eyJhbGciOiJIUzI1NiJ9.e30.x",
+            "Bearer-SECRETTOKENCANARY",
+            "x-bearer_token",
+            "BEARER",
+        ] {
+            assert_eq!(client_id(value), Sanitized::Refused, "{value}");
+            assert_eq!(printable(value), Sanitized::Refused, "{value}");
+        }
+        // Neither shape alone: kept.
+        for value in [
+            "req-eyJ-1",
+            "a.b.c",
+            "4bf92f35-77b3-4da6-a3ce-929d0e0e4736",
+            "auth.v1.BearerTokenService",
+        ] {
+            assert!(client_id(value).value().is_some(), "{value}");
+        }
+    }
 
     #[test]
     fn identifier_shaped_digits_are_masked() {
