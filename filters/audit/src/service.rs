@@ -35,6 +35,19 @@ const MAX_DEQUEUE_PER_PUMP: usize = 10_000;
 /// cut there, does not decode, and counts as a plain 2xx.
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
+/// The records a 2xx answer says were rejected, or `None` when it is not an OTLP
+/// `ExportLogsServiceResponse` in `encoding`: a `content-type` other than the request's (OTLP
+/// receivers answer in the request's; a missing one is taken as that), or a body that does
+/// not decode.
+fn answer_rejected<H: ServiceHost>(host: &H, encoding: Encoding, body: &[u8]) -> Option<u64> {
+    if let Some(content_type) = host.http_call_response_header("content-type") {
+        if Encoding::from_content_type(&content_type) != Some(encoding) {
+            return None;
+        }
+    }
+    crate::otlp::rejected_records(encoding, body)
+}
+
 #[derive(Debug, Default)]
 struct Metrics {
     chained: Option<u32>,
@@ -175,7 +188,7 @@ impl AuditService {
                 None => CallOutcome::Failed,
                 // A 2xx answer that is not an ExportLogsServiceResponse still acknowledges the
                 // batch: the status is the receiver's verdict.
-                Some(s @ 200..=299) => match crate::otlp::rejected_records(encoding, body) {
+                Some(s @ 200..=299) => match answer_rejected(host, encoding, body) {
                     Some(rejected) if rejected > 0 => CallOutcome::PartialSuccess { rejected },
                     Some(_) => CallOutcome::Status(s),
                     None => {

@@ -232,6 +232,25 @@ fn a_partial_success_counts_the_rejected_records_and_is_not_resent() {
             (5, 1)
         );
         assert_eq!(h.metric(METRIC_UNREADABLE_ANSWERS), 1, "{encoding:?}");
+        // A web page that happens to decode (an empty body) is told apart by its
+        // content-type; the request's own content-type is an OTLP answer.
+        for (content_type, unreadable) in [("text/html", 2), (encoding.content_type(), 2)] {
+            let call = h.last_call().unwrap();
+            *h.call_response.borrow_mut() = (Some("200".into()), Vec::new());
+            *h.call_response_headers.borrow_mut() =
+                vec![("content-type".into(), content_type.into())];
+            svc.on_http_call_response(&h, call.token, 0);
+            assert_eq!(
+                h.metric(METRIC_UNREADABLE_ANSWERS),
+                unreadable,
+                "{encoding:?} {content_type}"
+            );
+            rpc(&root, &fh);
+            rpc(&root, &fh);
+            h.now_ms.set(h.now_ms.get() + 200);
+            svc.on_queue_ready(&h, 1);
+            svc.on_tick(&h);
+        }
         assert!(h
             .log_text()
             .contains("not an OTLP ExportLogsServiceResponse"));

@@ -114,6 +114,8 @@ pub struct FakeHost {
     pub refuse_calls: Cell<bool>,
     /// The answer `http_call_response` reads: `:status` and body.
     pub call_response: RefCell<(Option<String>, Vec<u8>)>,
+    /// That answer's other headers (`http_call_response_header`), names lower-case.
+    pub call_response_headers: RefCell<Vec<(String, String)>>,
     /// The tick period last set.
     pub tick_ms: Cell<Option<u64>>,
 }
@@ -463,6 +465,14 @@ impl HttpCalls for FakeHost {
         let (status, body) = self.call_response.borrow().clone();
         let n = body_size.min(limit).min(body.len());
         (status, body[..n].to_vec())
+    }
+
+    fn http_call_response_header(&self, name: &str) -> Option<String> {
+        self.call_response_headers
+            .borrow()
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
     }
 }
 

@@ -168,6 +168,9 @@ pub trait HttpCalls {
     /// oversized body by asking for one byte more than it accepts; `limit` 0 reads the status
     /// only.
     fn http_call_response(&self, body_size: usize, limit: usize) -> (Option<String>, Vec<u8>);
+    /// A header of that answer (`name` lower-case, e.g. `content-type`), read in
+    /// `on_http_call_response`; `None` when the answer has none.
+    fn http_call_response_header(&self, name: &str) -> Option<String>;
 
     /// A GET of a document (jwt's JWKS, mask's descriptor set): `:method`, `:path`,
     /// `:authority` and `accept`, in that order, no body.

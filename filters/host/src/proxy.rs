@@ -76,6 +76,12 @@ impl HttpCalls for ProxyHost {
             .unwrap_or_default();
         (status, body)
     }
+
+    fn http_call_response_header(&self, name: &str) -> Option<String> {
+        hostcalls::get_map_value(MapType::HttpCallResponseHeaders, name)
+            .ok()
+            .flatten()
+    }
 }
 
 impl Clock for ProxyHost {
