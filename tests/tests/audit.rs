@@ -201,6 +201,17 @@ async fn one_chained_event_per_rpc_with_no_phi() {
 
     // No PHI, no token anywhere: events, Envoy's logs, Envoy's stats.
     let (_, stats) = stack.inbound.admin_get("/stats").unwrap();
+    // The collector's answers were read as OTLP responses that kept every record.
+    for counter in [
+        "phi_guard.audit.unreadable_answers",
+        "phi_guard.audit.rejected",
+    ] {
+        let line = stats
+            .lines()
+            .find(|l| l.contains(counter))
+            .unwrap_or_else(|| panic!("{counter} not in /stats"));
+        assert!(line.ends_with(": 0"), "{line}");
+    }
     let logs = all_logs(&stack);
     for (place, content) in [
         ("audit events", &text),
