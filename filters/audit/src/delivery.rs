@@ -124,11 +124,7 @@ fn take_event(bytes: &[u8], meta: crate::batch::EventMeta) -> Option<Checked> {
     Some(Checked {
         text,
         time_ms: meta.time_ms,
-        severity: if meta.ok {
-            Severity::Info
-        } else {
-            Severity::Warn
-        },
+        severity: Severity::of(meta.ok),
     })
 }
 
@@ -140,10 +136,7 @@ fn check_event(bytes: &[u8], now_ms: UnixMillis) -> Option<Checked> {
         .as_deref()
         .and_then(parse_iso8601_ms)
         .unwrap_or(now_ms);
-    let severity = match env.outcome.and_then(|o| o.grpc_status) {
-        Some(0) => Severity::Info,
-        _ => Severity::Warn,
-    };
+    let severity = Severity::of(env.outcome.and_then(|o| o.grpc_status) == Some(0));
     // Valid JSON is valid UTF-8.
     let text = String::from_utf8(bytes.to_vec()).ok()?;
     Some(Checked {

@@ -125,6 +125,17 @@ pub enum Severity {
     Warn,
 }
 
+impl Severity {
+    /// INFO when the RPC ended with gRPC OK, else WARN.
+    pub fn of(ok: bool) -> Self {
+        if ok {
+            Severity::Info
+        } else {
+            Severity::Warn
+        }
+    }
+}
+
 /// Milliseconds as OTLP JSON's decimal-string nanoseconds, saturating at `u64::MAX` as the
 /// protobuf encoding does (a far-off clock must not make a body every receiver refuses).
 fn nanos(ms: u64) -> String {

@@ -40,6 +40,22 @@ fn filter(bus: &Bus, config: &str) -> (FilterRuntime, FakeHost) {
     (rt, host)
 }
 
+/// A bus on which a service of some release registered the queue (id 1) and admits RPCs,
+/// publishing batch format `format` (none before batching), without this crate's service.
+fn published_service(format: Option<&[u8]>) -> Bus {
+    let bus = bus();
+    {
+        let mut b = bus.borrow_mut();
+        b.names.insert((VM.into(), QUEUE.into()), 1);
+        b.queues.insert(1, Default::default());
+        if let Some(format) = format {
+            b.set_shared(VM, &batch::format_key(QUEUE), format);
+        }
+        b.set_shared(VM, &backlog_flag_key(QUEUE), b"0");
+    }
+    bus
+}
+
 /// One RPC through the filter, no tick.
 fn rpc(rt: &FilterRuntime, host: &FakeHost, n: u32) -> Admission {
     *host.request_headers.borrow_mut() = vec![
@@ -240,14 +256,7 @@ fn a_restarted_service_gets_the_batch_on_its_new_queue() {
 #[test]
 fn each_service_gets_the_batch_version_it_reads() {
     for (published, version) in [(&b"1"[..], 1u8), (b"2", 2), (b"9", 2)] {
-        let bus = bus();
-        {
-            let mut b = bus.borrow_mut();
-            b.names.insert((VM.into(), QUEUE.into()), 1);
-            b.queues.insert(1, Default::default());
-            b.set_shared(VM, &batch::format_key(QUEUE), published);
-            b.set_shared(VM, &backlog_flag_key(QUEUE), b"0");
-        }
+        let bus = published_service(Some(published));
         let (rt, fhost) = filter(&bus, "{}");
         fhost.now_ms.set(1_764_180_184_512);
         rpc(&rt, &fhost, 0);
@@ -278,14 +287,7 @@ fn each_service_gets_the_batch_version_it_reads() {
 /// version 1 gets version 1 from the next batch on.
 #[test]
 fn a_changed_format_is_followed_from_the_next_tick() {
-    let bus = bus();
-    {
-        let mut b = bus.borrow_mut();
-        b.names.insert((VM.into(), QUEUE.into()), 1);
-        b.queues.insert(1, Default::default());
-        b.set_shared(VM, &batch::format_key(QUEUE), b"2");
-        b.set_shared(VM, &backlog_flag_key(QUEUE), b"0");
-    }
+    let bus = published_service(Some(b"2"));
     let (rt, fhost) = filter(&bus, "{}");
     rpc(&rt, &fhost, 0);
     bus.borrow_mut()
@@ -300,14 +302,8 @@ fn a_changed_format_is_followed_from_the_next_tick() {
 
 #[test]
 fn a_service_of_the_previous_release_gets_bare_events() {
-    let bus = bus();
     // What a service before batching publishes: its queue and the flag, no format.
-    {
-        let mut b = bus.borrow_mut();
-        b.names.insert((VM.into(), QUEUE.into()), 1);
-        b.queues.insert(1, Default::default());
-        b.set_shared(VM, &backlog_flag_key(QUEUE), b"0");
-    }
+    let bus = published_service(None);
     let (rt, fhost) = filter(&bus, "{}");
     for n in 0..2 {
         assert_eq!(rpc(&rt, &fhost, n), Admission::Continue);

@@ -93,6 +93,13 @@ mod tests {
         slots: RefCell<StateSlots>,
     }
 
+    fn slotted() -> Slotted {
+        Slotted {
+            base: FakeHost::default(),
+            slots: RefCell::default(),
+        }
+    }
+
     impl Host for Slotted {
         fn request_header(&self, name: &str) -> Option<String> {
             self.base.request_header(name)
@@ -159,10 +166,7 @@ mod tests {
 
     #[test]
     fn with_slots_a_written_value_is_read_back_without_parsing() {
-        let host = Slotted {
-            base: FakeHost::default(),
-            slots: RefCell::default(),
-        };
+        let host = slotted();
         write_state(&host, &decision());
         // Still written once to filter state, for the access log and later modules.
         assert_eq!(
@@ -178,10 +182,7 @@ mod tests {
 
     #[test]
     fn take_moves_the_slot_out_and_then_reads_filter_state() {
-        let host = Slotted {
-            base: FakeHost::default(),
-            slots: RefCell::default(),
-        };
+        let host = slotted();
         write_state(&host, &decision());
         assert_eq!(take_state(&host), Ok(Some(decision())));
         assert_eq!(host.slots.borrow().authz, None, "moved, not copied");
@@ -198,10 +199,7 @@ mod tests {
 
     #[test]
     fn with_slots_a_value_this_stream_did_not_write_comes_from_filter_state() {
-        let host = Slotted {
-            base: FakeHost::default(),
-            slots: RefCell::default(),
-        };
+        let host = slotted();
         assert_eq!(read_state::<AuthzDecision, _>(&host), Ok(None));
         // A single-stage module before the pipeline wrote it.
         host.base
