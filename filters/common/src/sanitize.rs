@@ -92,12 +92,14 @@ fn looks_like_credential(value: &str) -> bool {
     if value.contains("eyJ") && value.contains('.') {
         return true;
     }
-    let lower = value.to_ascii_lowercase();
-    lower.match_indices("bearer").any(|(at, word)| {
-        lower[at + word.len()..]
-            .bytes()
-            .next()
-            .is_none_or(|b| !b.is_ascii_alphabetic())
+    // Compared in place: this runs on every sanitized value, several per RPC.
+    const WORD: &[u8] = b"bearer";
+    let bytes = value.as_bytes();
+    bytes.windows(WORD.len()).enumerate().any(|(at, w)| {
+        w.eq_ignore_ascii_case(WORD)
+            && bytes
+                .get(at + WORD.len())
+                .is_none_or(|b| !b.is_ascii_alphabetic())
     })
 }
 
